@@ -1,0 +1,39 @@
+# The README's two commands: `make run` and `make test`. Each installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wxhook needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# With no WECHAT_* settings (environment or .env) this runs `wxhook dev`: the server plus
+# the built-in sandbox WeChat API. With credentials it runs the production server.
+run: install
+	@if $(PY) -m service.config; then $(VENV)/bin/wxhook serve; else $(VENV)/bin/wxhook dev; fi
+
+test: install
+	@bash tests/setup.sh
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check service handlers tests
+	$(VENV)/bin/mypy service handlers
+
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/run.py
+
+bench-quick: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

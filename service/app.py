@@ -1,0 +1,122 @@
+"""create_app(): wiring only. Clients and stores come in, so tests inject their own."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.routing import Route
+
+from handlers.defaults import default_router
+from handlers.router import Router
+
+from .config import Settings
+from .delivery import LateDelivery
+from .errors import WeChatAPIError
+from .observability import Metrics, get_logger
+from .profiles import ProfileRepo, Profiles, StoreProfileRepo
+from .store.base import Store
+from .store.memory import MemoryStore
+from .tokens import TokenManager
+from .webhook import Webhook
+from .wechat_api import WeChatAPI, new_http_client
+
+SHUTDOWN_GRACE = 10.0  # seconds given to late deliveries after the last push was answered
+
+
+def _default_store(settings: Settings, metrics: Metrics) -> Store:
+    if settings.redis_url is None:
+        return MemoryStore()
+    from .store.redis import RedisStore
+
+    return RedisStore(settings.redis_url.get_secret_value(), metrics=metrics)
+
+
+def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
+               store: Store | None = None, router: Router | None = None,
+               profile_repo: ProfileRepo | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """Build the ASGI app for one account."""
+    metrics = metrics or Metrics()
+    own_http = http is None
+    http = http or new_http_client(timeout=settings.http_timeout)
+    store = store or _default_store(settings, metrics)
+    namespace = f"wxhook:{settings.app_id}:"
+    api = WeChatAPI(http, settings, metrics=metrics)
+    api.tokens = TokenManager(store, api.fetch_token, namespace=namespace, metrics=metrics)
+    repo = profile_repo or StoreProfileRepo(store, namespace=namespace)
+    profiles = Profiles(api, repo, ttl=settings.profile_ttl, batch_window=settings.batch_window)
+    delivery = LateDelivery(api, metrics=metrics)
+    webhook = Webhook(settings, store=store, router=router or default_router(), api=api,
+                      profiles=profiles, delivery=delivery, metrics=metrics)
+    log = get_logger("wxhook")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("startup", **settings.summary(), pid=os.getpid())
+        yield
+        # uvicorn has stopped accepting and finished in-flight pushes; now the late ones.
+        left = await delivery.drain(SHUTDOWN_GRACE)
+        log.info("shutdown", late_deliveries_abandoned=left)
+        if own_http:
+            await http.aclose()
+        await store.aclose()
+
+    app = FastAPI(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.router.routes.append(Route("/wechat", webhook, methods=["GET", "HEAD", "POST"]))
+    app.state.settings = settings
+    app.state.api = api
+    app.state.store = store
+    app.state.profiles = profiles
+    app.state.delivery = delivery
+    app.state.webhook = webhook
+    app.state.metrics = metrics
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        checks: dict[str, Any] = {"settings": {"ok": True}}
+        status = api.tokens.status()
+        if not status["cached"]:
+            try:
+                await api.tokens.get(deadline=time.monotonic() + 2.0)
+                status = api.tokens.status()
+            except WeChatAPIError:
+                status = api.tokens.status()
+        checks["token"] = {"ok": bool(status["cached"]), **status}
+        if store.shared:
+            try:
+                await store.ping()
+                checks["redis"] = {"ok": True}
+            except Exception as exc:  # any failure here is "not ready", never a 500
+                checks["redis"] = {"ok": False, "error": type(exc).__name__}
+        circuits = api.circuits()
+        if circuits:
+            checks["circuits_open"] = circuits
+        ready = all(c.get("ok", True) for c in checks.values() if isinstance(c, dict))
+        metrics.ready.set(1 if ready else 0)
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        if metrics.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            data = generate_latest(registry)
+        else:
+            data = generate_latest(metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    return app

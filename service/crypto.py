@@ -1,0 +1,110 @@
+"""WXBizMsgCrypt: the AES-256-CBC envelope of safe and compatible mode, with key rotation."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import struct
+import time
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from .errors import DecryptError
+from .signature import sign, verify
+
+_BLOCK = 32  # WeChat pads to 32 bytes, not AES's 16: library unpadders reject pads of 17..32.
+
+
+def _xml_text(value: str) -> str:
+    # Base64, digits and our own nonce never contain "]]>", so plain CDATA is safe here.
+    return f"<![CDATA[{value}]]>"
+
+
+class _Key:
+    __slots__ = ("key", "iv")
+
+    def __init__(self, encoding_aes_key: str) -> None:
+        try:
+            key = base64.b64decode(encoding_aes_key + "=", validate=True)
+        except binascii.Error as exc:
+            raise ValueError("EncodingAESKey is not valid base64") from exc
+        if len(key) != 32:
+            raise ValueError("EncodingAESKey must decode to 32 bytes")
+        self.key = key
+        self.iv = key[:16]
+
+    def cipher(self) -> Cipher[modes.CBC]:
+        return Cipher(algorithms.AES(self.key), modes.CBC(self.iv))
+
+
+class MessageCrypto:
+    """Encrypt replies with the first key; decrypt pushes with any key (console rotation)."""
+
+    def __init__(self, token: str, encoding_aes_keys: list[str], appid: str) -> None:
+        if not encoding_aes_keys:
+            raise ValueError("at least one EncodingAESKey is needed")
+        self.token = token
+        self.appid = appid
+        self._appid_bytes = appid.encode()
+        self._keys = [_Key(k) for k in encoding_aes_keys]
+
+    def check_signature(self, timestamp: str, nonce: str, encrypt: str, msg_signature: str) -> None:
+        """msg_signature covers the ciphertext, so unlike `signature` it protects the body."""
+        verify((self.token, timestamp, nonce, encrypt), msg_signature, what="msg_signature")
+
+    def decrypt(self, encrypt: str) -> bytes:
+        """Return the message bytes inside `Encrypt`, or raise DecryptError."""
+        try:
+            data = base64.b64decode(encrypt, validate=True)
+        except (binascii.Error, ValueError):
+            raise DecryptError("Encrypt is not valid base64") from None
+        if not data or len(data) % 16:
+            raise DecryptError("ciphertext length is not a multiple of the AES block size")
+        last: DecryptError | None = None
+        for key in self._keys:
+            try:
+                return self._open(key, data)
+            except DecryptError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def _open(self, key: _Key, data: bytes) -> bytes:
+        dec = key.cipher().decryptor()
+        plain = dec.update(data) + dec.finalize()
+        pad = plain[-1]
+        if not 1 <= pad <= _BLOCK or plain[-pad:] != bytes([pad]) * pad:
+            raise DecryptError("bad padding (wrong key or corrupted ciphertext)")
+        body = plain[16:-pad]
+        if len(body) < 4:
+            raise DecryptError("plaintext too short")
+        (length,) = struct.unpack(">I", body[:4])
+        msg, appid = body[4 : 4 + length], body[4 + length :]
+        if len(msg) != length:
+            raise DecryptError("declared message length exceeds the plaintext")
+        if appid != self._appid_bytes:
+            raise DecryptError("the message was encrypted for another appid")
+        return msg
+
+    def encrypt(self, msg: bytes, *, random_prefix: bytes | None = None) -> str:
+        """Return base64 ciphertext of `msg`, as WeChat builds it."""
+        prefix = secrets.token_bytes(16) if random_prefix is None else random_prefix
+        body = prefix + struct.pack(">I", len(msg)) + msg + self._appid_bytes
+        pad = _BLOCK - len(body) % _BLOCK
+        body += bytes([pad]) * pad
+        enc = self._keys[0].cipher().encryptor()
+        return base64.b64encode(enc.update(body) + enc.finalize()).decode()
+
+    def wrap_reply(self, reply: bytes, *, timestamp: str | None = None,
+                   nonce: str | None = None) -> bytes:
+        """The encrypted reply envelope with its MsgSignature."""
+        ts = timestamp or str(int(time.time()))
+        nc = nonce or str(secrets.randbelow(10**10))
+        encrypt = self.encrypt(reply)
+        signature = sign(self.token, ts, nc, encrypt)
+        return (
+            f"<xml><Encrypt>{_xml_text(encrypt)}</Encrypt>"
+            f"<MsgSignature>{_xml_text(signature)}</MsgSignature>"
+            f"<TimeStamp>{ts}</TimeStamp><Nonce>{_xml_text(nc)}</Nonce></xml>"
+        ).encode()

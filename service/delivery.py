@@ -1,0 +1,79 @@
+"""Deadline fallback: a reply that misses the window goes out through custom/send (step 6).
+
+Policy: a push whose handler overruns the budget is answered "success" in time, the handler
+keeps running, and its reply is delivered once through message/custom/send. WeChat itself
+may refuse it (45015: the follower's window has passed, 45047: too many): then it is
+logged and counted, not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .errors import WeChatAPIError
+from .observability import Metrics, get_logger, mask_openid
+from .replies import Reply
+from .wechat_api import WeChatAPI
+
+_REFUSED = frozenset({45015, 45047, 48001})
+LATE_LIMIT = 55.0  # an event opens a 1-minute window for customer-service messages
+
+
+class LateDelivery:
+    """Tracks handler runs that overran and delivers their replies when they finish."""
+
+    def __init__(self, api: WeChatAPI, *, metrics: Metrics) -> None:
+        self.api = api
+        self.metrics = metrics
+        self.log = get_logger("wxhook.delivery")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        """Deliveries not finished yet (graceful shutdown waits for them)."""
+        return len(self._tasks)
+
+    def hand_over(self, run: asyncio.Future[Reply | None], *, openid: str,
+                  started: float) -> None:
+        """Deliver `run`'s reply through custom/send once it finishes."""
+        task = asyncio.get_running_loop().create_task(self._deliver(run, openid, started))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, run: asyncio.Future[Reply | None], openid: str,
+                       started: float) -> None:
+        masked = mask_openid(openid)
+        try:
+            reply = await asyncio.wait_for(run, max(0.1, started + LATE_LIMIT - time.monotonic()))
+        except TimeoutError:
+            self.metrics.late_deliveries.labels("failed").inc()
+            self.log.error("late_delivery_abandoned", openid=masked, why="handler ran past 55 s")
+            return
+        except Exception as exc:
+            self.metrics.late_deliveries.labels("failed").inc()
+            self.log.error("late_delivery_failed", openid=masked, why=f"handler raised {exc!r}")
+            return
+        payload = reply.custom_message(openid) if reply is not None else None
+        if payload is None:
+            return
+        try:
+            await self.api.send_custom(payload)
+        except WeChatAPIError as exc:
+            result = "refused" if exc.errcode in _REFUSED else "failed"
+            self.metrics.late_deliveries.labels(result).inc()
+            self.log.warning("late_delivery_" + result, openid=masked, errcode=exc.errcode,
+                             errmsg=exc.errmsg)
+            return
+        self.metrics.late_deliveries.labels("sent").inc()
+        self.log.info("late_delivery_sent", openid=masked,
+                      late_ms=round((time.monotonic() - started) * 1000))
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` s for pending deliveries; return how many were left behind."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        left = len(self._tasks)
+        if left:
+            self.log.error("late_deliveries_abandoned_at_shutdown", count=left)
+        return left

@@ -1,0 +1,149 @@
+"""Follower profiles: user/info lookups (coalesced and batched) and OAuth-captured profiles.
+
+Since 2021-12-27 user/info answers an empty nickname, so the greeting's name comes from
+user/info when it is not empty, else from the profile the follower gave us through the
+OAuth flow (sns/userinfo still returns it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from cachetools import TTLCache
+
+from .errors import WeChatAPIError
+from .observability import get_logger
+from .store.base import Store
+from .wechat_api import WeChatAPI
+
+_BATCH_MAX = 100  # batchget's limit
+
+
+class ProfileRepo(Protocol):
+    """Where OAuth-captured profiles are kept (they must survive a restart)."""
+
+    async def get(self, openid: str) -> dict[str, str] | None:
+        """The stored profile, or None."""
+
+    async def put(self, openid: str, profile: dict[str, str]) -> None:
+        """Store or update a profile."""
+
+
+class StoreProfileRepo:
+    """Profiles as hashes in the Store (Redis: shared and kept; memory: lost on restart)."""
+
+    def __init__(self, store: Store, *, namespace: str) -> None:
+        self.store = store
+        self.prefix = namespace + "profile:"
+
+    async def get(self, openid: str) -> dict[str, str] | None:
+        data = await self.store.hgetall(self.prefix + openid)
+        return data or None
+
+    async def put(self, openid: str, profile: dict[str, str]) -> None:
+        await self.store.hset(self.prefix + openid, profile)
+
+
+class Profiles:
+    """Nicknames for the greeting: cached, one call per openid, bursts batched."""
+
+    def __init__(self, api: WeChatAPI, repo: ProfileRepo, *, ttl: float = 3600,
+                 batch_window: float = 0.005, maxsize: int = 100_000) -> None:
+        self.api = api
+        self.repo = repo
+        self.batch_window = batch_window
+        self.log = get_logger("wxhook.profiles")
+        self._cache: TTLCache[str, str] | None = (
+            TTLCache(maxsize=maxsize, ttl=ttl) if ttl > 0 else None
+        )
+        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        self._pending: list[str] = []
+        self._flush_scheduled = False
+        self.lookups = 0  # upstream lookups started (single or batch), for tests and the bench
+
+    async def nickname(self, openid: str, *, deadline: float | None = None) -> str | None:
+        """The follower's nickname, or None when nobody told us (never "")."""
+        name = self._cache.get(openid) if self._cache is not None else None
+        if not name:
+            name = await self._looked_up(openid, deadline)
+        if name:
+            return name
+        saved = await self.repo.get(openid)
+        return (saved or {}).get("nickname") or None
+
+    def forget(self, openid: str) -> None:
+        """Drop a cached lookup (after the follower updated their profile through OAuth)."""
+        if self._cache is not None:
+            self._cache.pop(openid, None)
+
+    async def _looked_up(self, openid: str, deadline: float | None) -> str | None:
+        fut = self._inflight.get(openid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[openid] = fut
+            self._pending.append(openid)
+            if len(self._pending) >= _BATCH_MAX:
+                self._flush(deadline)
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_later(self.batch_window, self._flush, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            # shield: one follower's deadline must not cancel a lookup others share.
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return None
+
+    def _flush(self, deadline: float | None) -> None:
+        self._flush_scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
+            task = asyncio.get_running_loop().create_task(self._lookup(batch, deadline))
+            task.add_done_callback(_consume)
+
+    async def _lookup(self, batch: list[str], deadline: float | None) -> None:
+        # The first waiter's deadline bounds the call; later waiters give up on their own.
+        results: dict[str, str] = {}
+        try:
+            self.lookups += 1
+            if len(batch) == 1:
+                infos = [await self.api.user_info(batch[0], deadline=deadline)]
+            else:
+                try:
+                    infos = await self.api.user_info_batch(batch, deadline=deadline)
+                except WeChatAPIError as exc:
+                    if exc.errcode not in (40003, 40032):
+                        raise
+                    # One bad openid fails the whole batch: fall back to one call each.
+                    infos = await self._one_by_one(batch, deadline)
+            for info in infos:
+                openid = info.get("openid")
+                if isinstance(openid, str):
+                    results[openid] = str(info.get("nickname") or "")
+        except WeChatAPIError as exc:
+            self.log.warning("profile_lookup_failed", count=len(batch), errcode=exc.errcode,
+                             errmsg=exc.errmsg, api=exc.api)
+        finally:
+            for openid in batch:
+                fut = self._inflight.pop(openid, None)
+                name = results.get(openid)
+                if name is not None and self._cache is not None:
+                    self._cache[openid] = name
+                if fut is not None and not fut.done():
+                    fut.set_result(name or None)
+
+    async def _one_by_one(self, batch: list[str], deadline: float | None) -> list[dict[str, Any]]:
+        async def one(openid: str) -> dict[str, Any] | None:
+            try:
+                return await self.api.user_info(openid, deadline=deadline)
+            except WeChatAPIError:
+                return None
+        found = await asyncio.gather(*(one(o) for o in batch))
+        return [f for f in found if f is not None]
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

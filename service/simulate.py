@@ -1,0 +1,127 @@
+"""Build pushes exactly as WeChat does (sign, encrypt), send them, decode the replies."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from .config import Settings
+from .crypto import MessageCrypto
+from .errors import WeChatError
+from .messages import parse_fields
+from .replies import cdata
+from .signature import sign
+
+_MESSAGE_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link"}
+
+
+@dataclass(frozen=True)
+class Push:
+    """One push as WeChat would send it: query parameters and body."""
+
+    params: dict[str, str]
+    body: bytes
+
+
+def push_xml(kind: str, *, openid: str, to_user: str = "gh_sandbox000001", text: str = "hello",
+             event_key: str = "", create_time: int | None = None,
+             msg_id: int | None = None) -> bytes:
+    """The plaintext XML of a message (`kind` a MsgType) or an event (anything else)."""
+    ct = int(time.time()) if create_time is None else create_time
+    head = (f"<xml><ToUserName>{cdata(to_user)}</ToUserName><FromUserName>{cdata(openid)}"
+            f"</FromUserName><CreateTime>{ct}</CreateTime>")
+    mid = msg_id if msg_id is not None else secrets.randbits(63)
+    k = kind.lower()
+    if k in _MESSAGE_TYPES:
+        extra = {
+            "text": f"<Content>{cdata(text)}</Content>",
+            "image": "<PicUrl><![CDATA[http://mmbiz.qpic.cn/x]]></PicUrl>"
+                     "<MediaId><![CDATA[media_1]]></MediaId>",
+            "voice": "<MediaId><![CDATA[media_1]]></MediaId><Format><![CDATA[amr]]></Format>",
+            "video": "<MediaId><![CDATA[m]]></MediaId><ThumbMediaId><![CDATA[t]]></ThumbMediaId>",
+            "shortvideo": "<MediaId><![CDATA[m]]></MediaId>"
+                          "<ThumbMediaId><![CDATA[t]]></ThumbMediaId>",
+            "location": "<Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y>"
+                        "<Scale>20</Scale><Label><![CDATA[Somewhere]]></Label>",
+            "link": "<Title><![CDATA[t]]></Title><Description><![CDATA[d]]></Description>"
+                    "<Url><![CDATA[https://example.com]]></Url>",
+        }[k]
+        return (head + f"<MsgType>{cdata(k)}</MsgType>{extra}<MsgId>{mid}</MsgId></xml>").encode()
+    key = f"<EventKey>{cdata(event_key)}</EventKey>" if event_key else ""
+    return (head + f"<MsgType><![CDATA[event]]></MsgType><Event>{cdata(kind)}</Event>{key}"
+            "</xml>").encode()
+
+
+def sign_push(xml: bytes, *, token: str, openid: str, crypto: MessageCrypto | None = None,
+              timestamp: int | None = None, nonce: str | None = None) -> Push:
+    """Sign a push; with `crypto`, wrap it in safe mode as WeChat does."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nc = nonce or str(secrets.randbelow(10**10))
+    params = {"signature": sign(token, ts, nc), "timestamp": ts, "nonce": nc, "openid": openid}
+    if crypto is None:
+        return Push(params, xml)
+    encrypt = crypto.encrypt(xml)
+    to_user = parse_fields(xml).get("ToUserName", "")
+    body = (f"<xml><ToUserName>{cdata(to_user)}</ToUserName>"
+            f"<Encrypt>{cdata(encrypt)}</Encrypt></xml>").encode()
+    params.update(encrypt_type="aes", msg_signature=sign(token, ts, nc, encrypt))
+    return Push(params, body)
+
+
+def decode_reply(body: bytes, *, crypto: MessageCrypto | None) -> dict[str, str]:
+    """A reply's fields; an encrypted reply's MsgSignature is checked and it is decrypted."""
+    if body in (b"", b"success"):
+        return {}
+    fields = parse_fields(body)
+    if "Encrypt" in fields:
+        if crypto is None:
+            raise WeChatError("encrypted reply but no EncodingAESKey to read it")
+        crypto.check_signature(fields.get("TimeStamp", ""), fields.get("Nonce", ""),
+                               fields["Encrypt"], fields.get("MsgSignature", ""))
+        return parse_fields(crypto.decrypt(fields["Encrypt"]))
+    return fields
+
+
+async def simulate(settings: Settings, *, kind: str, url: str, openid: str, text: str,
+                   event_key: str, aes: bool, repeat: int = 1) -> int:
+    """`wxhook simulate`: print what the follower would see; exit 0 on a valid answer."""
+    token = settings.token.get_secret_value()
+    crypto = MessageCrypto(token, settings.aes_keys, settings.app_id) if settings.aes_keys else None
+    if aes and crypto is None:
+        print("--aes needs WECHAT_ENCODING_AES_KEY", file=sys.stderr)
+        return 2
+    push = sign_push(push_xml(kind, openid=openid, text=text, event_key=event_key),
+                     token=token, openid=openid, crypto=crypto if aes else None)
+    code = 0
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        for i in range(max(1, repeat)):
+            started = time.monotonic()
+            try:
+                resp = await client.post(url, params=push.params, content=push.body,
+                                         headers={"content-type": "text/xml"})
+            except httpx.HTTPError as exc:
+                print(f"could not reach {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 1
+            ms = (time.monotonic() - started) * 1000
+            print(f"try {i + 1}: HTTP {resp.status_code} in {ms:.0f} ms"
+                  + (" (encrypted reply)" if b"<Encrypt>" in resp.content else ""))
+            if resp.status_code != 200:
+                print(resp.text)
+                code = 1
+                continue
+            try:
+                fields = decode_reply(resp.content, crypto=crypto)
+            except WeChatError as exc:
+                print(f"invalid reply: {exc}", file=sys.stderr)
+                code = 1
+                continue
+            if not fields:
+                print("  (no reply: 'success')")
+            for k in ("MsgType", "Content", "ToUserName", "FromUserName"):
+                if k in fields:
+                    print(f"  {k}: {fields[k]}")
+    return code

@@ -1,0 +1,162 @@
+"""The global access token: one per deployment, single-flight, compare-and-expire.
+
+Two processes that each fetch a token kill each other's (40001): the first cause of
+"works on my laptop, breaks in production" in every WeChat SDK. So the token lives in the
+store, one process at a time refreshes it under a lock, the others wait and read it, and a
+token that failed is expired only if it is still the current one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from .errors import CONFIG_HINTS, ConfigurationError, UpstreamUnavailable, WeChatAPIError
+from .observability import Metrics, get_logger
+from .store.base import Store
+
+Fetch = Callable[[], Awaitable[tuple[str, int]]]
+
+
+class TokenManager:
+    """Hands out the current global token; refreshes it once across the whole deployment."""
+
+    def __init__(self, store: Store, fetch: Fetch, *, namespace: str, metrics: Metrics,
+                 refresh_ahead: float = 300.0, config_backoff: float = 20.0,
+                 failure_backoff: float = 1.0, lock_ttl: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._fetch = fetch
+        self._key = namespace + "token"
+        self._lock_key = namespace + "token:lock"
+        self.metrics = metrics
+        self.refresh_ahead = refresh_ahead
+        self.config_backoff = config_backoff
+        self.failure_backoff = failure_backoff
+        self.lock_ttl = lock_ttl
+        self.clock = clock
+        self.log = get_logger("wxhook.tokens")
+        self._token: str | None = None
+        self._raw: bytes | None = None       # the stored value our token came from
+        self._expires_at = 0.0
+        self._fetched_at = 0.0
+        self._bad: str | None = None         # last token that failed: never adopt it again
+        self._flight: asyncio.Task[str] | None = None
+        self.last_error: WeChatAPIError | None = None
+        self._error_until = 0.0
+        self.fetches = 0                     # upstream token requests made by this process
+
+    async def get(self, *, deadline: float | None = None) -> str:
+        """The current token; waits for a refresh only when there is no usable one."""
+        now = self.clock()
+        token = self._token
+        if token is not None and now < self._expires_at - self.refresh_ahead:
+            self.metrics.token_age.set(now - self._fetched_at)
+            return token
+        if token is not None and now < self._expires_at - 30:
+            self._start("ahead")  # refresh in the background, keep serving the current one
+            return token
+        flight = self._start("expired" if token else "cold")
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), timeout)
+        except TimeoutError:
+            raise UpstreamUnavailable(None, "token refresh still running at the deadline",
+                                      api="token") from None
+
+    async def invalidate(self, failed: str) -> None:
+        """Expire `failed` locally and in the store, but only if it is still the current one."""
+        self._bad = failed
+        if self._token == failed:
+            raw = self._raw
+            self._token, self._raw, self._expires_at = None, None, 0.0
+            if raw is not None:
+                await self.store.delete_if(self._key, raw)
+
+    def status(self) -> dict[str, object]:
+        """For /readyz and `wxhook check`: is a token cached, and what failed last."""
+        now = self.clock()
+        out: dict[str, object] = {"cached": self._token is not None and now < self._expires_at}
+        if self._token is not None:
+            out["expires_in"] = int(self._expires_at - now)
+        if self.last_error is not None:
+            out["error"] = {"errcode": self.last_error.errcode, "errmsg": self.last_error.errmsg}
+            hint = CONFIG_HINTS.get(self.last_error.errcode or 0)
+            if hint:
+                out["fix"] = hint
+        return out
+
+    def _start(self, reason: str) -> asyncio.Task[str]:
+        if self._flight is None or self._flight.done():
+            self._flight = asyncio.get_running_loop().create_task(self._refresh(reason))
+            self._flight.add_done_callback(_consume)
+        return self._flight
+
+    async def _refresh(self, reason: str) -> str:
+        if self.last_error is not None and time.monotonic() < self._error_until:
+            # No retry storm: a wrong secret or whitelist costs a few calls a minute at most.
+            raise self.last_error
+        deadline = time.monotonic() + self.lock_ttl * 2
+        while True:
+            if await self._adopt_stored():
+                return self._token  # type: ignore[return-value]
+            fence = secrets.token_hex(8).encode()
+            if await self.store.set(self._lock_key, fence, ttl=self.lock_ttl, nx=True):
+                try:
+                    if await self._adopt_stored():  # a peer finished just before we locked
+                        return self._token  # type: ignore[return-value]
+                    return await self._fetch_and_store(reason)
+                finally:
+                    await self.store.delete_if(self._lock_key, fence)
+            # A peer is refreshing: wait for its token. If it died, its lock expires.
+            if time.monotonic() > deadline:
+                raise UpstreamUnavailable(None, "timed out waiting for a peer's token refresh",
+                                          api="token")
+            await asyncio.sleep(0.05)
+
+    async def _adopt_stored(self) -> bool:
+        raw = await self.store.get(self._key)
+        if raw is None:
+            return False
+        try:
+            token, expires_at, fetched_at = raw.decode().split("|")
+            exp, fetched = float(expires_at), float(fetched_at)
+        except ValueError:
+            return False
+        if token == self._bad or self.clock() >= exp - 30:
+            return False
+        self._token, self._raw, self._expires_at, self._fetched_at = token, raw, exp, fetched
+        return True
+
+    async def _fetch_and_store(self, reason: str) -> str:
+        self.fetches += 1
+        try:
+            token, expires_in = await self._fetch()
+        except WeChatAPIError as exc:
+            self.last_error = exc
+            backoff = self.config_backoff if isinstance(exc, ConfigurationError) else \
+                self.failure_backoff
+            self._error_until = time.monotonic() + backoff
+            self.metrics.token_refreshes.labels(reason, "error").inc()
+            self.log.error("token_refresh_failed", reason=reason, errcode=exc.errcode,
+                           errmsg=exc.errmsg, fix=CONFIG_HINTS.get(exc.errcode or 0),
+                           retry_in_s=backoff)
+            raise
+        now = self.clock()
+        expires_at = now + expires_in
+        raw = f"{token}|{expires_at}|{now}".encode()
+        await self.store.set(self._key, raw, ttl=max(1.0, expires_in - 30))
+        self._token, self._raw, self._expires_at, self._fetched_at = token, raw, expires_at, now
+        self.last_error = None
+        self.metrics.token_refreshes.labels(reason, "ok").inc()
+        self.metrics.token_age.set(0)
+        self.log.info("token_refreshed", reason=reason, expires_in=expires_in)
+        return token
+
+
+def _consume(task: asyncio.Task[str]) -> None:
+    # A background refresh nobody awaited must not log "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()

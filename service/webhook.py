@@ -1,0 +1,229 @@
+"""The /wechat route: guard, unwrap, parse, dedup, dispatch, deadline, render, record.
+
+A raw ASGI endpoint rather than a FastAPI path operation: on the hot route dependency
+injection and validation cost more than the whole guard (see the README's profile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+from handlers.router import Context, Router
+
+from .config import Settings
+from .crypto import MessageCrypto
+from .dedup import Dedup
+from .delivery import LateDelivery
+from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError
+from .messages import InboundMessage, build_message, parse_fields
+from .observability import Metrics, get_logger, mask_openid, upstream_trace
+from .profiles import Profiles
+from .replies import SUCCESS, render
+from .signature import check_fresh, verify
+from .store.base import Store
+from .wechat_api import WeChatAPI
+
+Scope = dict[str, Any]
+_XML = [(b"content-type", b"application/xml; charset=utf-8")]
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+class ClientGone(Exception):
+    """The connection closed while the body was being read."""
+
+
+class Webhook:
+    """ASGI app for GET (URL verification) and POST (pushes) on /wechat."""
+
+    def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
+                 profiles: Profiles, delivery: LateDelivery, metrics: Metrics) -> None:
+        self.settings = settings
+        self.token = settings.token.get_secret_value()
+        self.crypto = (MessageCrypto(self.token, settings.aes_keys, settings.app_id)
+                       if settings.aes_keys else None)
+        self.store = store
+        self.namespace = f"wxhook:{settings.app_id}:"
+        self.dedup = Dedup(store, namespace=self.namespace, ttl=settings.dedup_ttl)
+        self.router = router
+        self.api = api
+        self.profiles = profiles
+        self.delivery = delivery
+        self.metrics = metrics
+        self.log = get_logger("wxhook.push")
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        if scope["method"] == "POST":
+            self.in_flight += 1
+            try:
+                status, body, headers = await self._push(scope, receive, query)
+            finally:
+                self.in_flight -= 1
+        elif scope["method"] in ("GET", "HEAD"):
+            status, body, headers = self._verify_url(query)
+        else:
+            status, body, headers = 405, b"method not allowed", _TEXT
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    # -- GET: URL verification -----------------------------------------------------------
+
+    def _verify_url(self, q: dict[str, str]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        try:
+            sig, ts, nonce, echostr = (q.get(k, "") for k in
+                                       ("signature", "timestamp", "nonce", "echostr"))
+            if not (sig and ts and nonce and echostr):
+                raise GuardError("URL verification needs signature, timestamp, nonce, echostr")
+            verify((self.token, ts, nonce), sig)
+            check_fresh(ts, window=self.settings.timestamp_window)
+        except GuardError as exc:
+            return self._refuse(exc, {"method": "GET"})
+        self.log.info("url_verified")
+        return 200, echostr.encode(), _TEXT
+
+    # -- POST: a push ----------------------------------------------------------------------
+
+    async def _push(self, scope: Scope, receive: Any,
+                    q: dict[str, str]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        started = time.monotonic()
+        deadline = started + self.settings.deadline
+        rec: dict[str, Any] = {"request_id": os.urandom(6).hex(), "appid": self.settings.app_id}
+        try:
+            msg, mode = await self._unwrap(scope, receive, q)
+        except GuardError as exc:
+            return self._refuse(exc, rec)
+        except ClientGone:
+            return 400, b"", _TEXT
+        rec.update(mode=mode, msg_type=msg.msg_type, wx_event=msg.event,
+                   openid=mask_openid(msg.openid))
+        trace: list[tuple[str, int | None]] = []
+        token = upstream_trace.set(trace)
+        try:
+            reply, retried = await self.dedup.run(
+                msg.dedup_key(), lambda: self._produce(msg, mode, deadline, started, rec),
+                deadline=deadline)
+        except Exception:
+            # A bug must not become a 5xx: WeChat would show the follower an error page.
+            self.log.exception("push_failed", **rec)
+            reply, retried = SUCCESS, False
+            rec["outcome"] = "no_reply"
+        finally:
+            upstream_trace.reset(token)
+        if retried:
+            self.metrics.dedup_hits.inc()
+            rec["outcome"] = "deduped"
+        outcome = rec.setdefault("outcome", "replied" if reply != SUCCESS else "no_reply")
+        elapsed = time.monotonic() - started
+        self.metrics.pushes.labels(msg.msg_type, msg.event, outcome).inc()
+        self.metrics.push_latency.observe(elapsed)
+        self.log.info("push", **rec, dedup_hit=retried, latency_ms=round(elapsed * 1000, 2),
+                      upstream=[f"{api}:{code}" for api, code in trace])
+        return 200, reply, (_TEXT if reply == SUCCESS else _XML)
+
+    async def _unwrap(self, scope: Scope, receive: Any,
+                      q: dict[str, str]) -> tuple[InboundMessage, str]:
+        sig, ts, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
+        if not (sig and ts and nonce):
+            raise GuardError("missing signature, timestamp or nonce")
+        verify((self.token, ts, nonce), sig)
+        check_fresh(ts, window=self.settings.timestamp_window)
+        body = await self._read_body(scope, receive)
+        fields = parse_fields(body)
+        mode = "plain"
+        if q.get("encrypt_type", "").lower() == "aes":
+            if self.crypto is None:
+                raise GuardError("encrypted push but WECHAT_ENCODING_AES_KEY is not set")
+            encrypt = fields.get("Encrypt", "")
+            if not encrypt:
+                raise GuardError("encrypt_type=aes but the body has no Encrypt")
+            msg_sig = q.get("msg_signature", "")
+            if not msg_sig:
+                err = SignatureError("missing msg_signature")
+                err.reason = "msg_signature"
+                raise err
+            self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
+            mode = "compat" if "MsgType" in fields else "safe"
+            fields = parse_fields(self.crypto.decrypt(encrypt))
+        elif "MsgType" not in fields and "Encrypt" in fields:
+            raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
+        await self._remember_nonce(ts, nonce, body)
+        return build_message(fields), mode
+
+    async def _read_body(self, scope: Scope, receive: Any) -> bytes:
+        limit = self.settings.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit():
+                    raise GuardError("bad Content-Length")
+                if int(value) > limit:
+                    raise BodyTooLarge(f"body of {int(value)} bytes exceeds {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked bodies carry no length: stop reading at the limit
+                raise BodyTooLarge(f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _remember_nonce(self, ts: str, nonce: str, body: bytes) -> None:
+        # The same signed query with the same body is WeChat retrying (dedup answers it);
+        # with another body it is someone replaying a captured signature.
+        digest = hashlib.sha1(body).digest()
+        key = f"{self.namespace}nonce:{ts}:{nonce}"
+        ttl = self.settings.timestamp_window * 2 + 5
+        if await self.store.set(key, digest, ttl=ttl, nx=True):
+            return
+        seen = await self.store.get(key)
+        if seen is not None and seen != digest:
+            err = FreshnessError("nonce replayed with a different body")
+            err.reason = "replay"
+            raise err
+
+    async def _produce(self, msg: InboundMessage, mode: str, deadline: float, started: float,
+                       rec: dict[str, Any]) -> bytes:
+        ctx = Context(deadline=deadline, profiles=self.profiles, api=self.api,
+                      settings=self.settings, log=self.log)
+        run = asyncio.get_running_loop().create_task(self.router.dispatch(msg, ctx))
+        done, _ = await asyncio.wait((run,), timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            # Answer in time; the handler goes on and its reply goes out through custom/send.
+            self.delivery.hand_over(run, openid=msg.openid, started=started)
+            self.metrics.deadline_fallbacks.inc()
+            rec.update(outcome="fallback", deadline_fallback=True)
+            return SUCCESS
+        try:
+            reply = run.result()
+        except Exception as exc:
+            self.log.error("handler_failed", error=repr(exc), **rec)
+            rec["outcome"] = "no_reply"
+            return SUCCESS
+        rec["handler"] = ctx.handler or None
+        if reply is None:
+            return SUCCESS
+        rec["reply_type"] = reply.msg_type
+        xml = render(reply, to_user=msg.from_user, from_user=msg.to_user)
+        if mode != "plain" and self.crypto is not None:
+            xml = self.crypto.wrap_reply(xml)
+        return xml
+
+    def _refuse(self, exc: GuardError,
+                rec: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        self.metrics.guard_failures.labels(exc.reason).inc()
+        if scope_is_push := rec.get("method") != "GET":
+            self.metrics.pushes.labels("", "", "rejected").inc()
+        self.log.warning("push_refused" if scope_is_push else "url_verification_refused",
+                         **rec, status=exc.status, reason=exc.reason, why=str(exc))
+        return exc.status, f"{exc.reason}: {exc}".encode(), _TEXT

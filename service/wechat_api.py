@@ -1,0 +1,219 @@
+"""Async WeChat API client: errcodes to exceptions, timeouts, bounded retries, circuits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .errors import (
+    ConfigurationError, QuotaExceeded, TokenInvalid, UpstreamUnavailable, WeChatAPIError,
+    api_error,
+)
+from .observability import Metrics, get_logger, upstream_trace
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .tokens import TokenManager
+
+_BUSY_RETRIES = 2          # errcode -1 "system busy": at most this many extra tries
+_BUSY_BACKOFF = 0.1        # seconds, doubled each try, never past the deadline
+_CIRCUIT_SECONDS = 60.0    # a spent quota (45009/45011) suspends that API this long
+
+
+def new_http_client(*, timeout: float = 3.0) -> httpx.AsyncClient:
+    """The one shared client: explicit timeouts, a pool sized for subscribe bursts."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50,
+                            keepalive_expiry=30.0),
+        headers={"user-agent": "wxhook"},
+    )
+
+
+class WeChatAPI:
+    """The API calls wxhook makes; every token-bearing call goes through `call()`."""
+
+    tokens: TokenManager
+
+    def __init__(self, http: httpx.AsyncClient, settings: Settings, *, metrics: Metrics) -> None:
+        self.http = http
+        self.settings = settings
+        self.base = settings.api_base
+        self.metrics = metrics
+        self.log = get_logger("wxhook.api")
+        self._circuit_until: dict[str, float] = {}
+
+    # -- one HTTP exchange -------------------------------------------------------------
+
+    async def request(self, method: str, path: str, *, api: str,
+                      params: dict[str, str] | None = None, json: Any = None,
+                      deadline: float | None = None) -> dict[str, Any]:
+        """One HTTP call; returns the JSON object or raises a WeChatAPIError subclass."""
+        timeout = self.settings.http_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0.01:
+                raise UpstreamUnavailable(None, "no time left before the deadline", api=api)
+        started = time.perf_counter()
+        errcode: int | None = None
+        try:
+            resp = await self.http.request(method, self.base + path, params=params, json=json,
+                                           timeout=timeout)
+            if resp.status_code >= 400:
+                errcode = -resp.status_code
+                raise UpstreamUnavailable(None, f"HTTP {resp.status_code}", api=api)
+            try:
+                data = resp.json()
+            except ValueError:
+                errcode = -1000
+                raise UpstreamUnavailable(None, "answer is not JSON", api=api) from None
+            if not isinstance(data, dict):
+                errcode = -1000
+                raise UpstreamUnavailable(None, "answer is not a JSON object", api=api)
+            errcode = int(data.get("errcode") or 0)
+            if errcode:
+                raise api_error(errcode, str(data.get("errmsg", "")), api=api)
+            return data
+        except httpx.TimeoutException:
+            errcode = -408
+            raise UpstreamUnavailable(None, "timed out", api=api) from None
+        except httpx.HTTPError as exc:
+            errcode = -503
+            # The exception text can carry the URL, and the URL carries secrets: keep the type.
+            raise UpstreamUnavailable(None, f"{type(exc).__name__}", api=api) from None
+        finally:
+            self.metrics.upstream_calls.labels(api, str(errcode)).inc()
+            self.metrics.upstream_latency.labels(api).observe(time.perf_counter() - started)
+            trace = upstream_trace.get()
+            if trace is not None:
+                trace.append((api, errcode))
+
+    # -- token-bearing calls -----------------------------------------------------------
+
+    async def call(self, method: str, path: str, *, api: str,
+                   params: dict[str, str] | None = None, json: Any = None,
+                   deadline: float | None = None) -> dict[str, Any]:
+        """A call with the global token: one retry on a dead token, bounded retries on -1."""
+        until = self._circuit_until.get(api, 0.0)
+        if until > time.monotonic():
+            raise UpstreamUnavailable(None, "circuit open after a quota error", api=api)
+        token_retry_done = False
+        busy_tries = 0
+        while True:
+            token = await self.tokens.get(deadline=deadline)
+            try:
+                return await self.request(method, path, api=api,
+                                          params={**(params or {}), "access_token": token},
+                                          json=json, deadline=deadline)
+            except TokenInvalid:
+                await self.tokens.invalidate(token)
+                if token_retry_done:
+                    raise
+                token_retry_done = True
+            except QuotaExceeded as exc:
+                self._open_circuit(api, exc)
+                raise
+            except WeChatAPIError as exc:
+                if exc.errcode != -1 or busy_tries >= _BUSY_RETRIES:
+                    raise
+                pause = _BUSY_BACKOFF * (2 ** busy_tries)
+                if deadline is not None and time.monotonic() + pause >= deadline - 0.05:
+                    raise
+                busy_tries += 1
+                await asyncio.sleep(pause)
+
+    def _open_circuit(self, api: str, exc: WeChatAPIError) -> None:
+        self._circuit_until[api] = time.monotonic() + _CIRCUIT_SECONDS
+        self.metrics.circuit_open.labels(api).set(1)
+        self.log.warning("circuit_open", api=api, errcode=exc.errcode, seconds=_CIRCUIT_SECONDS)
+        asyncio.get_running_loop().call_later(
+            _CIRCUIT_SECONDS, lambda: self.metrics.circuit_open.labels(api).set(0)
+        )
+
+    def circuits(self) -> dict[str, float]:
+        """APIs currently suspended, with seconds left."""
+        now = time.monotonic()
+        return {api: round(t - now, 1) for api, t in self._circuit_until.items() if t > now}
+
+    # -- the calls ---------------------------------------------------------------------
+
+    async def fetch_token(self) -> tuple[str, int]:
+        """A global access token and its lifetime, from stable_token (default) or token."""
+        s = self.settings
+        secret = s.app_secret.get_secret_value()
+        if s.token_endpoint == "stable":
+            data = await self.request(
+                "POST", "/cgi-bin/stable_token", api="stable_token",
+                json={"grant_type": "client_credential", "appid": s.app_id, "secret": secret,
+                      "force_refresh": False},
+            )
+        else:
+            data = await self.request(
+                "GET", "/cgi-bin/token", api="token",
+                params={"grant_type": "client_credential", "appid": s.app_id, "secret": secret},
+            )
+        token = data.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise UpstreamUnavailable(None, "token answer without access_token", api="token")
+        return token, int(data.get("expires_in") or 7200)
+
+    async def user_info(self, openid: str, *, deadline: float | None = None) -> dict[str, Any]:
+        """cgi-bin/user/info (nickname has come back empty since 2021-12-27)."""
+        return await self.call("GET", "/cgi-bin/user/info", api="user_info",
+                               params={"openid": openid, "lang": "zh_CN"}, deadline=deadline)
+
+    async def user_info_batch(self, openids: list[str], *,
+                              deadline: float | None = None) -> list[dict[str, Any]]:
+        """cgi-bin/user/info/batchget, at most 100 openids."""
+        body = {"user_list": [{"openid": o, "lang": "zh_CN"} for o in openids[:100]]}
+        data = await self.call("POST", "/cgi-bin/user/info/batchget", api="user_info_batch",
+                               json=body, deadline=deadline)
+        infos = data.get("user_info_list")
+        return [i for i in infos if isinstance(i, dict)] if isinstance(infos, list) else []
+
+    async def send_custom(self, payload: dict[str, Any], *,
+                          deadline: float | None = None) -> None:
+        """message/custom/send: a reply outside the passive-reply window."""
+        await self.call("POST", "/cgi-bin/message/custom/send", api="custom_send",
+                        json=payload, deadline=deadline)
+
+    async def callback_ips(self) -> list[str]:
+        """The addresses WeChat pushes from."""
+        data = await self.call("GET", "/cgi-bin/getcallbackip", api="callback_ip")
+        ips = data.get("ip_list")
+        return [str(i) for i in ips] if isinstance(ips, list) else []
+
+    # -- OAuth (per-follower web tokens; never the global token) -----------------------
+
+    async def oauth_exchange(self, code: str) -> dict[str, Any]:
+        """sns/oauth2/access_token: a code works once and dies after 5 minutes."""
+        s = self.settings
+        return await self.request("GET", "/sns/oauth2/access_token", api="oauth_token", params={
+            "appid": s.app_id, "secret": s.app_secret.get_secret_value(), "code": code,
+            "grant_type": "authorization_code"})
+
+    async def oauth_refresh(self, refresh_token: str) -> dict[str, Any]:
+        """sns/oauth2/refresh_token: a refresh token lives 30 days."""
+        return await self.request("GET", "/sns/oauth2/refresh_token", api="oauth_refresh", params={
+            "appid": self.settings.app_id, "grant_type": "refresh_token",
+            "refresh_token": refresh_token})
+
+    async def sns_userinfo(self, web_token: str, openid: str) -> dict[str, Any]:
+        """sns/userinfo: still returns nickname and headimgurl (snsapi_userinfo only)."""
+        return await self.request("GET", "/sns/userinfo", api="sns_userinfo", params={
+            "access_token": web_token, "openid": openid, "lang": "zh_CN"})
+
+    async def sns_auth(self, web_token: str, openid: str) -> bool:
+        """sns/auth: is this web token still valid?"""
+        try:
+            await self.request("GET", "/sns/auth", api="sns_auth",
+                               params={"access_token": web_token, "openid": openid})
+        except WeChatAPIError:
+            return False
+        return True
+
+
+__all__ = ["WeChatAPI", "new_http_client", "ConfigurationError"]

@@ -1,0 +1,630 @@
+"""Static and tool-backed checks of the deployment files in deploy/."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+# The metric names the server exports (observability.py); dashboards and alerts may use
+# nothing else from the wxhook_ namespace.
+KNOWN_METRICS = frozenset(
+    {
+        "wxhook_pushes_total",
+        "wxhook_push_latency_seconds",
+        "wxhook_upstream_calls_total",
+        "wxhook_upstream_latency_seconds",
+        "wxhook_token_refreshes_total",
+        "wxhook_token_age_seconds",
+        "wxhook_dedup_hits_total",
+        "wxhook_deadline_fallbacks_total",
+        "wxhook_late_deliveries_total",
+        "wxhook_guard_failures_total",
+        "wxhook_circuit_open",
+        "wxhook_store_fallbacks_total",
+        "wxhook_ready",
+    }
+)
+HISTOGRAMS = frozenset({"wxhook_push_latency_seconds", "wxhook_upstream_latency_seconds"})
+_METRIC_RE = re.compile(r"wxhook_[a-z_]+")
+
+
+def unknown_metrics(expr: str) -> set[str]:
+    """Names in expr that are not exported metrics (histogram suffixes allowed)."""
+    bad = set()
+    for name in _METRIC_RE.findall(expr):
+        if name in KNOWN_METRICS:
+            continue
+        base, _, suffix = name.rpartition("_")
+        if suffix in {"bucket", "sum", "count"} and base in HISTOGRAMS:
+            continue
+        bad.add(name)
+    return bad
+
+
+def load_yaml_docs(path: Path) -> list[Any]:
+    with path.open(encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def load_one(path: Path) -> dict[str, Any]:
+    docs = load_yaml_docs(path)
+    assert len(docs) == 1, f"{path.name}: expected one document, got {len(docs)}"
+    assert isinstance(docs[0], dict)
+    return docs[0]
+
+
+# ----------------------------------------------------------------------------- checker
+
+
+@pytest.mark.parametrize(
+    ("expr", "bad"),
+    [
+        ("sum(rate(wxhook_pushes_total[5m]))", set()),
+        ("rate(wxhook_push_latency_seconds_bucket[5m])", set()),
+        ("rate(wxhook_push_latency_seconds_count[5m])", set()),
+        ("rate(wxhook_pushes_total_bucket[5m])", {"wxhook_pushes_total_bucket"}),
+        ("wxhook_requests_total + wxhook_ready", {"wxhook_requests_total"}),
+        ('up{job="wxhook"}', set()),
+    ],
+)
+def test_metric_checker_flags_unknown_names(expr: str, bad: set[str]) -> None:
+    assert unknown_metrics(expr) == bad
+
+
+# ------------------------------------------------------------------------------- YAML
+
+
+def all_yaml_files() -> list[Path]:
+    files = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
+    assert files, "no YAML files under deploy/"
+    return files
+
+
+@pytest.mark.parametrize("path", all_yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_yaml_loads(path: Path) -> None:
+    docs = load_yaml_docs(path)
+    assert docs, f"{path} holds no document"
+    for doc in docs:
+        assert isinstance(doc, dict)
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+def test_compose_services_and_healthchecks() -> None:
+    compose = load_one(DEPLOY / "docker-compose.yml")
+    services = compose["services"]
+    app, redis = services["wxhook"], services["redis"]
+
+    assert app["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert app["env_file"]
+    assert app["environment"]["REDIS_URL"].startswith("redis://redis:")
+    assert app["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(app["healthcheck"]["test"])
+    assert app["restart"] in {"always", "unless-stopped", "on-failure"}
+
+    assert redis["image"].startswith("redis:7")
+    assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert "--appendonly" in redis["command"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    assert "ports" not in redis, "Redis must not be published on the host"
+    assert set(compose["volumes"]) >= {"redis-data", "wxhook-data"}
+
+
+# -------------------------------------------------------------------------------- k8s
+
+
+def k8s(name: str) -> dict[str, Any]:
+    return load_one(DEPLOY / "k8s" / name)
+
+
+def test_deployment_probes_security_and_env() -> None:
+    dep = k8s("deployment.yaml")
+    assert dep["apiVersion"] == "apps/v1" and dep["kind"] == "Deployment"
+    spec = dep["spec"]
+    assert spec["replicas"] == 2
+    pod = spec["template"]["spec"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert pod["terminationGracePeriodSeconds"] == 20
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+
+    (c,) = pod["containers"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    preStop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert preStop[0] == "sleep" and 0 < int(preStop[1]) < pod["terminationGracePeriodSeconds"]
+
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+
+    refs = {next(iter(e.values()))["name"] for e in c["envFrom"]}
+    assert refs == {"wxhook-secrets", "wxhook-config"}
+
+    # Every writable path is an emptyDir, including the multiprocess metrics dir.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert "/tmp" in mounts
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    assert env["PROMETHEUS_MULTIPROC_DIR"] in mounts
+    for name in mounts.values():
+        assert "emptyDir" in volumes[name]
+
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == 8000
+
+
+def test_service_targets_the_pods() -> None:
+    svc = k8s("service.yaml")
+    dep = k8s("deployment.yaml")
+    assert svc["kind"] == "Service"
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_hpa_targets_deployment_on_cpu() -> None:
+    hpa = k8s("hpa.yaml")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "wxhook",
+    }
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+
+
+def test_pdb_min_available() -> None:
+    pdb = k8s("pdb.yaml")
+    dep = k8s("deployment.yaml")
+    assert pdb["apiVersion"] == "policy/v1" and pdb["kind"] == "PodDisruptionBudget"
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_configmap_and_example_secret() -> None:
+    cm = k8s("configmap.yaml")
+    assert cm["metadata"]["name"] == "wxhook-config"
+    assert cm["data"]["WXHOOK_PROFILE_DB"] == "/data/profiles.sqlite3"
+    secret = k8s("secret.example.yaml")
+    assert secret["metadata"]["name"] == "wxhook-secrets"
+    values = secret["stringData"]
+    for key in (
+        "WECHAT_APP_ID",
+        "WECHAT_APP_SECRET",
+        "WECHAT_TOKEN",
+        "SESSION_SECRET",
+        "REDIS_URL",
+    ):
+        assert "REPLACE_ME" in values[key], f"{key} must be an obvious placeholder"
+    # No secret material in the ConfigMap.
+    assert not {"WECHAT_APP_SECRET", "WECHAT_TOKEN", "SESSION_SECRET"} & set(cm["data"])
+    text = (DEPLOY / "k8s" / "configmap.yaml").read_text(encoding="utf-8")
+    assert "managed Redis" in text
+
+
+def test_kustomization_lists_existing_files_but_not_the_example_secret() -> None:
+    kust = k8s("kustomization.yaml")
+    for res in kust["resources"]:
+        assert (DEPLOY / "k8s" / res).is_file(), res
+    assert "secret.example.yaml" not in kust["resources"]
+
+
+# ---------------------------------------------------------------------------- grafana
+
+
+def dashboard_exprs(dash: dict[str, Any]) -> list[str]:
+    exprs: list[str] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for p in panels:
+            exprs.extend(t["expr"] for t in p.get("targets", []))
+            walk(p.get("panels", []))
+
+    walk(dash["panels"])
+    for var in dash.get("templating", {}).get("list", []):
+        q = var.get("query")
+        exprs.append(q["query"] if isinstance(q, dict) else str(q or ""))
+    return exprs
+
+
+def test_dashboard_is_importable_and_uses_known_metrics() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "wxhook-dashboard.json").read_text(encoding="utf-8"))
+    assert 36 <= dash["schemaVersion"] <= 41
+    assert dash["uid"] and dash["title"]
+    assert {i["name"] for i in dash["__inputs"]} == {"DS_PROMETHEUS"}
+
+    exprs = dashboard_exprs(dash)
+    assert len(exprs) >= 10
+    for expr in exprs:
+        assert not unknown_metrics(expr), (expr, unknown_metrics(expr))
+
+    used = {m for e in exprs for m in _METRIC_RE.findall(e)}
+    required = {
+        "wxhook_pushes_total",
+        "wxhook_push_latency_seconds_bucket",
+        "wxhook_upstream_calls_total",
+        "wxhook_upstream_latency_seconds_bucket",
+        "wxhook_token_refreshes_total",
+        "wxhook_token_age_seconds",
+        "wxhook_dedup_hits_total",
+        "wxhook_deadline_fallbacks_total",
+        "wxhook_late_deliveries_total",
+        "wxhook_guard_failures_total",
+        "wxhook_circuit_open",
+        "wxhook_ready",
+    }
+    assert required <= used, required - used
+    joined = "\n".join(exprs)
+    assert "histogram_quantile(0.99" in joined and "histogram_quantile(0.50" in joined
+
+    ids = []
+    for p in dash["panels"]:
+        ids.append(p["id"])
+        assert {"h", "w", "x", "y"} <= p["gridPos"].keys()
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+            assert p["targets"], p["title"]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+# ------------------------------------------------------------------------- prometheus
+
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    doc = load_one(ALERTS)
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert rules
+    return rules
+
+
+def test_alerts_have_severity_summary_and_known_metrics() -> None:
+    rules = alert_rules()
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert rule["annotations"]["summary"].strip(), name
+        assert len(rule["annotations"]["description"]) > 40, name
+        assert not unknown_metrics(rule["expr"]), (name, unknown_metrics(rule["expr"]))
+
+
+def test_alerts_cover_the_promised_conditions() -> None:
+    by_expr = "\n".join(str(r["expr"]) for r in alert_rules())
+    rules = {r["alert"]: r for r in alert_rules()}
+    assert 'wxhook_token_refreshes_total{result="error"}' in by_expr
+    assert 'wxhook_token_refreshes_total{result="ok"}' in by_expr
+    assert "wxhook_deadline_fallbacks_total" in by_expr
+    assert "wxhook_guard_failures_total" in by_expr
+    assert "wxhook_circuit_open" in by_expr
+    assert "histogram_quantile(0.99" in by_expr and "> 3" in by_expr
+    assert rules["WxhookNotReady"]["for"] == "2m"
+    assert rules["WxhookCircuitOpen"]["for"] == "5m"
+    assert "up{" in by_expr
+
+
+def expected_alert(alertname: str, labels: dict[str, str]) -> dict[str, Any]:
+    """exp_alerts entry for promtool: labels plus the rendered annotations."""
+    rule = next(r for r in alert_rules() if r["alert"] == alertname)
+
+    def render(text: str) -> str:
+        return re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels[m.group(1)], text)
+
+    return {
+        "exp_labels": {**labels, **rule["labels"]},
+        "exp_annotations": {k: render(v) for k, v in rule["annotations"].items()},
+    }
+
+
+def promtool_tests() -> dict[str, Any]:
+    """Synthetic series that must (and must not) fire the main alerts."""
+    errors = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="error"}'
+    oks = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="ok"}'
+    return {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": errors, "values": "0+1x20"},
+                    {
+                        "series": 'wxhook_ready{job="wxhook",instance="a:8000"}',
+                        "values": "1 1 0x10",
+                    },
+                    {
+                        "series": 'wxhook_circuit_open{job="wxhook",api="user_info"}',
+                        "values": "1x10",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "WxhookTokenRefreshFailing",
+                        "exp_alerts": [
+                            expected_alert("WxhookTokenRefreshFailing", {"job": "wxhook"})
+                        ],
+                    },
+                    {
+                        "eval_time": "1m",
+                        "alertname": "WxhookNotReady",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "6m",
+                        "alertname": "WxhookNotReady",
+                        "exp_alerts": [
+                            expected_alert(
+                                "WxhookNotReady", {"job": "wxhook", "instance": "a:8000"}
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "7m",
+                        "alertname": "WxhookCircuitOpen",
+                        "exp_alerts": [
+                            expected_alert(
+                                "WxhookCircuitOpen", {"job": "wxhook", "api": "user_info"}
+                            )
+                        ],
+                    },
+                ],
+            },
+            {
+                # Errors alongside successes are transient: no alert.
+                "interval": "1m",
+                "input_series": [
+                    {"series": errors, "values": "0+1x20"},
+                    {"series": oks, "values": "0+1x20"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "WxhookTokenRefreshFailing",
+                        "exp_alerts": [],
+                    },
+                ],
+            },
+        ],
+    }
+
+
+def test_promtool_checks_and_unit_tests_rules(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus, or a release tarball)")
+    check = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)], check=False, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(json.dumps(promtool_tests(), indent=1), encoding="utf-8")
+    run = subprocess.run(
+        [promtool, "test", "rules", str(tests)], check=False, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+# ------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """Instructions per stage, continuation lines joined, comments dropped."""
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    logical: list[str] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        buf += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            logical.append(buf)
+            buf = ""
+    stages: list[list[str]] = []
+    for ins in logical:
+        if ins.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(ins)
+    return stages
+
+
+def test_dockerfile_is_multistage_slim_nonroot_with_healthcheck() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    for stage in stages:
+        assert "slim" in stage[0], stage[0]
+    assert any("pip wheel" in ins for ins in stages[0])
+
+    final = stages[-1]
+    final_text = "\n".join(final).lower()
+    for compiler in ("build-essential", "gcc", "g++", "clang", "-dev "):
+        assert compiler not in final_text, f"{compiler} in the final stage"
+
+    users = [ins.split(None, 1)[1].strip() for ins in final if ins.upper().startswith("USER ")]
+    assert users, "final stage has no USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+
+    (health,) = [ins for ins in final if ins.upper().startswith("HEALTHCHECK ")]
+    assert "python" in health and "/healthz" in health and "curl" not in health
+
+    assert any(ins.upper().startswith("EXPOSE ") and "8000" in ins for ins in final)
+    assert any(ins.upper().startswith("VOLUME ") and "/data" in ins for ins in final)
+    (cmd,) = [ins for ins in final if ins.upper().startswith("CMD ")]
+    assert json.loads(cmd[4:]) == ["wxhook", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+
+def test_dockerfile_copies_what_the_build_needs() -> None:
+    stages = dockerfile_stages()
+    copies = " ".join(ins for ins in stages[0] if ins.upper().startswith("COPY "))
+    for needed in ("pyproject.toml", "README.md", "service", "handlers"):
+        assert needed in copies, needed
+
+
+# ---------------------------------------------------------------------------- systemd
+
+UNIT = DEPLOY / "systemd" / "wxhook.service"
+
+
+def test_systemd_unit_keys() -> None:
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read(UNIT, encoding="utf-8")
+    svc = cp["Service"]
+    assert svc["ExecStart"].startswith("/opt/wxhook/.venv/bin/wxhook serve")
+    assert "--workers 2" in svc["ExecStart"]
+    assert svc["EnvironmentFile"] == "/etc/wxhook/wxhook.env"
+    assert svc["User"] not in {"root", "0"}
+    assert svc["Restart"] == "on-failure"
+    assert svc["NoNewPrivileges"] == "yes"
+    assert svc["ProtectSystem"] == "strict"
+    assert svc["PrivateTmp"] == "yes"
+    assert "/var/lib/wxhook" in svc["ReadWritePaths"]
+    stop = svc["TimeoutStopSec"].removesuffix("s")
+    assert 15 <= int(stop) <= 60
+    assert cp["Install"]["WantedBy"] == "multi-user.target"
+    assert "network-online.target" in cp["Unit"]["After"]
+
+
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not installed")
+    # verify insists the ExecStart binary exists; stand in a harmless executable.
+    fake = tmp_path / "wxhook"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    unit = tmp_path / "wxhook.service"
+    unit.write_text(
+        UNIT.read_text(encoding="utf-8").replace("/opt/wxhook/.venv/bin/wxhook", str(fake))
+    )
+    proc = subprocess.run([tool, "verify", str(unit)], check=False, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    # Problems with the unit itself are reported as "<file>:<line>: ..." or name the unit.
+    unit_errors = [ln for ln in out.splitlines() if "wxhook.service" in ln]
+    assert not unit_errors, out
+    if proc.returncode != 0:
+        pytest.skip(f"systemd-analyze verify cannot run in this environment: {out.strip()[:300]}")
+
+
+# ------------------------------------------------------------------------------ nginx
+
+NGINX = DEPLOY / "nginx" / "wxhook.conf"
+
+
+def nginx_seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|m)?", value)
+    assert m, value
+    n = int(m.group(1))
+    return {"ms": n / 1000, "s": n, None: n, "m": n * 60}[m.group(2)]
+
+
+def nginx_servers(text: str) -> list[str]:
+    """Bodies of the top-level server blocks (brace matching, comments stripped)."""
+    text = re.sub(r"#[^\n]*", "", text)
+    bodies = []
+    for m in re.finditer(r"\bserver\s*\{", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        bodies.append(text[m.end() : i - 1])
+    return bodies
+
+
+def test_nginx_limits_timeouts_and_locations() -> None:
+    servers = nginx_servers(NGINX.read_text(encoding="utf-8"))
+    assert len(servers) == 2
+    plain = next(s for s in servers if re.search(r"listen\s+80;", s))
+    tls = next(s for s in servers if re.search(r"listen\s+443\s+ssl", s))
+    for body in (plain, tls):
+        assert re.search(r"client_max_body_size\s+256k;", body)
+        assert re.search(r"location\s+=?\s*/wechat\s*\{[^}]*proxy_pass\s+http://", body)
+        read = re.search(r"proxy_read_timeout\s+(\S+);", body)
+        connect = re.search(r"proxy_connect_timeout\s+(\S+);", body)
+        assert read and nginx_seconds(read.group(1)) < 5
+        assert connect and nginx_seconds(connect.group(1)) <= 1
+        for header in ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto"):
+            assert f"proxy_set_header {header}" in body
+    # Port 80 serves /wechat but sends the rest to https.
+    assert "return 301 https://" in plain
+    # TLS server: modern protocols, OAuth proxied, metrics restricted.
+    assert re.search(r"ssl_protocols\s+TLSv1\.2\s+TLSv1\.3;", tls)
+    assert "location /oauth/" in tls and "location = /me" in tls
+    metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", tls)
+    assert metrics and "deny all;" in metrics.group(1)
+    plain_metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", plain)
+    assert plain_metrics and "deny all;" in plain_metrics.group(1)
+
+
+def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light to run `nginx -t`)")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed; cannot make a throwaway certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    site = NGINX.read_text(encoding="utf-8")
+    site = re.sub(r"/etc/letsencrypt/live/[^/]+/fullchain\.pem", str(cert), site)
+    site = re.sub(r"/etc/letsencrypt/live/[^/]+/privkey\.pem", str(key), site)
+    site = site.replace("/var/log/nginx/", f"{tmp_path}/")
+    (tmp_path / "site.conf").write_text(site, encoding="utf-8")
+    temp_paths = "\n".join(
+        f"  {kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy")
+    )
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log {tmp_path}/access.log;\n{temp_paths}\n"
+        f"  include {tmp_path}/site.conf;\n}}\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(main)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test is successful" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- README
+
+
+def test_readme_covers_every_file_and_the_wechat_console() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            assert path.name in readme, f"deploy/README.md does not mention {path.name}"
+    for must in ("40164", "EncodingAESKey", "whitelist", "What was checked here", ".dockerignore"):
+        assert must in readme, must
