@@ -524,7 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     up = Upstream(creds, plan.upstream_cpus)
     try:
-        with tempfile.TemporaryDirectory(prefix="wxhook-bench-") as tmp:
+        # Pools live in RAM: writing 300+ MB to disk right before a run makes the kernel's
+        # writeback steal CPU from the server during it.
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="wxhook-bench-", dir=shm) as tmp:
             for scenario in scenarios:
                 for name in servers:
                     if scenario not in SERVERS[name].scenarios:

@@ -1,0 +1,135 @@
+"""Fixtures only: settings, the in-process sandbox, an app wired to it, push builders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.config import Settings, load_settings
+from service.crypto import MessageCrypto
+from service.observability import Metrics
+from service.sandbox import SandboxState, create_sandbox
+from service.simulate import Push, push_xml, sign_push
+from service.store.memory import MemoryStore
+from tests.support import AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN
+
+OPENID = "oSandboxDemoFollower00000001"   # the sandbox's demo follower, "刺猬宝宝"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    # A developer's .env or exported WECHAT_* must not leak into tests.
+    for key in list(os.environ):
+        if key.startswith(("WECHAT_", "WXHOOK_", "PROMETHEUS_MULTIPROC")) or key in (
+                "REDIS_URL", "PUBLIC_BASE_URL", "SESSION_SECRET"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def sandbox_app() -> Any:
+    """The stand-in WeChat API, in process."""
+    return create_sandbox(appid=SANDBOX_APP_ID, secret=SANDBOX_SECRET)
+
+
+@pytest.fixture
+def sandbox(sandbox_app: Any) -> SandboxState:
+    """The sandbox's state: counters, faults, users."""
+    state: SandboxState = sandbox_app.state.sandbox
+    return state
+
+
+@pytest.fixture
+async def upstream(sandbox_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client whose requests go to the in-process sandbox."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox_app)) as client:
+        yield client
+
+
+@pytest.fixture
+def make_settings() -> Callable[..., Settings]:
+    """Settings for the sandbox account; keyword overrides use the env names."""
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "WECHAT_APP_ID": SANDBOX_APP_ID, "WECHAT_APP_SECRET": SANDBOX_SECRET,
+            "WECHAT_TOKEN": TOKEN, "WECHAT_ENCODING_AES_KEY": AES_KEY,
+            "WECHAT_API_BASE": "http://sandbox", "WECHAT_OAUTH_BASE": "http://sandbox",
+            "PUBLIC_BASE_URL": "http://testserver", "SESSION_SECRET": "test-session-secret-x" * 2,
+        }
+        base.update(overrides)
+        return load_settings(_env_file=None, **base)
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Default test settings (safe mode available, sandbox credentials)."""
+    return make_settings()
+
+
+@pytest.fixture
+def make_app(upstream: httpx.AsyncClient, settings: Settings) -> Callable[..., FastAPI]:
+    """Build an app wired to the sandbox; pass settings/store/router to override."""
+    def make(**kw: Any) -> FastAPI:
+        kw.setdefault("http", upstream)
+        kw.setdefault("store", MemoryStore())
+        kw.setdefault("metrics", Metrics())
+        return create_app(kw.pop("settings", settings), **kw)
+    return make
+
+
+@pytest.fixture
+def app(make_app: Callable[..., FastAPI]) -> FastAPI:
+    """The default app."""
+    return make_app()
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the app in process."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+def crypto(settings: Settings) -> MessageCrypto:
+    """The account's crypto (what WeChat would use to encrypt pushes)."""
+    return MessageCrypto(TOKEN, settings.aes_keys, settings.app_id)
+
+
+@pytest.fixture
+def make_push(crypto: MessageCrypto) -> Callable[..., Push]:
+    """make_push("subscribe", openid=..., aes=False, **push_xml options) -> signed Push."""
+    def make(kind: str, *, openid: str = OPENID, aes: bool = False, **kw: Any) -> Push:
+        sign_kw = {k: kw.pop(k) for k in ("timestamp", "nonce") if k in kw}
+        xml = kw.pop("xml", None) or push_xml(kind, openid=openid, **kw)
+        return sign_push(xml, token=TOKEN, openid=openid, crypto=crypto if aes else None,
+                         **sign_kw)
+    return make
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real redis-server at 127.0.0.1:6379 (db 15, flushed); skip or fail when absent."""
+    import redis
+
+    url = os.environ.get("WXHOOK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    r = redis.Redis.from_url(url)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        r.close()
+        if os.environ.get("WXHOOK_REQUIRE_REDIS") == "1":
+            pytest.fail(f"WXHOOK_REQUIRE_REDIS=1 but Redis at {url} is unreachable: {exc}")
+        pytest.skip(f"no Redis at {url} ({exc}); set WXHOOK_REQUIRE_REDIS=1 to make this fail")
+    r.flushdb()
+    yield url
+    r.flushdb()
+    r.close()

@@ -1,0 +1,101 @@
+"""Helpers for tests that drive real processes: free ports, servers, readiness waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+WXHOOK = str(Path(sys.executable).parent / "wxhook")
+SANDBOX_APP_ID = "wx00000000sandbox"
+SANDBOX_SECRET = "sandbox-app-secret-not-real"
+TOKEN = "wxhookTestToken"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `url` until it answers (any status), or fail with the process's output."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{out[-3000:]}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: str,
+            log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a process, wait until `ready_url` answers, stop it (SIGTERM, then SIGKILL)."""
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("WECHAT_", "WXHOOK_", "REDIS_URL", "PROMETHEUS_"))}
+    full_env.update(env or {})
+    out = open(log_path, "wb") if log_path else subprocess.PIPE
+    proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        wait_http(ready_url, proc=proc if log_path is None else None)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def sandbox_process(**opts: str) -> Iterator[str]:
+    """`wxhook sandbox` on a free port; yields its base URL."""
+    port = free_port()
+    args = [WXHOOK, "sandbox", "--port", str(port)]
+    for k, v in opts.items():
+        args += [f"--{k.replace('_', '-')}"] + ([v] if v else [])
+    with process(args, ready_url=f"http://127.0.0.1:{port}/"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def server_env(api_base: str, **extra: str) -> dict[str, str]:
+    """The environment of a wxhook server talking to a sandbox at `api_base`."""
+    env = {"WECHAT_APP_ID": SANDBOX_APP_ID, "WECHAT_APP_SECRET": SANDBOX_SECRET,
+           "WECHAT_TOKEN": TOKEN, "WECHAT_ENCODING_AES_KEY": AES_KEY,
+           "WECHAT_API_BASE": api_base, "WECHAT_OAUTH_BASE": api_base,
+           "WXHOOK_LOG_FORMAT": "json"}
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def server_process(api_base: str, *, workers: int = 1, log_path: Path | None = None,
+                   **extra: str) -> Iterator[str]:
+    """`wxhook serve` on a free port against `api_base`; yields its base URL."""
+    port = free_port()
+    args = [WXHOOK, "serve", "--port", str(port), "--workers", str(workers)]
+    with process(args, env=server_env(api_base, **extra),
+                 ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path):
+        yield f"http://127.0.0.1:{port}"
