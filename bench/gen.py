@@ -12,6 +12,7 @@ only reads and returns bytes and two threads never send the same request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import os
@@ -156,14 +157,11 @@ def write_pool(
 ) -> list[str]:
     """Write n distinct raw requests round-robin into `shards` files; return their paths."""
     paths = [f"{prefix}.{k}" for k in range(shards)]
-    files = [open(p, "wb", buffering=1 << 20) for p in paths]
-    try:
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(p, "wb", buffering=1 << 20)) for p in paths]
         for i, push in enumerate(pushes(scenario, n, creds, seq)):
             raw = raw_request(push, host)
             files[i % shards].write(b"%d\n" % len(raw) + raw)
-    finally:
-        for f in files:
-            f.close()
     return paths
 
 

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gen
 import httpx
 from wechatpy.crypto import WeChatCrypto
-
-import gen
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -105,7 +104,7 @@ class Proc:
     def __init__(self, cmd: list[str], *, cpus: str | None, env: dict[str, str], log: Path):
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
-        self._out = open(log, "wb")
+        self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         full = (["taskset", "-c", cpus] if cpus else []) + cmd
         self.p = subprocess.Popen(full, cwd=ROOT, env=env, stdout=self._out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
@@ -239,7 +238,10 @@ def validate(server: str, scenario: str, port: int, creds: gen.Creds, seq: gen.S
                 outer = ET.fromstring(text)
                 text = wc.decrypt_message(text, outer.findtext("MsgSignature"),
                                           outer.findtext("TimeStamp"), outer.findtext("Nonce"))
-            reply = ET.fromstring(text)
+            try:
+                reply = ET.fromstring(text)
+            except ET.ParseError:
+                raise AssertionError(f"not a reply XML: {text[:200]!r}") from None
             content = reply.findtext("Content") or ""
             checks = {
                 "ToUserName": reply.findtext("ToUserName") == push.openid,
@@ -263,11 +265,11 @@ def run_wrk(port: int, pool_prefix: str, seconds: float, threads: int, cpus: str
     cmd = ["taskset", "-c", cpus, "wrk", "-t", str(threads), "-c", str(connections),
            "-d", f"{round(seconds)}s", "--timeout", WRK_TIMEOUT, "--latency",
            "-s", str(BENCH / "wrk" / "replay.lua"), f"http://{HOST}:{port}/", "--", pool_prefix]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     out = proc.stdout
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()}{out}")
-    m = re.search(r"^WRKJSON (\{.*\})$", out, re.M)
+    m = re.search(r"^WRKJSON (\{.*\})$", out, re.MULTILINE)
     if not m:
         raise RuntimeError(f"no WRKJSON line in wrk output:\n{out}")
     res = json.loads(m.group(1))
@@ -333,7 +335,7 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
                          "errors": warm["errors"]}
         after_warm = up.stats()
 
-        n = int(math.ceil(rate * plan.duration * 1.4)) + 5000
+        n = math.ceil(rate * plan.duration * 1.4) + 5000
         for attempt in range(3):
             prefix, gen_s = write_pool(tmp, f"{name}-{scenario}-run{attempt}", scenario, n, port,
                                        creds, seq, shards)
@@ -366,7 +368,7 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             "token_requests": end["token_requests"],
             "wrk_output": run["text"],
         })
-    except Exception as exc:  # one broken contender must not lose the others' results
+    except Exception as exc:  # noqa: BLE001 - keep the others' results
         res.update({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     finally:
         try:
@@ -381,10 +383,11 @@ def print_result(r: dict[str, Any]) -> None:
     if not r["ok"]:
         print(f"  FAILED: {r['error']}")
         return
-    calls = r["upstream_calls_measured"]
+    calls = ", ".join(f"{k.removeprefix('/cgi-bin/')} {v:,}"
+                      for k, v in r["upstream_calls_measured"].items() if v) or "none"
     print(f"  {r['rps']:>10,.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
           f"non-2xx {r['non2xx']}   errors {r['errors']}   peak RSS {r['peak_rss_mb']} MB")
-    print(f"  upstream (measured window): user/info {calls.get('/cgi-bin/user/info', 0):,}   "
+    print(f"  upstream calls (measured window): {calls}   "
           f"token requests (whole server run): {r['token_requests']}   "
           f"validation: {r['validation']['checked']} replies OK "
           f"({r['validation']['sample_content']!r})", flush=True)
@@ -443,21 +446,22 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(meta: dict[str, Any], results: list[dict[str, Any]], verdict: dict[str, Any]) -> str:
     lines = [
         "# wxhook benchmark", "",
-        f"{meta['when']} on {meta['machine']}; server on cpu {meta['server_cpus']}, wrk on cpu "
-        f"{meta['load_cpus']} ({meta['connections']} connections, {meta['duration']} s after a "
-        f"{meta['warmup']} s warm-up), workers {meta['workers']}, upstream latency "
-        f"{meta['upstream_latency_ms']:.0f} ms. Every request distinct and freshly signed.",
+        (f"{meta['when']} on {meta['machine']}; server on cpu {meta['server_cpus']}, wrk on cpu "
+         f"{meta['load_cpus']} ({meta['connections']} connections, {meta['duration']} s after a "
+         f"{meta['warmup']} s warm-up), workers {meta['workers']}, upstream latency "
+         f"{meta['upstream_latency_ms']:.0f} ms. Every request distinct and freshly signed."),
         *([f"Note: {meta['note']}."] if meta.get("note") else []), "",
-        "| scenario | server | req/s | p50 ms | p99 ms | non-2xx | errors | user/info calls "
-        "| token req | peak RSS MB |",
+        ("| scenario | server | req/s | p50 ms | p99 ms | non-2xx | errors | user/info (+batchget) calls "
+         "| token req | peak RSS MB |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if not r["ok"]:
-            lines.append(f"| {r['scenario']} | {r['server']} | FAILED: {r['error'].splitlines()[0][:80]} "
-                         "| | | | | | | |")
+            why = r["error"].splitlines()[0][:80]
+            lines.append(f"| {r['scenario']} | {r['server']} | FAILED: {why} | | | | | | | |")
             continue
-        calls = r["upstream_calls_measured"].get("/cgi-bin/user/info", 0)
+        calls = sum(v for k, v in r["upstream_calls_measured"].items()
+                    if k.startswith("/cgi-bin/user/info"))
         lines.append(f"| {r['scenario']} | {r['server']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} "
                      f"| {r['p99_ms']:.2f} | {r['non2xx']} | {r['errors']} | {calls:,} "
                      f"| {r['token_requests']} | {r['peak_rss_mb']} |")
@@ -513,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
                     server_cpus="0", load_cpus="1", load_threads=1, upstream_cpus="1")
     plan.connections = a.connections
     meta = {
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, "
-        f"{ncpu} cpus, Python {platform.python_version()}",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.machine()}, {ncpu} cpus, Python {platform.python_version()}",
         "server_cpus": plan.server_cpus, "load_cpus": plan.load_cpus,
         "connections": plan.connections, "duration": plan.duration, "warmup": plan.warmup,
         "workers": plan.workers, "upstream_latency_ms": UPSTREAM_LATENCY * 1000,

@@ -14,7 +14,7 @@ import uvicorn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from service.sandbox import create_sandbox  # noqa: E402
+from service.sandbox import create_sandbox
 
 
 def main() -> None:

@@ -97,9 +97,12 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
         if store.shared:
             try:
                 await store.ping()
-                checks["redis"] = {"ok": True}
+                # RedisStore.status(): where, and whether an outage is being served locally.
+                status_of = getattr(store, "status", None)
+                checks["redis"] = {"ok": True, **(status_of() if callable(status_of) else {})}
             except Exception as exc:  # any failure here is "not ready", never a 500
-                checks["redis"] = {"ok": False, "error": type(exc).__name__}
+                checks["redis"] = {"ok": False, "error": type(exc).__name__,
+                                   "reason": str(exc)[:300]}
         circuits = api.circuits()
         if circuits:
             checks["circuits_open"] = circuits

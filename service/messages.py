@@ -29,6 +29,9 @@ def parse_fields(body: bytes) -> dict[str, str]:
         raise XMLError(f"malformed XML: {exc}") from None
     if root is None or root.tag != "xml":
         raise XMLError("the root element must be <xml>")
+    if root.getroottree().docinfo.doctype:
+        # The byte check above misses a DTD in UTF-16 or another declared encoding.
+        raise XMLError("DTDs and entities are not accepted")
     fields: dict[str, str] = {}
     _flatten(root, fields)
     return fields
@@ -290,7 +293,8 @@ def build_message(f: dict[str, str]) -> InboundMessage:
     if missing:
         raise XMLError("missing " + ", ".join(missing))
     ct = f.get("CreateTime", "")
-    if not ct.isdigit():
+    # ASCII only and bounded: str.isdigit() accepts "²", which int() rejects (a 500).
+    if not (ct.isascii() and ct.isdigit() and len(ct) <= 20):
         raise XMLError("CreateTime must be an integer")
     common: dict[str, object] = {
         "to_user": f["ToUserName"], "from_user": f["FromUserName"], "create_time": int(ct),

@@ -58,7 +58,7 @@ class TokenManager:
         if token is not None and now < self._expires_at - 30:
             self._start("ahead")  # refresh in the background, keep serving the current one
             return token
-        flight = self._start("expired" if token else "cold")
+        flight = self._start("expired" if token else "invalidated" if self._bad else "cold")
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return await asyncio.wait_for(asyncio.shield(flight), timeout)
@@ -99,13 +99,15 @@ class TokenManager:
             # No retry storm: a wrong secret or whitelist costs a few calls a minute at most.
             raise self.last_error
         deadline = time.monotonic() + self.lock_ttl * 2
+        # An ahead-of-time refresh must not settle for the token it is replacing.
+        margin = self.refresh_ahead if reason == "ahead" else 30.0
         while True:
-            if await self._adopt_stored():
+            if await self._adopt_stored(margin):
                 return self._token  # type: ignore[return-value]
             fence = secrets.token_hex(8).encode()
             if await self.store.set(self._lock_key, fence, ttl=self.lock_ttl, nx=True):
                 try:
-                    if await self._adopt_stored():  # a peer finished just before we locked
+                    if await self._adopt_stored(margin):  # a peer finished just before we locked
                         return self._token  # type: ignore[return-value]
                     return await self._fetch_and_store(reason)
                 finally:
@@ -116,7 +118,7 @@ class TokenManager:
                                           api="token")
             await asyncio.sleep(0.05)
 
-    async def _adopt_stored(self) -> bool:
+    async def _adopt_stored(self, margin: float) -> bool:
         raw = await self.store.get(self._key)
         if raw is None:
             return False
@@ -125,7 +127,7 @@ class TokenManager:
             exp, fetched = float(expires_at), float(fetched_at)
         except ValueError:
             return False
-        if token == self._bad or self.clock() >= exp - 30:
+        if token == self._bad or self.clock() >= exp - margin:
             return False
         self._token, self._raw, self._expires_at, self._fetched_at = token, raw, exp, fetched
         return True

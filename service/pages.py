@@ -1,0 +1,86 @@
+"""The small HTML pages of the OAuth flow: /me and the friendly failure pages.
+
+They open inside WeChat's in-app browser on a phone, so: a viewport meta, large type, one
+column, no scripts. Everything that came from a follower or from WeChat is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import quote, urlencode
+
+from starlette.responses import HTMLResponse
+
+_STYLE = """
+:root { color-scheme: light; }
+body { margin: 0; font: 20px/1.5 -apple-system, "PingFang SC", "Noto Sans CJK SC",
+       "Microsoft YaHei", sans-serif; background: #ededed; color: #191919; }
+main { max-width: 34rem; margin: 0 auto; padding: 2.5rem 1.25rem; text-align: center; }
+h1 { font-size: 1.6rem; margin: 1rem 0 .5rem; word-wrap: break-word; }
+p { margin: .75rem 0; color: #4c4c4c; }
+.avatar { width: 132px; height: 132px; border-radius: 12px; background: #d5d5d5;
+          object-fit: cover; display: block; margin: 0 auto; }
+.button { display: block; margin: 2rem auto 0; padding: .9rem 1rem; border-radius: 8px;
+          background: #07c160; color: #fff; text-decoration: none; font-weight: 600; }
+"""
+
+
+def page(title: str, body_html: str, *, status: int = 200) -> HTMLResponse:
+    """A complete page; `body_html` must already be escaped."""
+    html = f"""<!doctype html>
+<html lang="zh-CN">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
+<meta name="referrer" content="no-referrer">
+<title>{escape(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body><main>
+{body_html}
+</main></body>
+</html>
+"""
+    # no-store: these pages carry a follower's name and must not be cached by proxies.
+    return HTMLResponse(html, status_code=status, headers={
+        "cache-control": "no-store", "x-frame-options": "DENY",
+        "content-security-policy": "default-src 'none'; img-src https: http:; "
+                                   "style-src 'unsafe-inline'; frame-ancestors 'none'",
+    })
+
+
+def login_url(next_path: str, scope: str | None = None) -> str:
+    """The relative /oauth/login link that starts (or restarts) a login."""
+    params = {"next": next_path} | ({"scope": scope} if scope else {})
+    return "/oauth/login?" + urlencode(params, quote_via=quote)
+
+
+def me_page(profile: dict[str, str] | None, *, logged_in: bool) -> HTMLResponse:
+    """Hello, <nickname> with the avatar; a login link for a stranger."""
+    if not logged_in:
+        return page("Sign in", f"""<h1>Hello!</h1>
+<p>Sign in with WeChat so this page knows who you are.</p>
+<a class="button" href="{escape(login_url('/me'))}">Sign in with WeChat</a>""")
+    profile = profile or {}
+    nickname = profile.get("nickname", "").strip()
+    avatar = profile.get("headimgurl", "")
+    img = ""
+    if avatar.startswith(("https://", "http://")):
+        # alt="" so a blocked avatar shows the grey tile, not a broken-image icon.
+        img = f'<img class="avatar" src="{escape(avatar)}" alt="" width="132" height="132">'
+    if nickname:
+        return page(f"Hello, {nickname}", f"{img}\n<h1>Hello, {escape(nickname)}</h1>\n"
+                    "<p>You are signed in with WeChat.</p>")
+    # snsapi_base logins know the openid only: offer to share the name.
+    return page("Hello", f"""{img}<h1>Hello!</h1>
+<p>You are signed in, but WeChat did not share your name with us.</p>
+<a class="button" href="{escape(login_url('/me', 'snsapi_userinfo'))}">Share my name</a>""")
+
+
+def problem_page(title: str, message: str, *, retry_next: str = "/me",
+                 retry_scope: str | None = None, status: int = 400) -> HTMLResponse:
+    """A friendly failure page with a link that starts the login again."""
+    return page(title, f"""<h1>{escape(title)}</h1>
+<p>{escape(message)}</p>
+<a class="button" href="{escape(login_url(retry_next, retry_scope))}">Try again</a>""",
+                status=status)

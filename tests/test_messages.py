@@ -1,0 +1,128 @@
+"""Every message and event type in the protocol page parses into its typed message."""
+
+import dataclasses
+
+import pytest
+
+from service.errors import XMLError
+from service.messages import (
+    EventMessage, ImageMessage, InboundMessage, JobFinishEvent, LinkMessage, LocationEvent,
+    LocationMessage, LocationSelectEvent, MenuEvent, PicEvent, ScanCodeEvent, ScanEvent,
+    SubscribeEvent, TextMessage, VideoMessage, VoiceMessage, parse_message,
+)
+
+HEAD = ("<xml><ToUserName><![CDATA[gh_123]]></ToUserName>"
+        "<FromUserName><![CDATA[oABC]]></FromUserName><CreateTime>1700000000</CreateTime>")
+
+
+def xml(body: str) -> bytes:
+    return (HEAD + body + "</xml>").encode()
+
+
+def test_text_with_article_fields():
+    m = parse_message(xml("<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[你好 <b>]]>"
+                          "</Content><MsgId>6054768590064713728</MsgId><MsgDataId>1</MsgDataId>"
+                          "<Idx>2</Idx>"))
+    assert isinstance(m, TextMessage)
+    assert (m.content, m.msg_id, m.openid, m.to_user, m.create_time) == \
+        ("你好 <b>", "6054768590064713728", "oABC", "gh_123", 1700000000)
+    assert m.raw["Idx"] == "2"
+    assert m.dedup_key() == "m:6054768590064713728"
+
+
+def test_messages_are_frozen():
+    m = parse_message(xml("<MsgType>text</MsgType><Content>x</Content><MsgId>1</MsgId>"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.content = "y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("body", "cls", "expect"), [
+    ("<MsgType>image</MsgType><PicUrl>http://p</PicUrl><MediaId>m1</MediaId><MsgId>1</MsgId>",
+     ImageMessage, {"pic_url": "http://p", "media_id": "m1"}),
+    ("<MsgType>voice</MsgType><MediaId>m</MediaId><Format>amr</Format>"
+     "<Recognition>腾讯</Recognition><MsgId>1</MsgId>",
+     VoiceMessage, {"format": "amr", "recognition": "腾讯"}),
+    ("<MsgType>video</MsgType><MediaId>m</MediaId><ThumbMediaId>t</ThumbMediaId><MsgId>1</MsgId>",
+     VideoMessage, {"thumb_media_id": "t"}),
+    ("<MsgType>shortvideo</MsgType><MediaId>m</MediaId><ThumbMediaId>t</ThumbMediaId>"
+     "<MsgId>1</MsgId>", VideoMessage, {"msg_type": "shortvideo"}),
+    ("<MsgType>location</MsgType><Location_X>23.134521</Location_X><Location_Y>113.358803"
+     "</Location_Y><Scale>20</Scale><Label>位置</Label><MsgId>1</MsgId>",
+     LocationMessage, {"latitude": 23.134521, "longitude": 113.358803, "scale": 20,
+                       "label": "位置"}),
+    ("<MsgType>link</MsgType><Title>t</Title><Description>d</Description><Url>u</Url>"
+     "<MsgId>1</MsgId>", LinkMessage, {"title": "t", "description": "d", "url": "u"}),
+])
+def test_message_types(body, cls, expect):
+    m = parse_message(xml(body))
+    assert type(m) is cls
+    for k, v in expect.items():
+        assert getattr(m, k) == v
+
+
+def test_subscribe_plain_and_through_qr_code():
+    plain = parse_message(xml("<MsgType>event</MsgType><Event>subscribe</Event>"))
+    assert isinstance(plain, SubscribeEvent) and plain.scene is None
+    qr = parse_message(xml("<MsgType>event</MsgType><Event>subscribe</Event>"
+                           "<EventKey>qrscene_123123</EventKey><Ticket>TICKET</Ticket>"))
+    assert isinstance(qr, SubscribeEvent)
+    assert (qr.scene, qr.ticket, qr.event) == ("123123", "TICKET", "subscribe")
+    assert qr.dedup_key() == "e:oABC:1700000000:subscribe:qrscene_123123"
+
+
+@pytest.mark.parametrize(("body", "cls", "expect"), [
+    ("<Event>unsubscribe</Event>", EventMessage, {"event": "unsubscribe"}),
+    ("<Event>SCAN</Event><EventKey>123</EventKey><Ticket>T</Ticket>", ScanEvent,
+     {"event": "scan", "event_key": "123", "ticket": "T"}),
+    ("<Event>LOCATION</Event><Latitude>23.1</Latitude><Longitude>113.3</Longitude>"
+     "<Precision>119.385</Precision>", LocationEvent,
+     {"latitude": 23.1, "longitude": 113.3, "precision": 119.385}),
+    ("<Event>CLICK</Event><EventKey>MENU_1</EventKey>", MenuEvent,
+     {"event": "click", "event_key": "MENU_1"}),
+    ("<Event>VIEW</Event><EventKey>https://x</EventKey><MenuId>7</MenuId>", MenuEvent,
+     {"event": "view", "menu_id": "7"}),
+    ("<Event>view_miniprogram</Event><EventKey>pages/index</EventKey><MenuId>7</MenuId>",
+     MenuEvent, {"event": "view_miniprogram", "event_key": "pages/index"}),
+    ("<Event>scancode_waitmsg</Event><EventKey>k</EventKey><ScanCodeInfo><ScanType>qrcode"
+     "</ScanType><ScanResult>1</ScanResult></ScanCodeInfo>", ScanCodeEvent,
+     {"scan_type": "qrcode", "scan_result": "1"}),
+    ("<Event>pic_photo_or_album</Event><EventKey>k</EventKey><SendPicsInfo><Count>2</Count>"
+     "<PicList><item><PicMd5Sum>a1</PicMd5Sum></item><item><PicMd5Sum>b2</PicMd5Sum></item>"
+     "</PicList></SendPicsInfo>", PicEvent, {"count": 2, "pic_md5s": ("a1", "b2")}),
+    ("<Event>location_select</Event><EventKey>k</EventKey><SendLocationInfo><Location_X>23"
+     "</Location_X><Location_Y>113</Location_Y><Scale>15</Scale><Label>L</Label>"
+     "<Poiname>P</Poiname></SendLocationInfo>", LocationSelectEvent,
+     {"latitude": 23.0, "longitude": 113.0, "scale": 15, "label": "L", "poiname": "P"}),
+    ("<Event>TEMPLATESENDJOBFINISH</Event><MsgID>200163836</MsgID><Status>success</Status>",
+     JobFinishEvent, {"status": "success", "event": "templatesendjobfinish"}),
+    ("<Event>MASSSENDJOBFINISH</Event><MsgID>1988</MsgID><Status>sendsuccess</Status>"
+     "<TotalCount>100</TotalCount><FilterCount>80</FilterCount><SentCount>75</SentCount>"
+     "<ErrorCount>5</ErrorCount>", JobFinishEvent,
+     {"total_count": 100, "filter_count": 80, "sent_count": 75, "error_count": 5}),
+])
+def test_event_types(body, cls, expect):
+    m = parse_message(xml("<MsgType>event</MsgType>" + body))
+    assert type(m) is cls
+    for k, v in expect.items():
+        assert getattr(m, k) == v
+
+
+def test_unknown_types_parse_generically():
+    m = parse_message(xml("<MsgType>hologram</MsgType><Shape>cube</Shape><MsgId>9</MsgId>"))
+    assert type(m) is InboundMessage and m.msg_type == "hologram" and m.raw["Shape"] == "cube"
+    e = parse_message(xml("<MsgType>event</MsgType><Event>teleport</Event>"))
+    assert type(e) is EventMessage and e.event == "teleport"
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"not xml", b"<xml><unclosed></xml>", b"<notxml/>",
+    b"<xml><ToUserName>a</ToUserName></xml>",                         # envelope fields missing
+    (HEAD + "<MsgType>text</MsgType></xml>").replace("1700000000", "soon").encode(),
+    b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+    b"<xml><ToUserName>&e;</ToUserName></xml>",
+    "<xml><ToUserName>é</ToUserName></xml>".encode("latin-1"),       # not UTF-8
+    b"<xml><ToUserName>\x01</ToUserName></xml>",                      # control character
+])
+def test_malformed_bodies_raise_xml_error(body):
+    with pytest.raises(XMLError):
+        parse_message(body)

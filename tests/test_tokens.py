@@ -1,0 +1,132 @@
+"""The access token manager: single-flight, ahead-of-expiry refresh, compare-and-expire."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from service.errors import ConfigurationError, UpstreamUnavailable
+from service.observability import Metrics
+from service.store.memory import MemoryStore
+from service.tokens import TokenManager
+
+
+class Upstream:
+    """A token endpoint with a call counter, answering from a script."""
+
+    def __init__(self, answers=None, delay=0.0):
+        self.calls = 0
+        self.answers = answers or []
+        self.delay = delay
+
+    async def fetch(self):
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.answers:
+            a = self.answers.pop(0)
+            if isinstance(a, Exception):
+                raise a
+            return a
+        return f"token-{self.calls}", 7200
+
+
+def manager(up, *, clock=None, store=None, **kw):
+    return TokenManager(store or MemoryStore(), up.fetch, namespace="t:", metrics=Metrics(),
+                        clock=clock or (lambda: 1_000_000.0), **kw)
+
+
+async def test_forty_concurrent_cold_gets_cause_one_fetch():
+    up = Upstream(delay=0.05)
+    tm = manager(up)
+    tokens = await asyncio.gather(*(tm.get() for _ in range(40)))
+    assert set(tokens) == {"token-1"} and up.calls == 1
+
+
+async def test_refreshes_ahead_of_expiry_without_making_callers_wait():
+    now = [1_000_000.0]
+    up = Upstream()
+    tm = manager(up, clock=lambda: now[0])
+    assert await tm.get() == "token-1"
+    now[0] += 7200 - 200  # inside the refresh-ahead window, still valid
+    assert await tm.get() == "token-1"  # served at once...
+    await asyncio.sleep(0.01)
+    assert up.calls == 2 and await tm.get() == "token-2"  # ...while the refresh ran behind
+
+
+async def test_expired_token_is_not_served():
+    now = [1_000_000.0]
+    up = Upstream()
+    tm = manager(up, clock=lambda: now[0])
+    await tm.get()
+    now[0] += 7200
+    assert await tm.get() == "token-2"
+
+
+async def test_invalidate_expires_only_the_token_that_failed():
+    up = Upstream()
+    tm = manager(up)
+    first = await tm.get()
+    await tm.invalidate(first)
+    second = await tm.get()
+    assert second == "token-2" and up.calls == 2
+    await tm.invalidate(first)  # a late 40001 for the old token must not kill the new one
+    assert await tm.get() == second and up.calls == 2
+
+
+async def test_store_keeps_the_token_for_peers():
+    store = MemoryStore()
+    up_a, up_b = Upstream(), Upstream()
+    a = manager(up_a, store=store)
+    b = manager(up_b, store=store)
+    assert await a.get() == await b.get() == "token-1"
+    assert (up_a.calls, up_b.calls) == (1, 0)
+
+
+async def test_configuration_error_backs_off_instead_of_storming():
+    err = ConfigurationError(40125, "invalid appsecret", api="stable_token")
+    up = Upstream(answers=[err])
+    tm = manager(up)
+    for _ in range(20):
+        with pytest.raises(ConfigurationError):
+            await tm.get()
+    assert up.calls == 1
+    status = tm.status()
+    assert status["cached"] is False and status["error"]["errcode"] == 40125
+    assert "WECHAT_APP_SECRET" in status["fix"]
+
+
+async def test_transient_failure_retries_after_a_short_backoff():
+    up = Upstream(answers=[UpstreamUnavailable(None, "HTTP 500", api="token")])
+    tm = manager(up, failure_backoff=0.05)
+    with pytest.raises(UpstreamUnavailable):
+        await tm.get()
+    await asyncio.sleep(0.06)
+    assert await tm.get() == "token-2"
+
+
+async def test_deadline_bounds_the_wait():
+    import time
+    up = Upstream(delay=1.0)
+    tm = manager(up)
+    with pytest.raises(UpstreamUnavailable):
+        await tm.get(deadline=time.monotonic() + 0.05)
+
+
+async def test_stable_token_request_shape(settings):
+    from service.wechat_api import WeChatAPI
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"access_token": "ACCESS", "expires_in": 7200})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        api = WeChatAPI(http, settings, metrics=Metrics())
+        assert await api.fetch_token() == ("ACCESS", 7200)
+    req = seen[0]
+    assert req.method == "POST" and req.url.path == "/cgi-bin/stable_token"
+    body = json.loads(req.content)
+    assert body == {"grant_type": "client_credential", "appid": settings.app_id,
+                    "secret": settings.app_secret.get_secret_value(), "force_refresh": False}

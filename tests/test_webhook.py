@@ -1,0 +1,264 @@
+"""The /wechat route as WeChat and a follower see it, against the in-process sandbox."""
+
+import asyncio
+import time
+
+import pytest
+from wechatpy.crypto import WeChatCrypto
+
+from service.replies import SUCCESS
+from service.signature import sign
+from service.simulate import decode_reply, push_xml, sign_push
+from tests.conftest import OPENID
+from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
+
+
+def _q(ts=None, nonce="4375", **extra):
+    ts = str(int(time.time()) if ts is None else ts)
+    return {"signature": sign(TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce, **extra}
+
+
+# -- URL verification -----------------------------------------------------------------------
+
+async def test_get_echoes_echostr_exactly(client):
+    r = await client.get("/wechat", params=_q(echostr="4375120948345356249"))
+    assert r.status_code == 200
+    assert r.content == b"4375120948345356249"
+    assert r.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("params", [
+    {**_q(echostr="123"), "signature": "0" * 40},
+    {k: v for k, v in _q(echostr="123").items() if k != "signature"},
+    _q(),  # no echostr
+    _q(ts=int(time.time()) - 3600, echostr="123"),
+])
+async def test_get_refuses_without_echo(client, params):
+    r = await client.get("/wechat", params=params)
+    assert 400 <= r.status_code < 500
+    assert b"123" not in r.content
+
+
+# -- the three modes --------------------------------------------------------------------------
+
+def _theirs():
+    return WeChatCrypto(TOKEN, AES_KEY, SANDBOX_APP_ID)
+
+
+async def test_plaintext_subscribe_greets_the_follower(client, make_push, sandbox):
+    push = make_push("subscribe")
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 200
+    f = decode_reply(r.content, crypto=None)
+    assert f["Content"] == "Welcome, 刺猬宝宝!"
+    assert f["ToUserName"] == OPENID and f["FromUserName"] == "gh_sandbox000001"
+    assert f["MsgType"] == "text"
+
+
+async def test_safe_mode_reply_is_encrypted_and_decrypts_with_wechatpy(client, make_push):
+    push = make_push("subscribe", aes=True)
+    assert b"<FromUserName>" not in push.body  # safe mode: only ToUserName and Encrypt
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 200 and b"<Encrypt>" in r.content
+    body = r.text
+    ts = body.split("<TimeStamp>")[1].split("</TimeStamp>")[0]
+    nonce = body.split("<Nonce><![CDATA[")[1].split("]]>")[0]
+    sig = body.split("<MsgSignature><![CDATA[")[1].split("]]>")[0]
+    plain = _theirs().decrypt_message(body, sig, ts, nonce)  # checks MsgSignature too
+    assert "Welcome, 刺猬宝宝!" in plain and OPENID in plain
+
+
+async def test_compatible_mode_push_with_plain_and_encrypted_fields(client, crypto):
+    xml = push_xml("subscribe", openid=OPENID)
+    encrypt = crypto.encrypt(xml)
+    body = xml.replace(b"</xml>", f"<Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>".encode())
+    ts, nonce = str(int(time.time())), "777"
+    params = {**_q(ts=ts, nonce=nonce), "openid": OPENID, "encrypt_type": "aes",
+              "msg_signature": sign(TOKEN, ts, nonce, encrypt)}
+    r = await client.post("/wechat", params=params, content=body)
+    assert r.status_code == 200
+    assert decode_reply(r.content, crypto=crypto)["Content"] == "Welcome, 刺猬宝宝!"
+
+
+async def test_push_encrypted_by_wechatpy_is_served(client):
+    ts, nonce = str(int(time.time())), "9911"
+    xml = push_xml("subscribe", openid=OPENID).decode()
+    env = _theirs().encrypt_message(xml, nonce, ts)
+    encrypt = env.split("<Encrypt><![CDATA[")[1].split("]]>")[0]
+    msg_sig = env.split("<MsgSignature><![CDATA[")[1].split("]]>")[0]
+    body = f"<xml><ToUserName><![CDATA[gh_x]]></ToUserName><Encrypt><![CDATA[{encrypt}]]>" \
+           "</Encrypt></xml>"
+    params = {**_q(ts=ts, nonce=nonce), "encrypt_type": "aes", "msg_signature": msg_sig}
+    r = await client.post("/wechat", params=params, content=body)
+    assert r.status_code == 200 and b"<Encrypt>" in r.content
+
+
+# -- greetings ----------------------------------------------------------------------------------
+
+async def test_qr_code_subscribe_and_scan_are_greeted(client, make_push):
+    for push in (make_push("subscribe", event_key="qrscene_42"), make_push("SCAN", event_key="42")):
+        r = await client.post("/wechat", params=push.params, content=push.body)
+        assert decode_reply(r.content, crypto=None)["Content"] == "Welcome, 刺猬宝宝!"
+
+
+async def test_empty_nickname_gives_plain_welcome(client, make_push, sandbox):
+    sandbox.empty_nicknames = True  # user/info since 2021-12-27
+    push = make_push("subscribe", openid="oNoNameFollower0000000000001")
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    content = decode_reply(r.content, crypto=None)["Content"]
+    assert content == "Welcome!"
+
+
+async def test_failed_lookup_still_greets_in_time(client, make_push, sandbox):
+    push = make_push("subscribe", openid="!invalid-openid")  # sandbox answers 40003
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert decode_reply(r.content, crypto=None)["Content"] == "Welcome!"
+
+
+async def test_configured_greeting(make_app, make_settings, make_push):
+    import httpx
+    app = make_app(settings=make_settings(WXHOOK_GREETING="欢迎你，{nickname}！",
+                                          WXHOOK_GREETING_ANONYMOUS="欢迎！"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        push = make_push("subscribe")
+        r = await c.post("/wechat", params=push.params, content=push.body)
+    assert decode_reply(r.content, crypto=None)["Content"] == "欢迎你，刺猬宝宝！"
+
+
+# -- other pushes -------------------------------------------------------------------------------
+
+async def test_unknown_msgtype_is_answered_200_success(client):
+    xml = (b"<xml><ToUserName>gh</ToUserName><FromUserName>oX</FromUserName><CreateTime>1"
+           b"</CreateTime><MsgType>hologram</MsgType><MsgId>5</MsgId></xml>")
+    push = sign_push(xml, token=TOKEN, openid="oX")
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 200 and r.content == SUCCESS
+
+
+async def test_text_without_a_matching_handler_is_success(client, make_push):
+    push = make_push("text", text="just chatting")
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 200 and r.content == SUCCESS
+
+
+async def test_help_keyword(client, make_push):
+    push = make_push("text", text="  HELP ")
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert "Send 'help'" in decode_reply(r.content, crypto=None)["Content"]
+
+
+# -- retries and tokens ------------------------------------------------------------------------
+
+async def test_three_tries_one_lookup_identical_bytes(client, make_push, sandbox):
+    push = make_push("subscribe", openid="oRetryFollower00000000000001")
+    replies = [await client.post("/wechat", params=push.params, content=push.body)
+               for _ in range(3)]
+    assert len({r.content for r in replies}) == 1
+    assert sandbox.calls["/cgi-bin/user/info"] == 1
+
+
+async def test_concurrent_tries_wait_for_the_first(client, make_push, sandbox):
+    sandbox.latency = 0.2
+    push = make_push("subscribe", aes=True, openid="oConcurrentTry00000000000001")
+    replies = await asyncio.gather(*(client.post("/wechat", params=push.params,
+                                                 content=push.body) for _ in range(3)))
+    assert len({r.content for r in replies}) == 1 and b"<Encrypt>" in replies[0].content
+    assert sandbox.calls["/cgi-bin/user/info"] == 1
+
+
+async def test_forty_cold_pushes_cost_one_token_request(client, make_push, sandbox):
+    sandbox.latency = 0.05
+    pushes = [make_push("subscribe", openid=f"oColdStart{i:018d}") for i in range(40)]
+    replies = await asyncio.gather(*(client.post("/wechat", params=p.params, content=p.body)
+                                     for p in pushes))
+    assert all("Welcome, Follower-" in decode_reply(r.content, crypto=None)["Content"]
+               for r in replies)
+    assert sandbox.token_requests == 1
+
+
+async def test_invalidated_token_costs_exactly_one_token_request(client, make_push, sandbox):
+    first = make_push("subscribe", openid="oBeforeInvalidation000000001")
+    await client.post("/wechat", params=first.params, content=first.body)
+    assert sandbox.token_requests == 1
+    sandbox.invalidate_tokens()
+    second = make_push("subscribe", openid="oAfterInvalidation0000000001")
+    r = await client.post("/wechat", params=second.params, content=second.body)
+    assert decode_reply(r.content, crypto=None)["Content"] == "Welcome, Follower-000001!"
+    assert sandbox.token_requests == 2
+
+
+async def test_classic_token_endpoint_setting(make_app, make_settings, make_push, sandbox):
+    import httpx
+    app = make_app(settings=make_settings(WXHOOK_TOKEN_ENDPOINT="classic"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        push = make_push("subscribe")
+        await c.post("/wechat", params=push.params, content=push.body)
+    assert sandbox.calls["/cgi-bin/token"] == 1 and sandbox.calls["/cgi-bin/stable_token"] == 0
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+async def test_wrong_signature_is_403(client, make_push):
+    push = make_push("subscribe")
+    r = await client.post("/wechat", params={**push.params, "signature": "f" * 40},
+                          content=push.body)
+    assert r.status_code == 403
+
+
+async def test_wrong_or_missing_msg_signature_is_4xx(client, make_push):
+    push = make_push("subscribe", aes=True)
+    bad = await client.post("/wechat", params={**push.params, "msg_signature": "0" * 40},
+                            content=push.body)
+    missing = await client.post("/wechat", params={k: v for k, v in push.params.items()
+                                                   if k != "msg_signature"}, content=push.body)
+    assert bad.status_code == 403 and missing.status_code == 403
+
+
+async def test_missing_parameters_are_400(client, make_push):
+    push = make_push("subscribe")
+    for drop in ("timestamp", "nonce", "signature"):
+        params = {k: v for k, v in push.params.items() if k != drop}
+        r = await client.post("/wechat", params=params, content=push.body)
+        assert r.status_code in (400, 403), drop
+
+
+async def test_stale_timestamp_is_403(client, make_push):
+    push = make_push("subscribe", timestamp=int(time.time()) - 3600)
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 403
+
+
+async def test_oversized_body_is_413(client, make_push):
+    push = make_push("text", text="x" * (300 * 1024))
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 413
+
+
+async def test_malformed_xml_is_400_then_a_good_push_is_served(client, make_push):
+    push = make_push("subscribe")
+    bad = await client.post("/wechat", params=push.params, content=b"<xml><broken")
+    assert bad.status_code == 400
+    good = make_push("subscribe")
+    r = await client.post("/wechat", params=good.params, content=good.body)
+    assert r.status_code == 200 and b"Welcome" in r.content
+
+
+async def test_safe_body_without_encrypt_type_is_400(client, make_push):
+    push = make_push("subscribe", aes=True)
+    params = {k: v for k, v in push.params.items() if k not in ("encrypt_type", "msg_signature")}
+    r = await client.post("/wechat", params=params, content=push.body)
+    assert r.status_code == 400
+
+
+async def test_encrypted_push_without_configured_key_is_400(make_app, make_settings, make_push):
+    import httpx
+    app = make_app(settings=make_settings(WECHAT_ENCODING_AES_KEY=""))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        push = make_push("subscribe", aes=True)
+        r = await c.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 400
+
+
+async def test_other_methods_are_405(client):
+    r = await client.put("/wechat", params=_q())
+    assert r.status_code == 405
