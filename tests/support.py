@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,13 +30,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None,
+              log_path: Path | None = None) -> None:
     """Poll `url` until it answers (any status), or fail with the process's output."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{out[-3000:]}")
+            out = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{out}")
         try:
             httpx.get(url, timeout=0.5)
             return
@@ -47,26 +49,31 @@ def wait_http(url: str, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] 
 @contextmanager
 def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: str,
             log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a process, wait until `ready_url` answers, stop it (SIGTERM, then SIGKILL)."""
+    """Start a process, wait until `ready_url` answers, stop it (SIGTERM, then SIGKILL).
+
+    Output always goes to a file: a pipe nobody reads fills up and blocks a chatty server.
+    """
     full_env = {k: v for k, v in os.environ.items()
                 if not k.startswith(("WECHAT_", "WXHOOK_", "REDIS_URL", "PROMETHEUS_"))}
     full_env.update(env or {})
-    out = open(log_path, "wb") if log_path else subprocess.PIPE
-    proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                            cwd=ROOT, start_new_session=True)
-    try:
-        wait_http(ready_url, proc=proc if log_path is None else None)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if log_path:
-            out.close()  # type: ignore[union-attr]
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="wxhook-test-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, start_new_session=True)
+        try:
+            wait_http(ready_url, proc=proc, log_path=log_path)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
 
 
 @contextmanager
