@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from service.messages import InboundMessage, TextMessage
 from service.replies import TextReply
 
@@ -25,9 +27,20 @@ def keyword(words: set[str]) -> Router:
     return r
 
 
-def default_router() -> Router:
-    """What `wxhook serve` answers with unless the app is built with another router."""
+def load_router(spec: str) -> Router:
+    """Import "package.module:name" and return that Router."""
+    module_name, _, attr = spec.partition(":")
+    found = getattr(importlib.import_module(module_name), attr, None)
+    if not isinstance(found, Router):
+        raise TypeError(f"WXHOOK_HANDLERS: {spec} is not a handlers.router.Router")
+    return found
+
+
+def default_router(extra: str = "") -> Router:
+    """The account's routers from WXHOOK_HANDLERS, then the greeting and keyword rules."""
     router = Router()
+    for spec in filter(None, (p.strip() for p in extra.split(","))):
+        router.include(load_router(spec))
     router.include(greeting.router)
     router.include(keyword({"help", "帮助", "?"}))
     return router

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", alias="WXHOOK_LOG_LEVEL")
     log_format: Literal["json", "console"] = Field("json", alias="WXHOOK_LOG_FORMAT")
     sandbox: bool = Field(False, alias="WXHOOK_SANDBOX")
+    # Extra routers, "package.module:router" comma-separated, consulted before the defaults.
+    handlers: str = Field("", alias="WXHOOK_HANDLERS")
 
     @field_validator("token")
     @classmethod
@@ -93,6 +95,14 @@ class Settings(BaseSettings):
         if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return v.upper()
+
+    @field_validator("handlers")
+    @classmethod
+    def _handlers(cls, v: str) -> str:
+        for spec in filter(None, (p.strip() for p in v.split(","))):
+            if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+                raise ValueError(f"{spec!r} is not of the form package.module:router")
+        return v
 
     @field_validator("greeting")
     @classmethod
