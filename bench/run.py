@@ -40,6 +40,10 @@ LOGS = RESULTS / "logs"
 HOST = "127.0.0.1"
 PORTS = {"upstream": 18900, "bare": 18901, "werobot": 18902, "wxhook": 18903}
 CONNECTIONS = 64
+# Every subscribe waits >= 30 ms upstream, so throughput <= connections / 30 ms whatever the
+# server: 64 connections cap anyone at ~2,100 req/s while WeRoBot's 32 threads cap it at
+# ~1,070. To measure the server rather than the connection count, subscribe gets more.
+SUBSCRIBE_CONNECTIONS = 256
 WRK_TIMEOUT = "5s"  # WeChat gives up after 5 s: a slower reply is a failed reply
 UPSTREAM_LATENCY = 0.030
 WARMUP_RATE_GUESS = 60_000  # req/s used to size the warm-up pool (the bare app does ~40k)
@@ -92,6 +96,8 @@ def server_env(creds: gen.Creds, scenario: str) -> dict[str, str]:
         "WECHAT_APP_ID": creds.app_id, "WECHAT_APP_SECRET": creds.app_secret,
         "WECHAT_TOKEN": creds.token, "WECHAT_API_BASE": f"http://{HOST}:{PORTS['upstream']}",
         "WXHOOK_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+        # The same job as the WeRoBot peer: text is answered "You said: <text>".
+        "WXHOOK_HANDLERS": "bench.handlers:router", "PYTHONPATH": str(ROOT),
     })
     if scenario == "aes":
         env["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
@@ -235,7 +241,10 @@ def validate(server: str, scenario: str, port: int, creds: gen.Creds, seq: gen.S
                 continue  # the ceiling answers a constant body by design
             text = r.text
             if scenario == "aes":
-                outer = ET.fromstring(text)
+                try:
+                    outer = ET.fromstring(text)
+                except ET.ParseError:
+                    raise AssertionError(f"not an encrypted reply: {text[:200]!r}") from None
                 text = wc.decrypt_message(text, outer.findtext("MsgSignature"),
                                           outer.findtext("TimeStamp"), outer.findtext("Nonce"))
             try:
@@ -306,6 +315,7 @@ class Plan:
     load_threads: int
     upstream_cpus: str | None
     connections: int = CONNECTIONS
+    subscribe_connections: int = SUBSCRIBE_CONNECTIONS
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -313,6 +323,8 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
               seq: gen.Sequence, tmp: str) -> dict[str, Any]:
     server, port = SERVERS[name], PORTS[name]
     res: dict[str, Any] = {"server": name, "scenario": scenario}
+    conns = plan.subscribe_connections if scenario == "subscribe" else plan.connections
+    res["connections"] = conns
     port_free(port)
     up.reset()  # before the server starts, so its token fetch (at start or lazily) counts
     log = LOGS / f"{name}-{scenario}.log"
@@ -328,7 +340,7 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
         n_warm = int(plan.warmup * WARMUP_RATE_GUESS)
         prefix, _ = write_pool(tmp, f"{name}-{scenario}-warm", scenario, n_warm, port, creds,
                                seq, shards)
-        warm = run_wrk(port, prefix, plan.warmup, shards, plan.load_cpus, plan.connections)
+        warm = run_wrk(port, prefix, plan.warmup, shards, plan.load_cpus, conns)
         remove_pool(prefix, shards)
         rate = warm["rps"] if not warm["exhausted_threads"] else 2 * n_warm / plan.warmup
         res["warmup"] = {"rps": round(warm["rps"], 1), "requests": warm["requests"],
@@ -340,7 +352,7 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             prefix, gen_s = write_pool(tmp, f"{name}-{scenario}-run{attempt}", scenario, n, port,
                                        creds, seq, shards)
             print(f"    pool: {n:,} distinct requests generated in {gen_s:.1f}s", flush=True)
-            run = run_wrk(port, prefix, plan.duration, shards, plan.load_cpus, plan.connections)
+            run = run_wrk(port, prefix, plan.duration, shards, plan.load_cpus, conns)
             remove_pool(prefix, shards)
             if not run["exhausted_threads"]:
                 break
@@ -447,7 +459,8 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]], verdict: dict[
     lines = [
         "# wxhook benchmark", "",
         (f"{meta['when']} on {meta['machine']}; server on cpu {meta['server_cpus']}, wrk on cpu "
-         f"{meta['load_cpus']} ({meta['connections']} connections, {meta['duration']} s after a "
+         f"{meta['load_cpus']} ({meta['connections']} connections, "
+         f"{meta['subscribe_connections']} for subscribe; {meta['duration']} s after a "
          f"{meta['warmup']} s warm-up), workers {meta['workers']}, upstream latency "
          f"{meta['upstream_latency_ms']:.0f} ms. Every request distinct and freshly signed."),
         *([f"Note: {meta['note']}."] if meta.get("note") else []), "",
@@ -488,6 +501,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="server processes; above 1 the servers get cores 0,1 and wrk shares them")
     p.add_argument("--connections", type=int, default=CONNECTIONS,
                    help="wrk connections (subscribe can never beat connections / 30 ms)")
+    p.add_argument("--subscribe-connections", type=int, default=SUBSCRIBE_CONNECTIONS,
+                   help="wrk connections for the subscribe scenario")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 s warm-up")
     a = p.parse_args(argv)
     if a.quick:
@@ -516,14 +531,20 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(servers, scenarios, a.duration, a.warmup, a.workers,
                     server_cpus="0", load_cpus="1", load_threads=1, upstream_cpus="1")
     plan.connections = a.connections
+    plan.subscribe_connections = a.subscribe_connections
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": f"{platform.machine()}, {ncpu} cpus, Python {platform.python_version()}",
         "server_cpus": plan.server_cpus, "load_cpus": plan.load_cpus,
-        "connections": plan.connections, "duration": plan.duration, "warmup": plan.warmup,
+        "connections": plan.connections,
+        "subscribe_connections": plan.subscribe_connections, "duration": plan.duration, "warmup": plan.warmup,
         "workers": plan.workers, "upstream_latency_ms": UPSTREAM_LATENCY * 1000,
         "wrk_timeout": WRK_TIMEOUT, "wxhook_cmd": " ".join(WXHOOK_CMD),
     }
+    meta["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[0]
+    if float(meta["loadavg_at_start"]) > 0.5:
+        print(f"warning: load average {meta['loadavg_at_start']} before starting: other work on "
+              "this machine will skew the figures", file=sys.stderr)
     creds, seq = gen.Creds(), gen.Sequence()
     LOGS.mkdir(parents=True, exist_ok=True)
     up = Upstream(creds, plan.upstream_cpus)
@@ -544,10 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         up.proc.stop()
     verdict = summarize(plan.results)
     if "subscribe" in scenarios:
-        bound = plan.connections / UPSTREAM_LATENCY
+        bound = plan.subscribe_connections / UPSTREAM_LATENCY
         verdict["subscribe_bound_rps"] = round(bound)
         meta["note"] = (f"subscribe: every push waits >= {UPSTREAM_LATENCY * 1000:.0f} ms upstream, "
-                        f"so {plan.connections} connections cap any server at "
+                        f"so {plan.subscribe_connections} connections cap any server at "
                         f"{bound:,.0f} req/s")
     md = markdown(meta, plan.results, verdict)
     print("\n" + md)
