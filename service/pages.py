@@ -14,12 +14,15 @@ from starlette.responses import HTMLResponse
 _STYLE = """
 :root { color-scheme: light; }
 body { margin: 0; font: 20px/1.5 -apple-system, "PingFang SC", "Noto Sans CJK SC",
-       "Microsoft YaHei", sans-serif; background: #ededed; color: #191919; }
+       "Microsoft YaHei", "WenQuanYi Micro Hei", sans-serif; background: #ededed; color: #191919; }
 main { max-width: 34rem; margin: 0 auto; padding: 2.5rem 1.25rem; text-align: center; }
 h1 { font-size: 1.6rem; margin: 1rem 0 .5rem; word-wrap: break-word; }
 p { margin: .75rem 0; color: #4c4c4c; }
 .avatar { width: 132px; height: 132px; border-radius: 12px; background: #d5d5d5;
-          object-fit: cover; display: block; margin: 0 auto; }
+          object-fit: cover; display: block; margin: 0 auto; position: relative; }
+/* Only an image that failed to load gets ::before: a plain tile, not a broken icon. */
+.avatar::before { content: ""; position: absolute; inset: 0; border-radius: 12px;
+                  background: #d5d5d5; }
 .button { display: block; margin: 2rem auto 0; padding: .9rem 1rem; border-radius: 8px;
           background: #07c160; color: #fff; text-decoration: none; font-weight: 600; }
 """
@@ -66,7 +69,6 @@ def me_page(profile: dict[str, str] | None, *, logged_in: bool) -> HTMLResponse:
     avatar = profile.get("headimgurl", "")
     img = ""
     if avatar.startswith(("https://", "http://")):
-        # alt="" so a blocked avatar shows the grey tile, not a broken-image icon.
         img = f'<img class="avatar" src="{escape(avatar)}" alt="" width="132" height="132">'
     if nickname:
         return page(f"Hello, {nickname}", f"{img}\n<h1>Hello, {escape(nickname)}</h1>\n"
@@ -77,9 +79,34 @@ def me_page(profile: dict[str, str] | None, *, logged_in: bool) -> HTMLResponse:
 <a class="button" href="{escape(login_url('/me', 'snsapi_userinfo'))}">Share my name</a>""")
 
 
-def problem_page(title: str, message: str, *, retry_next: str = "/me",
-                 retry_scope: str | None = None, status: int = 400) -> HTMLResponse:
-    """A friendly failure page with a link that starts the login again."""
+# Every way a sign-in can fail: (status, title, message). 200 where nobody did anything
+# wrong and trying again is the answer; never a 5xx (WeChat's browser shows those raw).
+PROBLEMS: dict[str, tuple[int, str, str]] = {
+    "scope": (400, "Unknown scope", "The sign-in link asked for an unknown permission."),
+    "invalid": (400, "Invalid sign-in link", "This sign-in link is not valid."),
+    "cancelled": (200, "Sign-in cancelled",
+                  "You did not allow the sign-in. You can try again whenever you like."),
+    "expired": (400, "Sign-in expired", "This sign-in took too long. Please try again."),
+    "forged": (403, "Could not verify this sign-in",
+               "This sign-in was not started in this browser, or it has expired."),
+    "reused": (400, "Sign-in link already used",
+               "This sign-in link was already used. Please start again."),
+    "code": (400, "Sign-in link expired",
+             "WeChat says this sign-in has expired or was already used. Please try again."),
+    "permission": (403, "Permission needed", ("WeChat did not let this page read your "
+                   "profile. Try again and allow access to your name and photo.")),
+    "upstream": (200, "WeChat is not answering",
+                 "WeChat did not answer in time. Please try again in a moment."),
+    "failed": (400, "Sign-in failed", "WeChat could not complete the sign-in. Please try again."),
+    "error": (200, "Something went wrong",
+              "We could not finish signing you in. Please try again."),
+}
+
+
+def problem_page(kind: str, *, retry_next: str = "/me",
+                 retry_scope: str | None = None) -> HTMLResponse:
+    """A friendly failure page (see PROBLEMS) with a link that starts the login again."""
+    status, title, message = PROBLEMS[kind]
     return page(title, f"""<h1>{escape(title)}</h1>
 <p>{escape(message)}</p>
 <a class="button" href="{escape(login_url(retry_next, retry_scope))}">Try again</a>""",

@@ -1,0 +1,428 @@
+"""OAuth2 web authorization: the login redirect, state checks, the callback's failures, /me."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from structlog.testing import capture_logs
+
+from service.oauth import DEFAULT_NEXT, REFRESH_TTL, SESSION_COOKIE, safe_next
+from service.sandbox import Fault
+from service.store.memory import MemoryStore
+from tests.conftest import OPENID
+
+OTHER = "oOAuthTestFollower0000000001"   # a follower whose name only sns/userinfo knows
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    """A fresh browser (its own cookie jar) for `app`."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                             base_url="http://testserver")
+
+
+async def start(client: httpx.AsyncClient, next_path: str = "/hello",
+                **params: str) -> httpx.URL:
+    """GET /oauth/login; the authorize URL it redirects to."""
+    r = await client.get("/oauth/login", params={"next": next_path, **params})
+    assert r.status_code == 302, r.text
+    return httpx.URL(r.headers["location"])
+
+
+async def authorize(upstream: httpx.AsyncClient, url: httpx.URL, *,
+                    openid: str | None = None) -> httpx.URL:
+    """What WeChat does in the browser: the follower agrees, WeChat redirects back."""
+    params = dict(url.params) | ({"openid": openid} if openid else {})
+    r = await upstream.get("http://sandbox/connect/oauth2/authorize", params=params)
+    assert r.status_code == 302, r.text
+    return httpx.URL(r.headers["location"])
+
+
+async def sign_in(client: httpx.AsyncClient, upstream: httpx.AsyncClient,
+                  next_path: str = "/hello", *, openid: str | None = None,
+                  **params: str) -> tuple[httpx.Response, httpx.URL]:
+    """The whole flow; the callback's response and the callback URL."""
+    back = await authorize(upstream, await start(client, next_path, **params), openid=openid)
+    r = await client.get(back.path, params=dict(back.params))
+    return r, back
+
+
+# -- /oauth/login ------------------------------------------------------------------------
+
+async def test_login_redirects_to_authorize_in_wechat_order(make_app, make_settings):
+    app = make_app(settings=make_settings(WECHAT_OAUTH_BASE="https://open.weixin.qq.com",
+                                          PUBLIC_BASE_URL="https://wx.example.com"))
+    async with client_for(app) as client:
+        r = await client.get("/oauth/login", params={"next": "/hello"})
+    assert r.status_code == 302
+    loc = r.headers["location"]
+    assert loc.startswith("https://open.weixin.qq.com/connect/oauth2/authorize?appid=")
+    assert loc.endswith("&connect_redirect=1#wechat_redirect")
+    query = urlsplit(loc).query
+    assert [k for k, _ in parse_qsl(query)] == [
+        "appid", "redirect_uri", "response_type", "scope", "state", "connect_redirect"]
+    params = dict(parse_qsl(query))
+    assert params["appid"] == app.state.settings.app_id
+    assert params["response_type"] == "code"
+    assert params["scope"] == "snsapi_userinfo"
+    assert "redirect_uri=https%3A%2F%2Fwx.example.com%2Foauth%2Fcallback&" in query
+    assert re.fullmatch(r"[A-Za-z0-9]{1,128}", params["state"])
+    cookie = r.headers["set-cookie"]
+    for attr in ("HttpOnly", "SameSite=lax", "Secure", "Max-Age=600", "Path=/oauth/callback"):
+        assert attr.lower() in cookie.lower()
+    assert params["state"] not in cookie.split(";")[0].split("=", 1)[1]  # signed, not bare
+
+
+async def test_login_scope_and_plain_http_cookie(client):
+    loc = await start(client, scope="snsapi_base")
+    assert loc.params["scope"] == "snsapi_base"
+    assert (loc.scheme, loc.host, loc.path) == ("http", "sandbox", "/connect/oauth2/authorize")
+    r = await client.get("/oauth/login", params={"next": "/x"})
+    assert "secure" not in r.headers["set-cookie"].lower()  # http origin: a dev setup
+    states = {(await start(client)).params["state"] for _ in range(5)}
+    assert len(states) == 5
+
+
+async def test_login_with_unknown_scope_is_a_page(client):
+    r = await client.get("/oauth/login", params={"next": "/x", "scope": "snsapi_all"})
+    assert r.status_code == 400
+    assert "text/html" in r.headers["content-type"]
+
+
+# -- the happy path ----------------------------------------------------------------------
+
+async def test_flow_signs_in_and_me_greets_by_name(client, upstream, app, sandbox):
+    r, _ = await sign_in(client, upstream, "/hello?x=1")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/hello?x=1"
+    cookie = r.headers["set-cookie"]
+    assert SESSION_COOKIE in cookie and "httponly" in cookie.lower()
+    me = await client.get("/me")
+    assert me.status_code == 200
+    assert "Hello, 刺猬宝宝" in me.text
+    assert 'name="viewport"' in me.text
+    assert "https://thirdwx.qlogo.cn/mmopen/demo/132" in me.text
+    saved = await app.state.profiles.repo.get(OPENID)
+    assert saved["nickname"] == "刺猬宝宝" and saved["scope"] == "snsapi_userinfo"
+    assert saved["refresh_token"] and saved["unionid"] and saved["updated_at"]
+    assert sandbox.calls["/sns/userinfo"] == 1
+
+
+async def test_base_scope_skips_userinfo(client, upstream, sandbox):
+    r, _ = await sign_in(client, upstream, "/me", scope="snsapi_base")
+    assert r.status_code == 303
+    assert sandbox.calls["/sns/userinfo"] == 0
+    me = await client.get("/me")
+    assert "Hello!" in me.text and "scope=snsapi_userinfo" in me.text
+
+
+async def test_me_without_session_offers_login(client):
+    r = await client.get("/me")
+    assert r.status_code == 200
+    assert "/oauth/login?next=%2Fme" in r.text
+    assert 'content="width=device-width' in r.text
+    client.cookies.set(SESSION_COOKIE, "forged.value")
+    assert "/oauth/login?next=%2Fme" in (await client.get("/me")).text
+
+
+async def test_me_escapes_what_wechat_returns(client, upstream, sandbox):
+    sandbox.users[OPENID] = {"nickname": '<script>alert(1)</script>"&',
+                             "headimgurl": "javascript:alert(1)"}
+    await sign_in(client, upstream)
+    me = await client.get("/me")
+    assert "<script>alert" not in me.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;" in me.text
+    assert "javascript:" not in me.text
+
+
+async def test_login_forgets_cached_lookup(client, upstream, app, monkeypatch):
+    forgotten: list[str] = []
+    monkeypatch.setattr(app.state.profiles, "forget", forgotten.append)
+    await sign_in(client, upstream)
+    assert forgotten == [OPENID]
+
+
+async def test_greeting_uses_oauth_nickname_when_user_info_is_empty(
+        client, upstream, sandbox, make_push):
+    sandbox.empty_nicknames = True
+    sandbox.users[OTHER] = {"nickname": "小明 🦔"}
+    push = make_push("subscribe", openid=OTHER, create_time=int(time.time()) - 5)
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert "Welcome!" in r.text  # user/info is empty and nobody signed in yet
+    r, _ = await sign_in(client, upstream, openid=OTHER)
+    assert r.status_code == 303
+    push = make_push("subscribe", openid=OTHER)
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 200
+    assert "Welcome, 小明 🦔!" in r.text
+
+
+async def test_refresh_token_is_never_logged(client, upstream, app):
+    with capture_logs() as logs:
+        await sign_in(client, upstream)
+    saved = await app.state.profiles.repo.get(OPENID)
+    assert any(e["event"] == "oauth_login" for e in logs)
+    assert saved["refresh_token"] not in repr(logs)
+    assert saved["access_token"] not in repr(logs)
+    assert OPENID not in repr(logs)  # masked
+
+
+# -- state: forged, reused, expired, other browser ---------------------------------------
+
+async def test_forged_state_is_refused(client, upstream, sandbox):
+    code = sandbox.mint_oauth_code(OPENID)
+    r = await client.get("/oauth/callback", params={"code": code, "state": "forged123"})
+    assert r.status_code == 403
+    assert "text/html" in r.headers["content-type"]
+    assert SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    assert sandbox.calls["/sns/oauth2/access_token"] == 0  # refused before spending the code
+    for state in ("", "a" * 129, "abc-def", "ab%2Fcd"):
+        r = await client.get("/oauth/callback", params={"code": code, "state": state})
+        assert r.status_code == 400
+
+
+async def test_state_from_another_browser_is_refused(app, upstream, sandbox):
+    async with client_for(app) as attacker, client_for(app) as victim:
+        back = await authorize(upstream, await start(attacker))
+        r = await victim.get(back.path, params=dict(back.params))  # login CSRF
+        assert r.status_code == 403
+        assert (await victim.get("/me")).text.count("Sign in with WeChat") >= 1
+
+
+async def test_tampered_state_cookie_is_refused(client, upstream):
+    back = await authorize(upstream, await start(client))
+    for cookie in client.cookies.jar:
+        cookie.value = cookie.value[:-2] + ("AA" if cookie.value[-2:] != "AA" else "BB")
+    r = await client.get(back.path, params=dict(back.params))
+    assert r.status_code in (400, 403)
+    assert SESSION_COOKIE not in r.headers.get("set-cookie", "")
+
+
+async def test_expired_state_is_refused(client, upstream, app):
+    back = await authorize(upstream, await start(client))
+    app.state.oauth.clock = lambda: time.time() + 601
+    r = await client.get(back.path, params=dict(back.params))
+    assert r.status_code == 400
+    assert "expired" in r.text.lower() or "took too long" in r.text
+
+
+async def test_same_code_again_from_same_browser_goes_to_next(client, upstream, sandbox):
+    r, back = await sign_in(client, upstream, "/hello")
+    assert r.status_code == 303
+    again = await client.get(back.path, params=dict(back.params))
+    assert again.status_code == 303 and again.headers["location"] == "/hello"
+    assert sandbox.calls["/sns/oauth2/access_token"] == 1  # no second exchange (40163)
+
+
+async def test_same_state_again_with_state_cookie_still_present(client, upstream, app, sandbox):
+    back = await authorize(upstream, await start(client, "/a"))
+    state_cookies = {c.name: c.value for c in client.cookies.jar if c.name != SESSION_COOKIE}
+    r = await client.get(back.path, params=dict(back.params))
+    assert r.status_code == 303
+    async with client_for(app) as same_browser_before_first_answer:
+        for name, value in state_cookies.items():
+            same_browser_before_first_answer.cookies.set(name, value, domain="testserver.local",
+                                                         path="/oauth/callback")
+        again = await same_browser_before_first_answer.get(back.path, params=dict(back.params))
+        assert again.status_code == 303 and again.headers["location"] == "/a"
+        assert SESSION_COOKIE in again.headers["set-cookie"]
+
+
+async def test_replayed_state_is_refused_elsewhere_and_with_another_code(
+        client, upstream, app, sandbox):
+    r, back = await sign_in(client, upstream)
+    assert r.status_code == 303
+    async with client_for(app) as other:
+        r = await other.get(back.path, params=dict(back.params))
+        assert r.status_code == 400
+    other_code = sandbox.mint_oauth_code(OPENID)
+    r = await client.get(back.path, params={"code": other_code, "state": back.params["state"]})
+    assert r.status_code == 400
+
+
+async def test_wechat_calling_the_redirect_twice_at_once(client, upstream, sandbox):
+    back = await authorize(upstream, await start(client, "/twice"))
+    sandbox.latency = 0.1  # the second call arrives while the first is still exchanging
+    first, second = await asyncio.gather(client.get(back.path, params=dict(back.params)),
+                                         client.get(back.path, params=dict(back.params)))
+    assert (first.status_code, second.status_code) == (303, 303)
+    assert first.headers["location"] == second.headers["location"] == "/twice"
+    assert sandbox.calls["/sns/oauth2/access_token"] == 1
+
+
+async def test_state_is_single_use_across_instances(make_app, upstream, sandbox):
+    shared = MemoryStore()
+    app1, app2 = make_app(store=shared), make_app(store=shared)
+    async with client_for(app1) as browser:
+        back = await authorize(upstream, await start(browser))
+        cookies = [(c.name, c.value) for c in browser.cookies.jar]
+        r = await browser.get(back.path, params=dict(back.params))
+        assert r.status_code == 303
+    async with client_for(app2) as thief:
+        for name, value in cookies:  # even with the stolen state cookie, a new code fails
+            thief.cookies.set(name, value, domain="testserver.local", path="/oauth/callback")
+        code = sandbox.mint_oauth_code(OPENID)
+        r = await thief.get(back.path, params={"code": code, "state": back.params["state"]})
+        assert r.status_code == 400
+
+
+# -- failures are friendly pages ---------------------------------------------------------
+
+def assert_friendly(r: httpx.Response, *, status: int | tuple[int, ...]) -> None:
+    statuses = (status,) if isinstance(status, int) else status
+    assert r.status_code in statuses, (r.status_code, r.text)
+    assert r.status_code < 500
+    assert "text/html" in r.headers["content-type"]
+    assert "/oauth/login?next=" in r.text
+    assert SESSION_COOKIE not in r.headers.get("set-cookie", "")
+
+
+async def test_follower_refused(client):
+    loc = await start(client, "/hello")
+    r = await client.get("/oauth/callback", params={"state": loc.params["state"]})
+    assert_friendly(r, status=200)
+    assert "/oauth/login?next=%2Fhello" in r.text
+
+
+@pytest.mark.parametrize("errcode", [40029, 40163, 42003])
+async def test_bad_codes(client, upstream, sandbox, errcode):
+    back = await authorize(upstream, await start(client))
+    sandbox.add_fault(Fault(path="/sns/oauth2/access_token", errcode=errcode))
+    assert_friendly(await client.get(back.path, params=dict(back.params)), status=400)
+
+
+async def test_unknown_and_used_codes_from_the_real_sandbox(client, upstream, sandbox):
+    loc = await start(client)
+    r = await client.get("/oauth/callback", params={"code": "nope", "state": loc.params["state"]})
+    assert_friendly(r, status=400)  # 40029
+    used = sandbox.mint_oauth_code(OPENID)
+    await upstream.get("http://sandbox/sns/oauth2/access_token", params={
+        "appid": sandbox.appid, "secret": sandbox.secret, "code": used,
+        "grant_type": "authorization_code"})
+    loc = await start(client)
+    r = await client.get("/oauth/callback", params={"code": used, "state": loc.params["state"]})
+    assert_friendly(r, status=400)  # 40163
+
+
+async def test_scope_mismatch(client, upstream, sandbox):
+    back = await authorize(upstream, await start(client))
+    sandbox.add_fault(Fault(path="/sns/userinfo", errcode=48001))
+    r = await client.get(back.path, params=dict(back.params))
+    assert_friendly(r, status=403)
+    assert "scope=snsapi_userinfo" in r.text
+
+
+@pytest.mark.parametrize("fault", [Fault(path="/sns/oauth2/access_token", http_status=502),
+                                   Fault(path="/sns/userinfo", http_status=503),
+                                   Fault(path="/sns/oauth2/access_token", errcode=-1),
+                                   Fault(path="/sns/oauth2/access_token", latency=0.5)])
+async def test_upstream_down(make_app, make_settings, upstream, sandbox, fault):
+    app = make_app(settings=make_settings(WXHOOK_HTTP_TIMEOUT="0.2"))
+    async with client_for(app) as client:
+        back = await authorize(upstream, await start(client))
+        sandbox.add_fault(fault)
+        assert_friendly(await client.get(back.path, params=dict(back.params)), status=200)
+
+
+async def test_unexpected_error_is_still_a_page(client, upstream, app, monkeypatch):
+    async def broken(openid: str, profile: dict[str, str]) -> None:
+        raise OSError("disk full")
+    monkeypatch.setattr(app.state.profiles.repo, "put", broken)
+    back = await authorize(upstream, await start(client))
+    with capture_logs():
+        assert_friendly(await client.get(back.path, params=dict(back.params)), status=200)
+
+
+# -- next: never an open redirect --------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [
+    None, "", "https://evil.example/x", "http://evil.example", "//evil.example/x",
+    "/\\evil.example", "\\\\evil.example", "/%2F%2Fevil.example", "%2F%2Fevil.example",
+    "/%252F%252Fevil.example", "/%5Cevil.example", "/\t/evil.example", "/\n/evil.example",
+    " /x", "javascript:alert(1)", "evil.example", "hello", "///evil.example",
+    "/%0d%0aSet-Cookie:x=1", "/\u3000/evil", "/oauth/login?next=/x", "/x" + "y" * 3000,
+    "/%25252525252F", "https:/evil.example", "/\x7f"])
+def test_safe_next_rejects(raw):
+    assert safe_next(raw) == DEFAULT_NEXT
+
+
+@pytest.mark.parametrize("raw", ["/me", "/hello", "/a/b?x=1&y=%20#frag", "/文章", "/a%20b"])
+def test_safe_next_keeps_local_paths(raw):
+    assert safe_next(raw) == raw
+
+
+async def test_evil_next_ends_on_our_page(client, upstream):
+    r, _ = await sign_in(client, upstream, "https://evil.example/steal")
+    assert r.status_code == 303
+    assert r.headers["location"] == DEFAULT_NEXT
+    r, _ = await sign_in(client, upstream, "//evil.example/steal")
+    assert r.headers["location"] == DEFAULT_NEXT
+
+
+# -- refresh -----------------------------------------------------------------------------
+
+async def signed_in_app(make_app: Callable[..., FastAPI], upstream: httpx.AsyncClient,
+                        openid: str = OPENID) -> FastAPI:
+    app = make_app()
+    async with client_for(app) as client:
+        r, _ = await sign_in(client, upstream, openid=openid)
+        assert r.status_code == 303
+    return app
+
+
+async def test_refresh_profile_with_a_live_web_token(make_app, upstream, sandbox):
+    app = await signed_in_app(make_app, upstream)
+    sandbox.users[OPENID] = {"nickname": "新名字"}
+    profile = await app.state.oauth.refresh_profile(OPENID)
+    assert profile is not None and profile["nickname"] == "新名字"
+    assert sandbox.calls["/sns/auth"] == 1
+    assert sandbox.calls["/sns/oauth2/refresh_token"] == 0
+
+
+async def test_refresh_profile_after_the_web_token_expired(make_app, upstream, sandbox):
+    app = await signed_in_app(make_app, upstream)
+    before = await app.state.profiles.repo.get(OPENID)
+    sandbox.users[OPENID] = {"nickname": "三小时后"}
+    app.state.oauth.clock = lambda: time.time() + 3 * 3600
+    profile = await app.state.oauth.refresh_profile(OPENID)
+    assert profile is not None and profile["nickname"] == "三小时后"
+    assert sandbox.calls["/sns/oauth2/refresh_token"] == 1
+    assert profile["access_token"] != before["access_token"]
+    assert profile["refresh_token"] == before["refresh_token"]
+
+
+async def test_refresh_profile_needs_a_new_login(make_app, upstream, sandbox):
+    app = await signed_in_app(make_app, upstream)
+    oauth: Any = app.state.oauth
+    assert await oauth.refresh_profile("oNobodySignedIn0000000000001") is None
+    app.state.oauth.clock = lambda: time.time() + 3 * 3600
+    sandbox.reset()  # WeChat no longer knows the refresh token: 40030
+    assert await oauth.refresh_profile(OPENID) is None
+    assert (await app.state.profiles.repo.get(OPENID))["refresh_token"] == ""
+    assert (await app.state.profiles.repo.get(OPENID))["nickname"] == "刺猬宝宝"  # kept
+
+
+async def test_refresh_token_dies_after_30_days(make_app, upstream, sandbox):
+    app = await signed_in_app(make_app, upstream)
+    app.state.oauth.clock = lambda: time.time() + REFRESH_TTL + 1
+    assert await app.state.oauth.refresh_profile(OPENID) is None
+    assert sandbox.calls["/sns/oauth2/refresh_token"] == 0
+
+
+async def test_refresh_profile_upstream_down_raises(make_app, upstream, sandbox):
+    from service.errors import WeChatAPIError
+
+    app = await signed_in_app(make_app, upstream)
+    app.state.oauth.clock = lambda: time.time() + 3 * 3600
+    sandbox.add_fault(Fault(path="/sns/oauth2/refresh_token", http_status=503))
+    with pytest.raises(WeChatAPIError):
+        await app.state.oauth.refresh_profile(OPENID)
+    assert (await app.state.profiles.repo.get(OPENID))["refresh_token"]  # kept for next time
+

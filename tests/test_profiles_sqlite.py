@@ -1,0 +1,109 @@
+"""SqliteProfileRepo: the default profile store without Redis; it must survive a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.profiles import StoreProfileRepo
+from service.store.memory import MemoryStore
+from service.store.sqlite import SqliteProfileRepo
+from tests.conftest import OPENID
+
+
+@pytest.fixture
+async def repo(tmp_path: Path):
+    r = SqliteProfileRepo(tmp_path / "nested" / "dir" / "profiles.sqlite3")
+    yield r
+    await r.aclose()
+
+
+async def test_round_trip_and_merge(repo: SqliteProfileRepo):
+    assert await repo.get(OPENID) is None
+    await repo.put(OPENID, {"nickname": "刺猬宝宝 🦔", "headimgurl": "https://x/132"})
+    await repo.put(OPENID, {"nickname": "新名字", "scope": "snsapi_userinfo"})
+    assert await repo.get(OPENID) == {"nickname": "新名字", "headimgurl": "https://x/132",
+                                      "scope": "snsapi_userinfo"}
+    await repo.delete(OPENID)
+    assert await repo.get(OPENID) is None
+
+
+async def test_file_is_private_wal_and_in_a_created_dir(repo: SqliteProfileRepo):
+    await repo.put(OPENID, {"refresh_token": "secret"})
+    assert repo.path.parent.is_dir()
+    assert stat.S_IMODE(repo.path.stat().st_mode) == 0o600
+    with sqlite3.connect(repo.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (repo.path.parent / (repo.path.name + "-wal")).exists()
+
+
+async def test_survives_a_restart(tmp_path: Path):
+    path = tmp_path / "p.sqlite3"
+    first = SqliteProfileRepo(path)
+    await first.put(OPENID, {"nickname": "刺猬宝宝"})
+    await first.aclose()
+    await first.aclose()  # idempotent
+    with pytest.raises(RuntimeError):
+        await first.get(OPENID)
+    second = SqliteProfileRepo(str(path))
+    assert (await second.get(OPENID)) == {"nickname": "刺猬宝宝"}
+    await second.aclose()
+
+
+async def test_concurrent_merges_keep_every_field(tmp_path: Path):
+    # Two repos on one file stand in for two processes; merges must not lose fields.
+    path = tmp_path / "p.sqlite3"
+    a, b = SqliteProfileRepo(path), SqliteProfileRepo(path)
+    await asyncio.gather(*((a if i % 2 else b).put(OPENID, {f"f{i}": str(i)})
+                           for i in range(40)))
+    got = await a.get(OPENID)
+    assert got == {f"f{i}": str(i) for i in range(40)}
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_dropped_repo_closes_without_warnings(tmp_path: Path):
+    r = SqliteProfileRepo(tmp_path / "p.sqlite3")
+    await r.put(OPENID, {"nickname": "x"})
+    del r  # the finalizer closes the connection; filterwarnings=error catches a leak
+
+
+def test_app_uses_sqlite_without_redis(make_app, settings):
+    app = make_app()
+    assert isinstance(app.state.profiles.repo, SqliteProfileRepo)
+    assert app.state.profiles.repo.path == Path(settings.profile_db)
+
+
+def test_app_uses_the_store_when_shared_and_a_given_repo_first(make_app, tmp_path):
+    class SharedStore(MemoryStore):
+        shared = True
+
+    app = make_app(store=SharedStore())
+    assert isinstance(app.state.profiles.repo, StoreProfileRepo)
+    given = SqliteProfileRepo(tmp_path / "given.sqlite3")
+    assert make_app(profile_repo=given).state.profiles.repo is given
+
+
+async def test_greeting_name_survives_an_app_restart(make_app, make_settings, upstream,
+                                                     sandbox, make_push, tmp_path):
+    from tests.test_oauth import client_for, sign_in
+
+    settings = make_settings(WXHOOK_PROFILE_DB=str(tmp_path / "db" / "profiles.sqlite3"))
+    sandbox.empty_nicknames = True
+    first = make_app(settings=settings)
+    async with client_for(first) as browser:
+        r, _ = await sign_in(browser, upstream)
+        assert r.status_code == 303
+    await first.state.profiles.repo.aclose()
+    second = make_app(settings=settings)  # a restart: new process state, same file
+    push = make_push("subscribe")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=second),
+                                 base_url="http://testserver") as client:
+        r = await client.post("/wechat", params=push.params, content=push.body)
+    assert "Welcome, 刺猬宝宝!" in r.text
+    await second.state.profiles.repo.aclose()
