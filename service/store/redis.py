@@ -50,11 +50,13 @@ class RedisStore:
     def __init__(self, url: str, *, metrics: Metrics | None = None, timeout: float = 0.3,
                  probe_interval: float = 1.0) -> None:
         # Short socket timeouts: a push cannot afford redis-py's default 5 s, nor its
-        # default retries with exponential backoff. One immediate retry lets a pooled
-        # connection that died with a restarted server reconnect without tripping.
+        # default retries with exponential backoff. One immediate retry, on connection errors
+        # only, lets a pooled socket of a restarted server reconnect without tripping; a
+        # timeout is not retried, so a hung Redis costs one timeout, once per outage.
         opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                                "retry": Retry(NoBackoff(), 1), "health_check_interval": 0}
-        self._redis: aioredis.Redis = _connect(url, opts)
+                                "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
+                                "health_check_interval": 0}
+        self._redis, self._sentinels = _connect(url, opts)
         self._delete_if = self._redis.register_script(_DELETE_IF)  # EVALSHA, reloads on NOSCRIPT
         self.where = _describe(url)
         self.metrics = metrics
@@ -141,6 +143,8 @@ class RedisStore:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
         await self._redis.aclose()
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
         await self.local.aclose()
 
     # -- the circuit -----------------------------------------------------------------------
@@ -191,11 +195,11 @@ class RedisStore:
         self._probe = None
 
 
-def _connect(url: str, opts: dict[str, Any]) -> aioredis.Redis:
-    """redis://, rediss:// (TLS), unix:// via from_url; redis+sentinel:// via Sentinel."""
+def _connect(url: str, opts: dict[str, Any]) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
+    """The client and its sentinels: redis://, rediss:// (TLS), unix://, redis+sentinel://."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
-        return aioredis.Redis.from_url(url, **opts)
+        return aioredis.Redis.from_url(url, **opts), []
     # redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]
     netloc = parts.netloc.rpartition("@")[2]
     hosts = [(h.rpartition(":")[0] or h, int(h.rpartition(":")[2] or 26379))
@@ -210,7 +214,7 @@ def _connect(url: str, opts: dict[str, Any]) -> aioredis.Redis:
     timeouts = {k: opts[k] for k in ("socket_timeout", "socket_connect_timeout")}
     sentinel = Sentinel(hosts, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
     master: aioredis.Redis = sentinel.master_for(path[0], redis_class=aioredis.Redis, **conn)
-    return master
+    return master, list(sentinel.sentinels)
 
 
 def _text(value: bytes | str) -> str:

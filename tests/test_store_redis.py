@@ -1,0 +1,362 @@
+"""RedisStore against real redis-servers: the Store contract, atomicity, fallback, auth, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from structlog.testing import capture_logs
+
+from service.app import create_app
+from service.config import Settings
+from service.dedup import Dedup
+from service.observability import Metrics
+from service.replies import SUCCESS
+from service.store.memory import MemoryStore
+from service.store.redis import RedisStore, StoreUnavailable
+from service.tokens import TokenManager
+from tests.support import ROOT, free_port
+
+pytestmark = pytest.mark.redis
+NS = "wxhook:wxtest:"
+
+
+class RedisServer:
+    """A redis-server of our own on a free port: the shared one at 6379 is never stopped."""
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        if shutil.which("redis-server") is None:
+            if os.environ.get("WXHOOK_REQUIRE_REDIS") == "1":
+                pytest.fail("WXHOOK_REQUIRE_REDIS=1 but redis-server is not installed")
+            pytest.skip("redis-server is not installed")
+        self.port = free_port()
+        self.tmp = tmp
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) and wait until it answers."""
+        conf = [a for a in self.args if a.endswith(".conf")]  # must come first
+        rest = [a for a in self.args if a not in conf and a != "--tls-port"]
+        ports = ["--port", "0", "--tls-port", str(self.port)] if "--tls-port" in self.args \
+            else ["--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            ["redis-server", *conf, *ports, "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp), *rest],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise TimeoutError(f"redis-server on {self.port} did not start")
+
+    def stop(self) -> None:
+        """SIGKILL: an outage, not a graceful shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@contextmanager
+def redis_server(tmp: Path, *args: str) -> Iterator[RedisServer]:
+    """A private redis-server for tests that stop it, require a password, or speak TLS."""
+    server = RedisServer(tmp, *args)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def isolated_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A Redis no concurrent test run can flush: our own redis-server, else shared db 15.
+
+    Exact counts (one token request, one lookup) break when another run's FLUSHDB or its
+    sandbox's token lands in the middle of a test on the shared server.
+    """
+    if shutil.which("redis-server") is None:
+        yield request.getfixturevalue("redis_url")
+        return
+    with redis_server(tmp_path) as srv:
+        yield f"redis://127.0.0.1:{srv.port}/0"
+
+
+@pytest.fixture
+def isolated_redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """See isolated_redis()."""
+    with isolated_redis(request, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(isolated_redis_url: str) -> Any:
+    s = RedisStore(isolated_redis_url, metrics=Metrics())
+    yield s
+    await s.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def any_store(request: pytest.FixtureRequest) -> Any:
+    """The same contract for both implementations."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    s = RedisStore(request.getfixturevalue("isolated_redis_url"))
+    yield s
+    await s.aclose()
+
+
+async def test_store_contract(any_store: Any) -> None:
+    s = any_store
+    assert await s.get(NS + "a") is None
+    assert await s.set(NS + "a", b"1", ttl=30) is True
+    assert await s.set(NS + "a", b"2", ttl=30, nx=True) is False
+    assert await s.get(NS + "a") == b"1"
+    assert await s.set(NS + "a", b"3") is True
+    assert await s.get(NS + "a") == b"3"
+    assert await s.delete_if(NS + "a", b"other") is False
+    assert await s.get(NS + "a") == b"3"
+    assert await s.delete_if(NS + "a", b"3") is True
+    assert await s.get(NS + "a") is None
+    await s.set(NS + "b", b"\x00pending\xff", ttl=0.15)
+    assert await s.get(NS + "b") == b"\x00pending\xff"
+    await asyncio.sleep(0.3)
+    assert await s.get(NS + "b") is None  # sub-second TTLs keep their precision
+    await s.set(NS + "c", b"x")
+    await s.delete(NS + "c")
+    assert await s.get(NS + "c") is None
+    assert await s.hgetall(NS + "h") == {}
+    await s.hset(NS + "h", {"nickname": "刺猬宝宝", "headimgurl": "u"})
+    await s.hset(NS + "h", {"nickname": "新"})
+    assert await s.hgetall(NS + "h") == {"nickname": "新", "headimgurl": "u"}
+    await s.ping()
+
+
+async def test_two_instances_share_and_claim_once(isolated_redis_url: str, store: RedisStore) -> None:
+    other = RedisStore(isolated_redis_url)
+    try:
+        assert store.shared and other.shared
+        wins = await asyncio.gather(*(s.set(NS + "claim", b"me", ttl=5, nx=True)
+                                      for s in [store, other] * 20))
+        assert sum(wins) == 1
+        await store.hset(NS + "profile:o1", {"nickname": "A"})
+        assert await other.hgetall(NS + "profile:o1") == {"nickname": "A"}
+    finally:
+        await other.aclose()
+
+
+async def test_token_single_refresh_across_managers(isolated_redis_url: str) -> None:
+    stores = [RedisStore(isolated_redis_url) for _ in range(3)]
+    calls = 0
+
+    async def fetch() -> tuple[str, int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        return f"TOKEN{calls}", 7200
+
+    managers = [TokenManager(s, fetch, namespace=NS, metrics=Metrics()) for s in stores]
+    try:
+        tokens = await asyncio.gather(*(m.get() for m in managers * 10))
+        assert set(tokens) == {"TOKEN1"} and calls == 1
+        await managers[0].invalidate("TOKEN1")      # 40001: expire it everywhere
+        assert await managers[0].get() == "TOKEN2" and calls == 2
+        # A late 40001 for the old token, on another instance, must not expire the new one.
+        await managers[2].invalidate("TOKEN1")
+        assert (await stores[2].get(NS + "token") or b"").startswith(b"TOKEN2|")
+        assert await managers[2].get() == "TOKEN2" and calls == 2
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+@pytest.fixture
+def dead_lock_holder(isolated_redis_url: str) -> None:
+    """A real process takes the refresh lock exactly as TokenManager does, then is SIGKILLed."""
+    code = ("import redis,sys,time; r=redis.Redis.from_url(sys.argv[1]);"
+            f"assert r.set('{NS}token:lock', b'dead-holder', px=1500, nx=True);"
+            "print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, isolated_redis_url], stdout=subprocess.PIPE,
+                              cwd=ROOT)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    holder.stdout.close()
+
+
+async def test_killed_lock_holder_blocks_only_for_its_ttl(dead_lock_holder: None,
+                                                         store: RedisStore) -> None:
+    calls = 0
+
+    async def fetch() -> tuple[str, int]:
+        nonlocal calls
+        calls += 1
+        return "AFTER", 7200
+
+    tm = TokenManager(store, fetch, namespace=NS, metrics=Metrics(), lock_ttl=1.5)
+    started = time.monotonic()
+    assert await tm.get(deadline=time.monotonic() + 5) == "AFTER"
+    waited = time.monotonic() - started
+    assert calls == 1 and 0.5 < waited < 2.0, waited
+    assert await store.get(NS + "token:lock") is None  # released by fence after the refresh
+
+
+async def test_dedup_across_instances_replays_bytes(isolated_redis_url: str) -> None:
+    a, b = RedisStore(isolated_redis_url), RedisStore(isolated_redis_url)
+    runs = 0
+
+    async def produce() -> bytes:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.3)
+        return b"<xml>reply \xe5\x88\xba</xml>"
+
+    try:
+        da, db = Dedup(a, namespace=NS), Dedup(b, namespace=NS)
+        deadline = time.monotonic() + 4
+        results = await asyncio.gather(da.run("k1", produce, deadline=deadline),
+                                       db.run("k1", produce, deadline=deadline),
+                                       db.run("k1", produce, deadline=deadline))
+        assert runs == 1
+        assert {r for r, _ in results} == {b"<xml>reply \xe5\x88\xba</xml>"}
+        assert sorted(retry for _, retry in results) == [False, True, True]
+        # A retry whose own deadline comes first answers "success" rather than miss it.
+        first = asyncio.ensure_future(da.run("k2", produce, deadline=time.monotonic() + 4))
+        await asyncio.sleep(0.05)
+        t = time.monotonic()
+        assert await db.run("k2", produce, deadline=t + 0.1) == (SUCCESS, True)
+        assert time.monotonic() - t < 0.2
+        assert (await first)[0].startswith(b"<xml>") and runs == 2
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_password(tmp_path: Path) -> None:
+    with redis_server(tmp_path, "--requirepass", "s3cret/pw") as srv:
+        good = RedisStore(f"redis://:s3cret%2Fpw@127.0.0.1:{srv.port}/0")
+        bad = RedisStore(f"redis://:wrong@127.0.0.1:{srv.port}/0", metrics=Metrics())
+        try:
+            await good.ping()
+            assert await good.set(NS + "k", b"v") and await good.get(NS + "k") == b"v"
+            with pytest.raises(StoreUnavailable) as err:
+                await bad.ping()
+            assert "wrong" not in str(err.value) and str(srv.port) in str(err.value)
+            assert await bad.set(NS + "k", b"local") and await bad.get(NS + "k") == b"local"
+            assert await good.get(NS + "k") == b"v"  # the wrong-password store wrote nothing
+        finally:
+            await good.aclose()
+            await bad.aclose()
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (key, cert)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+    return key, crt
+
+
+async def test_tls(tmp_path: Path, tls_cert: tuple[Path, Path]) -> None:
+    key, crt = tls_cert
+    with redis_server(tmp_path, "--tls-port", "--tls-cert-file", str(crt), "--tls-key-file",
+                      str(key), "--tls-ca-cert-file", str(crt),
+                      "--tls-auth-clients", "no") as srv:
+        s = RedisStore(f"rediss://127.0.0.1:{srv.port}/0?ssl_ca_certs={crt}")
+        try:
+            await s.ping()
+            assert await s.set(NS + "tls", b"ok") and await s.get(NS + "tls") == b"ok"
+            assert s.status()["where"] == f"rediss://127.0.0.1:{srv.port}/0"
+        finally:
+            await s.aclose()
+
+
+async def test_outage_falls_back_then_resumes(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as srv:
+        metrics = Metrics()
+        s = RedisStore(f"redis://127.0.0.1:{srv.port}/0", metrics=metrics, probe_interval=0.3)
+        direct = redis.Redis(port=srv.port)
+        try:
+            await s.set(NS + "before", b"1")
+            with capture_logs() as logs:
+                srv.stop()
+                slowest = 0.0
+                for i in range(50):  # pushes go on: every operation answers, and fast
+                    t = time.monotonic()
+                    assert await s.set(NS + f"during{i}", b"x", ttl=30, nx=True) is True
+                    assert await s.get(NS + f"during{i}") == b"x"
+                    slowest = max(slowest, time.monotonic() - t)
+                assert slowest < 0.7, slowest
+                assert metrics.store_fallbacks._value.get() == 100
+                await s.ping()  # no raise: reached before, so degraded, not unready
+                assert "fallback_local_s" in s.status()
+                srv.start()
+                end = time.monotonic() + 5
+                while s.down_since is not None and time.monotonic() < end:
+                    await asyncio.sleep(0.05)
+                assert s.down_since is None
+                await s.set(NS + "after", b"2")
+                assert await s.get(NS + "after") == b"2"
+                await s.delete_if(NS + "after", b"2")  # script cache died with the server
+                assert direct.get(NS + "after") is None
+                await s.set(NS + "after", b"3")
+                assert direct.get(NS + "after") == b"3"
+            events = [e["event"] for e in logs]
+            assert events.count("redis_unreachable") == 1, events
+            assert events.count("redis_recovered") == 1, events
+        finally:
+            direct.close()
+            await s.aclose()
+
+
+async def test_unreachable_at_start_fails_readiness(
+        make_settings: Callable[..., Settings], upstream: httpx.AsyncClient) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    s = RedisStore(url)
+    app = create_app(make_settings(REDIS_URL=url), http=upstream, store=s, metrics=Metrics())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as c:
+            r = await c.get("/readyz")
+        assert r.status_code == 503
+        check = r.json()["checks"]["redis"]
+        assert check["ok"] is False and "Connect" in check["error"] + check["reason"]
+        assert url.split("//")[1].split("/")[0] in check["reason"]
+    finally:
+        await s.aclose()
+
+
+async def test_sentinel_url(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as master:
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text(f"sentinel monitor wx 127.0.0.1 {master.port} 1\n")
+        with redis_server(tmp_path, str(conf), "--sentinel") as sentinel:
+            s = RedisStore(f"redis+sentinel://127.0.0.1:{sentinel.port}/wx/0")
+            try:
+                await s.ping()
+                await s.set(NS + "via-sentinel", b"1")
+                with redis.Redis(port=master.port) as direct:
+                    assert direct.get(NS + "via-sentinel") == b"1"
+            finally:
+                await s.aclose()
