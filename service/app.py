@@ -12,7 +12,6 @@ import httpx
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.routing import Route
 
 from handlers.defaults import default_router
 from handlers.router import Router
@@ -20,15 +19,34 @@ from handlers.router import Router
 from .config import Settings
 from .delivery import LateDelivery
 from .errors import WeChatAPIError
+from .oauth import OAuth
 from .observability import Metrics, get_logger
 from .profiles import ProfileRepo, Profiles, StoreProfileRepo
 from .store.base import Store
 from .store.memory import MemoryStore
+from .store.sqlite import SqliteProfileRepo
 from .tokens import TokenManager
 from .webhook import Webhook
 from .wechat_api import WeChatAPI, new_http_client
 
 SHUTDOWN_GRACE = 10.0  # seconds given to late deliveries after the last push was answered
+
+
+class WxhookApp(FastAPI):
+    """FastAPI for everything but /wechat, which goes straight to the webhook.
+
+    FastAPI wraps every request in several middleware layers (errors, exceptions, exit
+    stacks, body limits); on the hot route they cost more than the whole guard does, and
+    the webhook answers every failure itself, so /wechat skips them.
+    """
+
+    webhook: Webhook
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/wechat":
+            await self.webhook(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _default_store(settings: Settings, metrics: Metrics) -> Store:
@@ -50,11 +68,16 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     namespace = f"wxhook:{settings.app_id}:"
     api = WeChatAPI(http, settings, metrics=metrics)
     api.tokens = TokenManager(store, api.fetch_token, namespace=namespace, metrics=metrics)
-    repo = profile_repo or StoreProfileRepo(store, namespace=namespace)
+    # Profiles must survive a restart: Redis when shared, else an embedded SQLite file.
+    own_repo = None if profile_repo is not None or store.shared else SqliteProfileRepo(
+        settings.profile_db)
+    repo = profile_repo or own_repo or StoreProfileRepo(store, namespace=namespace)
     profiles = Profiles(api, repo, ttl=settings.profile_ttl, batch_window=settings.batch_window)
     delivery = LateDelivery(api, metrics=metrics)
-    webhook = Webhook(settings, store=store, router=router or default_router(), api=api,
+    webhook = Webhook(settings, store=store, router=router or default_router(settings.handlers), api=api,
                       profiles=profiles, delivery=delivery, metrics=metrics)
+    oauth = OAuth(settings, api=api, store=store, repo=repo, profiles=profiles,
+                  namespace=namespace)
     log = get_logger("wxhook")
 
     @asynccontextmanager
@@ -67,14 +90,18 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
         if own_http:
             await http.aclose()
         await store.aclose()
+        if own_repo is not None:
+            await own_repo.aclose()
 
-    app = FastAPI(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = WxhookApp(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.router.routes.append(Route("/wechat", webhook, methods=["GET", "HEAD", "POST"]))
+    app.webhook = webhook
+    app.router.routes.extend(oauth.routes())
     app.state.settings = settings
     app.state.api = api
     app.state.store = store
     app.state.profiles = profiles
+    app.state.oauth = oauth
     app.state.delivery = delivery
     app.state.webhook = webhook
     app.state.metrics = metrics

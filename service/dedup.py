@@ -26,6 +26,7 @@ class Dedup:
         self.prefix = namespace + "dedup:"
         self.ttl = ttl
         self._local: dict[str, asyncio.Future[bytes]] = {}
+        self._running: set[asyncio.Task[bytes]] = set()
 
     async def run(self, key: str, produce: Callable[[], Awaitable[bytes]], *,
                   deadline: float) -> tuple[bytes, bool]:
@@ -36,8 +37,23 @@ class Dedup:
         skey = self.prefix + key
         if not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
             return await self._wait_stored(skey, deadline), True
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._local[key] = fut
+        # The first try's work runs in its own task: if its connection is dropped and the
+        # server cancels the request, the handler still finishes once and retries get its reply.
+        task = loop.create_task(self._first(key, skey, produce, fut))
+        self._running.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task), False
+
+    def _settled(self, task: asyncio.Task[bytes]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # the caller may be gone: never "exception was never retrieved"
+
+    async def _first(self, key: str, skey: str, produce: Callable[[], Awaitable[bytes]],
+                     fut: asyncio.Future[bytes]) -> bytes:
         try:
             reply = await produce()
         except BaseException as exc:
@@ -50,7 +66,7 @@ class Dedup:
             self._local.pop(key, None)
         await self.store.set(skey, reply, ttl=self.ttl)
         fut.set_result(reply)
-        return reply, False
+        return reply
 
     async def _wait_stored(self, skey: str, deadline: float) -> bytes:
         while True:

@@ -14,10 +14,14 @@ import time
 from .errors import WeChatAPIError
 from .observability import Metrics, get_logger, mask_openid
 from .replies import Reply
-from .wechat_api import WeChatAPI
+from .wechat_api import NotSent, WeChatAPI
 
 _REFUSED = frozenset({45015, 45047, 48001})
 LATE_LIMIT = 55.0  # an event opens a 1-minute window for customer-service messages
+# A send that provably did not reach WeChat (refused connection, HTTP 5xx, -1) is repeated;
+# one that may have arrived (a timeout after sending) is not: two replies are as bad as none.
+_SEND_TRIES = 3
+_SEND_BACKOFF = 0.5
 
 
 class LateDelivery:
@@ -28,6 +32,7 @@ class LateDelivery:
         self.metrics = metrics
         self.log = get_logger("wxhook.delivery")
         self._tasks: set[asyncio.Task[None]] = set()
+        self._who: dict[asyncio.Task[None], str] = {}
 
     @property
     def pending(self) -> int:
@@ -39,7 +44,12 @@ class LateDelivery:
         """Deliver `run`'s reply through custom/send once it finishes."""
         task = asyncio.get_running_loop().create_task(self._deliver(run, openid, started))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._who[task] = mask_openid(openid)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._who.pop(task, None)
 
     async def _deliver(self, run: asyncio.Future[Reply | None], openid: str,
                        started: float) -> None:
@@ -54,17 +64,33 @@ class LateDelivery:
             self.metrics.late_deliveries.labels("failed").inc()
             self.log.error("late_delivery_failed", openid=masked, why=f"handler raised {exc!r}")
             return
-        payload = reply.custom_message(openid) if reply is not None else None
+        if reply is None:
+            return
+        payload = reply.custom_message(openid)
         if payload is None:
+            self.metrics.late_deliveries.labels("failed").inc()
+            self.log.error("late_delivery_failed", openid=masked, reply_type=reply.msg_type,
+                           why="this reply type has no customer-service form")
             return
-        try:
-            await self.api.send_custom(payload)
-        except WeChatAPIError as exc:
-            result = "refused" if exc.errcode in _REFUSED else "failed"
-            self.metrics.late_deliveries.labels(result).inc()
-            self.log.warning("late_delivery_" + result, openid=masked, errcode=exc.errcode,
-                             errmsg=exc.errmsg)
-            return
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await self.api.send_custom(payload, deadline=started + LATE_LIMIT)
+                break
+            except WeChatAPIError as exc:
+                retry_safe = isinstance(exc, NotSent) or exc.errcode == -1
+                pause = _SEND_BACKOFF * 2 ** (tries - 1)
+                if (retry_safe and tries < _SEND_TRIES
+                        and time.monotonic() + pause < started + LATE_LIMIT):
+                    await asyncio.sleep(pause)
+                    continue
+                result = "refused" if exc.errcode in _REFUSED else "failed"
+                self.metrics.late_deliveries.labels(result).inc()
+                self.log.warning("late_delivery_" + result, openid=masked, errcode=exc.errcode,
+                                 errmsg=exc.errmsg, tries=tries,
+                                 outcome_unknown=not retry_safe and exc.errcode is None)
+                return
         self.metrics.late_deliveries.labels("sent").inc()
         self.log.info("late_delivery_sent", openid=masked,
                       late_ms=round((time.monotonic() - started) * 1000))
@@ -73,7 +99,14 @@ class LateDelivery:
         """Wait up to `timeout` s for pending deliveries; return how many were left behind."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
-        left = len(self._tasks)
+        left = list(self._tasks)
         if left:
-            self.log.error("late_deliveries_abandoned_at_shutdown", count=left)
-        return left
+            # Said loudly, one line per follower, so nobody's reply disappears silently.
+            for task in left:
+                self.log.error("late_delivery_abandoned", openid=self._who.get(task, "?"),
+                               why="shutdown grace period ran out")
+                self.metrics.late_deliveries.labels("failed").inc()
+                task.cancel()
+            await asyncio.wait(left, timeout=1.0)
+            self.log.error("late_deliveries_abandoned_at_shutdown", count=len(left))
+        return len(left)

@@ -13,7 +13,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-from .errors import CONFIG_HINTS, ConfigurationError, UpstreamUnavailable, WeChatAPIError
+from .errors import (
+    CONFIG_HINTS,
+    ConfigurationError,
+    QuotaExceeded,
+    UpstreamUnavailable,
+    WeChatAPIError,
+)
 from .observability import Metrics, get_logger
 from .store.base import Store
 
@@ -138,8 +144,10 @@ class TokenManager:
             token, expires_in = await self._fetch()
         except WeChatAPIError as exc:
             self.last_error = exc
-            backoff = self.config_backoff if isinstance(exc, ConfigurationError) else \
-                self.failure_backoff
+            # A spent token quota (45009 on /cgi-bin/token: 2,000 a day) heals no faster than
+            # a wrong secret: asking again every second would only burn tomorrow's quota too.
+            backoff = self.config_backoff if isinstance(exc, ConfigurationError | QuotaExceeded) \
+                else self.failure_backoff
             self._error_until = time.monotonic() + backoff
             self.metrics.token_refreshes.labels(reason, "error").inc()
             self.log.error("token_refresh_failed", reason=reason, errcode=exc.errcode,

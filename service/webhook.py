@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from handlers.router import Context, Router
@@ -19,7 +20,7 @@ from .config import Settings
 from .crypto import MessageCrypto
 from .dedup import Dedup
 from .delivery import LateDelivery
-from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError
+from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
 from .messages import InboundMessage, build_message, parse_fields
 from .observability import Metrics, get_logger, mask_openid, upstream_trace
 from .profiles import Profiles
@@ -31,6 +32,18 @@ from .wechat_api import WeChatAPI
 Scope = dict[str, Any]
 _XML = [(b"content-type", b"application/xml; charset=utf-8")]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _safely(fn: Callable[[T], R], arg: T) -> R:
+    """Input that trips an unexpected error in parsing is still a bad request, never a 5xx."""
+    try:
+        return fn(arg)
+    except GuardError:
+        raise
+    except Exception as exc:
+        raise XMLError(f"unreadable push ({type(exc).__name__})") from exc
 
 
 class ClientGone(Exception):
@@ -96,16 +109,11 @@ class Webhook:
         deadline = started + self.settings.deadline
         rec: dict[str, Any] = {"request_id": os.urandom(6).hex(), "appid": self.settings.app_id}
         try:
-            msg, mode = await self._unwrap(scope, receive, q)
+            msg, mode = await self._unwrap(scope, receive, q, deadline)
         except GuardError as exc:
             return self._refuse(exc, rec)
         except ClientGone:
             return 400, b"", _TEXT
-        except Exception:
-            # Input that trips a bug in the guard is still the sender's problem: never a 5xx.
-            self.log.exception("push_unreadable", **rec)
-            self.metrics.pushes.labels("", "", "rejected").inc()
-            return 400, b"bad_request: unreadable push", _TEXT
         rec.update(mode=mode, msg_type=msg.msg_type, wx_event=msg.event,
                    openid=mask_openid(msg.openid))
         trace: list[tuple[str, int | None]] = []
@@ -132,15 +140,15 @@ class Webhook:
                       upstream=[f"{api}:{code}" for api, code in trace])
         return 200, reply, (_TEXT if reply == SUCCESS else _XML)
 
-    async def _unwrap(self, scope: Scope, receive: Any,
-                      q: dict[str, str]) -> tuple[InboundMessage, str]:
+    async def _unwrap(self, scope: Scope, receive: Any, q: dict[str, str],
+                      deadline: float) -> tuple[InboundMessage, str]:
         sig, ts, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
         if not (sig and ts and nonce):
             raise GuardError("missing signature, timestamp or nonce")
         verify((self.token, ts, nonce), sig)
         check_fresh(ts, window=self.settings.timestamp_window)
         body = await self._read_body(scope, receive, deadline)
-        fields = parse_fields(body)
+        fields = _safely(parse_fields, body)
         mode = "plain"
         if q.get("encrypt_type", "").lower() == "aes":
             if self.crypto is None:
@@ -155,10 +163,10 @@ class Webhook:
                 raise err
             self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
             mode = "compat" if "MsgType" in fields else "safe"
-            fields = parse_fields(self.crypto.decrypt(encrypt))
+            fields = _safely(parse_fields, _safely(self.crypto.decrypt, encrypt))
         elif "MsgType" not in fields and "Encrypt" in fields:
             raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
-        msg = build_message(fields)
+        msg = _safely(build_message, fields)
         # Remembered only once the push is valid: a broken body must not burn the nonce.
         await self._remember_nonce(ts, nonce, body)
         return msg, mode
@@ -176,7 +184,8 @@ class Webhook:
         while True:
             try:
                 # A sender that stalls mid-body must not hold the request open forever.
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
             except TimeoutError:
                 err = GuardError("the body did not arrive before the deadline")
                 err.status, err.reason = 408, "slow_body"

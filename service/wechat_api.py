@@ -9,7 +9,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .errors import (
-    ConfigurationError, QuotaExceeded, TokenInvalid, UpstreamUnavailable, WeChatAPIError,
+    ConfigurationError,
+    QuotaExceeded,
+    TokenInvalid,
+    UpstreamUnavailable,
+    WeChatAPIError,
     api_error,
 )
 from .observability import Metrics, get_logger, upstream_trace
@@ -21,6 +25,13 @@ if TYPE_CHECKING:
 _BUSY_RETRIES = 2          # errcode -1 "system busy": at most this many extra tries
 _BUSY_BACKOFF = 0.1        # seconds, doubled each try, never past the deadline
 _CIRCUIT_SECONDS = 60.0    # a spent quota (45009/45011) suspends that API this long
+
+
+class NotSent(UpstreamUnavailable):
+    """The call was not processed, so repeating it cannot deliver a message twice."""
+    # Raised for refused connections, connect/pool timeouts (nothing was sent) and HTTP 5xx
+    # (WeChat's front answered instead of the API). A read timeout is NOT this: it may have
+    # been processed, and message/custom/send has no idempotency key.
 
 
 def new_http_client(*, timeout: float = 3.0) -> httpx.AsyncClient:
@@ -60,11 +71,14 @@ class WeChatAPI:
         started = time.perf_counter()
         errcode: int | None = None
         try:
-            resp = await self.http.request(method, self.base + path, params=params, json=json,
-                                           timeout=timeout)
+            # httpx's timeout is per phase (pool, connect, write, read); bound the whole call.
+            async with asyncio.timeout(timeout):
+                resp = await self.http.request(method, self.base + path, params=params,
+                                               json=json, timeout=timeout)
             if resp.status_code >= 400:
                 errcode = -resp.status_code
-                raise UpstreamUnavailable(None, f"HTTP {resp.status_code}", api=api)
+                cls = NotSent if resp.status_code >= 500 else UpstreamUnavailable
+                raise cls(None, f"HTTP {resp.status_code}", api=api)
             try:
                 data = resp.json()
             except ValueError:
@@ -77,7 +91,11 @@ class WeChatAPI:
             if errcode:
                 raise api_error(errcode, str(data.get("errmsg", "")), api=api)
             return data
-        except httpx.TimeoutException:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            errcode = -503
+            raise NotSent(None, f"{type(exc).__name__}", api=api) from None
+        except (httpx.TimeoutException, TimeoutError):
+            # Sent, maybe processed, answer lost: not safe to repeat a non-idempotent call.
             errcode = -408
             raise UpstreamUnavailable(None, "timed out", api=api) from None
         except httpx.HTTPError as exc:
@@ -216,4 +234,4 @@ class WeChatAPI:
         return True
 
 
-__all__ = ["WeChatAPI", "new_http_client", "ConfigurationError"]
+__all__ = ["ConfigurationError", "NotSent", "WeChatAPI", "new_http_client"]

@@ -1,0 +1,370 @@
+"""Hostile and broken input: every push is answered 4xx (or 200) in time, never a 5xx or a hang.
+
+Plaintext mode signs only token+timestamp+nonce, so an attacker who captured one signed query
+can attach any body: every hostile body below is therefore sent with a VALID signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from service.crypto import MessageCrypto
+from service.signature import sign
+from service.simulate import Push, decode_reply, push_xml, sign_push
+from tests.conftest import OPENID
+from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
+
+SECRET_MARKER = "TOP-SECRET-" + secrets.token_hex(8)
+
+
+def signed(body: bytes, *, ts: int | None = None, nonce: str | None = None) -> Push:
+    """A body with a valid plaintext-mode signature (what a captured query allows)."""
+    return sign_push(body, token=TOKEN, openid=OPENID, timestamp=ts, nonce=nonce)
+
+
+def encrypted(encrypt: str, *, ts: int | None = None) -> Push:
+    """A safe-mode push whose msg_signature is valid for whatever `encrypt` holds."""
+    t = str(int(time.time()) if ts is None else ts)
+    nonce = str(secrets.randbelow(10**10))
+    params = {"signature": sign(TOKEN, t, nonce), "timestamp": t, "nonce": nonce,
+              "openid": OPENID, "encrypt_type": "aes",
+              "msg_signature": sign(TOKEN, t, nonce, encrypt)}
+    body = f"<xml><ToUserName><![CDATA[gh_x]]></ToUserName><Encrypt><![CDATA[{encrypt}]]>" \
+           "</Encrypt></xml>"
+    return Push(params, body.encode())
+
+
+async def post(client: httpx.AsyncClient, push: Push, body: Any = None) -> httpx.Response:
+    return await client.post("/wechat", params=push.params,
+                             content=push.body if body is None else body)
+
+
+async def assert_still_serving(client: httpx.AsyncClient, make_push: Callable[..., Push]) -> None:
+    good = make_push("subscribe")
+    r = await post(client, good)
+    assert r.status_code == 200
+    assert decode_reply(r.content, crypto=None)["Content"] == "Welcome, 刺猬宝宝!"
+
+
+# -- entities and DTDs --------------------------------------------------------------------------
+
+def _xxe(path: str, *, encoding: str = "utf-8") -> bytes:
+    decl = f'<?xml version="1.0" encoding="{encoding}"?>' if encoding != "utf-8" else ""
+    doc = (f'{decl}<!DOCTYPE xml [<!ENTITY leak SYSTEM "file://{path}">]>'
+           "<xml><ToUserName><![CDATA[gh_x]]></ToUserName>"
+           f"<FromUserName><![CDATA[{OPENID}]]></FromUserName><CreateTime>1</CreateTime>"
+           "<MsgType><![CDATA[text]]></MsgType><Content>&leak;</Content>"
+           "<MsgId>1</MsgId></xml>")
+    return doc.encode(encoding)
+
+
+BILLION_LAUGHS = (
+    b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY lol "lol">'
+    + b"".join(b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10)
+               for i in range(1, 10))
+    + b"]><xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName>"
+      b"<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>&lol9;</Content></xml>"
+)
+
+
+@pytest.fixture
+def secret_file(tmp_path: Any) -> str:
+    path = tmp_path / "secret.txt"
+    path.write_text(SECRET_MARKER)
+    return str(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-be"])
+async def test_xxe_reading_a_local_file_is_refused_and_nothing_leaks(
+        client, make_push, secret_file, capsys, encoding):
+    # UTF-16 hides "<!DOCTYPE" from a byte-level check: the parsed tree is checked too.
+    r = await post(client, signed(_xxe(secret_file, encoding=encoding)))
+    assert r.status_code == 400
+    assert SECRET_MARKER not in r.text
+    await assert_still_serving(client, make_push)
+    assert SECRET_MARKER not in capsys.readouterr().out
+
+
+async def test_xxe_inside_the_ciphertext_is_refused(client, crypto, secret_file, capsys):
+    r = await post(client, encrypted(crypto.encrypt(_xxe(secret_file))))
+    assert r.status_code == 400
+    assert SECRET_MARKER not in r.text and SECRET_MARKER not in capsys.readouterr().out
+
+
+async def test_billion_laughs_is_refused_quickly(client, make_push):
+    started = time.monotonic()
+    r = await post(client, signed(BILLION_LAUGHS))
+    assert r.status_code == 400
+    assert time.monotonic() - started < 0.5
+    assert len(r.content) < 1000
+    await assert_still_serving(client, make_push)
+
+
+@pytest.mark.parametrize("body", [
+    b'<!DOCTYPE xml><xml><ToUserName>a</ToUserName></xml>',
+    b'<!DOCTYPE xml SYSTEM "http://169.254.169.254/latest/meta-data/"><xml/>',
+    (b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY % p SYSTEM "http://127.0.0.1:1/x.dtd">%p;]>'
+     b'<xml/>'),
+    (b'<xml xmlns:xi="http://www.w3.org/2001/XInclude"><ToUserName>a</ToUserName>'
+     b'<FromUserName><xi:include parse="text" href="/etc/passwd"/></FromUserName>'
+     b'<CreateTime>1</CreateTime><MsgType>text</MsgType></xml>'),
+], ids=["bare-dtd", "external-dtd", "parameter-entity", "xinclude"])
+async def test_dtds_and_includes_never_reach_a_handler(client, body):
+    r = await post(client, signed(body))
+    assert 400 <= r.status_code < 500
+    assert b"root:" not in r.content
+
+
+# -- size, streaming and stalls -----------------------------------------------------------------
+
+async def test_five_megabytes_with_content_length_is_413(client, make_push):
+    r = await post(client, signed(b"<xml>" + b"x" * (5 * 1024 * 1024) + b"</xml>"))
+    assert r.status_code == 413
+    await assert_still_serving(client, make_push)
+
+
+async def test_chunked_body_without_content_length_stops_at_the_limit(client, make_push, settings):
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(5 * 16):  # 5 MB in 64 KB chunks, no Content-Length
+            sent += 1
+            yield b"<" * 65536
+
+    push = signed(b"")
+    request = client.build_request("POST", "/wechat", params=push.params, content=chunks())
+    assert "content-length" not in request.headers
+    r = await client.send(request)
+    assert r.status_code == 413
+    # Streamed limit: reading stopped just past max_body, not at the end of the 5 MB.
+    assert sent * 65536 <= settings.max_body + 2 * 65536
+    await assert_still_serving(client, make_push)
+
+
+@pytest.mark.parametrize("value", [b"abc", b"-1", b"9" * 40, b"1e9"])
+async def test_absurd_content_length_headers_are_4xx(app, value):
+    push = signed(b"<xml/>")
+    status, _ = await raw_asgi(app, push.params, [b"<xml/>"],
+                               headers=[(b"content-length", value)])
+    assert status in (400, 413)
+
+
+async def raw_asgi(app: Any, params: dict[str, str], chunks: list[bytes], *,
+                   headers: list[tuple[bytes, bytes]] | None = None,
+                   stall: bool = False, disconnect: bool = False) -> tuple[int, bytes]:
+    """Drive the ASGI app directly: headers and chunking exactly as given."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/wechat", "raw_path": b"/wechat",
+             "root_path": "", "query_string": urlencode(params).encode(),
+             "headers": [(b"host", b"testserver"), *(headers or [])],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    queue = list(chunks)
+    out: dict[str, Any] = {"status": None, "body": b""}
+
+    async def receive() -> dict[str, Any]:
+        if queue:
+            chunk = queue.pop(0)
+            more = bool(queue) or stall or disconnect
+            return {"type": "http.request", "body": chunk, "more_body": more}
+        if disconnect:
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(3600)  # a sender that stopped sending
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            out["body"] += message.get("body", b"")
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    return out["status"], out["body"]
+
+
+async def test_a_sender_that_stalls_mid_body_gets_an_answer_by_the_deadline(
+        make_app, make_settings):
+    app = make_app(settings=make_settings(WXHOOK_DEADLINE="0.5"))
+    push = signed(push_xml("text", openid=OPENID))
+    started = time.monotonic()
+    status, _ = await raw_asgi(app, push.params, [push.body[:20]], stall=True,
+                               headers=[(b"content-length", str(len(push.body)).encode())])
+    assert status == 408
+    assert time.monotonic() - started < 1.0
+
+
+async def test_a_sender_that_disconnects_mid_body_is_not_a_5xx(app):
+    push = signed(push_xml("text", openid=OPENID))
+    status, _ = await raw_asgi(app, push.params, [push.body[:20]], disconnect=True)
+    assert status is not None and status < 500
+
+
+# -- broken bytes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    b"",
+    b"\x00" * 64,
+    b"<xml><ToUserName><![CDATA[gh_x]]></ToUserName><FromUserName><![CDA",  # truncated
+    b"<xml><ToUserName>\xff\xfe\xfa</ToUserName></xml>",  # not UTF-8
+    b'<?xml version="1.0" encoding="x-unknown"?><xml/>',
+    b"<xml><ToUserName>a\x01\x02\x1b</ToUserName></xml>",  # control characters
+    b"<xml><Content><![CDATA[a\x00b]]></Content></xml>",
+    b"<xml>" + b"<a>" * 400 + b"</a>" * 400 + b"</xml>",  # deeper than libxml2 allows
+    b"<notxml/>",
+    (b"<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName>"
+     b"<CreateTime>\xc2\xb2</CreateTime><MsgType>text</MsgType></xml>"),  # "²".isdigit()
+    b"<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName>"
+    b"<CreateTime>" + b"9" * 5000 + b"</CreateTime><MsgType>text</MsgType></xml>",
+    b"\xef\xbb\xbf\xef\xbb\xbf<xml/>",
+    "<xml>\ud800</xml>".encode("utf-8", "surrogatepass"),
+], ids=["empty", "nuls", "truncated", "not-utf8", "unknown-encoding", "control-chars",
+        "nul-in-cdata", "too-deep", "wrong-root", "superscript-createtime",
+        "5000-digit-createtime", "double-bom", "surrogate"])
+async def test_broken_bodies_are_400_and_the_server_goes_on(client, make_push, body):
+    r = await post(client, signed(body))
+    assert r.status_code == 400
+    await assert_still_serving(client, make_push)
+
+
+async def test_a_malformed_body_does_not_burn_the_nonce_of_the_good_push(client):
+    # The good push reuses the query of the broken one (same nonce, same timestamp).
+    good = sign_push(push_xml("subscribe", openid=OPENID), token=TOKEN, openid=OPENID)
+    bad = await post(client, good, b"<xml><broken")
+    assert bad.status_code == 400
+    r = await post(client, good)
+    assert r.status_code == 200 and b"Welcome" in r.content
+
+
+async def test_control_characters_in_the_query_are_not_a_5xx(client):
+    nonce = "12\x0134\x7f"
+    r = await post(client, signed(push_xml("text", openid=OPENID), nonce=nonce))
+    assert r.status_code == 200
+
+
+# -- freshness and replay -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("offset", [-3600, 3600, -86400 * 365])
+async def test_timestamps_outside_the_window_are_403(client, offset):
+    r = await post(client, signed(push_xml("subscribe", openid=OPENID),
+                                  ts=int(time.time()) + offset))
+    assert r.status_code == 403
+    assert b"Welcome" not in r.content
+
+
+@pytest.mark.parametrize("ts", ["abc", "", "1e9", "9" * 5000, "-1"])
+async def test_malformed_timestamps_are_4xx(client, ts):
+    params = {"signature": sign(TOKEN, ts, "1"), "timestamp": ts, "nonce": "1", "openid": OPENID}
+    r = await client.post("/wechat", params=params, content=push_xml("text", openid=OPENID))
+    assert 400 <= r.status_code < 500
+
+
+async def test_same_nonce_same_body_is_a_retry_answered_identically(client, sandbox):
+    push = signed(push_xml("subscribe", openid=OPENID, create_time=int(time.time())))
+    first = await post(client, push)
+    again = await post(client, push)
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content and b"Welcome" in first.content
+    assert sandbox.calls["/cgi-bin/user/info"] == 1
+
+
+async def test_same_nonce_different_body_is_a_403_replay(client):
+    push = signed(push_xml("text", openid=OPENID, text="hello"))
+    assert (await post(client, push)).status_code == 200
+    forged = push_xml("text", openid=OPENID, text="help")
+    r = await post(client, push, forged)
+    assert r.status_code == 403 and b"replay" in r.content
+
+
+# -- broken ciphertexts (each with a valid msg_signature, so decryption itself is tested) ----------
+
+def _raw_encrypt(plain: bytes) -> str:
+    key = base64.b64decode(AES_KEY + "=")
+    enc = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
+    return base64.b64encode(enc.update(plain) + enc.finalize()).decode()
+
+
+def _framed(msg: bytes, appid: bytes, pad: int | None = None) -> bytes:
+    body = secrets.token_bytes(16) + struct.pack(">I", len(msg)) + msg + appid
+    n = 32 - len(body) % 32 if pad is None else pad
+    return body + bytes([n]) * n
+
+
+_MSG = push_xml("subscribe", openid=OPENID)
+
+BROKEN_CIPHERTEXTS = {
+    "not-base64": "!!!not*base64!!!",
+    "bad-base64-padding": base64.b64encode(b"x" * 32).decode().rstrip("=") + "=",
+    "non-ascii": "密文" * 8,
+    "empty-after-decode": "",
+    "not-a-block-multiple": base64.b64encode(secrets.token_bytes(33)).decode(),
+    "one-block": base64.b64encode(secrets.token_bytes(16)).decode(),
+    "random-blocks": base64.b64encode(secrets.token_bytes(256)).decode(),
+    "wrong-appid": _raw_encrypt(_framed(_MSG, b"wx0000000000other")),
+    "pad-zero": _raw_encrypt(_framed(_MSG, SANDBOX_APP_ID.encode())[:-1] + b"\x00"),
+    "pad-too-big": _raw_encrypt((_framed(_MSG, SANDBOX_APP_ID.encode(), pad=0) + b"\x21" * 64)
+                                [:((len(_MSG) + 40) // 16 + 4) * 16]),
+    "length-beyond-plaintext": _raw_encrypt(
+        _framed(b"", SANDBOX_APP_ID.encode())[:16] + struct.pack(">I", 10**6) + b"\x0c" * 12),
+    "not-xml-inside": _raw_encrypt(_framed(b"\xff\xfe garbage", SANDBOX_APP_ID.encode())),
+    "other-key": MessageCrypto(TOKEN, ["B" * 43], SANDBOX_APP_ID).encrypt(_MSG),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_CIPHERTEXTS))
+async def test_broken_ciphertexts_are_400(client, make_push, name):
+    r = await post(client, encrypted(BROKEN_CIPHERTEXTS[name]))
+    assert r.status_code == 400, r.text
+    await assert_still_serving(client, make_push)
+
+
+@pytest.mark.parametrize("change", ["wrong", "missing", "uppercase-of-wrong"])
+async def test_msg_signature_guards_the_body(client, crypto, change):
+    push = encrypted(crypto.encrypt(_MSG))
+    params = dict(push.params)
+    if change == "missing":
+        del params["msg_signature"]
+    else:
+        params["msg_signature"] = ("A" if change.startswith("upper") else "0") * 40
+    r = await client.post("/wechat", params=params, content=push.body)
+    assert r.status_code == 403
+    assert b"Welcome" not in r.content
+
+
+async def test_a_valid_ciphertext_swapped_into_another_signed_query_is_403(client, crypto):
+    # msg_signature binds the ciphertext: a captured query cannot carry another Encrypt.
+    one, other = encrypted(crypto.encrypt(_MSG)), encrypted(crypto.encrypt(_MSG))
+    r = await client.post("/wechat", params=one.params, content=other.body)
+    assert r.status_code == 403
+
+
+async def test_a_burst_of_hostile_pushes_leaves_no_5xx(client, make_push, secret_file):
+    bodies = [_xxe(secret_file), BILLION_LAUGHS, b"<xml><broken", b"\xff" * 100,
+              b"<xml>" + b"x" * (300 * 1024) + b"</xml>"]
+    pushes = [signed(b) for b in bodies] + [encrypted(c) for c in BROKEN_CIPHERTEXTS.values()]
+    pushes += [make_push("subscribe", openid="o" + secrets.token_hex(14)[:27]) for _ in range(5)]
+    answers = await asyncio.gather(*(post(client, p) for p in pushes))
+    assert all(a.status_code < 500 for a in answers)
+    assert all(a.status_code == 200 for a in answers[-5:])
+
+
+async def test_an_unexpected_parser_error_is_a_400_not_a_5xx(client, make_push, monkeypatch):
+    import service.webhook
+
+    def broken(fields: Any) -> Any:
+        raise ValueError("a parser bug some odd input found")
+
+    monkeypatch.setattr(service.webhook, "build_message", broken)
+    push = make_push("subscribe")
+    r = await post(client, push)
+    assert r.status_code == 400 and b"unreadable" in r.content

@@ -1,0 +1,235 @@
+"""Upstream faults: every push still answered in time, and what each fault costs upstream.
+
+The cost matters as much as the answer: a fault must not turn into a retry storm against an
+API that is already failing (or against a quota that is already spent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from service.observability import Metrics
+from service.sandbox import DEMO_OPENID, Fault
+from service.simulate import Push, decode_reply, push_xml, sign_push
+from tests.support import TOKEN, free_port
+
+USER_INFO = "/cgi-bin/user/info"
+
+
+def new_openid() -> str:
+    return "o" + secrets.token_hex(14)[:27]
+
+
+def subscribe(openid: str) -> Push:
+    return sign_push(push_xml("subscribe", openid=openid), token=TOKEN, openid=openid)
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def serve(make_app: Callable[..., Any], make_settings: Callable[..., Any],
+                metrics: Metrics) -> AsyncIterator[Callable[..., Any]]:
+    """serve(**env) -> (app, client): an app against the sandbox with env overrides."""
+    clients: list[httpx.AsyncClient] = []
+
+    def serve(http: httpx.AsyncClient | None = None, **env: str) -> tuple[Any, httpx.AsyncClient]:
+        kw: dict[str, Any] = {"settings": make_settings(**env), "metrics": metrics}
+        if http is not None:
+            kw["http"] = http
+        app = make_app(**kw)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        clients.append(client)
+        return app, client
+    yield serve
+    for c in clients:
+        await c.aclose()
+
+
+async def greet(client: httpx.AsyncClient, openid: str | None = None) -> tuple[str, float]:
+    """Send a subscribe; return the greeting text and how long the answer took."""
+    push = subscribe(openid or new_openid())
+    started = time.monotonic()
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    took = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    return decode_reply(r.content, crypto=None)["Content"], took
+
+
+def total_calls(sandbox: Any) -> int:
+    return sum(sandbox.calls.values())
+
+
+# -- errcode -1: bounded backoff inside the budget ------------------------------------------
+
+async def test_busy_once_is_retried_and_the_follower_is_named(serve, sandbox):
+    _, client = serve()
+    sandbox.add_fault(Fault(USER_INFO, errcode=-1, times=1))
+    text, took = await greet(client, DEMO_OPENID)
+    assert text == "Welcome, 刺猬宝宝!"
+    assert sandbox.calls[USER_INFO] == 2 and took < 1.0
+
+
+async def test_busy_forever_costs_three_calls_and_still_greets_in_time(serve, sandbox):
+    _, client = serve()
+    sandbox.add_fault(Fault(USER_INFO, errcode=-1))
+    text, took = await greet(client)
+    assert text == "Welcome!"
+    assert sandbox.calls[USER_INFO] == 3  # one try plus two backed-off retries
+    assert took < 4.0
+
+
+async def test_busy_backoff_never_runs_past_the_deadline(serve, sandbox):
+    _, client = serve(WXHOOK_DEADLINE="0.3")
+    sandbox.add_fault(Fault(USER_INFO, errcode=-1, latency=0.05))
+    text, took = await greet(client)
+    assert text == "Welcome!" and took < 0.35
+    assert sandbox.calls[USER_INFO] <= 3
+
+
+# -- HTTP 5xx, timeouts, refused connections: degrade, do not retry -------------------------
+
+@pytest.mark.parametrize("status", [500, 502, 503, 404])
+async def test_http_errors_degrade_to_welcome_one_call_per_push(serve, sandbox, status):
+    _, client = serve()
+    sandbox.add_fault(Fault(USER_INFO, http_status=status))
+    results = [await greet(client) for _ in range(5)]
+    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+    assert sandbox.calls[USER_INFO] == 5
+
+
+async def test_a_hanging_upstream_degrades_within_the_budget(serve, sandbox):
+    _, client = serve(WXHOOK_DEADLINE="0.8")
+    sandbox.add_fault(Fault(USER_INFO, latency=8.0))
+    text, took = await greet(client)
+    assert text == "Welcome!" and took < 0.85
+    assert sandbox.calls[USER_INFO] == 1
+
+
+async def test_a_hanging_token_endpoint_degrades_within_the_budget(serve, sandbox):
+    _, client = serve(WXHOOK_DEADLINE="0.8")
+    sandbox.add_fault(Fault("/cgi-bin/stable_token", latency=8.0))
+    results = await asyncio.gather(*(greet(client) for _ in range(10)))
+    assert all(text == "Welcome!" and took < 0.85 for text, took in results)
+    assert sandbox.token_requests == 1  # single flight, even while it hangs
+
+
+async def test_refused_connections_degrade_at_once(serve, make_settings):
+    dead = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    async with httpx.AsyncClient() as http:
+        _, client = serve(http=http, WECHAT_API_BASE=dead)
+        results = await asyncio.gather(*(greet(client) for _ in range(5)))
+    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+
+
+async def test_token_endpoint_5xx_is_not_hammered(serve, sandbox):
+    _, client = serve()
+    sandbox.add_fault(Fault("/cgi-bin/stable_token", http_status=500))
+    results = await asyncio.gather(*(greet(client) for _ in range(20)))
+    results += [await greet(client) for _ in range(5)]
+    assert all(text == "Welcome!" for text, _ in results)
+    assert sandbox.token_requests == 1  # a short backoff after a failure, then one retry
+
+
+# -- quota errors open a circuit ------------------------------------------------------------
+
+@pytest.mark.parametrize("errcode", [45009, 45011])
+async def test_quota_errors_open_a_circuit(serve, sandbox, metrics, capsys, errcode):
+    _, client = serve()
+    sandbox.add_fault(Fault(USER_INFO, errcode=errcode))
+    results = [await greet(client) for _ in range(10)]
+    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+    assert sandbox.calls[USER_INFO] == 1  # no retry storm against a spent quota
+    assert metrics.registry.get_sample_value("wxhook_circuit_open", {"api": "user_info"}) == 1
+    out = capsys.readouterr().out
+    assert "circuit_open" in out and str(errcode) in out
+    ready = await client.get("/readyz")
+    assert "user_info" in ready.json()["checks"].get("circuits_open", {})
+
+
+async def test_a_circuit_is_per_api(serve, sandbox):
+    app, client = serve()
+    sandbox.add_fault(Fault(USER_INFO, errcode=45009))
+    await greet(client)
+    # Other APIs are unaffected: a late delivery still goes out.
+    await app.state.api.send_custom({"touser": DEMO_OPENID, "msgtype": "text",
+                                     "text": {"content": "hi"}})
+    assert len(sandbox.sent) == 1
+
+
+# -- dead tokens and the bound on one push's upstream cost ----------------------------------
+
+async def test_a_dead_token_is_replaced_once(serve, sandbox):
+    _, client = serve()
+    await greet(client)  # warm: token cached
+    before = sandbox.token_requests
+    sandbox.invalidate_tokens()
+    text, _ = await greet(client, DEMO_OPENID)
+    assert text == "Welcome, 刺猬宝宝!"
+    assert sandbox.token_requests == before + 1
+
+
+@pytest.mark.parametrize("faults", [
+    [Fault(USER_INFO, errcode=40001)],
+    [Fault(USER_INFO, errcode=40001, times=1), Fault(USER_INFO, errcode=-1)],
+    [Fault(USER_INFO, errcode=-1, times=2), Fault(USER_INFO, errcode=40001)],
+    [Fault(USER_INFO, errcode=42001, times=1), Fault(USER_INFO, http_status=500)],
+    [Fault("*", errcode=-1)],
+], ids=["dead-forever", "dead-then-busy", "busy-then-dead", "expired-then-500", "all-busy"])
+async def test_the_upstream_cost_of_one_push_is_bounded(serve, sandbox, faults):
+    # Worst case for one greeting: 2 token requests and 4 user/info calls (one token retry,
+    # two busy retries); the answer is still in time.
+    _, client = serve()
+    for fault in faults:
+        sandbox.add_fault(fault)
+    text, took = await greet(client)
+    assert text == "Welcome!" and took < 4.0
+    assert sandbox.calls[USER_INFO] <= 4
+    assert sandbox.token_requests <= 2
+    assert total_calls(sandbox) <= 6
+
+
+# -- wrong credentials, IP not whitelisted --------------------------------------------------
+
+@pytest.mark.parametrize("setup, errcode, hint", [
+    ("secret", 40125, "WECHAT_APP_SECRET"),
+    ("whitelist", 40164, "whitelist"),
+])
+async def test_configuration_errors_still_greet_and_do_not_storm(serve, sandbox, setup, errcode,
+                                                                 hint):
+    if setup == "secret":
+        _, client = serve(WECHAT_APP_SECRET="this-is-the-wrong-secret")
+    else:
+        sandbox.ip_whitelisted = False
+        _, client = serve()
+    results = await asyncio.gather(*(greet(client) for _ in range(20)))
+    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+    for _ in range(5):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+    token = ready.json()["checks"]["token"]
+    assert token["ok"] is False and token["error"]["errcode"] == errcode
+    assert hint in token["fix"]
+    more = [await greet(client) for _ in range(5)]
+    assert all(text == "Welcome!" for text, _ in more)
+    assert sandbox.token_requests == 1  # the next try only after the 20 s backoff
+    assert sandbox.calls[USER_INFO] == 0
+
+
+async def test_a_spent_token_quota_backs_off_like_a_configuration_error(serve, sandbox):
+    _, client = serve()
+    sandbox.add_fault(Fault("/cgi-bin/stable_token", errcode=45009))
+    first = await asyncio.gather(*(greet(client) for _ in range(10)))
+    await asyncio.sleep(1.1)  # past the short backoff used for transient failures
+    later = [await greet(client) for _ in range(3)]
+    assert all(text == "Welcome!" for text, _ in [*first, *later])
+    assert sandbox.token_requests == 1
