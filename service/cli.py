@@ -107,8 +107,11 @@ def _prepare_metrics_dir() -> str | None:
 
 
 def _uvicorn_kwargs() -> dict[str, Any]:
+    # proxy_headers off: nothing reads the client address, and uvicorn's middleware for it
+    # costs ~5% of a push. nginx logs the real address (deploy/nginx).
     return {"loop": "uvloop", "http": "httptools", "access_log": False, "log_config": None,
-            "server_header": False, "timeout_graceful_shutdown": 15, "backlog": 4096}
+            "server_header": False, "timeout_graceful_shutdown": 15, "backlog": 4096,
+            "proxy_headers": False}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -129,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         uvicorn.run("service.cli:app_factory", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, proxy_headers=True, **_uvicorn_kwargs())
+                    workers=args.workers, **_uvicorn_kwargs())
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)

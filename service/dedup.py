@@ -1,15 +1,15 @@
 """Retry de-duplication with reply replay (pipeline step 4).
 
 WeChat drops a push it got no answer to within 5 s and sends it again, three tries in all.
-The first try runs the handler; every retry, here or on another instance, gets the first
-try's reply byte for byte, and the handler's side effects happen once.
+The first try claims the push and runs the handler; every retry, here or on another
+instance, gets the first try's reply byte for byte, and the handler's side effects happen
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 from .replies import SUCCESS
 from .store.base import Store
@@ -19,54 +19,49 @@ _POLL = 0.05                # how often a retry on another instance looks for th
 
 
 class Dedup:
-    """Run `produce` once per key; concurrent and later tries get its bytes."""
+    """claim() once per push; retries replay() what the claimant settle()s."""
 
     def __init__(self, store: Store, *, namespace: str, ttl: float = 60.0) -> None:
         self.store = store
         self.prefix = namespace + "dedup:"
         self.ttl = ttl
-        self._local: dict[str, asyncio.Future[bytes]] = {}
-        self._running: set[asyncio.Task[bytes]] = set()
+        # Claims held by this process (key -> store key, built once: it is kept in the store
+        # for the whole TTL) and, once a local retry waits, the future it waits on.
+        self._claims: dict[str, str] = {}
+        self._waiters: dict[str, asyncio.Future[bytes]] = {}
 
-    async def run(self, key: str, produce: Callable[[], Awaitable[bytes]], *,
-                  deadline: float) -> tuple[bytes, bool]:
-        """(reply, was_a_retry). Never waits past `deadline`: then the answer is "success"."""
-        fut = self._local.get(key)
-        if fut is not None:  # the first try is still running in this process
-            return await _wait(fut, deadline), True
+    async def claim(self, key: str) -> bool:
+        """True when this try is the first and must produce the reply."""
+        if key in self._claims:
+            return False
         skey = self.prefix + key
         if not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
-            return await self._wait_stored(skey, deadline), True
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._local[key] = fut
-        # The first try's work runs in its own task: if its connection is dropped and the
-        # server cancels the request, the handler still finishes once and retries get its reply.
-        task = loop.create_task(self._first(key, skey, produce, fut))
-        self._running.add(task)
-        task.add_done_callback(self._settled)
-        return await asyncio.shield(task), False
+            return False
+        self._claims[key] = skey
+        return True
 
-    def _settled(self, task: asyncio.Task[bytes]) -> None:
-        self._running.discard(task)
-        if not task.cancelled():
-            task.exception()  # the caller may be gone: never "exception was never retrieved"
+    async def replay(self, key: str, deadline: float) -> bytes:
+        """The first try's reply; "success" if it is not ready before `deadline`."""
+        if key in self._claims:  # the first try runs in this process: no polling
+            fut = self._waiters.get(key)
+            if fut is None:
+                fut = self._waiters[key] = asyncio.get_running_loop().create_future()
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut),
+                                              max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return SUCCESS
+        return await self._wait_stored(self.prefix + key, deadline)
 
-    async def _first(self, key: str, skey: str, produce: Callable[[], Awaitable[bytes]],
-                     fut: asyncio.Future[bytes]) -> bytes:
+    async def settle(self, key: str, reply: bytes) -> None:
+        """Record the reply every later try of this push gets."""
         try:
-            reply = await produce()
-        except BaseException as exc:
-            # Let a later try run again rather than replaying nothing.
-            await self.store.delete_if(skey, _PENDING)
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters get their own copy below
-            raise
+            await self.store.set(self._claims.get(key) or self.prefix + key, reply, ttl=self.ttl)
         finally:
-            self._local.pop(key, None)
-        await self.store.set(skey, reply, ttl=self.ttl)
-        fut.set_result(reply)
-        return reply
+            self._claims.pop(key, None)
+            fut = self._waiters.pop(key, None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
 
     async def _wait_stored(self, skey: str, deadline: float) -> bytes:
         while True:
@@ -78,12 +73,3 @@ class Dedup:
             if time.monotonic() + _POLL >= deadline:
                 return SUCCESS
             await asyncio.sleep(_POLL)
-
-
-async def _wait(fut: asyncio.Future[bytes], deadline: float) -> bytes:
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
-    except TimeoutError:
-        return SUCCESS
-    except Exception:
-        return SUCCESS

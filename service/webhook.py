@@ -24,7 +24,7 @@ from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XM
 from .messages import InboundMessage, build_message, parse_fields
 from .observability import Metrics, get_logger, mask_openid, upstream_trace
 from .profiles import Profiles
-from .replies import SUCCESS, render
+from .replies import SUCCESS, Reply, render
 from .signature import check_fresh, verify
 from .store.base import Store
 from .wechat_api import WeChatAPI
@@ -44,6 +44,16 @@ def _safely(fn: Callable[[T], R], arg: T) -> R:
         raise
     except Exception as exc:
         raise XMLError(f"unreadable push ({type(exc).__name__})") from exc
+
+
+class _Run:
+    """One first try: its deadline, and the future late delivery waits on after an overrun."""
+
+    __slots__ = ("deadline", "late")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.late: asyncio.Future[Reply | None] | None = None
 
 
 class ClientGone(Exception):
@@ -69,6 +79,7 @@ class Webhook:
         self.metrics = metrics
         self.log = get_logger("wxhook.push")
         self.in_flight = 0
+        self._overrunning: set[asyncio.Task[bytes]] = set()  # strong refs: see _first_try
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
@@ -119,9 +130,12 @@ class Webhook:
         trace: list[tuple[str, int | None]] = []
         token = upstream_trace.set(trace)
         try:
-            reply, retried = await self.dedup.run(
-                msg.dedup_key(), lambda: self._produce(msg, mode, deadline, started, rec),
-                deadline=deadline)
+            key = msg.dedup_key()
+            retried = not await self.dedup.claim(key)
+            if retried:
+                reply = await self.dedup.replay(key, deadline)
+            else:
+                reply = await self._first_try(key, msg, mode, deadline, started, rec)
         except Exception:
             # A bug must not become a 5xx: WeChat would show the follower an error page.
             self.log.exception("push_failed", **rec)
@@ -203,7 +217,8 @@ class Webhook:
     async def _remember_nonce(self, ts: str, nonce: str, body: bytes) -> None:
         # The same signed query with the same body is WeChat retrying (dedup answers it);
         # with another body it is someone replaying a captured signature.
-        digest = hashlib.sha1(body).digest()
+        # 8 bytes suffice: forging a second body with the same digest is a 2^64 search.
+        digest = hashlib.blake2b(body, digest_size=8).digest()
         key = f"{self.namespace}nonce:{ts}:{nonce}"
         ttl = self.settings.timestamp_window * 2 + 5
         if await self.store.set(key, digest, ttl=ttl, nx=True):
@@ -214,31 +229,49 @@ class Webhook:
             err.reason = "replay"
             raise err
 
-    async def _produce(self, msg: InboundMessage, mode: str, deadline: float, started: float,
+    async def _first_try(self, key: str, msg: InboundMessage, mode: str, deadline: float,
+                         started: float, rec: dict[str, Any]) -> bytes:
+        # The handler runs in a task of its own, so a dropped connection does not cancel it
+        # (the retry gets its reply) and an overrun can be answered while it goes on.
+        run = _Run(deadline)
+        task = asyncio.get_running_loop().create_task(self._produce(key, msg, mode, run, rec))
+        done, _ = await asyncio.wait((task,), timeout=max(0.0, deadline - time.monotonic()))
+        if done:
+            return task.result()
+        # Answer in time; the handler goes on and its reply goes out through custom/send.
+        run.late = asyncio.get_running_loop().create_future()
+        self.delivery.hand_over(run.late, openid=msg.openid, started=started)
+        self._overrunning.add(task)
+        task.add_done_callback(self._overrunning.discard)
+        self.metrics.deadline_fallbacks.inc()
+        rec.update(outcome="fallback", deadline_fallback=True)
+        await self.dedup.settle(key, SUCCESS)  # what this try answered is what retries get
+        return SUCCESS
+
+    async def _produce(self, key: str, msg: InboundMessage, mode: str, run: _Run,
                        rec: dict[str, Any]) -> bytes:
-        ctx = Context(deadline=deadline, profiles=self.profiles, api=self.api,
+        ctx = Context(deadline=run.deadline, profiles=self.profiles, api=self.api,
                       settings=self.settings, log=self.log)
-        run = asyncio.get_running_loop().create_task(self.router.dispatch(msg, ctx))
-        done, _ = await asyncio.wait((run,), timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
-            # Answer in time; the handler goes on and its reply goes out through custom/send.
-            self.delivery.hand_over(run, openid=msg.openid, started=started)
-            self.metrics.deadline_fallbacks.inc()
-            rec.update(outcome="fallback", deadline_fallback=True)
-            return SUCCESS
         try:
-            reply = run.result()
+            reply = await self.router.dispatch(msg, ctx)
         except Exception as exc:
+            if run.late is not None:
+                run.late.set_exception(exc)
+                return SUCCESS
             self.log.error("handler_failed", error=repr(exc), **rec)
             rec["outcome"] = "no_reply"
+            reply = None
+        if run.late is not None:  # the deadline passed: late delivery takes it from here
+            run.late.set_result(reply)
             return SUCCESS
         rec["handler"] = ctx.handler or None
-        if reply is None:
-            return SUCCESS
-        rec["reply_type"] = reply.msg_type
-        xml = render(reply, to_user=msg.from_user, from_user=msg.to_user)
-        if mode != "plain" and self.crypto is not None:
-            xml = self.crypto.wrap_reply(xml)
+        xml = SUCCESS
+        if reply is not None:
+            rec["reply_type"] = reply.msg_type
+            xml = render(reply, to_user=msg.from_user, from_user=msg.to_user)
+            if mode != "plain" and self.crypto is not None:
+                xml = self.crypto.wrap_reply(xml)
+        await self.dedup.settle(key, xml)
         return xml
 
     def _refuse(self, exc: GuardError,

@@ -1,37 +1,64 @@
-"""One-process state on cachetools: the default when REDIS_URL is not set."""
+"""One-process state: the default when REDIS_URL is not set.
+
+Every push writes three short-lived keys (nonce, dedup claim, dedup reply), so this is on
+the hot path and sized by load: a plain dict with expiry buckets of one second, swept as
+time passes, costs a fraction of a general-purpose TTL cache in time and memory.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-
-from cachetools import TLRUCache
-
-
-def _expiry(_key: str, value: tuple[bytes, float], _now: float) -> float:
-    return value[1]
+from collections.abc import Callable
 
 
 class MemoryStore:
-    """Per-key TTLs on a bounded TLRU cache; hashes in a plain dict (lost on restart)."""
+    """Per-key TTLs, bounded size; hashes in a plain dict (lost on restart)."""
 
     shared = False
 
-    def __init__(self, *, maxsize: int = 200_000) -> None:
-        self._kv: TLRUCache[str, tuple[bytes, float]] = TLRUCache(
-            maxsize=maxsize, ttu=_expiry, timer=time.monotonic
-        )
+    def __init__(self, *, maxsize: int = 400_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.maxsize = maxsize
+        self.clock = clock
+        self._kv: dict[str, tuple[bytes, float]] = {}
+        # ceil(expiry) -> keys that expire in that second (or were overwritten since)
+        self._buckets: dict[int, list[str]] = {}
+        self._swept = int(clock())
         self._hashes: dict[str, dict[str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kv)
 
     async def get(self, key: str) -> bytes | None:
         item = self._kv.get(key)
-        return None if item is None else item[0]
+        if item is None or item[1] <= self.clock():
+            return None
+        return item[0]
 
     async def set(self, key: str, value: bytes, *, ttl: float | None = None,
                   nx: bool = False) -> bool:
-        if nx and self._kv.get(key) is not None:
-            return False
-        self._kv[key] = (value, math.inf if ttl is None else time.monotonic() + ttl)
+        now = self.clock()
+        if int(now) > self._swept:
+            self._sweep(now)
+        kv = self._kv
+        if nx:
+            item = kv.get(key)
+            if item is not None and item[1] > now:
+                return False
+        if ttl is None:
+            kv[key] = (value, math.inf)
+        else:
+            expiry = now + ttl
+            kv[key] = (value, expiry)
+            second = int(expiry) + 1
+            bucket = self._buckets.get(second)
+            if bucket is None:
+                self._buckets[second] = [key]
+            else:
+                bucket.append(key)
+        if len(kv) > self.maxsize:
+            self._evict()
         return True
 
     async def delete(self, key: str) -> None:
@@ -39,7 +66,7 @@ class MemoryStore:
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
         item = self._kv.get(key)
-        if item is None or item[0] != expected:
+        if item is None or item[0] != expected or item[1] <= self.clock():
             return False
         del self._kv[key]
         return True
@@ -55,3 +82,28 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         return None
+
+    def _sweep(self, now: float) -> None:
+        kv, buckets = self._kv, self._buckets
+        current = int(now)
+        for second in range(self._swept + 1, current + 1):
+            for key in buckets.pop(second, ()):
+                item = kv.get(key)
+                if item is not None and item[1] <= now:
+                    del kv[key]
+        self._swept = current
+
+    def _evict(self) -> None:
+        # Over the bound (a flood): drop what would expire soonest. Keys without a TTL
+        # (the token) are never evicted.
+        kv, buckets = self._kv, self._buckets
+        while len(kv) > self.maxsize and buckets:
+            second = min(buckets)
+            bucket = buckets[second]
+            while bucket and len(kv) > self.maxsize:
+                key = bucket.pop()
+                item = kv.get(key)
+                if item is not None and item[1] != math.inf and int(item[1]) + 1 == second:
+                    del kv[key]
+            if not bucket:
+                del buckets[second]
