@@ -76,21 +76,24 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                store: Store | None = None, router: Router | None = None,
                profile_repo: ProfileRepo | None = None, metrics: Metrics | None = None) -> FastAPI:
     """Build the ASGI app for one account."""
-    metrics = metrics or Metrics()
+    metrics = Metrics() if metrics is None else metrics
     own_http = http is None
-    http = http or new_http_client(timeout=settings.http_timeout)
-    store = store or _default_store(settings, metrics)
+    http = new_http_client(timeout=settings.http_timeout) if http is None else http
+    store = _default_store(settings, metrics) if store is None else store
     namespace = f"wxhook:{settings.app_id}:"
     api = WeChatAPI(http, settings, metrics=metrics)
     api.tokens = TokenManager(store, api.fetch_token, namespace=namespace, metrics=metrics)
     # Profiles must survive a restart: Redis when shared, else an embedded SQLite file.
     own_repo = None if profile_repo is not None or store.shared else SqliteProfileRepo(
         settings.profile_db)
-    repo = profile_repo or own_repo or StoreProfileRepo(store, namespace=namespace)
+    repo: ProfileRepo = (profile_repo if profile_repo is not None
+                         else own_repo if own_repo is not None
+                         else StoreProfileRepo(store, namespace=namespace))
     profiles = Profiles(api, repo, ttl=settings.profile_ttl, batch_window=settings.batch_window)
     delivery = LateDelivery(api, metrics=metrics)
-    webhook = Webhook(settings, store=store, router=router or default_router(settings.handlers), api=api,
-                      profiles=profiles, delivery=delivery, metrics=metrics)
+    router = default_router(settings.handlers) if router is None else router
+    webhook = Webhook(settings, store=store, router=router, api=api, profiles=profiles,
+                      delivery=delivery, metrics=metrics)
     oauth = OAuth(settings, api=api, store=store, repo=repo, profiles=profiles,
                   namespace=namespace)
     log = get_logger("wxhook")

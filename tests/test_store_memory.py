@@ -45,7 +45,7 @@ async def test_expired_keys_are_swept_not_kept():
     await s.set("forever", b"t")
     clock.now += 61.5
     await s.set("trigger", b"y", ttl=60)  # any write sweeps the seconds that have passed
-    assert len(s) == 2 and await s.get("forever") == b"t"
+    assert s.size == 2 and await s.get("forever") == b"t"
 
 
 async def test_bound_drops_soonest_to_expire_first_and_keeps_untimed_keys():
@@ -56,7 +56,7 @@ async def test_bound_drops_soonest_to_expire_first_and_keeps_untimed_keys():
         await s.set(f"short{i}", b"x", ttl=10)
     for i in range(50):
         await s.set(f"long{i}", b"x", ttl=600)
-    assert len(s) == 100
+    assert s.size == 100
     assert await s.get("token") == b"t"
     assert all([await s.get(f"long{i}") == b"x" for i in range(50)])
 

@@ -27,7 +27,10 @@ class MemoryStore:
         self._swept = int(clock())
         self._hashes: dict[str, dict[str, str]] = {}
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Keys held, expired ones not yet swept included (not __len__: an empty store
+        must stay truthy for `store or default`)."""
         return len(self._kv)
 
     async def get(self, key: str) -> bytes | None:
