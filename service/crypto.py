@@ -22,7 +22,7 @@ def _xml_text(value: str) -> str:
 
 
 class _Key:
-    __slots__ = ("key", "iv")
+    __slots__ = ("cipher",)
 
     def __init__(self, encoding_aes_key: str) -> None:
         try:
@@ -31,11 +31,9 @@ class _Key:
             raise ValueError("EncodingAESKey is not valid base64") from exc
         if len(key) != 32:
             raise ValueError("EncodingAESKey must decode to 32 bytes")
-        self.key = key
-        self.iv = key[:16]
-
-    def cipher(self) -> Cipher[modes.CBC]:
-        return Cipher(algorithms.AES(self.key), modes.CBC(self.iv))
+        # Built once: a Cipher hands out any number of encryptors/decryptors, and building
+        # it costs as much as decrypting a push.
+        self.cipher = Cipher(algorithms.AES(key), modes.CBC(key[:16]))
 
 
 class MessageCrypto:
@@ -71,7 +69,7 @@ class MessageCrypto:
         raise last
 
     def _open(self, key: _Key, data: bytes) -> bytes:
-        dec = key.cipher().decryptor()
+        dec = key.cipher.decryptor()
         plain = dec.update(data) + dec.finalize()
         pad = plain[-1]
         if not 1 <= pad <= _BLOCK or plain[-pad:] != bytes([pad]) * pad:
@@ -93,14 +91,14 @@ class MessageCrypto:
         body = prefix + struct.pack(">I", len(msg)) + msg + self._appid_bytes
         pad = _BLOCK - len(body) % _BLOCK
         body += bytes([pad]) * pad
-        enc = self._keys[0].cipher().encryptor()
+        enc = self._keys[0].cipher.encryptor()
         return base64.b64encode(enc.update(body) + enc.finalize()).decode()
 
     def wrap_reply(self, reply: bytes, *, timestamp: str | None = None,
                    nonce: str | None = None) -> bytes:
         """The encrypted reply envelope with its MsgSignature."""
         ts = timestamp or str(int(time.time()))
-        nc = nonce or str(secrets.randbelow(10**10))
+        nc = nonce or str(secrets.randbits(32))  # numeric, like the nonces WeChat sends
         encrypt = self.encrypt(reply)
         signature = sign(self.token, ts, nc, encrypt)
         return (

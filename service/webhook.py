@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from handlers.router import Context, Router
 
@@ -34,6 +34,31 @@ _XML = [(b"content-type", b"application/xml; charset=utf-8")]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+# Label values come from pushes: unknown types map to "other" so a new MsgType (or a
+# caller with our token) cannot grow the number of time series without bound.
+_MSG_TYPES = frozenset({"text", "image", "voice", "video", "shortvideo", "location", "link",
+                        "event", ""})
+_EVENTS = frozenset({"", "subscribe", "unsubscribe", "scan", "location", "click", "view",
+                     "view_miniprogram", "scancode_push", "scancode_waitmsg", "pic_sysphoto",
+                     "pic_photo_or_album", "pic_weixin", "location_select",
+                     "templatesendjobfinish", "masssendjobfinish"})
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """The query string as a dict; WeChat's values are plain, so decoding is rarely needed."""
+    out: dict[str, str] = {}
+    for part in raw.decode("latin-1").split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)
+        out[key] = value
+    return out
 
 
 def _safely(fn: Callable[[T], R], arg: T) -> R:
@@ -70,7 +95,9 @@ class Webhook:
         self.crypto = (MessageCrypto(self.token, settings.aes_keys, settings.app_id)
                        if settings.aes_keys else None)
         self.store = store
-        self.namespace = f"wxhook:{settings.app_id}:"
+        # Keys name the appid where they are shared (Redis); a process's own store serves one
+        # account, and ~25 bytes a key add up to megabytes in a busy minute.
+        self.namespace = f"wxhook:{settings.app_id}:" if store.shared else ""
         self.dedup = Dedup(store, namespace=self.namespace, ttl=settings.dedup_ttl)
         self.router = router
         self.api = api
@@ -80,9 +107,10 @@ class Webhook:
         self.log = get_logger("wxhook.push")
         self.in_flight = 0
         self._overrunning: set[asyncio.Task[bytes]] = set()  # strong refs: see _first_try
+        self._counters: dict[tuple[str, str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        query = parse_query(scope["query_string"])
         if scope["method"] == "POST":
             self.in_flight += 1
             try:
@@ -148,7 +176,7 @@ class Webhook:
             rec["outcome"] = "deduped"
         outcome = rec.setdefault("outcome", "replied" if reply != SUCCESS else "no_reply")
         elapsed = time.monotonic() - started
-        self.metrics.pushes.labels(msg.msg_type, msg.event, outcome).inc()
+        self._count(msg.msg_type, msg.event, outcome)
         self.metrics.push_latency.observe(elapsed)
         self.log.info("push", **rec, dedup_hit=retried, latency_ms=round(elapsed * 1000, 2),
                       upstream=[f"{api}:{code}" for api, code in trace])
@@ -182,7 +210,8 @@ class Webhook:
             raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
         msg = _safely(build_message, fields)
         # Remembered only once the push is valid: a broken body must not burn the nonce.
-        await self._remember_nonce(ts, nonce, body)
+        if mode == "plain":  # msg_signature covers an encrypted body: a replay cannot alter it
+            await self._remember_nonce(ts, nonce, body)
         return msg, mode
 
     async def _read_body(self, scope: Scope, receive: Any, deadline: float) -> bytes:
@@ -234,9 +263,24 @@ class Webhook:
         # The handler runs in a task of its own, so a dropped connection does not cancel it
         # (the retry gets its reply) and an overrun can be answered while it goes on.
         run = _Run(deadline)
-        task = asyncio.get_running_loop().create_task(self._produce(key, msg, mode, run, rec))
-        done, _ = await asyncio.wait((task,), timeout=max(0.0, deadline - time.monotonic()))
-        if done:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._produce(key, msg, mode, run, rec))
+        # Wait for the task or the deadline, whichever comes first, without cancelling the
+        # task (asyncio.wait does the same with more machinery).
+        waiter = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            task.remove_done_callback(wake)
+        if task.done():
             return task.result()
         # Answer in time; the handler goes on and its reply goes out through custom/send.
         run.late = asyncio.get_running_loop().create_future()
@@ -274,11 +318,19 @@ class Webhook:
         await self.dedup.settle(key, xml)
         return xml
 
+    def _count(self, msg_type: str, event: str, outcome: str) -> None:
+        labels = (msg_type if msg_type in _MSG_TYPES else "other",
+                  event if event in _EVENTS else "other", outcome)
+        child = self._counters.get(labels)
+        if child is None:
+            child = self._counters[labels] = self.metrics.pushes.labels(*labels)
+        child.inc()
+
     def _refuse(self, exc: GuardError,
                 rec: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         self.metrics.guard_failures.labels(exc.reason).inc()
         if scope_is_push := rec.get("method") != "GET":
-            self.metrics.pushes.labels("", "", "rejected").inc()
+            self._count("", "", "rejected")
         self.log.warning("push_refused" if scope_is_push else "url_verification_refused",
                          **rec, status=exc.status, reason=exc.reason, why=str(exc))
         return exc.status, f"{exc.reason}: {exc}".encode(), _TEXT

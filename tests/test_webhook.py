@@ -262,3 +262,23 @@ async def test_encrypted_push_without_configured_key_is_400(make_app, make_setti
 async def test_other_methods_are_405(client):
     r = await client.put("/wechat", params=_q())
     assert r.status_code == 405
+
+
+def test_parse_query_matches_the_standard_parser():
+    from urllib.parse import parse_qsl
+
+    from service.webhook import parse_query
+    for raw in (b"signature=ab&timestamp=1&nonce=2&openid=o_x-1", b"a=%E4%BD%A0+b&b=&&c",
+                b"msg_signature=x%3Dy&encrypt_type=aes", b""):
+        assert parse_query(raw) == dict(parse_qsl(raw.decode(), keep_blank_values=True))
+
+
+async def test_unknown_types_are_counted_as_other(app, client):
+    import re
+    xml = (b"<xml><ToUserName>gh</ToUserName><FromUserName>oX</FromUserName><CreateTime>1"
+           b"</CreateTime><MsgType>hologram-9</MsgType><MsgId>77</MsgId></xml>")
+    push = sign_push(xml, token=TOKEN, openid="oX")
+    await client.post("/wechat", params=push.params, content=push.body)
+    text = (await client.get("/metrics")).text
+    assert "hologram" not in text
+    assert re.search(r'wxhook_pushes_total\{event="",msg_type="other",outcome="no_reply"\} 1', text)

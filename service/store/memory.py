@@ -2,14 +2,24 @@
 
 Every push writes three short-lived keys (nonce, dedup claim, dedup reply), so this is on
 the hot path and sized by load: a plain dict with expiry buckets of one second, swept as
-time passes, costs a fraction of a general-purpose TTL cache in time and memory.
+time passes, costs a fraction of a general-purpose TTL cache in time and memory. Each
+value carries its expiry in its last 8 bytes: a (value, expiry) tuple would add ~100 bytes
+an entry, and a busy minute holds hundreds of thousands of entries.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections.abc import Callable
+
+_EXPIRY = struct.Struct("<d")
+_FOREVER = _EXPIRY.pack(math.inf)
+
+
+def _expiry(item: bytes) -> float:
+    return float(_EXPIRY.unpack_from(item, len(item) - 8)[0])
 
 
 class MemoryStore:
@@ -21,7 +31,7 @@ class MemoryStore:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.maxsize = maxsize
         self.clock = clock
-        self._kv: dict[str, tuple[bytes, float]] = {}
+        self._kv: dict[str, bytes] = {}  # key -> value + packed expiry
         # ceil(expiry) -> keys that expire in that second (or were overwritten since)
         self._buckets: dict[int, list[str]] = {}
         self._swept = int(clock())
@@ -35,9 +45,9 @@ class MemoryStore:
 
     async def get(self, key: str) -> bytes | None:
         item = self._kv.get(key)
-        if item is None or item[1] <= self.clock():
+        if item is None or _expiry(item) <= self.clock():
             return None
-        return item[0]
+        return item[:-8]
 
     async def set(self, key: str, value: bytes, *, ttl: float | None = None,
                   nx: bool = False) -> bool:
@@ -47,13 +57,13 @@ class MemoryStore:
         kv = self._kv
         if nx:
             item = kv.get(key)
-            if item is not None and item[1] > now:
+            if item is not None and _expiry(item) > now:
                 return False
         if ttl is None:
-            kv[key] = (value, math.inf)
+            kv[key] = value + _FOREVER
         else:
             expiry = now + ttl
-            kv[key] = (value, expiry)
+            kv[key] = value + _EXPIRY.pack(expiry)
             second = int(expiry) + 1
             bucket = self._buckets.get(second)
             if bucket is None:
@@ -69,7 +79,7 @@ class MemoryStore:
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
         item = self._kv.get(key)
-        if item is None or item[0] != expected or item[1] <= self.clock():
+        if item is None or item[:-8] != expected or _expiry(item) <= self.clock():
             return False
         del self._kv[key]
         return True
@@ -92,7 +102,7 @@ class MemoryStore:
         for second in range(self._swept + 1, current + 1):
             for key in buckets.pop(second, ()):
                 item = kv.get(key)
-                if item is not None and item[1] <= now:
+                if item is not None and _expiry(item) <= now:
                     del kv[key]
         self._swept = current
 
@@ -106,7 +116,10 @@ class MemoryStore:
             while bucket and len(kv) > self.maxsize:
                 key = bucket.pop()
                 item = kv.get(key)
-                if item is not None and item[1] != math.inf and int(item[1]) + 1 == second:
+                if item is None:
+                    continue
+                expiry = _expiry(item)
+                if expiry != math.inf and int(expiry) + 1 == second:
                     del kv[key]
             if not bucket:
                 del buckets[second]
