@@ -95,7 +95,7 @@ def server_env(creds: gen.Creds, scenario: str) -> dict[str, str]:
     env.update({
         "WECHAT_APP_ID": creds.app_id, "WECHAT_APP_SECRET": creds.app_secret,
         "WECHAT_TOKEN": creds.token, "WECHAT_API_BASE": f"http://{HOST}:{PORTS['upstream']}",
-        "WXHOOK_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+        "WXHOOK_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"), "PYTHONUNBUFFERED": "1",
         # The same job as the WeRoBot peer: text is answered "You said: <text>".
         "WXHOOK_HANDLERS": "bench.handlers:router", "PYTHONPATH": str(ROOT),
     })

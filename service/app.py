@@ -21,7 +21,7 @@ from .config import Settings
 from .delivery import LateDelivery
 from .errors import WeChatAPIError
 from .oauth import OAuth
-from .observability import Metrics, get_logger
+from .observability import Metrics, flush_logs, get_logger
 from .profiles import ProfileRepo, Profiles, StoreProfileRepo
 from .store.base import Store
 from .store.memory import MemoryStore
@@ -30,7 +30,7 @@ from .tokens import TokenManager
 from .webhook import Webhook
 from .wechat_api import WeChatAPI, new_http_client
 
-GC_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
+GC_THRESHOLD = 100_000  # allocations between young collections (CPython's default: 700)
 SHUTDOWN_GRACE = 10.0  # seconds given to late deliveries after the last push was answered
 
 
@@ -106,6 +106,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
         # uvicorn has stopped accepting and finished in-flight pushes; now the late ones.
         left = await delivery.drain(SHUTDOWN_GRACE)
         log.info("shutdown", late_deliveries_abandoned=left)
+        flush_logs()
         if own_http:
             await http.aclose()
         await store.aclose()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 
 from .errors import FreshnessError, SignatureError
+from .store.base import Store
 
 
 def sign(*parts: str) -> str:
@@ -36,3 +38,67 @@ def check_fresh(timestamp: str, *, window: int, now: float | None = None) -> int
     if abs(current - ts) > window:
         raise FreshnessError(f"timestamp is {int(current - ts)} s away from now (window {window} s)")
     return ts
+
+
+class LocalNonces:
+    """Nonce memory for one process: per-timestamp buckets, dropped as they leave the window.
+
+    A (timestamp, nonce) seen before is fine with the same body (WeChat retrying) and a
+    replay with another. An entry is needed only while its timestamp passes check_fresh, so
+    whole seconds go at once; under a flood the oldest seconds go first. Kept apart from
+    the dedup replies, which must outlive a flood.
+    """
+
+    def __init__(self, *, window: int, maxsize: int = 500_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.window = window
+        self.maxsize = maxsize
+        self.clock = clock
+        self._by_ts: dict[int, dict[str, bytes]] = {}
+        self._count = 0
+        self._swept = 0
+
+    async def first_seen(self, ts: int, nonce: str, digest: bytes) -> bool:
+        """False when this timestamp and nonce came before with a different body."""
+        now = int(self.clock())
+        if now != self._swept:
+            self._sweep(now)
+        bucket = self._by_ts.get(ts)
+        if bucket is None:
+            bucket = self._by_ts[ts] = {}
+        seen = bucket.get(nonce)
+        if seen is None:
+            bucket[nonce] = digest
+            self._count += 1
+            if self._count > self.maxsize:
+                self._drop(min(self._by_ts))
+            return True
+        return seen == digest
+
+    def _sweep(self, now: int) -> None:
+        self._swept = now
+        for ts in [t for t in self._by_ts if t < now - self.window - 1]:
+            self._drop(ts)
+
+    def _drop(self, ts: int) -> None:
+        self._count -= len(self._by_ts.pop(ts, ()))
+
+
+class SharedNonces:
+    """Nonce memory in the shared store (Redis): every instance sees every nonce."""
+
+    def __init__(self, store: Store, *, namespace: str, window: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.prefix = namespace + "nonce:"
+        self.window = window
+        self.clock = clock
+
+    async def first_seen(self, ts: int, nonce: str, digest: bytes) -> bool:
+        """False when this timestamp and nonce came before with a different body."""
+        key = f"{self.prefix}{ts}:{nonce}"
+        ttl = max(1.0, ts + self.window + 1 - self.clock())  # until the window rejects ts
+        if await self.store.set(key, digest, ttl=ttl, nx=True):
+            return True
+        seen = await self.store.get(key)
+        return seen is None or seen == digest

@@ -25,7 +25,7 @@ from .messages import InboundMessage, build_message, parse_fields
 from .observability import Metrics, get_logger, mask_openid, upstream_trace
 from .profiles import Profiles
 from .replies import SUCCESS, Reply, render
-from .signature import check_fresh, verify
+from .signature import LocalNonces, SharedNonces, check_fresh, verify
 from .store.base import Store
 from .wechat_api import WeChatAPI
 
@@ -99,6 +99,10 @@ class Webhook:
         # account, and ~25 bytes a key add up to megabytes in a busy minute.
         self.namespace = f"wxhook:{settings.app_id}:" if store.shared else ""
         self.dedup = Dedup(store, namespace=self.namespace, ttl=settings.dedup_ttl)
+        window = settings.timestamp_window
+        self.nonces: LocalNonces | SharedNonces = (
+            SharedNonces(store, namespace=self.namespace, window=window) if store.shared
+            else LocalNonces(window=window))
         self.router = router
         self.api = api
         self.profiles = profiles
@@ -108,6 +112,9 @@ class Webhook:
         self.in_flight = 0
         self._overrunning: set[asyncio.Task[bytes]] = set()  # strong refs: see _first_try
         self._counters: dict[tuple[str, str, str], Any] = {}
+        # Request ids: a random prefix per process and a counter (no syscall per push).
+        self._rid = os.urandom(4).hex() + "-"
+        self._pushes = 0
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         query = parse_query(scope["query_string"])
@@ -146,7 +153,9 @@ class Webhook:
                     q: dict[str, str]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         started = time.monotonic()
         deadline = started + self.settings.deadline
-        rec: dict[str, Any] = {"request_id": os.urandom(6).hex(), "appid": self.settings.app_id}
+        self._pushes += 1
+        rec: dict[str, Any] = {"request_id": f"{self._rid}{self._pushes:x}",
+                               "appid": self.settings.app_id}
         try:
             msg, mode = await self._unwrap(scope, receive, q, deadline)
         except GuardError as exc:
@@ -248,12 +257,7 @@ class Webhook:
         # with another body it is someone replaying a captured signature.
         # 8 bytes suffice: forging a second body with the same digest is a 2^64 search.
         digest = hashlib.blake2b(body, digest_size=8).digest()
-        key = f"{self.namespace}nonce:{ts}:{nonce}"
-        ttl = self.settings.timestamp_window * 2 + 5
-        if await self.store.set(key, digest, ttl=ttl, nx=True):
-            return
-        seen = await self.store.get(key)
-        if seen is not None and seen != digest:
+        if not await self.nonces.first_seen(int(ts), nonce, digest):
             err = FreshnessError("nonce replayed with a different body")
             err.reason = "replay"
             raise err

@@ -35,3 +35,38 @@ def test_freshness_window():
         check_fresh(str(int(now) + 400), window=300, now=now)
     with pytest.raises(FreshnessError):
         check_fresh("12ab", window=300, now=now)
+
+
+async def test_local_nonces_allow_retries_refuse_replays_and_forget_old_seconds():
+    from service.signature import LocalNonces
+
+    now = [1_000_000.0]
+    n = LocalNonces(window=300, clock=lambda: now[0])
+    assert await n.first_seen(1_000_000, "42", b"body-a")
+    assert await n.first_seen(1_000_000, "42", b"body-a")       # WeChat's retry
+    assert not await n.first_seen(1_000_000, "42", b"body-b")   # replayed, other body
+    assert await n.first_seen(1_000_001, "42", b"body-b")       # another second
+    now[0] += 302  # 1_000_000 is out of the window now: its bucket goes
+    assert await n.first_seen(1_000_300, "x", b"y")
+    assert 1_000_000 not in n._by_ts and 1_000_001 in n._by_ts
+
+
+async def test_local_nonces_are_bounded_oldest_second_first():
+    from service.signature import LocalNonces
+
+    n = LocalNonces(window=300, maxsize=10, clock=lambda: 1_000_000.0)
+    for i in range(10):
+        await n.first_seen(999_990, f"old{i}", b"d")
+    await n.first_seen(999_999, "new", b"d")
+    assert 999_990 not in n._by_ts and n._by_ts[999_999] == {"new": b"d"}
+
+
+async def test_shared_nonces_live_until_the_window_closes():
+    from service.signature import SharedNonces
+    from service.store.memory import MemoryStore
+
+    store = MemoryStore()
+    n = SharedNonces(store, namespace="t:", window=300, clock=lambda: 1_000_000.0)
+    assert await n.first_seen(999_990, "7", b"a")
+    assert not await n.first_seen(999_990, "7", b"b")
+    assert await n.first_seen(999_990, "7", b"a")
