@@ -95,11 +95,11 @@ class MessageCrypto:
         return base64.b64encode(enc.update(body) + enc.finalize()).decode()
 
     def wrap_reply(self, reply: bytes, *, timestamp: str | None = None,
-                   nonce: str | None = None) -> bytes:
-        """The encrypted reply envelope with its MsgSignature."""
+                   nonce: str | None = None, random_prefix: bytes | None = None) -> bytes:
+        """The encrypted reply envelope with its MsgSignature (the same inputs, the same bytes)."""
         ts = timestamp or str(int(time.time()))
         nc = nonce or str(secrets.randbits(32))  # numeric, like the nonces WeChat sends
-        encrypt = self.encrypt(reply)
+        encrypt = self.encrypt(reply, random_prefix=random_prefix)
         signature = sign(self.token, ts, nc, encrypt)
         return (
             f"<xml><Encrypt>{_xml_text(encrypt)}</Encrypt>"

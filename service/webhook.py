@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote_plus
+
+import orjson
 
 from handlers.router import Context, Router
 
@@ -24,7 +27,7 @@ from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XM
 from .messages import InboundMessage, build_message, parse_fields
 from .observability import Metrics, get_logger, mask_openid, upstream_trace
 from .profiles import Profiles
-from .replies import SUCCESS, Reply, render
+from .replies import SUCCESS, Reply, envelope, tail
 from .signature import LocalNonces, SharedNonces, check_fresh, verify
 from .store.base import Store
 from .wechat_api import WeChatAPI
@@ -170,7 +173,7 @@ class Webhook:
             key = msg.dedup_key()
             retried = not await self.dedup.claim(key)
             if retried:
-                reply = await self.dedup.replay(key, deadline)
+                reply = self._replayed(await self.dedup.replay(key, deadline), msg)
             else:
                 reply = await self._first_try(key, msg, mode, deadline, started, rec)
         except Exception:
@@ -313,14 +316,39 @@ class Webhook:
             run.late.set_result(reply)
             return SUCCESS
         rec["handler"] = ctx.handler or None
-        xml = SUCCESS
-        if reply is not None:
-            rec["reply_type"] = reply.msg_type
-            xml = render(reply, to_user=msg.from_user, from_user=msg.to_user)
-            if mode != "plain" and self.crypto is not None:
-                xml = self.crypto.wrap_reply(xml)
-        await self.dedup.settle(key, xml)
+        if reply is None:
+            await self.dedup.settle(key, SUCCESS)
+            return SUCCESS
+        rec["reply_type"] = reply.msg_type
+        # Retries get these bytes again, rebuilt from a small record rather than kept whole:
+        # the retry carries the same push, the rest is deterministic (AES-CBC here has a
+        # fixed IV), and a busy minute holds hundreds of thousands of replies.
+        record: list[Any] = [int(time.time()), tail(reply)]
+        if mode != "plain" and self.crypto is not None:
+            record += [str(int(time.time())), str(secrets.randbits(32)),
+                       secrets.token_bytes(16).hex()]
+        await self.dedup.settle(key, orjson.dumps(record))
+        return self._rebuild(record, msg)
+
+    def _rebuild(self, record: list[Any], msg: InboundMessage) -> bytes:
+        create_time, body, *sealed = record
+        xml = (envelope(to_user=msg.from_user, from_user=msg.to_user, create_time=create_time)
+               + body).encode()
+        if sealed and self.crypto is not None:
+            timestamp, nonce, prefix = sealed
+            xml = self.crypto.wrap_reply(xml, timestamp=timestamp, nonce=nonce,
+                                         random_prefix=bytes.fromhex(prefix))
         return xml
+
+    def _replayed(self, stored: bytes, msg: InboundMessage) -> bytes:
+        """The first try's reply, rebuilt from its dedup record."""
+        if stored == SUCCESS:
+            return SUCCESS
+        try:
+            return self._rebuild(orjson.loads(stored), msg)
+        except (ValueError, TypeError) as exc:  # a record from an incompatible version
+            self.log.warning("dedup_record_unreadable", error=repr(exc))
+            return SUCCESS
 
     def _count(self, msg_type: str, event: str, outcome: str) -> None:
         labels = (msg_type if msg_type in _MSG_TYPES else "other",

@@ -282,3 +282,21 @@ async def test_unknown_types_are_counted_as_other(app, client):
     text = (await client.get("/metrics")).text
     assert "hologram" not in text
     assert re.search(r'wxhook_pushes_total\{event="",msg_type="other",outcome="no_reply"\} 1', text)
+
+
+async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
+    # Replies are kept for retries as a record, not whole: a busy minute holds many.
+    store = app.state.store
+
+    def dedup_keys():
+        return {k for k in store._kv if "dedup:" in k}
+
+    for aes in (False, True):
+        before = dedup_keys()
+        push = make_push("text", text="help", aes=aes, openid=f"oRecord{int(aes)}" + "0" * 20)
+        first = await client.post("/wechat", params=push.params, content=push.body)
+        again = await client.post("/wechat", params=push.params, content=push.body)
+        assert first.content == again.content
+        (key,) = dedup_keys() - before
+        saved = len(first.content) - len(store._kv[key])
+        assert saved > (320 if aes else 120), (len(first.content), len(store._kv[key]))
