@@ -20,10 +20,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import gen  # noqa: E402
-from bench.run import (  # noqa: E402
-    HOST, LOGS, PORTS, SERVERS, VENV_BIN, Proc, Upstream, port_free, run_wrk, server_env,
-    wait_ready, write_pool,
+from bench import gen
+from bench.run import (
+    LOGS,
+    PORTS,
+    SERVERS,
+    VENV_BIN,
+    Proc,
+    Upstream,
+    port_free,
+    run_wrk,
+    server_env,
+    wait_ready,
+    write_pool,
 )
 
 

@@ -44,8 +44,8 @@ class Context:
 
     async def nickname(self, openid: str) -> str | None:
         """The follower's nickname if known in time, else None."""
-        name: str | None = await self.within(
-            self.profiles.nickname(openid, deadline=self.deadline - 0.25), None)
+        # Profiles bounds its own waiting by the deadline (no extra task, as within() needs).
+        name: str | None = await self.profiles.nickname(openid, deadline=self.deadline - 0.25)
         return name
 
 

@@ -60,7 +60,7 @@ async def run_check(settings: Settings | None = None) -> int:
         try:
             await store.ping()
             _line(True, "redis", "reachable")
-        except Exception as exc:  # report any failure, never crash the check
+        except Exception as exc:  # noqa: BLE001 - report any failure, never crash the check
             failed = True
             _line(False, "redis", type(exc).__name__)
         finally:

@@ -13,6 +13,7 @@ import time
 
 from .replies import SUCCESS
 from .store.base import Store
+from .waiting import wait_done
 
 _PENDING = b"\x00pending"   # claimed, reply not yet known (cannot be a valid reply)
 _POLL = 0.05                # how often a retry on another instance looks for the reply
@@ -46,11 +47,9 @@ class Dedup:
             fut = self._waiters.get(key)
             if fut is None:
                 fut = self._waiters[key] = asyncio.get_running_loop().create_future()
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut),
-                                              max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                return SUCCESS
+            if await wait_done(fut, deadline - time.monotonic()):
+                return fut.result()
+            return SUCCESS
         return await self._wait_stored(self.prefix + key, deadline)
 
     async def settle(self, key: str, reply: bytes) -> None:

@@ -60,7 +60,7 @@ class LateDelivery:
             self.metrics.late_deliveries.labels("failed").inc()
             self.log.error("late_delivery_abandoned", openid=masked, why="handler ran past 55 s")
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - never a 5xx or a crash
             self.metrics.late_deliveries.labels("failed").inc()
             self.log.error("late_delivery_failed", openid=masked, why=f"handler raised {exc!r}")
             return

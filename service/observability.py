@@ -119,7 +119,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         _buffer = _buffer if _buffer is not None else LineBuffer(fd)
         renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         logger = BufferedLogger(_buffer)
-        factory: Any = lambda *_: logger  # noqa: E731
+        factory: Any = lambda *_: logger
     else:
         renderer, factory = text_renderer, structlog.WriteLoggerFactory(file=sys.stdout)
     structlog.configure(

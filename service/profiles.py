@@ -16,6 +16,7 @@ from cachetools import TTLCache
 from .errors import WeChatAPIError
 from .observability import get_logger
 from .store.base import Store
+from .waiting import wait_done
 from .wechat_api import WeChatAPI
 
 _BATCH_MAX = 100  # batchget's limit
@@ -89,12 +90,10 @@ class Profiles:
             elif not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_later(self.batch_window, self._flush, deadline)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            # shield: one follower's deadline must not cancel a lookup others share.
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            return None
+        if deadline is None:
+            return await asyncio.shield(fut)
+        # One follower's deadline must not cancel a lookup others share.
+        return fut.result() if await wait_done(fut, deadline - time.monotonic()) else None
 
     def _flush(self, deadline: float | None) -> None:
         self._flush_scheduled = False

@@ -30,6 +30,7 @@ from .profiles import Profiles
 from .replies import SUCCESS, Reply, envelope, tail
 from .signature import LocalNonces, SharedNonces, check_fresh, verify
 from .store.base import Store
+from .waiting import wait_done
 from .wechat_api import WeChatAPI
 
 Scope = dict[str, Any]
@@ -272,21 +273,7 @@ class Webhook:
         run = _Run(deadline)
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._produce(key, msg, mode, run, rec))
-        # Wait for the task or the deadline, whichever comes first, without cancelling the
-        # task (asyncio.wait does the same with more machinery).
-        waiter = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        task.add_done_callback(wake)
-        timer = loop.call_later(max(0.0, deadline - time.monotonic()), wake)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            task.remove_done_callback(wake)
+        await wait_done(task, deadline - time.monotonic())
         if task.done():
             return task.result()
         # Answer in time; the handler goes on and its reply goes out through custom/send.
@@ -305,7 +292,7 @@ class Webhook:
                       settings=self.settings, log=self.log)
         try:
             reply = await self.router.dispatch(msg, ctx)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - never a 5xx or a crash
             if run.late is not None:
                 run.late.set_exception(exc)
                 return SUCCESS
@@ -332,8 +319,8 @@ class Webhook:
 
     def _rebuild(self, record: list[Any], msg: InboundMessage) -> bytes:
         create_time, body, *sealed = record
-        xml = (envelope(to_user=msg.from_user, from_user=msg.to_user, create_time=create_time)
-               + body).encode()
+        xml: bytes = (envelope(to_user=msg.from_user, from_user=msg.to_user,
+                               create_time=int(create_time)) + str(body)).encode()
         if sealed and self.crypto is not None:
             timestamp, nonce, prefix = sealed
             xml = self.crypto.wrap_reply(xml, timestamp=timestamp, nonce=nonce,

@@ -6,9 +6,23 @@ import pytest
 
 from service.errors import XMLError
 from service.messages import (
-    EventMessage, ImageMessage, InboundMessage, JobFinishEvent, LinkMessage, LocationEvent,
-    LocationMessage, LocationSelectEvent, MenuEvent, PicEvent, ScanCodeEvent, ScanEvent,
-    SubscribeEvent, TextMessage, VideoMessage, VoiceMessage, parse_message,
+    EventMessage,
+    ImageMessage,
+    InboundMessage,
+    JobFinishEvent,
+    LinkMessage,
+    LocationEvent,
+    LocationMessage,
+    LocationSelectEvent,
+    MenuEvent,
+    PicEvent,
+    ScanCodeEvent,
+    ScanEvent,
+    SubscribeEvent,
+    TextMessage,
+    VideoMessage,
+    VoiceMessage,
+    parse_message,
 )
 
 HEAD = ("<xml><ToUserName><![CDATA[gh_123]]></ToUserName>"

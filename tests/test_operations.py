@@ -10,7 +10,13 @@ import pytest
 from service.signature import sign
 from service.simulate import push_xml, sign_push
 from tests.support import (
-    AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, WXHOOK, sandbox_process, server_env,
+    AES_KEY,
+    SANDBOX_APP_ID,
+    SANDBOX_SECRET,
+    TOKEN,
+    WXHOOK,
+    sandbox_process,
+    server_env,
     server_process,
 )
 

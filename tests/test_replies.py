@@ -3,8 +3,15 @@
 from lxml import etree
 
 from service.replies import (
-    ImageReply, MusicReply, NewsReply, TextReply, TransferCustomerService, VideoReply, VoiceReply,
-    cdata, render,
+    ImageReply,
+    MusicReply,
+    NewsReply,
+    TextReply,
+    TransferCustomerService,
+    VideoReply,
+    VoiceReply,
+    cdata,
+    render,
 )
 
 

@@ -24,7 +24,6 @@ async def test_first_non_none_wins_in_registration_order():
     @r.message("text")
     async def silent(m, c):
         seen.append("silent")
-        return None
 
     async def answers(m, c):
         seen.append("answers")
