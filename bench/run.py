@@ -89,7 +89,11 @@ SERVERS = {
 }
 
 
-def server_env(creds: gen.Creds, scenario: str) -> dict[str, str]:
+# Several wxhook workers share state through Redis (they refuse to start without it).
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def server_env(creds: gen.Creds, scenario: str, workers: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("WECHAT_", "WXHOOK_")) and k != "REDIS_URL"}
     env.update({
@@ -101,6 +105,10 @@ def server_env(creds: gen.Creds, scenario: str) -> dict[str, str]:
     })
     if scenario == "aes":
         env["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    if workers > 1:
+        env["REDIS_URL"] = BENCH_REDIS_URL
+        subprocess.run(["redis-cli", "-u", BENCH_REDIS_URL, "flushdb"], check=False,
+                       capture_output=True)
     return env
 
 
@@ -329,7 +337,7 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
     up.reset()  # before the server starts, so its token fetch (at start or lazily) counts
     log = LOGS / f"{name}-{scenario}.log"
     proc = Proc(server.command(port, plan.workers), cpus=plan.server_cpus,
-                env=server_env(creds, scenario), log=log)
+                env=server_env(creds, scenario, plan.workers), log=log)
     rss = RssSampler(proc.pid)
     try:
         wait_ready(proc, port, server.health_path)
