@@ -52,7 +52,8 @@ class _ForgetGaugesAtShutdown:
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
 
         async def relay(message: Any) -> None:
-            # multiprocessing runs no atexit hooks in a worker: shutdown is the last chance.
+            # At the end of the app's shutdown, not at interpreter exit: uvicorn's parent may
+            # kill a slow worker after that, and live gauges must not keep a dead worker's value.
             if message["type"] == "lifespan.shutdown.complete":
                 _forget_gauges(self.metrics_dir, os.getpid())
             await send(message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -168,8 +169,19 @@ def mask(secret: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password part of a URL such as redis://:pw@host:6379/0."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+    """A URL as a log may show it: scheme, host, port and path; credentials and query hidden.
+
+    Redis URLs carry passwords in the userinfo (which may itself contain "@") or in the
+    query (?password=), so both are replaced rather than picked apart.
+    """
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "***"
+    auth = "***@" if "@" in parts.netloc else ""
+    query = "?***" if parts.query else ""
+    return f"{parts.scheme}://{auth}{parts.hostname or ''}{port}{parts.path}{query}"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from .observability import get_logger
 from .replies import SUCCESS
 from .store.base import Store
 from .waiting import wait_done
@@ -26,6 +27,7 @@ class Dedup:
         self.store = store
         self.prefix = namespace + "dedup:"
         self.ttl = ttl
+        self.log = get_logger("wxhook.dedup")
         # Claims held by this process (key -> store key, built once: it is kept in the store
         # for the whole TTL) and, once a local retry waits, the future it waits on.
         self._claims: dict[str, str] = {}
@@ -36,8 +38,11 @@ class Dedup:
         if key in self._claims:
             return False
         skey = self.prefix + key
-        if not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
-            return False
+        try:
+            if not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
+                return False
+        except Exception as exc:  # noqa: BLE001 - store down: answer, at the risk of twice
+            self.log.warning("dedup_unavailable", step="claim", error=type(exc).__name__)
         self._claims[key] = skey
         return True
 
@@ -56,6 +61,8 @@ class Dedup:
         """Record the reply every later try of this push gets."""
         try:
             await self.store.set(self._claims.get(key) or self.prefix + key, reply, ttl=self.ttl)
+        except Exception as exc:  # noqa: BLE001 - local waiters still get the reply below
+            self.log.warning("dedup_unavailable", step="settle", error=type(exc).__name__)
         finally:
             self._claims.pop(key, None)
             fut = self._waiters.pop(key, None)
@@ -64,7 +71,11 @@ class Dedup:
 
     async def _wait_stored(self, skey: str, deadline: float) -> bytes:
         while True:
-            value = await self.store.get(skey)
+            try:
+                value = await self.store.get(skey)
+            except Exception as exc:  # noqa: BLE001 - store down: answer in time
+                self.log.warning("dedup_unavailable", step="replay", error=type(exc).__name__)
+                return SUCCESS
             if value is None:
                 return SUCCESS  # the claim expired or its holder failed: nothing to replay
             if value != _PENDING:

@@ -13,6 +13,16 @@ class GuardError(WeChatError):
     status = 400
     reason = "bad_request"
 
+    def __init__(self, message: str, *, status: int | None = None,
+                 reason: str | None = None) -> None:
+        # Given here rather than set on a local before `raise`: a local holding the
+        # exception forms a frame/traceback cycle that keeps the request body alive.
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        if reason is not None:
+            self.reason = reason
+
 
 class SignatureError(GuardError):
     """`signature` or `msg_signature` did not match."""

@@ -45,25 +45,41 @@ class LineBuffer:
         # PIPE_BUF bytes at most a write: workers sharing one pipe never interleave a line.
         self._out = open(fd, "wb", buffering=select.PIPE_BUF, closefd=False)  # noqa: SIM115
         self.interval = interval
-        self._scheduled = False
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # loop a flush is due on
+        self.dropped = 0
         atexit.register(self.flush)
 
     def write(self, line: bytes, *, urgent: bool) -> None:
         """Buffer one line; flush now when urgent, else within the interval."""
-        self._out.write(line + b"\n")
+        try:
+            self._out.write(line + b"\n")
+        except (OSError, ValueError):  # stdout gone (a restarted journald): never the push's
+            self.dropped += 1          # problem; the line is lost and counted
+            return
         if urgent:
             self.flush()
-        elif not self._scheduled:
-            try:
-                asyncio.get_running_loop().call_later(self.interval, self.flush)
-            except RuntimeError:  # no event loop (CLI, start-up): nothing will come back
-                self.flush()
-                return
-            self._scheduled = True
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (CLI, start-up): nothing would come back
+            self.flush()
+            return
+        if self._scheduled is not loop:  # (a flush scheduled on a loop since closed is void)
+            loop.call_later(self.interval, self.flush)
+            self._scheduled = loop
+
+    def close(self) -> None:
+        """Flush and let go of the descriptor (no flush at exit into a reused one)."""
+        self.flush()
+        atexit.unregister(self.flush)
+        try:
+            self._out.close()
+        except (OSError, ValueError):
+            pass
 
     def flush(self) -> None:
         """Write out everything buffered."""
-        self._scheduled = False
+        self._scheduled = None
         try:
             self._out.flush()
         except (OSError, ValueError):

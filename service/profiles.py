@@ -16,7 +16,7 @@ from cachetools import TTLCache
 from .errors import WeChatAPIError
 from .observability import get_logger
 from .store.base import Store
-from .waiting import wait_done
+from .waiting import settle_quietly, wait_done
 from .wechat_api import WeChatAPI
 
 _BATCH_MAX = 100  # batchget's limit
@@ -62,12 +62,17 @@ class Profiles:
         self._inflight: dict[str, asyncio.Future[str | None]] = {}
         self._pending: list[str] = []
         self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.lookups = 0  # upstream lookups started (single or batch), for tests and the bench
 
     async def nickname(self, openid: str, *, deadline: float | None = None) -> str | None:
         """The follower's nickname, or None when nobody told us (never "")."""
-        name = self._cache.get(openid) if self._cache is not None else None
-        if not name:
+        # "" is cached too: since 2021 user/info answers it for everyone, and a miss on it
+        # would call user/info on every greeting.
+        cache = self._cache
+        if cache is not None and openid in cache:
+            name: str | None = cache[openid]
+        else:
             name = await self._looked_up(openid, deadline)
         if name:
             return name
@@ -100,7 +105,9 @@ class Profiles:
         while self._pending:
             batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
             task = asyncio.get_running_loop().create_task(self._lookup(batch, deadline))
-            task.add_done_callback(_consume)
+            self._tasks.add(task)  # a pending task nobody references may be collected
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(settle_quietly)
 
     async def _lookup(self, batch: list[str], deadline: float | None) -> None:
         # The first waiter's deadline bounds the call; later waiters give up on their own.
@@ -141,8 +148,3 @@ class Profiles:
                 return None
         found = await asyncio.gather(*(one(o) for o in batch))
         return [f for f in found if f is not None]
-
-
-def _consume(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()

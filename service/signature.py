@@ -19,9 +19,7 @@ def sign(*parts: str) -> str:
 def verify(expected_parts: tuple[str, ...], given: str, *, what: str = "signature") -> None:
     """Raise SignatureError unless `given` is the signature of the parts (constant time)."""
     if not given or not hmac.compare_digest(sign(*expected_parts), given.lower()):
-        err = SignatureError(f"{what} does not match")
-        err.reason = what
-        raise err
+        raise SignatureError(f"{what} does not match", reason=what)
 
 
 def check_fresh(timestamp: str, *, window: int, now: float | None = None) -> int:

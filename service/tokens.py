@@ -22,6 +22,7 @@ from .errors import (
 )
 from .observability import Metrics, get_logger
 from .store.base import Store
+from .waiting import settle_quietly
 
 Fetch = Callable[[], Awaitable[tuple[str, int]]]
 
@@ -97,13 +98,15 @@ class TokenManager:
     def _start(self, reason: str) -> asyncio.Task[str]:
         if self._flight is None or self._flight.done():
             self._flight = asyncio.get_running_loop().create_task(self._refresh(reason))
-            self._flight.add_done_callback(_consume)
+            self._flight.add_done_callback(settle_quietly)
         return self._flight
 
     async def _refresh(self, reason: str) -> str:
         if self.last_error is not None and time.monotonic() < self._error_until:
             # No retry storm: a wrong secret or whitelist costs a few calls a minute at most.
-            raise self.last_error
+            # A fresh exception each time: re-raising one object grows its traceback forever.
+            e = self.last_error
+            raise type(e)(e.errcode, e.errmsg, api=e.api)
         deadline = time.monotonic() + self.lock_ttl * 2
         # An ahead-of-time refresh must not settle for the token it is replacing.
         margin = self.refresh_ahead if reason == "ahead" else 30.0
@@ -164,9 +167,3 @@ class TokenManager:
         self.metrics.token_age.set(0)
         self.log.info("token_refreshed", reason=reason, expires_in=expires_in)
         return token
-
-
-def _consume(task: asyncio.Task[str]) -> None:
-    # A background refresh nobody awaited must not log "exception was never retrieved".
-    if not task.cancelled():
-        task.exception()

@@ -76,13 +76,14 @@ def _safely(fn: Callable[[T], R], arg: T) -> R:
 
 
 class _Run:
-    """One first try: its deadline, and the future late delivery waits on after an overrun."""
+    """One first try: its deadline, the reply once ready, and late delivery's future."""
 
-    __slots__ = ("deadline", "late")
+    __slots__ = ("deadline", "late", "ready")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, ready: asyncio.Future[bytes]) -> None:
         self.deadline = deadline
-        self.late: asyncio.Future[Reply | None] | None = None
+        self.ready = ready   # the passive reply, set as soon as it is rendered
+        self.late: asyncio.Future[Reply | None] | None = None  # set when the deadline won
 
 
 class ClientGone(Exception):
@@ -113,8 +114,7 @@ class Webhook:
         self.delivery = delivery
         self.metrics = metrics
         self.log = get_logger("wxhook.push")
-        self.in_flight = 0
-        self._overrunning: set[asyncio.Task[bytes]] = set()  # strong refs: see _first_try
+        self._running: set[asyncio.Task[None]] = set()  # strong refs to first tries' tasks
         self._counters: dict[tuple[str, str, str], Any] = {}
         # Request ids: a random prefix per process and a counter (no syscall per push).
         self._rid = os.urandom(4).hex() + "-"
@@ -123,11 +123,7 @@ class Webhook:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         query = parse_query(scope["query_string"])
         if scope["method"] == "POST":
-            self.in_flight += 1
-            try:
-                status, body, headers = await self._push(scope, receive, query)
-            finally:
-                self.in_flight -= 1
+            status, body, headers = await self._push(scope, receive, query)
         elif scope["method"] in ("GET", "HEAD"):
             status, body, headers = self._verify_url(query)
         else:
@@ -213,9 +209,7 @@ class Webhook:
                 raise GuardError("encrypt_type=aes but the body has no Encrypt")
             msg_sig = q.get("msg_signature", "")
             if not msg_sig:
-                err = SignatureError("missing msg_signature")
-                err.reason = "msg_signature"
-                raise err
+                raise SignatureError("missing msg_signature", reason="msg_signature")
             self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
             mode = "compat" if "MsgType" in fields else "safe"
             fields = _safely(parse_fields, _safely(self.crypto.decrypt, encrypt))
@@ -243,9 +237,8 @@ class Webhook:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     message = await receive()
             except TimeoutError:
-                err = GuardError("the body did not arrive before the deadline")
-                err.status, err.reason = 408, "slow_body"
-                raise err from None
+                raise GuardError("the body did not arrive before the deadline", status=408,
+                                 reason="slow_body") from None
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             chunk = message.get("body", b"")
@@ -261,61 +254,81 @@ class Webhook:
         # with another body it is someone replaying a captured signature.
         # 8 bytes suffice: forging a second body with the same digest is a 2^64 search.
         digest = hashlib.blake2b(body, digest_size=8).digest()
-        if not await self.nonces.first_seen(int(ts), nonce, digest):
-            err = FreshnessError("nonce replayed with a different body")
-            err.reason = "replay"
-            raise err
+        try:
+            first = await self.nonces.first_seen(int(ts), nonce, digest)
+        except Exception as exc:  # noqa: BLE001 - the store failing must not cost the reply
+            self.metrics.store_fallbacks.inc()
+            self.log.warning("nonce_memory_unavailable", error=type(exc).__name__)
+            return
+        if not first:
+            raise FreshnessError("nonce replayed with a different body", reason="replay")
 
     async def _first_try(self, key: str, msg: InboundMessage, mode: str, deadline: float,
                          started: float, rec: dict[str, Any]) -> bytes:
         # The handler runs in a task of its own, so a dropped connection does not cancel it
         # (the retry gets its reply) and an overrun can be answered while it goes on.
-        run = _Run(deadline)
         loop = asyncio.get_running_loop()
+        run = _Run(deadline, loop.create_future())
         task = loop.create_task(self._produce(key, msg, mode, run, rec))
-        await wait_done(task, deadline - time.monotonic())
-        if task.done():
-            return task.result()
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        # Decided on the reply, not on the task: the task may still be recording it.
+        if await wait_done(run.ready, deadline - time.monotonic()):
+            return run.ready.result()
         # Answer in time; the handler goes on and its reply goes out through custom/send.
-        run.late = asyncio.get_running_loop().create_future()
+        run.late = loop.create_future()
         self.delivery.hand_over(run.late, openid=msg.openid, started=started)
-        self._overrunning.add(task)
-        task.add_done_callback(self._overrunning.discard)
         self.metrics.deadline_fallbacks.inc()
         rec.update(outcome="fallback", deadline_fallback=True)
         await self.dedup.settle(key, SUCCESS)  # what this try answered is what retries get
         return SUCCESS
 
     async def _produce(self, key: str, msg: InboundMessage, mode: str, run: _Run,
-                       rec: dict[str, Any]) -> bytes:
-        ctx = Context(deadline=run.deadline, profiles=self.profiles, api=self.api,
-                      settings=self.settings, log=self.log)
+                       rec: dict[str, Any]) -> None:
+        record = SUCCESS
         try:
-            reply = await self.router.dispatch(msg, ctx)
-        except Exception as exc:  # noqa: BLE001 - never a 5xx or a crash
-            if run.late is not None:
-                run.late.set_exception(exc)
-                return SUCCESS
-            self.log.error("handler_failed", error=repr(exc), **rec)
+            ctx = Context(deadline=run.deadline, profiles=self.profiles, api=self.api,
+                          settings=self.settings, log=self.log)
+            try:
+                reply = await self.router.dispatch(msg, ctx)
+            except Exception as exc:
+                if run.late is not None:
+                    if not run.late.done():
+                        run.late.set_exception(exc)
+                    return
+                self.log.error("handler_failed", exc_info=exc, **rec)
+                rec["outcome"] = "no_reply"
+                reply = None
+            if run.late is not None:  # the deadline passed: late delivery takes it from here
+                if not run.late.done():
+                    run.late.set_result(reply)
+                return
+            rec["handler"] = ctx.handler or None
+            if reply is None:
+                run.ready.set_result(SUCCESS)
+                return
+            rec["reply_type"] = reply.msg_type
+            # Retries get these bytes again, rebuilt from a small record rather than kept
+            # whole: the retry carries the same push, the rest is deterministic (AES-CBC
+            # here has a fixed IV), and a busy minute holds hundreds of thousands of replies.
+            fields: list[Any] = [int(time.time()), tail(reply)]
+            if mode != "plain" and self.crypto is not None:
+                fields += [str(int(time.time())), str(secrets.randbits(32)),
+                           secrets.token_bytes(16).hex()]
+            xml = self._rebuild(fields, msg)
+            record = orjson.dumps(fields)
+            run.ready.set_result(xml)
+        except Exception as exc:
+            self.log.error("reply_failed", exc_info=exc, **rec)
             rec["outcome"] = "no_reply"
-            reply = None
-        if run.late is not None:  # the deadline passed: late delivery takes it from here
-            run.late.set_result(reply)
-            return SUCCESS
-        rec["handler"] = ctx.handler or None
-        if reply is None:
-            await self.dedup.settle(key, SUCCESS)
-            return SUCCESS
-        rec["reply_type"] = reply.msg_type
-        # Retries get these bytes again, rebuilt from a small record rather than kept whole:
-        # the retry carries the same push, the rest is deterministic (AES-CBC here has a
-        # fixed IV), and a busy minute holds hundreds of thousands of replies.
-        record: list[Any] = [int(time.time()), tail(reply)]
-        if mode != "plain" and self.crypto is not None:
-            record += [str(int(time.time())), str(secrets.randbits(32)),
-                       secrets.token_bytes(16).hex()]
-        await self.dedup.settle(key, orjson.dumps(record))
-        return self._rebuild(record, msg)
+            record = SUCCESS
+        finally:
+            # Exactly one settle per claim: here, unless the deadline won (then the request
+            # settled "success" itself), so no claim is left pending and no waiter hangs.
+            if run.late is None:
+                if not run.ready.done():
+                    run.ready.set_result(SUCCESS)
+                await self.dedup.settle(key, record)
 
     def _rebuild(self, record: list[Any], msg: InboundMessage) -> bytes:
         create_time, body, *sealed = record

@@ -147,9 +147,12 @@ class WeChatAPI:
         self._circuit_until[api] = time.monotonic() + _CIRCUIT_SECONDS
         self.metrics.circuit_open.labels(api).set(1)
         self.log.warning("circuit_open", api=api, errcode=exc.errcode, seconds=_CIRCUIT_SECONDS)
-        asyncio.get_running_loop().call_later(
-            _CIRCUIT_SECONDS, lambda: self.metrics.circuit_open.labels(api).set(0)
-        )
+        asyncio.get_running_loop().call_later(_CIRCUIT_SECONDS, self._maybe_close_circuit, api)
+
+    def _maybe_close_circuit(self, api: str) -> None:
+        # A circuit opened again meanwhile has its own, later timer: leave the gauge up.
+        if self._circuit_until.get(api, 0.0) <= time.monotonic():
+            self.metrics.circuit_open.labels(api).set(0)
 
     def circuits(self) -> dict[str, float]:
         """APIs currently suspended, with seconds left."""

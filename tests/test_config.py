@@ -43,7 +43,7 @@ def test_secrets_are_masked_in_repr_and_summary():
     shown = repr(s) + str(s.summary())
     for secret in ("s3cr3t-value-abcdef", "Tok3n", "Q" * 43, "hunter2pass", "sess-secret-1"):
         assert secret not in shown
-    assert s.summary()["redis"] == "redis://:***@redis:6379/0"
+    assert s.summary()["redis"] == "redis://***@redis:6379/0"
 
 
 def test_environment_and_dotenv(monkeypatch, tmp_path):
@@ -62,5 +62,9 @@ def test_sandbox_defaults_only_without_credentials():
 
 
 def test_mask_url():
-    assert mask_url("rediss://user:pw@h:6380/1") == "rediss://user:***@h:6380/1"
+    assert mask_url("rediss://user:pw@h:6380/1") == "rediss://***@h:6380/1"
     assert mask_url("redis://h:6379") == "redis://h:6379"
+    for leaky in ("redis://:p@ss@h/0", "redis://h:6379/0?password=s3cret",
+                  "unix:///run/redis.sock?password=s3cret", "redis://:pw@[::1:6379/0"):
+        shown = mask_url(leaky)
+        assert "ss@h" not in shown and "s3cret" not in shown and "pw" not in shown, shown

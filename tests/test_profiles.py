@@ -63,3 +63,11 @@ async def test_upstream_failure_degrades_to_none(upstream, settings, sandbox):
     sandbox.add_fault(Fault(path="*", http_status=500))
     profiles, _ = build(upstream, settings)
     assert await profiles.nickname("oFailing000000000000000000001") is None
+
+
+async def test_an_empty_nickname_is_cached_too(upstream, settings, sandbox):
+    sandbox.empty_nicknames = True  # what user/info answers everyone since 2021-12-27
+    profiles, _ = build(upstream, settings)
+    for _ in range(5):
+        assert await profiles.nickname("oEmptyName000000000000000001") is None
+    assert sandbox.calls["/cgi-bin/user/info"] == 1

@@ -300,3 +300,32 @@ async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
         (key,) = dedup_keys() - before
         saved = len(first.content) - len(store._kv[key])
         assert saved > (320 if aes else 120), (len(first.content), len(store._kv[key]))
+
+
+class _FailingStore:
+    """A shared store whose every operation fails as Redis does when READONLY or OOM."""
+
+    shared = True
+
+    async def _fail(self, *a, **k):
+        raise RuntimeError("READONLY You can't write against a read only replica.")
+
+    get = set = delete = delete_if = hgetall = hset = ping = _fail
+
+    async def aclose(self):
+        return None
+
+
+async def test_a_failing_store_never_costs_the_reply(make_app, make_push, sandbox):
+    import httpx
+
+    from service.profiles import StoreProfileRepo
+    from service.store.memory import MemoryStore
+
+    app = make_app(store=_FailingStore(),
+                   profile_repo=StoreProfileRepo(MemoryStore(), namespace="p:"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for kind in ("text", "subscribe"):
+            push = make_push(kind, text="help")
+            r = await c.post("/wechat", params=push.params, content=push.body)
+            assert r.status_code == 200 and r.content != SUCCESS, r.text

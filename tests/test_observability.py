@@ -1,0 +1,70 @@
+"""Log output: batched info lines, immediate warnings, a broken stdout never reaches a push."""
+
+import asyncio
+import os
+
+from service.observability import LineBuffer, mask_openid
+
+
+def _pipe():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    return r, w
+
+
+def _read(fd):
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
+async def test_info_lines_are_batched_and_flushed_within_the_interval():
+    r, w = _pipe()
+    buf = LineBuffer(w, interval=0.05)
+    buf.write(b'{"event":"push"}', urgent=False)
+    buf.write(b'{"event":"push"}', urgent=False)
+    assert _read(r) == b""                      # batched
+    await asyncio.sleep(0.1)
+    assert _read(r) == b'{"event":"push"}\n' * 2  # and out within the interval
+    buf.close()
+    os.close(r)
+    os.close(w)
+
+
+async def test_warnings_go_out_at_once_after_what_was_buffered():
+    r, w = _pipe()
+    buf = LineBuffer(w, interval=10)
+    buf.write(b"a", urgent=False)
+    buf.write(b"b", urgent=True)
+    assert _read(r) == b"a\nb\n"
+    buf.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_without_a_loop_lines_are_written_at_once():
+    r, w = _pipe()
+    buf = LineBuffer(w)
+    buf.write(b"cli", urgent=False)
+    assert _read(r) == b"cli\n"
+    buf.close()
+    os.close(r)
+    os.close(w)
+
+
+async def test_a_broken_stdout_is_counted_not_raised():
+    r, w = _pipe()
+    os.close(r)
+    buf = LineBuffer(w, interval=10)
+    for _ in range(200):  # more than the buffer holds: writes hit the closed pipe
+        buf.write(b"x" * 100, urgent=False)
+    buf.write(b"warn", urgent=True)
+    assert buf.dropped > 0
+    buf.close()
+    os.close(w)
+
+
+def test_openids_are_masked():
+    assert mask_openid("oSandboxDemoFollower00000001") == "oSan***0001"
+    assert mask_openid("short") == "***"
