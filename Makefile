@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-quick clean
+.PHONY: install run test lint bench bench-deps bench-quick profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wxhook needs Python 3.11+"'
@@ -27,13 +27,20 @@ lint: install
 	$(VENV)/bin/ruff check service handlers tests
 	$(VENV)/bin/mypy service handlers
 
-bench: install
+# The benchmark's load generator is Debian's wrk; WeRoBot and gunicorn come from the extra.
+bench-deps: install
 	$(PY) -m pip install -q -e '.[bench]'
+	@command -v wrk >/dev/null || apt-get install -y -q wrk
+
+bench: bench-deps
 	$(PY) bench/run.py
 
-bench-quick: install
-	$(PY) -m pip install -q -e '.[bench]'
+bench-quick: bench-deps
 	$(PY) bench/run.py --quick
+
+profile: bench-deps
+	$(PY) -m pip install -q py-spy
+	$(PY) bench/profile.py --scenario plain --seconds 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -16,11 +16,6 @@ from .signature import sign, verify
 _BLOCK = 32  # WeChat pads to 32 bytes, not AES's 16: library unpadders reject pads of 17..32.
 
 
-def _xml_text(value: str) -> str:
-    # Base64, digits and our own nonce never contain "]]>", so plain CDATA is safe here.
-    return f"<![CDATA[{value}]]>"
-
-
 class _Key:
     __slots__ = ("cipher",)
 
@@ -101,8 +96,9 @@ class MessageCrypto:
         nc = nonce or str(secrets.randbits(32))  # numeric, like the nonces WeChat sends
         encrypt = self.encrypt(reply, random_prefix=random_prefix)
         signature = sign(self.token, ts, nc, encrypt)
+        # Base64, hex and digits never contain "]]>", so plain CDATA is safe here.
         return (
-            f"<xml><Encrypt>{_xml_text(encrypt)}</Encrypt>"
-            f"<MsgSignature>{_xml_text(signature)}</MsgSignature>"
-            f"<TimeStamp>{ts}</TimeStamp><Nonce>{_xml_text(nc)}</Nonce></xml>"
+            f"<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt>"
+            f"<MsgSignature><![CDATA[{signature}]]></MsgSignature>"
+            f"<TimeStamp>{ts}</TimeStamp><Nonce><![CDATA[{nc}]]></Nonce></xml>"
         ).encode()

@@ -24,7 +24,7 @@ from .crypto import MessageCrypto
 from .dedup import Dedup
 from .delivery import LateDelivery
 from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
-from .messages import InboundMessage, build_message, parse_fields
+from .messages import InboundMessage, build_message, parse_fields, safe_mode_encrypt
 from .observability import Metrics, get_logger, mask_openid, upstream_trace
 from .profiles import Profiles
 from .replies import SUCCESS, Reply, envelope, tail
@@ -199,21 +199,25 @@ class Webhook:
         verify((self.token, ts, nonce), sig)
         check_fresh(ts, window=self.settings.timestamp_window)
         body = await self._read_body(scope, receive, deadline)
-        fields = _safely(parse_fields, body)
         mode = "plain"
         if q.get("encrypt_type", "").lower() == "aes":
             if self.crypto is None:
                 raise GuardError("encrypted push but WECHAT_ENCODING_AES_KEY is not set")
-            encrypt = fields.get("Encrypt", "")
-            if not encrypt:
-                raise GuardError("encrypt_type=aes but the body has no Encrypt")
+            encrypt = safe_mode_encrypt(body)  # the common envelope, without a parse
+            if encrypt is not None:
+                mode = "safe"
+            else:
+                outer = _safely(parse_fields, body)
+                encrypt = outer.get("Encrypt", "")
+                if not encrypt:
+                    raise GuardError("encrypt_type=aes but the body has no Encrypt")
+                mode = "compat" if "MsgType" in outer else "safe"
             msg_sig = q.get("msg_signature", "")
             if not msg_sig:
                 raise SignatureError("missing msg_signature", reason="msg_signature")
             self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
-            mode = "compat" if "MsgType" in fields else "safe"
             fields = _safely(parse_fields, _safely(self.crypto.decrypt, encrypt))
-        elif "MsgType" not in fields and "Encrypt" in fields:
+        elif "MsgType" not in (fields := _safely(parse_fields, body)) and "Encrypt" in fields:
             raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
         msg = _safely(build_message, fields)
         # Remembered only once the push is valid: a broken body must not burn the nonce.
@@ -312,10 +316,11 @@ class Webhook:
             # whole: the retry carries the same push, the rest is deterministic (AES-CBC
             # here has a fixed IV), and a busy minute holds hundreds of thousands of replies.
             fields: list[Any] = [int(time.time()), tail(reply)]
+            prefix = b""
             if mode != "plain" and self.crypto is not None:
-                fields += [str(int(time.time())), str(secrets.randbits(32)),
-                           secrets.token_bytes(16).hex()]
-            xml = self._rebuild(fields, msg)
+                prefix = secrets.token_bytes(16)
+                fields += [str(int(time.time())), str(secrets.randbits(32)), prefix.hex()]
+            xml = self._rebuild(fields, msg, prefix)
             record = orjson.dumps(fields)
             run.ready.set_result(xml)
         except Exception as exc:
@@ -330,14 +335,14 @@ class Webhook:
                     run.ready.set_result(SUCCESS)
                 await self.dedup.settle(key, record)
 
-    def _rebuild(self, record: list[Any], msg: InboundMessage) -> bytes:
+    def _rebuild(self, record: list[Any], msg: InboundMessage, prefix: bytes = b"") -> bytes:
         create_time, body, *sealed = record
         xml: bytes = (envelope(to_user=msg.from_user, from_user=msg.to_user,
                                create_time=int(create_time)) + str(body)).encode()
         if sealed and self.crypto is not None:
-            timestamp, nonce, prefix = sealed
+            timestamp, nonce, prefix_hex = sealed
             xml = self.crypto.wrap_reply(xml, timestamp=timestamp, nonce=nonce,
-                                         random_prefix=bytes.fromhex(prefix))
+                                         random_prefix=prefix or bytes.fromhex(prefix_hex))
         return xml
 
     def _replayed(self, stored: bytes, msg: InboundMessage) -> bytes:

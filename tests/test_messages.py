@@ -140,3 +140,19 @@ def test_unknown_types_parse_generically():
 def test_malformed_bodies_raise_xml_error(body):
     with pytest.raises(XMLError):
         parse_message(body)
+
+
+def test_safe_mode_envelope_fast_path_takes_only_the_exact_shape():
+    from service.messages import safe_mode_encrypt
+    enc = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655Hu+/=="
+    good = (f"<xml>\n  <ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n"
+            f"  <Encrypt><![CDATA[{enc}]]></Encrypt>\n</xml>\n").encode()
+    assert safe_mode_encrypt(good) == enc
+    for other in (
+        good.replace(b"<xml>", b'<!DOCTYPE x [<!ENTITY e "y">]><xml>'),        # a DTD
+        good.replace(b"</xml>", b"<MsgType>text</MsgType></xml>"),            # compatible
+        good.replace(enc.encode(), b"&e;"),                                   # not base64
+        good.replace(b"gh_10f6c3c3ac5a", b"]]><x/><![CDATA["),                # broken CDATA
+        good + b"<xml/>",                                                     # trailing junk
+    ):
+        assert safe_mode_encrypt(other) is None
