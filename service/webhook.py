@@ -154,8 +154,10 @@ class Webhook:
         started = time.monotonic()
         deadline = started + self.settings.deadline
         self._pushes += 1
+        # Every push line has the same keys, so queries over the logs need no special cases.
         rec: dict[str, Any] = {"request_id": f"{self._rid}{self._pushes:x}",
-                               "appid": self.settings.app_id}
+                               "appid": self.settings.app_id, "handler": None,
+                               "reply_type": None, "deadline_fallback": False}
         try:
             msg, mode = await self._unwrap(scope, receive, q, deadline)
         except GuardError as exc:

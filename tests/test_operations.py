@@ -54,7 +54,7 @@ def test_push_log_lines_are_json_with_the_fields_and_no_secrets(tmp_path):
     for rec in pushes:
         for field in ("timestamp", "level", "request_id", "appid", "mode", "msg_type", "wx_event",
                       "openid", "handler", "reply_type", "latency_ms", "upstream", "dedup_hit",
-                      "outcome"):
+                      "deadline_fallback", "outcome"):
             assert field in rec, field
         assert rec["openid"] != openid and rec["openid"].startswith("oLog")
     assert {r["mode"] for r in pushes} == {"plain", "safe"}
