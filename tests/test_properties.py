@@ -12,7 +12,7 @@ import re
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from wechatpy.crypto import PrpCrypto, WeChatCrypto
 
@@ -98,7 +98,10 @@ def test_text_push_round_trips_through_the_parser(content: str, openid: str, cre
                      max_size=30),
        key=_field_text)
 def test_any_event_parses_never_an_error(event: str, key: str) -> None:
-    # New Event values appear over time: they must parse into a generic event.
+    # New Event values appear over time: they must parse into a generic event. (push_xml
+    # reads a MsgType name such as "VIDEO" as a message, so those names are not events here.)
+    assume(event.lower() not in {"text", "image", "voice", "video", "shortvideo", "location",
+                                 "link"})
     msg = parse_message(push_xml(event, openid=OPENID, event_key=key))
     assert msg.msg_type == "event" and msg.event == event.lower()
 
