@@ -7,28 +7,24 @@ injection and validation cost more than the whole guard (see the README's profil
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-from urllib.parse import unquote_plus
+from typing import Any
 
 import orjson
 
 from handlers.router import Context, Router
 
 from .config import Settings
-from .crypto import MessageCrypto
 from .dedup import Dedup
 from .delivery import LateDelivery
-from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
-from .messages import InboundMessage, build_message, parse_fields, safe_mode_encrypt
+from .errors import GuardError
+from .guard import ClientGone, Guard, parse_query
+from .messages import InboundMessage
 from .observability import Metrics, get_logger, mask_openid, upstream_trace
 from .profiles import Profiles
 from .replies import SUCCESS, Reply, envelope, tail
-from .signature import LocalNonces, SharedNonces, check_fresh, verify
 from .store.base import Store
 from .waiting import wait_done
 from .wechat_api import WeChatAPI
@@ -36,8 +32,6 @@ from .wechat_api import WeChatAPI
 Scope = dict[str, Any]
 _XML = [(b"content-type", b"application/xml; charset=utf-8")]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 # Label values come from pushes: unknown types map to "other" so a new MsgType (or a
@@ -48,31 +42,6 @@ _EVENTS = frozenset({"", "subscribe", "unsubscribe", "scan", "location", "click"
                      "view_miniprogram", "scancode_push", "scancode_waitmsg", "pic_sysphoto",
                      "pic_photo_or_album", "pic_weixin", "location_select",
                      "templatesendjobfinish", "masssendjobfinish"})
-
-
-def parse_query(raw: bytes) -> dict[str, str]:
-    """The query string as a dict; WeChat's values are plain, so decoding is rarely needed."""
-    out: dict[str, str] = {}
-    for part in raw.decode("latin-1").split("&"):
-        if not part:
-            continue
-        key, _, value = part.partition("=")
-        if "%" in value or "+" in value:
-            value = unquote_plus(value)
-        if "%" in key or "+" in key:
-            key = unquote_plus(key)
-        out[key] = value
-    return out
-
-
-def _safely(fn: Callable[[T], R], arg: T) -> R:
-    """Input that trips an unexpected error in parsing is still a bad request, never a 5xx."""
-    try:
-        return fn(arg)
-    except GuardError:
-        raise
-    except Exception as exc:
-        raise XMLError(f"unreadable push ({type(exc).__name__})") from exc
 
 
 class _Run:
@@ -86,28 +55,19 @@ class _Run:
         self.late: asyncio.Future[Reply | None] | None = None  # set when the deadline won
 
 
-class ClientGone(Exception):
-    """The connection closed while the body was being read."""
-
-
 class Webhook:
     """ASGI app for GET (URL verification) and POST (pushes) on /wechat."""
 
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics) -> None:
         self.settings = settings
-        self.token = settings.token.get_secret_value()
-        self.crypto = (MessageCrypto(self.token, settings.aes_keys, settings.app_id)
-                       if settings.aes_keys else None)
         self.store = store
         # Keys name the appid where they are shared (Redis); a process's own store serves one
         # account, and ~25 bytes a key add up to megabytes in a busy minute.
         self.namespace = f"wxhook:{settings.app_id}:" if store.shared else ""
+        self.guard = Guard(settings, store=store, namespace=self.namespace, metrics=metrics)
+        self.crypto = self.guard.crypto
         self.dedup = Dedup(store, namespace=self.namespace, ttl=settings.dedup_ttl)
-        window = settings.timestamp_window
-        self.nonces: LocalNonces | SharedNonces = (
-            SharedNonces(store, namespace=self.namespace, window=window) if store.shared
-            else LocalNonces(window=window))
         self.router = router
         self.api = api
         self.profiles = profiles
@@ -125,7 +85,11 @@ class Webhook:
         if scope["method"] == "POST":
             status, body, headers = await self._push(scope, receive, query)
         elif scope["method"] in ("GET", "HEAD"):
-            status, body, headers = self._verify_url(query)
+            try:
+                status, body, headers = 200, self.guard.verify_url(query), _TEXT
+                self.log.info("url_verified")
+            except GuardError as exc:
+                status, body, headers = self._refuse(exc, {"method": "GET"})
         else:
             status, body, headers = 405, b"method not allowed", _TEXT
         await send({"type": "http.response.start", "status": status,
@@ -133,19 +97,6 @@ class Webhook:
         await send({"type": "http.response.body", "body": body})
 
     # -- GET: URL verification -----------------------------------------------------------
-
-    def _verify_url(self, q: dict[str, str]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        try:
-            sig, ts, nonce, echostr = (q.get(k, "") for k in
-                                       ("signature", "timestamp", "nonce", "echostr"))
-            if not (sig and ts and nonce and echostr):
-                raise GuardError("URL verification needs signature, timestamp, nonce, echostr")
-            verify((self.token, ts, nonce), sig)
-            check_fresh(ts, window=self.settings.timestamp_window)
-        except GuardError as exc:
-            return self._refuse(exc, {"method": "GET"})
-        self.log.info("url_verified")
-        return 200, echostr.encode(), _TEXT
 
     # -- POST: a push ----------------------------------------------------------------------
 
@@ -159,7 +110,7 @@ class Webhook:
                                "appid": self.settings.app_id, "handler": None,
                                "reply_type": None, "deadline_fallback": False}
         try:
-            msg, mode = await self._unwrap(scope, receive, q, deadline)
+            msg, mode = await self.guard.admit(scope, receive, q, deadline)
         except GuardError as exc:
             return self._refuse(exc, rec)
         except ClientGone:
@@ -192,82 +143,6 @@ class Webhook:
         self.log.info("push", **rec, dedup_hit=retried, latency_ms=round(elapsed * 1000, 2),
                       upstream=[f"{api}:{code}" for api, code in trace])
         return 200, reply, (_TEXT if reply == SUCCESS else _XML)
-
-    async def _unwrap(self, scope: Scope, receive: Any, q: dict[str, str],
-                      deadline: float) -> tuple[InboundMessage, str]:
-        sig, ts, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
-        if not (sig and ts and nonce):
-            raise GuardError("missing signature, timestamp or nonce")
-        verify((self.token, ts, nonce), sig)
-        check_fresh(ts, window=self.settings.timestamp_window)
-        body = await self._read_body(scope, receive, deadline)
-        mode = "plain"
-        if q.get("encrypt_type", "").lower() == "aes":
-            if self.crypto is None:
-                raise GuardError("encrypted push but WECHAT_ENCODING_AES_KEY is not set")
-            encrypt = safe_mode_encrypt(body)  # the common envelope, without a parse
-            if encrypt is not None:
-                mode = "safe"
-            else:
-                outer = _safely(parse_fields, body)
-                encrypt = outer.get("Encrypt", "")
-                if not encrypt:
-                    raise GuardError("encrypt_type=aes but the body has no Encrypt")
-                mode = "compat" if "MsgType" in outer else "safe"
-            msg_sig = q.get("msg_signature", "")
-            if not msg_sig:
-                raise SignatureError("missing msg_signature", reason="msg_signature")
-            self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
-            fields = _safely(parse_fields, _safely(self.crypto.decrypt, encrypt))
-        elif "MsgType" not in (fields := _safely(parse_fields, body)) and "Encrypt" in fields:
-            raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
-        msg = _safely(build_message, fields)
-        # Remembered only once the push is valid: a broken body must not burn the nonce.
-        if mode == "plain":  # msg_signature covers an encrypted body: a replay cannot alter it
-            await self._remember_nonce(ts, nonce, body)
-        return msg, mode
-
-    async def _read_body(self, scope: Scope, receive: Any, deadline: float) -> bytes:
-        limit = self.settings.max_body
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit():
-                    raise GuardError("bad Content-Length")
-                if len(value) > 18 or int(value) > limit:
-                    raise BodyTooLarge(f"body of {value.decode()} bytes exceeds {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            try:
-                # A sender that stalls mid-body must not hold the request open forever.
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    message = await receive()
-            except TimeoutError:
-                raise GuardError("the body did not arrive before the deadline", status=408,
-                                 reason="slow_body") from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:  # chunked bodies carry no length: stop reading at the limit
-                raise BodyTooLarge(f"body exceeds {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _remember_nonce(self, ts: str, nonce: str, body: bytes) -> None:
-        # The same signed query with the same body is WeChat retrying (dedup answers it);
-        # with another body it is someone replaying a captured signature.
-        # 8 bytes suffice: forging a second body with the same digest is a 2^64 search.
-        digest = hashlib.blake2b(body, digest_size=8).digest()
-        try:
-            first = await self.nonces.first_seen(int(ts), nonce, digest)
-        except Exception as exc:  # noqa: BLE001 - the store failing must not cost the reply
-            self.metrics.store_fallbacks.inc()
-            self.log.warning("nonce_memory_unavailable", error=type(exc).__name__)
-            return
-        if not first:
-            raise FreshnessError("nonce replayed with a different body", reason="replay")
 
     async def _first_try(self, key: str, msg: InboundMessage, mode: str, deadline: float,
                          started: float, rec: dict[str, Any]) -> bytes:

@@ -359,12 +359,12 @@ async def test_a_burst_of_hostile_pushes_leaves_no_5xx(client, make_push, secret
 
 
 async def test_an_unexpected_parser_error_is_a_400_not_a_5xx(client, make_push, monkeypatch):
-    import service.webhook
+    import service.guard
 
     def broken(fields: Any) -> Any:
         raise ValueError("a parser bug some odd input found")
 
-    monkeypatch.setattr(service.webhook, "build_message", broken)
+    monkeypatch.setattr(service.guard, "build_message", broken)
     push = make_push("subscribe")
     r = await post(client, push)
     assert r.status_code == 400 and b"unreadable" in r.content

@@ -1,0 +1,159 @@
+"""Steps 1-3 of a push: signature, freshness, body limit, unwrap, parse, nonce memory.
+
+Everything here runs before a handler may see a push, and every refusal is a GuardError
+that the route answers with a 4xx: a malformed or hostile push never becomes a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote_plus
+
+from .config import Settings
+from .crypto import MessageCrypto
+from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
+from .messages import InboundMessage, build_message, parse_fields, safe_mode_encrypt
+from .observability import Metrics, get_logger
+from .signature import LocalNonces, SharedNonces, check_fresh, verify
+from .store.base import Store
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """The query string as a dict; WeChat's values are plain, so decoding is rarely needed."""
+    out: dict[str, str] = {}
+    for part in raw.decode("latin-1").split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)
+        out[key] = value
+    return out
+
+
+def _safely(fn: Callable[[T], R], arg: T) -> R:
+    """Input that trips an unexpected error in parsing is still a bad request, never a 5xx."""
+    try:
+        return fn(arg)
+    except GuardError:
+        raise
+    except Exception as exc:
+        raise XMLError(f"unreadable push ({type(exc).__name__})") from exc
+
+
+class ClientGone(Exception):
+    """The connection closed while the body was being read."""
+
+
+class Guard:
+    """Admits a push (or a URL verification) or raises GuardError saying why not."""
+
+    def __init__(self, settings: Settings, *, store: Store, namespace: str,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.token = settings.token.get_secret_value()
+        self.crypto = (MessageCrypto(self.token, settings.aes_keys, settings.app_id)
+                       if settings.aes_keys else None)
+        window = settings.timestamp_window
+        self.nonces: LocalNonces | SharedNonces = (
+            SharedNonces(store, namespace=namespace, window=window) if store.shared
+            else LocalNonces(window=window))
+        self.metrics = metrics
+        self.log = get_logger("wxhook.guard")
+
+    def verify_url(self, q: dict[str, str]) -> bytes:
+        """The echostr to answer a signed URL verification with, or GuardError."""
+        sig, ts, nonce, echostr = (q.get(k, "") for k in
+                                   ("signature", "timestamp", "nonce", "echostr"))
+        if not (sig and ts and nonce and echostr):
+            raise GuardError("URL verification needs signature, timestamp, nonce, echostr")
+        verify((self.token, ts, nonce), sig)
+        check_fresh(ts, window=self.settings.timestamp_window)
+        return echostr.encode()
+
+    async def admit(self, scope: dict[str, Any], receive: Any, q: dict[str, str],
+                    deadline: float) -> tuple[InboundMessage, str]:
+        """The typed message and its mode (plain, compat, safe), or GuardError/ClientGone."""
+        sig, ts, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
+        if not (sig and ts and nonce):
+            raise GuardError("missing signature, timestamp or nonce")
+        verify((self.token, ts, nonce), sig)
+        check_fresh(ts, window=self.settings.timestamp_window)
+        body = await self._read_body(scope, receive, deadline)
+        mode = "plain"
+        if q.get("encrypt_type", "").lower() == "aes":
+            if self.crypto is None:
+                raise GuardError("encrypted push but WECHAT_ENCODING_AES_KEY is not set")
+            encrypt = safe_mode_encrypt(body)  # the common envelope, without a parse
+            if encrypt is not None:
+                mode = "safe"
+            else:
+                outer = _safely(parse_fields, body)
+                encrypt = outer.get("Encrypt", "")
+                if not encrypt:
+                    raise GuardError("encrypt_type=aes but the body has no Encrypt")
+                mode = "compat" if "MsgType" in outer else "safe"
+            msg_sig = q.get("msg_signature", "")
+            if not msg_sig:
+                raise SignatureError("missing msg_signature", reason="msg_signature")
+            self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
+            fields = _safely(parse_fields, _safely(self.crypto.decrypt, encrypt))
+        elif "MsgType" not in (fields := _safely(parse_fields, body)) and "Encrypt" in fields:
+            raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
+        msg = _safely(build_message, fields)
+        # Remembered only once the push is valid: a broken body must not burn the nonce.
+        if mode == "plain":  # msg_signature covers an encrypted body: a replay cannot alter it
+            await self._remember_nonce(ts, nonce, body)
+        return msg, mode
+
+    async def _read_body(self, scope: dict[str, Any], receive: Any,
+                         deadline: float) -> bytes:
+        limit = self.settings.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit():
+                    raise GuardError("bad Content-Length")
+                if len(value) > 18 or int(value) > limit:
+                    raise BodyTooLarge(f"body of {value.decode()} bytes exceeds {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                # A sender that stalls mid-body must not hold the request open forever.
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                raise GuardError("the body did not arrive before the deadline", status=408,
+                                 reason="slow_body") from None
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked bodies carry no length: stop reading at the limit
+                raise BodyTooLarge(f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _remember_nonce(self, ts: str, nonce: str, body: bytes) -> None:
+        # The same signed query with the same body is WeChat retrying (dedup answers it);
+        # with another body it is someone replaying a captured signature.
+        # 8 bytes suffice: forging a second body with the same digest is a 2^64 search.
+        digest = hashlib.blake2b(body, digest_size=8).digest()
+        try:
+            first = await self.nonces.first_seen(int(ts), nonce, digest)
+        except Exception as exc:  # noqa: BLE001 - the store failing must not cost the reply
+            self.metrics.store_fallbacks.inc()
+            self.log.warning("nonce_memory_unavailable", error=type(exc).__name__)
+            return
+        if not first:
+            raise FreshnessError("nonce replayed with a different body", reason="replay")
