@@ -63,6 +63,7 @@ class Profiles:
         self._pending: list[str] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._batch_ok = True
         self.lookups = 0  # upstream lookups started (single or batch), for tests and the bench
 
     async def nickname(self, openid: str, *, deadline: float | None = None) -> str | None:
@@ -116,11 +117,19 @@ class Profiles:
             self.lookups += 1
             if len(batch) == 1:
                 infos = [await self.api.user_info(batch[0], deadline=deadline)]
+            elif not self._batch_ok:
+                infos = await self._one_by_one(batch, deadline)
             else:
                 try:
                     infos = await self.api.user_info_batch(batch, deadline=deadline)
                 except WeChatAPIError as exc:
-                    if exc.errcode not in (40003, 40032):
+                    if exc.errmsg == "HTTP 404" or exc.errcode == 48001:
+                        # An API without batchget (a proxy, a stand-in, an account not
+                        # allowed it): one call each from now on, rather than no names.
+                        self._batch_ok = False
+                        self.log.warning("batchget_unavailable", errcode=exc.errcode,
+                                         errmsg=exc.errmsg)
+                    elif exc.errcode not in (40003, 40032):
                         raise
                     # One bad openid fails the whole batch: fall back to one call each.
                     infos = await self._one_by_one(batch, deadline)

@@ -56,6 +56,7 @@ class WeChatAPI:
         self.metrics = metrics
         self.log = get_logger("wxhook.api")
         self._circuit_until: dict[str, float] = {}
+        self._no_stable_token = False
 
     # -- one HTTP exchange -------------------------------------------------------------
 
@@ -165,13 +166,24 @@ class WeChatAPI:
         """A global access token and its lifetime, from stable_token (default) or token."""
         s = self.settings
         secret = s.app_secret.get_secret_value()
-        if s.token_endpoint == "stable":
-            data = await self.request(
-                "POST", "/cgi-bin/stable_token", api="stable_token",
-                json={"grant_type": "client_credential", "appid": s.app_id, "secret": secret,
-                      "force_refresh": False},
-            )
-        else:
+        data: dict[str, Any] | None = None
+        if s.token_endpoint == "stable" and not self._no_stable_token:
+            try:
+                data = await self.request(
+                    "POST", "/cgi-bin/stable_token", api="stable_token",
+                    json={"grant_type": "client_credential", "appid": s.app_id,
+                          "secret": secret, "force_refresh": False},
+                )
+            except UpstreamUnavailable as exc:
+                # WeChat always has it; a proxy or stand-in API may not. Then the classic
+                # endpoint, said loudly, rather than greetings that lose their names.
+                if exc.errmsg != "HTTP 404":
+                    raise
+                self._no_stable_token = True
+                self.log.warning("stable_token_missing", api_base=self.base,
+                                 fix="this API has no /cgi-bin/stable_token: using "
+                                     "/cgi-bin/token (set WXHOOK_TOKEN_ENDPOINT=classic)")
+        if data is None:
             data = await self.request(
                 "GET", "/cgi-bin/token", api="token",
                 params={"grant_type": "client_credential", "appid": s.app_id, "secret": secret},

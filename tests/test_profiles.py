@@ -71,3 +71,15 @@ async def test_an_empty_nickname_is_cached_too(upstream, settings, sandbox):
     for _ in range(5):
         assert await profiles.nickname("oEmptyName000000000000000001") is None
     assert sandbox.calls["/cgi-bin/user/info"] == 1
+
+
+async def test_an_api_without_batchget_still_greets_by_name(upstream, settings, sandbox):
+    from service.sandbox import Fault
+    sandbox.add_fault(Fault(path="/cgi-bin/user/info/batchget", http_status=404))
+    profiles, _ = build(upstream, settings)
+    for burst in range(2):
+        openids = [f"oNoBatch{burst}{i:019d}" for i in range(20)]
+        names = await asyncio.gather(*(profiles.nickname(o) for o in openids))
+        assert names == [f"Follower-{o[-6:]}" for o in openids]
+    assert sandbox.calls["/cgi-bin/user/info/batchget"] == 1  # tried once, then not again
+    assert sandbox.calls["/cgi-bin/user/info"] == 40

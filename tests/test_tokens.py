@@ -130,3 +130,34 @@ async def test_stable_token_request_shape(settings):
     body = json.loads(req.content)
     assert body == {"grant_type": "client_credential", "appid": settings.app_id,
                     "secret": settings.app_secret.get_secret_value(), "force_refresh": False}
+
+
+async def test_an_api_without_stable_token_falls_back_to_the_classic_endpoint(settings):
+    from service.wechat_api import WeChatAPI
+
+    paths = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        if request.url.path == "/cgi-bin/stable_token":
+            return httpx.Response(404, text="not found")
+        return httpx.Response(200, json={"access_token": "CLASSIC", "expires_in": 7200})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        api = WeChatAPI(http, settings, metrics=Metrics())
+        assert await api.fetch_token() == ("CLASSIC", 7200)
+        assert await api.fetch_token() == ("CLASSIC", 7200)
+    assert paths == ["/cgi-bin/stable_token", "/cgi-bin/token", "/cgi-bin/token"]
+
+
+async def test_stable_token_errors_other_than_404_are_not_papered_over(settings):
+    from service.errors import UpstreamUnavailable
+    from service.wechat_api import WeChatAPI
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="busy")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        api = WeChatAPI(http, settings, metrics=Metrics())
+        with pytest.raises(UpstreamUnavailable):
+            await api.fetch_token()
