@@ -115,7 +115,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
             await own_repo.aclose()
 
     app = WxhookApp(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                    openapi_url=None)
     app.webhook = webhook
     app.router.routes.extend(oauth.routes())
     app.state.settings = settings
