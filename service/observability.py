@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import sys
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -107,6 +108,28 @@ class BufferedLogger:
 _buffer: LineBuffer | None = None
 
 
+class IsoTimeStamper:
+    """structlog's TimeStamper(fmt="iso", utc=True), formatting the date once a second.
+
+    Its datetime.now().isoformat() per line was 4% of a push; lines within one second share
+    everything up to the microseconds.
+    """
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self.clock = clock
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
 def flush_logs() -> None:
     """Write out buffered log lines (shutdown calls this)."""
     if _buffer is not None:
@@ -121,7 +144,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     )
     shared: list[Any] = [
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        IsoTimeStamper(),
     ]
     # Every push writes a line: orjson into a LineBuffer is ~3 us cheaper a line than json
     # to a text stream, and batches the writes.

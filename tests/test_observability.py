@@ -2,8 +2,11 @@
 
 import asyncio
 import os
+from datetime import UTC, datetime
 
-from service.observability import LineBuffer, mask_openid
+import structlog
+
+from service.observability import IsoTimeStamper, LineBuffer, mask_openid
 
 
 def _pipe():
@@ -68,3 +71,16 @@ async def test_a_broken_stdout_is_counted_not_raised():
 def test_openids_are_masked():
     assert mask_openid("oSandboxDemoFollower00000001") == "oSan***0001"
     assert mask_openid("short") == "***"
+
+
+def test_iso_timestamps_match_structlogs_format():
+    clock = iter([1700000000.5, 1700000000.25, 1700000001.0, 1763773200.999999]).__next__
+    stamp = IsoTimeStamper(clock)
+    assert [stamp(None, "info", {})["timestamp"] for _ in range(4)] == [
+        "2023-11-14T22:13:20.500000Z", "2023-11-14T22:13:20.250000Z",
+        "2023-11-14T22:13:21.000000Z", "2025-11-22T01:00:00.999999Z"]
+    ours = IsoTimeStamper()(None, "info", {})["timestamp"]
+    theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    assert len(ours) == len(theirs) and ours.endswith("Z") and theirs.endswith("Z")
+    parsed = [datetime.fromisoformat(t) for t in (ours, theirs)]
+    assert parsed[0].tzinfo == UTC and abs((parsed[1] - parsed[0]).total_seconds()) < 1
