@@ -156,3 +156,62 @@ def test_safe_mode_envelope_fast_path_takes_only_the_exact_shape():
         good + b"<xml/>",                                                     # trailing junk
     ):
         assert safe_mode_encrypt(other) is None
+
+
+# -- the flat reader (the common push without lxml) -------------------------------------------
+
+def test_flat_pushes_are_read_without_lxml(monkeypatch):
+    from service import messages
+    from service.simulate import push_xml
+
+    def no_lxml(*_a, **_k):
+        raise AssertionError("a flat push went to lxml")
+
+    monkeypatch.setattr(messages.etree, "fromstring", no_lxml)
+    text = parse_message(push_xml("text", openid="oFollower", text="你好 <b>&amp; ]] >"))
+    assert isinstance(text, TextMessage) and text.content == "你好 <b>&amp; ]] >"
+    sub = parse_message(push_xml("subscribe", openid="oFollower", event_key="qrscene_7"))
+    assert isinstance(sub, SubscribeEvent) and sub.scene == "7"
+    # The official sample's layout: newlines and indentation between the fields.
+    loc = parse_message(xml("\n <MsgType><![CDATA[event]]></MsgType>\n <Event>LOCATION</Event>"
+                            "<Latitude>23.137466</Latitude><Longitude>113.352425</Longitude>"
+                            "<Precision>119.385040</Precision>\n"))
+    assert isinstance(loc, LocationEvent) and loc.latitude == pytest.approx(23.137466)
+
+
+def test_a_followers_text_may_mention_doctype_and_entities():
+    # In CDATA these are characters the follower typed, not markup: they must get a reply.
+    m = parse_message(xml("<MsgType>text</MsgType>"
+                          "<Content><![CDATA[<!DOCTYPE x [<!ENTITY e 'y'>]> &e;]]></Content>"))
+    assert isinstance(m, TextMessage) and m.content == "<!DOCTYPE x [<!ENTITY e 'y'>]> &e;"
+
+
+@pytest.mark.parametrize("body", [
+    b'<?xml version="1.0" encoding="UTF-8"?>' + xml("<MsgType>text</MsgType>"),   # declaration
+    b"\xef\xbb\xbf" + xml("<MsgType>text</MsgType>"),                             # BOM
+    xml("<MsgType>text</MsgType><Content>a &amp; b</Content>"),                  # entity
+    xml("<MsgType>text</MsgType><Content><![CDATA[x]]]]><![CDATA[>y]]></Content>"),  # split CDATA
+    xml("<MsgType>text</MsgType><Content>line\r\nbreak</Content>"),               # \r normalised
+    xml("<MsgType>text</MsgType><!-- note --><Content>c</Content>"),              # comment
+    xml("<MsgType>text</MsgType><Content a='1'>c</Content>"),                     # attribute
+    xml("<MsgType>event</MsgType><Event>x</Event><ScanCodeInfo><ScanType>q</ScanType>"
+        "</ScanCodeInfo>"),                                                       # nesting
+])
+def test_anything_but_a_flat_push_goes_to_lxml_and_reads_the_same(body, monkeypatch):
+    from service import messages
+
+    assert messages._flat_fields(body) is None
+    expected = messages._parse_tree(body)
+    assert messages.parse_fields(body) == expected and expected["ToUserName"] == "gh_123"
+
+
+def test_the_flat_reader_stays_linear_on_hostile_bodies():
+    from service import messages
+
+    # With a lazy CDATA pattern each section could swallow the next: 2^40 ways to fail.
+    for body in (b"<xml>" + b"<a><![CDATA[x]]></a>" * 40 + b"<b>",
+                 b"<xml><a><![CDATA[" + b"x]" * 100_000,
+                 b"<xml>" + b"<a>" * 60_000):
+        assert messages._flat_fields(body) is None
+    with pytest.raises(XMLError):
+        parse_message(b"<xml>" + b"<a><![CDATA[x]]></a>" * 40 + b"<b>")
