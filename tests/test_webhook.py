@@ -3,6 +3,7 @@
 import asyncio
 import time
 
+import orjson
 import pytest
 from wechatpy.crypto import WeChatCrypto
 
@@ -300,6 +301,46 @@ async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
         (key,) = dedup_keys() - before
         saved = len(first.content) - len(store._kv[key])
         assert saved > (320 if aes else 120), (len(first.content), len(store._kv[key]))
+
+
+async def test_retries_replay_any_reply_type_byte_for_byte(make_app, make_push):
+    import httpx
+
+    from handlers.router import Router
+    from service.replies import NewsReply, TextReply
+
+    router = Router()
+
+    @router.message("text")
+    async def reply(msg, ctx):
+        if msg.content == "news":
+            return NewsReply(title="标题 ]]> 1", description="d", url="https://e.x/a?b=1&c=2",
+                             pic_url="https://e.x/p.png")
+        return TextReply("回复 ]]> <b>&amp;\n" + msg.content)
+
+    app = make_app(router=router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as client:
+        for i, (text, aes) in enumerate([("news", False), ("news", True), ("hi", False),
+                                         ("hi", True)]):
+            push = make_push("text", text=text, aes=aes, openid=f"oAnyReply{i}" + "0" * 18)
+            tries = [await client.post("/wechat", params=push.params, content=push.body)
+                     for _ in range(3)]
+            assert len({t.content for t in tries}) == 1
+            fields = decode_reply(tries[0].content, crypto=app.state.webhook.crypto if aes
+                                  else None)
+            assert fields["MsgType"] == ("news" if text == "news" else "text")
+
+
+async def test_a_record_kept_whole_by_an_earlier_version_still_replays(app, client, make_push):
+    # Before text replies were kept as their text, every record held the reply's XML tail.
+    push = make_push("text", text="hi", openid="oEarlierVersion000000000001")
+    msg_id = push.body.split(b"<MsgId>")[1].split(b"</MsgId>")[0].decode()
+    tail = "<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[kept whole]]></Content></xml>"
+    await app.state.store.set(f"dedup:m:{msg_id}", orjson.dumps([1700000000, tail]), ttl=60)
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    fields = decode_reply(r.content, crypto=None)
+    assert fields["Content"] == "kept whole" and fields["CreateTime"] == "1700000000"
 
 
 class _FailingStore:
