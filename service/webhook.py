@@ -21,7 +21,7 @@ from .delivery import LateDelivery
 from .errors import GuardError
 from .guard import ClientGone, Guard, parse_query
 from .messages import InboundMessage
-from .observability import Metrics, get_logger, mask_openid, upstream_trace
+from .observability import Metrics, get_logger, log_info, mask_openid, upstream_trace
 from .profiles import Profiles
 from .replies import SUCCESS, Reply, TextReply, envelope, tail
 from .store.base import Store
@@ -139,8 +139,10 @@ class Webhook:
         elapsed = time.monotonic() - started
         self._count(msg.msg_type, msg.event, outcome)
         self.metrics.push_latency.observe(elapsed)
-        self.log.info("push", **rec, dedup_hit=retried, latency_ms=round(elapsed * 1000, 2),
-                      upstream=[f"{api}:{code}" for api, code in trace])
+        # A copy: a handler that overruns still logs with `rec` after this line is written.
+        log_info(self.log, "push", {**rec, "dedup_hit": retried,
+                                    "latency_ms": round(elapsed * 1000, 2),
+                                    "upstream": [f"{api}:{code}" for api, code in trace]})
         return 200, reply, (_TEXT if reply == SUCCESS else _XML)
 
     async def _first_try(self, key: str, msg: InboundMessage, mode: str, deadline: float,
