@@ -7,6 +7,7 @@ import atexit
 import logging
 import os
 import select
+import stat
 import sys
 import time
 from contextvars import ContextVar
@@ -32,6 +33,7 @@ def mask_openid(openid: str) -> str:
 
 
 FLUSH_INTERVAL = 0.1  # seconds an info line may wait in the buffer
+_FILE_WRITE = 1 << 16  # bytes a write when stdout is a regular file
 
 
 class LineBuffer:
@@ -43,8 +45,13 @@ class LineBuffer:
     """
 
     def __init__(self, fd: int, *, interval: float = FLUSH_INTERVAL) -> None:
-        # PIPE_BUF bytes at most a write: workers sharing one pipe never interleave a line.
-        self._out = open(fd, "wb", buffering=select.PIPE_BUF, closefd=False)  # noqa: SIM115
+        # Writes of whole lines: workers sharing one pipe (journald, docker) never
+        # interleave a line if each write is at most PIPE_BUF bytes. A regular file takes
+        # any write whole (Linux serialises writes and offset updates on a file), and a
+        # write to disk costs more than one to a pipe: 64 KiB there.
+        size = _FILE_WRITE if stat.S_ISREG(os.fstat(fd).st_mode) else select.PIPE_BUF
+        self.write_size = size
+        self._out = open(fd, "wb", buffering=size, closefd=False)  # noqa: SIM115
         self.interval = interval
         self._scheduled: asyncio.AbstractEventLoop | None = None  # loop a flush is due on
         self.dropped = 0

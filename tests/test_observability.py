@@ -118,3 +118,22 @@ def test_the_direct_push_line_is_the_line_structlog_writes():
     assert ours["odd"] == theirs["odd"]  # what JSON cannot hold is rendered the same way
     assert {k: v for k, v in ours.items() if k != "timestamp"} == \
         {k: v for k, v in theirs.items() if k != "timestamp"}
+
+
+def test_writes_are_pipe_sized_for_pipes_and_larger_for_files(tmp_path):
+    import select
+
+    r, w = _pipe()
+    assert LineBuffer(w).write_size == select.PIPE_BUF  # workers share journald's pipe
+    os.close(r)
+    os.close(w)
+    path = tmp_path / "out.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    buf = LineBuffer(fd)
+    assert buf.write_size > select.PIPE_BUF
+    lines = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * 300) for i in range(1000)]
+    for line in lines:
+        buf.write(line, urgent=False)
+    buf.close()
+    os.close(fd)
+    assert path.read_bytes().splitlines() == lines
