@@ -41,6 +41,7 @@ def main() -> int:
     p.add_argument("--scenario", default="plain", choices=gen.SCENARIOS)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--lines", action="store_true", help="also rank source lines by own time")
     a = p.parse_args()
     spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
     if not Path(spy).exists():
@@ -70,16 +71,17 @@ def main() -> int:
             time.sleep(0.5)
             res = run_wrk(port, prefix, a.seconds, 1, "1", conns)
             spy_proc.wait(timeout=a.seconds + 30)
-            report(raw.read_text(), a.top, res["rps"])
+            report(raw.read_text(), a.top, res["rps"], lines=a.lines)
     finally:
         server.stop()
         up.proc.stop()
     return 0
 
 
-def report(collapsed: str, top: int, rps: float) -> None:
+def report(collapsed: str, top: int, rps: float, *, lines: bool = False) -> None:
     """Aggregate py-spy's collapsed stacks into own and inclusive shares per function."""
     own: collections.Counter[str] = collections.Counter()
+    by_line: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
     for line in collapsed.splitlines():
@@ -90,10 +92,15 @@ def report(collapsed: str, top: int, rps: float) -> None:
         total += n
         if frames:
             own[frames[-1]] += n
+            last = stack.split(";")[-1]
+            by_line[last.split(" (")[0] + " " + last.split("/")[-1].rstrip(")")] += n
         for f in set(frames):
             incl[f] += n
     print(f"\n{total} samples while serving {rps:,.0f} req/s under py-spy (sampling slows it)")
-    for title, counter in (("own time", own), ("inclusive time", incl)):
+    counters = [("own time", own), ("inclusive time", incl)]
+    if lines:
+        counters.append(("own time, per source line", by_line))
+    for title, counter in counters:
         print(f"\n-- top {top} by {title} --")
         for name, n in counter.most_common(top):
             print(f"{100 * n / total:5.1f}%  {name}")

@@ -415,6 +415,29 @@ def print_result(r: dict[str, Any]) -> None:
 
 # --- verdict ---------------------------------------------------------------------------
 
+def medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per server and scenario: the round with the median req/s.
+
+    Its other rounds' req/s go along (rounds_rps), and the peak RSS becomes the highest of
+    all rounds. A failed round makes the whole result failed.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["server"], r["scenario"]), []).append(r)
+    out = []
+    for runs in groups.values():
+        failed = [r for r in runs if not r["ok"]]
+        if failed or len(runs) == 1:
+            out.append(failed[0] if failed else runs[0])
+            continue
+        ranked = sorted(runs, key=lambda r: r["rps"])
+        mid = dict(ranked[(len(ranked) - 1) // 2])
+        mid["rounds_rps"] = [round(r["rps"]) for r in runs]
+        mid["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+        out.append(mid)
+    return out
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     by = {(r["server"], r["scenario"]): r for r in results if r["ok"]}
 
@@ -470,7 +493,10 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]], verdict: dict[
          f"{meta['load_cpus']} ({meta['connections']} connections, "
          f"{meta['subscribe_connections']} for subscribe; {meta['duration']} s after a "
          f"{meta['warmup']} s warm-up), workers {meta['workers']}, upstream latency "
-         f"{meta['upstream_latency_ms']:.0f} ms. Every request distinct and freshly signed."),
+         f"{meta['upstream_latency_ms']:.0f} ms. Every request distinct and freshly signed."
+         + (f" Median of {meta['rounds']} rounds, servers in alternating order; req/s of "
+            "every round in brackets; peak RSS the highest of all rounds."
+            if meta.get("rounds", 1) > 1 else "")),
         *([f"Note: {meta['note']}."] if meta.get("note") else []), "",
         ("| scenario | server | req/s | p50 ms | p99 ms | non-2xx | errors | user/info (+batchget) calls "
          "| token req | peak RSS MB |"),
@@ -483,7 +509,10 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]], verdict: dict[
             continue
         calls = sum(v for k, v in r["upstream_calls_measured"].items()
                     if k.startswith("/cgi-bin/user/info"))
-        lines.append(f"| {r['scenario']} | {r['server']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} "
+        spread = (" (" + " / ".join(f"{x:,}" for x in r["rounds_rps"]) + ")"
+                  if r.get("rounds_rps") else "")
+        lines.append(f"| {r['scenario']} | {r['server']} | {r['rps']:,.0f}{spread} "
+                     f"| {r['p50_ms']:.2f} "
                      f"| {r['p99_ms']:.2f} | {r['non2xx']} | {r['errors']} | {calls:,} "
                      f"| {r['token_requests']} | {r['peak_rss_mb']} |")
     lines += ["", "| check | value | target | result |", "|---|---:|---|---|"]
@@ -511,6 +540,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="wrk connections (subscribe can never beat connections / 30 ms)")
     p.add_argument("--subscribe-connections", type=int, default=SUBSCRIBE_CONNECTIONS,
                    help="wrk connections for the subscribe scenario")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat everything N times, servers alternating; report the medians")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 s warm-up")
     a = p.parse_args(argv)
     if a.quick:
@@ -546,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpus": plan.server_cpus, "load_cpus": plan.load_cpus,
         "connections": plan.connections,
         "subscribe_connections": plan.subscribe_connections, "duration": plan.duration, "warmup": plan.warmup,
-        "workers": plan.workers, "upstream_latency_ms": UPSTREAM_LATENCY * 1000,
+        "workers": plan.workers, "rounds": a.rounds,
+        "upstream_latency_ms": UPSTREAM_LATENCY * 1000,
         "wrk_timeout": WRK_TIMEOUT, "wxhook_cmd": " ".join(WXHOOK_CMD),
     }
     meta["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[0]
@@ -561,16 +593,23 @@ def main(argv: list[str] | None = None) -> int:
         # writeback steal CPU from the server during it.
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         with tempfile.TemporaryDirectory(prefix="wxhook-bench-", dir=shm) as tmp:
-            for scenario in scenarios:
-                for name in servers:
-                    if scenario not in SERVERS[name].scenarios:
-                        continue
-                    print(f"\n== {scenario} / {name}", flush=True)
-                    r = bench_one(plan, name, scenario, up, creds, seq, tmp)
-                    print_result(r)
-                    plan.results.append(r)
+            for n in range(a.rounds):
+                # Every other round runs the servers in reverse order, so a machine that
+                # slows down or speeds up over the run favours none of them.
+                order = servers if n % 2 == 0 else servers[::-1]
+                for scenario in scenarios:
+                    for name in order:
+                        if scenario not in SERVERS[name].scenarios:
+                            continue
+                        print(f"\n== {scenario} / {name}"
+                              + (f" (round {n + 1} of {a.rounds})" if a.rounds > 1 else ""),
+                              flush=True)
+                        r = bench_one(plan, name, scenario, up, creds, seq, tmp)
+                        print_result(r)
+                        plan.results.append(r)
     finally:
         up.proc.stop()
+    plan.results = medians(plan.results)
     verdict = summarize(plan.results)
     if "subscribe" in scenarios:
         bound = plan.subscribe_connections / UPSTREAM_LATENCY
