@@ -41,7 +41,12 @@ class Dedup:
             return False
         skey = self.prefix + key
         try:
-            if not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
+            if not self.store.shared:
+                # Only this process reads a local store: _claims is the pending marker, and
+                # the store keeps settled replies only (one write a push, not two).
+                if await self.store.get(skey) is not None:
+                    return False
+            elif not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
                 return False
         except Exception as exc:  # noqa: BLE001 - store down: answer, at the risk of twice
             self.log.warning("dedup_unavailable", step="claim", error=type(exc).__name__)

@@ -16,7 +16,8 @@ _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 def cdata(value: str) -> str:
     """Wrap in CDATA; a "]]>" inside is split across two sections so the XML stays valid."""
-    value = _INVALID_XML.sub("", value)
+    if not (value.isascii() and value.isprintable()):  # (printable ASCII has none of them)
+        value = _INVALID_XML.sub("", value)
     return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
