@@ -149,6 +149,49 @@ async def test_store_contract(any_store: Any) -> None:
     await s.ping()
 
 
+async def test_commands_of_one_loop_turn_share_one_pipeline(store: RedisStore) -> None:
+    flushes = 0
+    flush = store._batch._flush
+
+    async def counted() -> None:
+        nonlocal flushes
+        flushes += 1
+        await flush()
+
+    store._batch._flush = counted  # type: ignore[method-assign]
+    keys = [NS + f"turn{i}" for i in range(40)]
+    # 40 claims, each key twice: the first of each pair wins, as if sent one by one.
+    won = await asyncio.gather(*(store.set(k, b"v" + k.encode(), ttl=30, nx=True)
+                                 for k in keys for _ in range(2)))
+    assert won == [True, False] * 40
+    assert await asyncio.gather(*(store.get(k) for k in keys)) == [b"v" + k.encode()
+                                                                   for k in keys]
+    assert flushes == 2  # one pipeline for the 80 SETs, one for the 40 GETs
+
+
+async def test_one_failing_command_fails_alone(store: RedisStore,
+                                               isolated_redis_url: str) -> None:
+    direct = redis.Redis.from_url(isolated_redis_url)
+    try:
+        direct.hset(NS + "a-hash", mapping={"f": "v"})  # GET on a hash: WRONGTYPE
+        results = await asyncio.gather(store.get(NS + "a-hash"), store.set(NS + "ok", b"1"),
+                                       store.get(NS + "ok"), return_exceptions=True)
+        assert isinstance(results[0], redis.ResponseError) and "WRONGTYPE" in str(results[0])
+        assert results[1:] == [True, b"1"]
+        assert store.down_since is None  # a wrong command is not an outage
+    finally:
+        direct.close()
+
+
+async def test_a_caller_that_gives_up_costs_the_others_nothing(store: RedisStore) -> None:
+    gone = asyncio.ensure_future(store.set(NS + "gone", b"1"))
+    kept = asyncio.ensure_future(store.set(NS + "kept", b"2"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    assert await kept is True and await store.get(NS + "kept") == b"2"
+    assert gone.cancelled()
+
+
 async def test_two_instances_share_and_claim_once(isolated_redis_url: str, store: RedisStore) -> None:
     other = RedisStore(isolated_redis_url)
     try:
