@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from array import array
 from collections.abc import Callable
 
 from .errors import FreshnessError, SignatureError
@@ -38,20 +39,67 @@ def check_fresh(timestamp: str, *, window: int, now: float | None = None) -> int
     return ts
 
 
-_LOW60 = (1 << 60) - 1
+class _NonceTable:
+    """One second's nonces: an open-addressing table in two arrays of 64-bit words.
+
+    A plaintext push leaves its nonce here for the whole timestamp window. As a dict of
+    int to int that was ~94 bytes an entry (two int objects and a slot); here it is 16
+    bytes a slot at a load of at most a half.
+    """
+
+    __slots__ = ("digests", "keys", "mask", "used")
+
+    def __init__(self, size: int = 64) -> None:
+        self.keys = array("Q", bytes(8 * size))      # 0 marks an empty slot
+        self.digests = array("Q", bytes(8 * size))
+        self.mask = size - 1
+        self.used = 0
+
+    def first_seen(self, key: int, digest: int) -> bool:
+        """Remember key -> digest; False when key came before with another digest."""
+        keys, mask = self.keys, self.mask
+        i = key & mask
+        while True:
+            k = keys[i]
+            if k == 0:
+                break
+            if k == key:
+                return bool(self.digests[i] == digest)
+            i = (i + 1) & mask
+        keys[i] = key
+        self.digests[i] = digest
+        self.used += 1
+        if self.used * 2 > mask:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        keys, digests = self.keys, self.digests
+        size = 2 * (self.mask + 1)
+        self.keys, self.digests = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
+        self.mask, self.used = size - 1, 0
+        for key, digest in zip(keys, digests, strict=True):
+            if key:
+                self.first_seen(key, digest)
+
+
+def _nonce_key(nonce: str) -> int:
+    """A non-zero 64-bit word per nonce: the number itself for WeChat's decimal nonces
+    ("0123" is not "123": only the canonical spelling counts as a number), a keyed hash
+    with the top bit set for anything else."""
+    if nonce.isdigit() and len(nonce) < 18 and nonce[0] != "0":
+        return int(nonce) + 1
+    h = hashlib.blake2b(nonce.encode(), digest_size=8, person=b"wxhook-nonce").digest()
+    return int.from_bytes(h, "big") | (1 << 63)
 
 
 class LocalNonces:
-    """Nonce memory for one process: per-timestamp buckets, dropped as they leave the window.
+    """Nonce memory for one process: per-timestamp tables, dropped as they leave the window.
 
     A (timestamp, nonce) seen before is fine with the same body (WeChat retrying) and a
     replay with another. An entry is needed only while its timestamp passes check_fresh, so
     whole seconds go at once; under a flood the oldest seconds go first. Kept apart from
     the dedup replies, which must outlive a flood.
-
-    Every plaintext push leaves an entry for the whole window, so entries are small ints
-    where they can be: WeChat's nonces are decimal numbers, and an int below 2^60 takes
-    32 bytes where the string and the digest bytes took 64 and 48.
     """
 
     def __init__(self, *, window: int, maxsize: int = 500_000,
@@ -59,7 +107,7 @@ class LocalNonces:
         self.window = window
         self.maxsize = maxsize
         self.clock = clock
-        self._by_ts: dict[int, dict[int | str, int]] = {}
+        self._by_ts: dict[int, _NonceTable] = {}
         self._count = 0
         self._swept = 0
 
@@ -68,21 +116,17 @@ class LocalNonces:
         now = int(self.clock())
         if now != self._swept:
             self._sweep(now)
-        bucket = self._by_ts.get(ts)
-        if bucket is None:
-            bucket = self._by_ts[ts] = {}
-        # "0123" and "123" are different nonces: only the canonical spelling becomes an int.
-        key: int | str = (int(nonce) if nonce.isdigit() and len(nonce) < 18
-                          and nonce[0] != "0" else nonce)
-        body = int.from_bytes(digest[:8], "big") & _LOW60  # still a 2^60 search to forge
-        seen = bucket.get(key)
-        if seen is None:
-            bucket[key] = body
+        table = self._by_ts.get(ts)
+        if table is None:
+            table = self._by_ts[ts] = _NonceTable()
+        used = table.used
+        # 8 bytes of digest: forging a second body with the same one is a 2^64 search.
+        first = table.first_seen(_nonce_key(nonce), int.from_bytes(digest[:8], "big"))
+        if table.used != used:
             self._count += 1
             if self._count > self.maxsize:
                 self._drop(min(self._by_ts))
-            return True
-        return seen == body
+        return first
 
     def _sweep(self, now: int) -> None:
         self._swept = now
@@ -90,7 +134,9 @@ class LocalNonces:
             self._drop(ts)
 
     def _drop(self, ts: int) -> None:
-        self._count -= len(self._by_ts.pop(ts, ()))
+        table = self._by_ts.pop(ts, None)
+        if table is not None:
+            self._count -= table.used
 
 
 class SharedNonces:
