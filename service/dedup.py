@@ -26,8 +26,9 @@ class Dedup:
     def __init__(self, store: Store, *, namespace: str, ttl: float = 60.0) -> None:
         self.store = store
         # The namespace tells apps apart in a shared store; a process-local one serves one
-        # app, and every push leaves a key in it for the whole TTL.
-        self.prefix = namespace + "dedup:" if store.shared else "dedup:"
+        # app, and every push leaves a key in it for the whole TTL: there the push's own key
+        # ("m:<MsgId>", "e:<openid>:..."; nothing else in the store starts so) is used as is.
+        self.prefix = namespace + "dedup:" if store.shared else ""
         self.ttl = ttl
         self.log = get_logger("wxhook.dedup")
         # Claims held by this process (key -> store key, built once: it is kept in the store
