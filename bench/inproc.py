@@ -1,0 +1,111 @@
+"""CPU per push without HTTP: the /wechat ASGI callable driven directly, 64 pushes at a time.
+
+    .venv/bin/python bench/inproc.py [plain|aes|subscribe] [--pushes 60000] [--runs 5]
+
+uvicorn, the network and wrk are out of the picture, so this measures wxhook's own work per
+push (guard, parse, nonce, dedup, route, render, log line, metrics) in process CPU time, far
+steadier on a shared machine than req/s. Each run is a fresh process pinned to core 0; the
+minimum over the runs is the figure to compare. Log lines go to a temporary file, as in
+production they go to a file or a pipe. subscribe needs the stand-in API: the handler's
+lookup fails fast here, so that figure is the greeting's no-name path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child(scenario: str, n: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    import uvloop
+
+    from bench import gen
+
+    creds = gen.Creds()
+    os.environ.update({
+        "WECHAT_APP_ID": creds.app_id, "WECHAT_APP_SECRET": creds.app_secret,
+        "WECHAT_TOKEN": creds.token, "WECHAT_API_BASE": "http://127.0.0.1:9",
+        "WXHOOK_LOG_LEVEL": "INFO", "WXHOOK_PROFILE_DB": os.environ["BENCH_PROFILE_DB"],
+    })
+    if scenario == "aes":
+        os.environ["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    from bench.handlers import router
+    from service.app import create_app
+    from service.config import Settings
+    from service.observability import configure_logging
+
+    configure_logging(level="INFO", fmt="json")
+    app = create_app(Settings(), router=router)
+    warm = 1000
+    pushes = list(gen.pushes(scenario, n + warm, creds, gen.Sequence()))
+
+    async def one(push: gen.Push) -> None:
+        scope = {"type": "http", "method": "POST", "path": "/wechat",
+                 "query_string": push.query.encode(), "client": ("127.0.0.1", 1),
+                 "headers": [(b"content-length", str(len(push.body)).encode())]}
+        messages = [{"type": "http.request", "body": push.body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop()
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        if sent[0]["status"] != 200:
+            raise SystemExit(f"HTTP {sent[0]['status']}: {sent[1]['body'][:200]!r}")
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            for push in pushes[:warm]:
+                await one(push)
+            started = time.process_time()
+            for i in range(warm, len(pushes), 64):
+                await asyncio.gather(*(one(p) for p in pushes[i:i + 64]))
+            per_push = (time.process_time() - started) / n * 1e6
+            print(f"{per_push:.1f}", file=sys.stderr)
+
+    uvloop.run(main())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("scenario", nargs="?", default="plain", choices=("plain", "aes", "subscribe"))
+    p.add_argument("--pushes", type=int, default=60_000)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        child(a.scenario, a.pushes)
+        return 0
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, BENCH_PROFILE_DB=str(Path(tmp) / "profiles.db"))
+        for _ in range(a.runs):
+            with open(Path(tmp) / "log", "wb") as log:
+                done = subprocess.run(
+                    ["taskset", "-c", "0", sys.executable, __file__, a.scenario, "--child",
+                     "--pushes", str(a.pushes)], stdout=log, stderr=subprocess.PIPE, env=env,
+                    check=False)
+            if done.returncode:
+                print(done.stderr.decode(), file=sys.stderr)
+                return 1
+            figures.append(float(done.stderr.decode().split()[-1]))
+    print(f"{a.scenario}: {min(figures):.1f} us of CPU a push (min of {a.runs}; all: "
+          + ", ".join(f"{f:.1f}" for f in sorted(figures)) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
