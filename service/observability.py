@@ -149,10 +149,8 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
-    shared: list[Any] = [
-        structlog.processors.add_log_level,
-        IsoTimeStamper(),
-    ]
+    stamper = IsoTimeStamper()
+    shared: list[Any] = [structlog.processors.add_log_level, stamper]
     # Every push writes a line: orjson into a LineBuffer is ~3 us cheaper a line than json
     # to a text stream, and batches the writes.
     global _buffer
@@ -176,7 +174,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         cache_logger_on_first_use=True,
     )
     global _direct
-    _direct = (_DirectInfo(processors, shared[1], renderer, _buffer)
+    _direct = (_DirectInfo(processors, stamper, renderer, _buffer)
                if _buffer is not None and fmt == "json" and fd is not None
                and logging.getLevelName(level) <= logging.INFO else None)
     handler = logging.StreamHandler(sys.stdout)
