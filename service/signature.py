@@ -85,9 +85,9 @@ class _NonceTable:
 
 def _nonce_key(nonce: str) -> int:
     """A non-zero 64-bit word per nonce: the number itself for WeChat's decimal nonces
-    ("0123" is not "123": only the canonical spelling counts as a number), a keyed hash
-    with the top bit set for anything else."""
-    if nonce.isdigit() and len(nonce) < 18 and nonce[0] != "0":
+    ("0123" is not "123", nor is "١٢٣": only the canonical ASCII spelling counts as a
+    number), a keyed hash with the top bit set for anything else."""
+    if nonce.isascii() and nonce.isdigit() and len(nonce) < 18 and nonce[0] != "0":
         return int(nonce) + 1
     h = hashlib.blake2b(nonce.encode(), digest_size=8, person=b"wxhook-nonce").digest()
     return int.from_bytes(h, "big") | (1 << 63)

@@ -193,10 +193,12 @@ class Webhook:
             # Retries get these bytes again, rebuilt from a small record rather than kept
             # whole: the retry carries the same push, the rest is deterministic (AES-CBC
             # here has a fixed IV), and a busy minute holds hundreds of thousands of replies.
-            # A text reply, nearly every reply, is kept as [its text] without its XML.
+            # A text reply, nearly every reply, is kept as [its text] without its XML, and
+            # first: an instance of the version before reads [time, tail] and rejects this
+            # shape (a retry it serves during a rolling deploy gets "success", not garbage).
             now = int(time.time())
-            body = [reply.content] if type(reply) is TextReply else tail(reply)
-            fields: list[Any] = [now, body]
+            fields: list[Any] = ([[reply.content], now] if type(reply) is TextReply
+                                 else [now, tail(reply)])
             prefix = b""
             if mode != "plain" and self.crypto is not None:
                 seed = os.urandom(20)  # one system call for the AES prefix and the nonce
@@ -219,8 +221,8 @@ class Webhook:
 
     def _rebuild(self, record: list[Any], msg: InboundMessage, prefix: bytes = b"") -> bytes:
         create_time, body, *sealed = record
-        if isinstance(body, list):
-            body = tail(TextReply(str(body[0])))
+        if isinstance(create_time, list):  # a text reply kept as its text
+            create_time, body = body, tail(TextReply(str(create_time[0])))
         xml: bytes = (envelope(to_user=msg.from_user, from_user=msg.to_user,
                                create_time=int(create_time)) + str(body)).encode()
         if sealed and self.crypto is not None:

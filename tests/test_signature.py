@@ -65,9 +65,10 @@ async def test_local_nonces_tell_apart_nonces_that_read_as_the_same_number():
     from service.signature import LocalNonces
 
     n = LocalNonces(window=300, clock=lambda: 1_000_000.0)
-    for nonce in ("123", "0123", "00123", "1" * 30, "12a"):
+    spellings = ("123", "0123", "00123", "1" * 30, "12a", "١٢٣", "１２３", "²")
+    for nonce in spellings:
         assert await n.first_seen(1_000_000, nonce, b"body-" + nonce.encode())
-    for nonce in ("123", "0123", "00123", "1" * 30, "12a"):
+    for nonce in spellings:
         assert await n.first_seen(1_000_000, nonce, b"body-" + nonce.encode())  # retries
         assert not await n.first_seen(1_000_000, nonce, b"other body")       # replays
 

@@ -183,6 +183,18 @@ async def test_one_failing_command_fails_alone(store: RedisStore,
         direct.close()
 
 
+async def test_a_pipeline_cancelled_before_it_ran_still_answers_its_callers(
+        store: RedisStore) -> None:
+    await store.set(NS + "k", b"v")
+    waiting = [asyncio.ensure_future(store.set(NS + "x", b"1")),
+               asyncio.ensure_future(store.get(NS + "k"))]
+    await asyncio.sleep(0)  # both queued; the sender has not run
+    store._batch._sender.cancel()  # type: ignore[union-attr]
+    _, pending = await asyncio.wait(waiting, timeout=5)
+    assert not pending  # answered from the local fallback, not left hanging
+    assert waiting[0].result() is True and store.down_since is not None
+
+
 async def test_a_caller_that_gives_up_costs_the_others_nothing(store: RedisStore) -> None:
     gone = asyncio.ensure_future(store.set(NS + "gone", b"1"))
     kept = asyncio.ensure_future(store.set(NS + "kept", b"2"))

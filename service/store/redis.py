@@ -202,7 +202,9 @@ class _AutoPipeline:
     Every push makes two or three of them (nonce, dedup claim, dedup record), and redis-py
     spends ~45 us of CPU on a command sent alone, ~15 us on one among 64 in a pipeline
     (bench --workers 2: 6,300 -> 11,600 plain pushes/s). A command waits for at most
-    the rest of the current loop turn, not for a timer.
+    the rest of the current loop turn, not for a timer. An error of one command (WRONGTYPE,
+    say) is that command's alone; a malformed one (the Store API takes bytes: a bug) fails
+    its whole pipeline, as a RuntimeError.
     """
 
     def __init__(self, redis: aioredis.Redis) -> None:
@@ -218,24 +220,34 @@ class _AutoPipeline:
         sender = self._sender
         if sender is None or sender.done() or sender.get_loop() is not loop:
             # The first command of this turn: a task sends the lot once the turn is done.
-            # (A sender that never ran, its loop closed or it cancelled, took nobody's
-            # commands with it: its callers are gone with it.)
+            # (Commands queued for a sender of a loop since closed went with their callers.)
             self._queue = []
             sender = self._sender = loop.create_task(self._flush())
             self._flushing.add(sender)  # (the loop keeps only a weak reference)
-            sender.add_done_callback(self._flushing.discard)
+            sender.add_done_callback(self._sent)
         self._queue.append((command, fut))
         return fut
 
+    def _sent(self, sender: asyncio.Task[None]) -> None:
+        self._flushing.discard(sender)
+        if self._sender is sender:  # cancelled before it ran: its commands were never sent
+            batch, self._queue, self._sender = self._queue, [], None
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(RedisConnectionError("the pipeline was cancelled"))
+
     async def _flush(self) -> None:
-        batch, self._queue, self._sender = self._queue, [], None
+        queued, self._queue, self._sender = self._queue, [], None
+        batch = []
         replies: list[Any] = []
         error: BaseException | None = None
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for command, _ in batch:
-                    command(pipe)
-                replies = await pipe.execute(raise_on_error=False)
+                for command, fut in queued:
+                    if not fut.done():  # (done: its caller gave up before it was sent)
+                        command(pipe)
+                        batch.append((command, fut))
+                replies = await pipe.execute(raise_on_error=False) if batch else []
         except BaseException as exc:
             error = exc
             if not isinstance(exc, Exception):
@@ -243,9 +255,11 @@ class _AutoPipeline:
         finally:
             # Whatever happened, every caller hears back: a future left pending would hang
             # a push until WeChat gives up on it.
-            for i, (_, fut) in enumerate(batch):
+            sent = {id(fut): i for i, (_, fut) in enumerate(batch)}
+            for _, fut in queued:
                 if fut.done():  # its caller gave up waiting
                     continue
+                i = sent.get(id(fut), len(replies))
                 reply = replies[i] if i < len(replies) else None
                 if error is not None or i >= len(replies):
                     # A fresh error each: one object raised in many tasks piles up tracebacks.
