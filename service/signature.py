@@ -102,7 +102,7 @@ class LocalNonces:
     the dedup replies, which must outlive a flood.
     """
 
-    def __init__(self, *, window: int, maxsize: int = 500_000,
+    def __init__(self, *, window: int, maxsize: int = 250_000,
                  clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self.maxsize = maxsize

@@ -27,7 +27,7 @@ class MemoryStore:
 
     shared = False
 
-    def __init__(self, *, maxsize: int = 400_000,
+    def __init__(self, *, maxsize: int = 200_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.maxsize = maxsize
         self.clock = clock
