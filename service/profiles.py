@@ -51,7 +51,9 @@ class Profiles:
     """Nicknames for the greeting: cached, one call per openid, bursts batched."""
 
     def __init__(self, api: WeChatAPI, repo: ProfileRepo, *, ttl: float = 3600,
-                 batch_window: float = 0.005, maxsize: int = 100_000) -> None:
+                 batch_window: float = 0.005, maxsize: int = 20_000) -> None:
+        # ~500 bytes an entry in a TTLCache: 20,000 keep a campaign's followers of the last
+        # minutes for their SCANs and re-follows; a campaign brings new ones, looked up once.
         self.api = api
         self.repo = repo
         self.batch_window = batch_window
