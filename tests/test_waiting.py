@@ -63,18 +63,19 @@ async def test_within_an_await_that_suspends_gets_its_result():
     assert await within(later(), 1.0) == "late body"
 
 
+async def _stalled(cleaned: list[bool]) -> None:
+    """Work that never finishes on its own; says when it was cleaned up."""
+    try:
+        await asyncio.sleep(10)
+    finally:
+        cleaned.append(True)
+
+
 async def test_within_times_out_and_cancels_the_work():
-    cleaned = []
-
-    async def stalled():
-        try:
-            await asyncio.sleep(10)
-        finally:
-            cleaned.append(True)
-
+    cleaned: list[bool] = []
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        await within(stalled(), 0.05)
+        await within(_stalled(cleaned), 0.05)
     assert time.monotonic() - started < 1 and cleaned == [True]
 
 
@@ -107,15 +108,8 @@ async def test_within_the_work_can_catch_what_is_thrown_in():
 
 
 async def test_within_cancelling_the_caller_cancels_the_work():
-    cleaned = []
-
-    async def stalled():
-        try:
-            await asyncio.sleep(10)
-        finally:
-            cleaned.append(True)
-
-    task = asyncio.ensure_future(within(stalled(), 5))
+    cleaned: list[bool] = []
+    task = asyncio.ensure_future(within(_stalled(cleaned), 5))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
