@@ -238,7 +238,7 @@ class _AutoPipeline:
 
     async def _flush(self) -> None:
         queued, self._queue, self._sender = self._queue, [], None
-        batch = []
+        sent: list[asyncio.Future[Any]] = []
         replies: list[Any] = []
         error: BaseException | None = None
         try:
@@ -246,28 +246,26 @@ class _AutoPipeline:
                 for command, fut in queued:
                     if not fut.done():  # (done: its caller gave up before it was sent)
                         command(pipe)
-                        batch.append((command, fut))
-                replies = await pipe.execute(raise_on_error=False) if batch else []
+                        sent.append(fut)
+                replies = await pipe.execute(raise_on_error=False) if sent else []
         except BaseException as exc:
             error = exc
             if not isinstance(exc, Exception):
                 raise
         finally:
             # Whatever happened, every caller hears back: a future left pending would hang
-            # a push until WeChat gives up on it.
-            sent = {id(fut): i for i, (_, fut) in enumerate(batch)}
-            for _, fut in queued:
+            # a push until WeChat gives up on it. (replies is empty when the pipeline failed.)
+            for fut, reply in zip(sent, replies, strict=False):
                 if fut.done():  # its caller gave up waiting
                     continue
-                i = sent.get(id(fut), len(replies))
-                reply = replies[i] if i < len(replies) else None
-                if error is not None or i >= len(replies):
-                    # A fresh error each: one object raised in many tasks piles up tracebacks.
-                    fut.set_exception(_fresh(error))
-                elif isinstance(reply, Exception):
+                if isinstance(reply, Exception):
                     fut.set_exception(reply)
                 else:
                     fut.set_result(reply)
+            for _, fut in queued:
+                if not fut.done():
+                    # A fresh error each: one object raised in many tasks piles up tracebacks.
+                    fut.set_exception(_fresh(error))
 
 
 def _fresh(exc: BaseException | None) -> Exception:
