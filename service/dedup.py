@@ -14,6 +14,7 @@ import time
 from .observability import get_logger
 from .replies import SUCCESS
 from .store.base import Store
+from .store.fifo import FifoMemory, digest
 from .waiting import wait_done
 
 _PENDING = b"\x00pending"   # claimed, reply not yet known (cannot be a valid reply)
@@ -25,29 +26,32 @@ class Dedup:
 
     def __init__(self, store: Store, *, namespace: str, ttl: float = 60.0) -> None:
         self.store = store
-        # The namespace tells apps apart in a shared store; a process-local one serves one
-        # app, and every push leaves a key in it for the whole TTL: there the push's own key
-        # ("m:<MsgId>", "e:<openid>:..."; nothing else in the store starts so) is used as is.
-        self.prefix = namespace + "dedup:" if store.shared else ""
+        self.prefix = namespace + "dedup:"
         self.ttl = ttl
         self.log = get_logger("wxhook.dedup")
-        # Claims held by this process (key -> store key, built once: it is kept in the store
-        # for the whole TTL) and, once a local retry waits, the future it waits on.
-        self._claims: dict[str, str] = {}
+        # Without a shared store the replies stay in this process, in a memory made for
+        # hundreds of thousands of them (every push leaves one for the whole TTL).
+        self.local = None if store.shared else FifoMemory(ttl=ttl)
+        # Claims held by this process (key -> where its reply goes: a store key, or the
+        # key's digest in the local memory) and, once a local retry waits, its future.
+        self._claims: dict[str, str | int] = {}
         self._waiters: dict[str, asyncio.Future[bytes]] = {}
 
     async def claim(self, key: str) -> bool:
         """True when this try is the first and must produce the reply."""
         if key in self._claims:
             return False
+        if self.local is not None:
+            # Only this process reads it: _claims is the pending marker, and the memory
+            # keeps settled replies only.
+            where = digest(key)
+            if self.local.get(where) is not None:
+                return False
+            self._claims[key] = where
+            return True
         skey = self.prefix + key
         try:
-            if not self.store.shared:
-                # Only this process reads a local store: _claims is the pending marker, and
-                # the store keeps settled replies only (one write a push, not two).
-                if await self.store.get(skey) is not None:
-                    return False
-            elif not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
+            if not await self.store.set(skey, _PENDING, ttl=self.ttl, nx=True):
                 return False
         except Exception as exc:  # noqa: BLE001 - store down: answer, at the risk of twice
             self.log.warning("dedup_unavailable", step="claim", error=type(exc).__name__)
@@ -63,12 +67,19 @@ class Dedup:
             if await wait_done(fut, deadline - time.monotonic()):
                 return fut.result()
             return SUCCESS
+        if self.local is not None:
+            return self.local.get(digest(key)) or SUCCESS
         return await self._wait_stored(self.prefix + key, deadline)
 
     async def settle(self, key: str, reply: bytes) -> None:
         """Record the reply every later try of this push gets."""
+        where = self._claims.get(key)
         try:
-            await self.store.set(self._claims.get(key) or self.prefix + key, reply, ttl=self.ttl)
+            if self.local is not None:
+                self.local.put(where if isinstance(where, int) else digest(key), reply)
+            else:
+                await self.store.set(where if isinstance(where, str) else self.prefix + key,
+                                     reply, ttl=self.ttl)
         except Exception as exc:  # noqa: BLE001 - local waiters still get the reply below
             self.log.warning("dedup_unavailable", step="settle", error=type(exc).__name__)
         finally:

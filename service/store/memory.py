@@ -1,10 +1,11 @@
 """One-process state: the default when REDIS_URL is not set.
 
-Every push writes three short-lived keys (nonce, dedup claim, dedup reply), so this is on
-the hot path and sized by load: a plain dict with expiry buckets of one second, swept as
-time passes, costs a fraction of a general-purpose TTL cache in time and memory. Each
-value carries its expiry in its last 8 bytes: a (value, expiry) tuple would add ~100 bytes
-an entry, and a busy minute holds hundreds of thousands of entries.
+It holds the access token, its refresh lock and the OAuth flow's short-lived records (a
+busy campaign page brings many). What every push leaves has memories of its own, built for
+hundreds of thousands of entries: nonces in signature.LocalNonces, retry replies in
+store.fifo.FifoMemory. A plain dict with expiry buckets of one second, swept as time
+passes, costs a fraction of a general-purpose TTL cache in time and memory; each value
+carries its expiry in its last 8 bytes rather than in a (value, expiry) tuple.
 """
 
 from __future__ import annotations
