@@ -25,7 +25,7 @@ from .observability import Metrics, get_logger, log_info, mask_openid, upstream_
 from .profiles import Profiles
 from .replies import SUCCESS, Reply, TextReply, envelope, tail
 from .store.base import Store
-from .waiting import wait_done
+from .waiting import Deadlines
 from .wechat_api import WeChatAPI
 
 Scope = dict[str, Any]
@@ -43,6 +43,9 @@ _EVENTS = frozenset({"", "subscribe", "unsubscribe", "scan", "location", "click"
                      "templatesendjobfinish", "masssendjobfinish"})
 
 
+_LATE = b"\x00late"  # what `ready` holds when the deadline came first (never a reply)
+
+
 class _Run:
     """One first try: its deadline, the reply once ready, and late delivery's future."""
 
@@ -52,6 +55,18 @@ class _Run:
         self.deadline = deadline
         self.ready = ready   # the passive reply, set as soon as it is rendered
         self.late: asyncio.Future[Reply | None] | None = None  # set when the deadline won
+
+    def answer(self, reply: bytes) -> None:
+        """The passive reply, unless the deadline came first (or the request is gone)."""
+        if not self.ready.done():
+            self.ready.set_result(reply)
+
+    def time_up(self) -> None:
+        """At the deadline: from now on the handler's reply goes to late delivery. Both
+        futures change in one step of the loop, so the handler sees one or the other."""
+        if not self.ready.done():
+            self.late = self.ready.get_loop().create_future()
+            self.ready.set_result(_LATE)
 
 
 class Webhook:
@@ -74,6 +89,7 @@ class Webhook:
         self.metrics = metrics
         self.log = get_logger("wxhook.push")
         self._running: set[asyncio.Task[None]] = set()  # strong refs to first tries' tasks
+        self._deadlines = Deadlines()  # first tries still running, in deadline order
         self._counters: dict[tuple[str, str, str], Any] = {}
         # Request ids: a random prefix per process and a counter (no syscall per push).
         self._rid = os.urandom(4).hex() + "-"
@@ -155,10 +171,17 @@ class Webhook:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         # Decided on the reply, not on the task: the task may still be recording it.
-        if await wait_done(run.ready, deadline - time.monotonic()):
-            return run.ready.result()
+        # Awaited as is: if this request is cancelled, so is `ready`, and the handler's
+        # reply still goes to the dedup record for WeChat's retry.
+        self._deadlines.add(run, deadline, run.time_up)
+        try:
+            reply = await run.ready
+        finally:
+            self._deadlines.discard(run)
+        if reply is not _LATE:
+            return reply
         # Answer in time; the handler goes on and its reply goes out through custom/send.
-        run.late = loop.create_future()
+        assert run.late is not None
         self.delivery.hand_over(run.late, openid=msg.openid, started=started)
         self.metrics.deadline_fallbacks.inc()
         rec.update(outcome="fallback", deadline_fallback=True)
@@ -187,7 +210,7 @@ class Webhook:
                 return
             rec["handler"] = ctx.handler or None
             if reply is None:
-                run.ready.set_result(SUCCESS)
+                run.answer(SUCCESS)
                 return
             rec["reply_type"] = reply.msg_type
             # Retries get these bytes again, rebuilt from a small record rather than kept
@@ -206,7 +229,7 @@ class Webhook:
                 fields += [str(now), str(int.from_bytes(seed[16:], "big")), prefix.hex()]
             xml = self._rebuild(fields, msg, prefix)
             record = orjson.dumps(fields)
-            run.ready.set_result(xml)
+            run.answer(xml)
         except Exception as exc:
             self.log.error("reply_failed", exc_info=exc, **rec)
             rec["outcome"] = "no_reply"
@@ -215,8 +238,7 @@ class Webhook:
             # Exactly one settle per claim: here, unless the deadline won (then the request
             # settled "success" itself), so no claim is left pending and no waiter hangs.
             if run.late is None:
-                if not run.ready.done():
-                    run.ready.set_result(SUCCESS)
+                run.answer(SUCCESS)
                 await self.dedup.settle(key, record)
 
     def _rebuild(self, record: list[Any], msg: InboundMessage, prefix: bytes = b"") -> bytes:
