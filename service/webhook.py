@@ -88,7 +88,7 @@ class Webhook:
         self.delivery = delivery
         self.metrics = metrics
         self.log = get_logger("wxhook.push")
-        self._running: set[asyncio.Task[None]] = set()  # strong refs to first tries' tasks
+        self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
         self._deadlines = Deadlines()  # first tries still running, in deadline order
         self._counters: dict[tuple[str, str, str], Any] = {}
         # Request ids: a random prefix per process and a counter (no syscall per push).
@@ -176,10 +176,20 @@ class Webhook:
         self._deadlines.add(run, deadline, run.time_up)
         try:
             reply = await run.ready
+        except asyncio.CancelledError:
+            if run.late is not None:  # the deadline came in the step this request was cancelled
+                overrun = loop.create_task(self._overrun(key, msg, run, started, rec))
+                self._running.add(overrun)  # (the handler left the claim to it)
+                overrun.add_done_callback(self._running.discard)
+            raise
         finally:
             self._deadlines.discard(run)
         if reply is not _LATE:
             return reply
+        return await self._overrun(key, msg, run, started, rec)
+
+    async def _overrun(self, key: str, msg: InboundMessage, run: _Run, started: float,
+                       rec: dict[str, Any]) -> bytes:
         # Answer in time; the handler goes on and its reply goes out through custom/send.
         assert run.late is not None
         self.delivery.hand_over(run.late, openid=msg.openid, started=started)

@@ -314,3 +314,34 @@ async def test_many_slow_pushes_each_answered_in_time(build, connect, sandbox):
     await app.state.delivery.drain(10)
     assert sorted(m["touser"] for m in sandbox.sent) == sorted(openids)
     assert slow.runs == 30
+
+
+async def test_a_request_cancelled_as_its_deadline_passes_still_hands_over_and_settles(
+        build, connect, sandbox, monkeypatch):
+    # The deadline and the request's cancellation (WeChat hanging up, a shutdown) land in
+    # the same step of the loop: the late reply must still go out and the claim be settled,
+    # or every retry of the push would wait out its deadline for nothing.
+    from service import webhook
+
+    slow = Slow(0.8)
+    app = build(slow.router)
+    client = connect(app)
+    openid = new_openid()
+    push = text_push(openid)
+    first = asyncio.create_task(client.post("/wechat", params=push.params, content=push.body))
+    time_up = webhook._Run.time_up
+
+    def time_up_and_hang_up(run):
+        time_up(run)
+        first.cancel()
+
+    monkeypatch.setattr(webhook._Run, "time_up", time_up_and_hang_up)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    monkeypatch.undo()
+    assert await app.state.delivery.drain(5) == 0
+    assert sandbox.sent == [{"touser": openid, "msgtype": "text",
+                             "text": {"content": "the slow answer"}}]
+    assert app.state.webhook.dedup._claims == {}
+    r, took = await timed_post(client, push)
+    assert r.content == SUCCESS and took < 0.2 and slow.runs == 1
