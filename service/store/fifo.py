@@ -86,7 +86,7 @@ class FifoMemory:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the values held."""
+        """Bytes of the log in use (a value's length; an empty one takes one)."""
         return self._bytes
 
     def get(self, key: int) -> bytes | None:
@@ -105,18 +105,19 @@ class FifoMemory:
         """Keep `value` under `key` for the TTL (a later put of a key wins over an earlier).
         False when the value is larger than the whole log: it is not kept."""
         n = len(value)
-        if n > self.max_bytes:
+        room = n or 1  # an empty value still takes a byte: no two entries start alike
+        if room > self.max_bytes:
             return False
         now = int(self.clock() * 1000)
         ring = self._ring
         while self._count and ring[4 * self._tail + 2] <= now:
             self._drop()
-        while self._count >= self.maxsize or self._bytes + n > self.max_bytes:
+        while self._count >= self.maxsize or self._bytes + room > self.max_bytes:
             self._drop()
-        off = self._room(n)
+        off = self._room(room)
         self._log[off:off + n] = value
-        self._write = off + n
-        self._bytes += n
+        self._write = off + room
+        self._bytes += room
         pos = (self._tail + self._count) % self.maxsize
         lo, hi = key & _M64, key >> 64
         ring[4 * pos] = lo
@@ -186,7 +187,7 @@ class FifoMemory:
                     index[i] = v
                     i = j
             index[i] = 0
-        n = meta & 0xFFFFFFFF
+        n = (meta & 0xFFFFFFFF) or 1
         self._bytes -= n
         self._dropped += n + 32
         self._tail = (pos + 1) % self.maxsize
