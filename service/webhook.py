@@ -76,12 +76,12 @@ class Webhook:
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
-        # Keys name the appid where they are shared (Redis); a process's own store serves one
-        # account, and ~25 bytes a key add up to megabytes in a busy minute.
-        self.namespace = f"wxhook:{settings.app_id}:" if store.shared else ""
-        self.guard = Guard(settings, store=store, namespace=self.namespace, metrics=metrics)
+        # Keys in a shared store (Redis) name the appid; without one, nonces and retry
+        # replies stay in memories of this process and use no store key.
+        namespace = f"wxhook:{settings.app_id}:"
+        self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics)
         self.crypto = self.guard.crypto
-        self.dedup = Dedup(store, namespace=self.namespace, ttl=settings.dedup_ttl)
+        self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl)
         self.router = router
         self.api = api
         self.profiles = profiles
@@ -167,9 +167,7 @@ class Webhook:
         # (the retry gets its reply) and an overrun can be answered while it goes on.
         loop = asyncio.get_running_loop()
         run = _Run(deadline, loop.create_future())
-        task = loop.create_task(self._produce(key, msg, mode, run, rec))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._keep(loop.create_task(self._produce(key, msg, mode, run, rec)))
         # Decided on the reply, not on the task: the task may still be recording it.
         # Awaited as is: if this request is cancelled, so is `ready`, and the handler's
         # reply still goes to the dedup record for WeChat's retry.
@@ -178,15 +176,19 @@ class Webhook:
             reply = await run.ready
         except asyncio.CancelledError:
             if run.late is not None:  # the deadline came in the step this request was cancelled
-                overrun = loop.create_task(self._overrun(key, msg, run, started, rec))
-                self._running.add(overrun)  # (the handler left the claim to it)
-                overrun.add_done_callback(self._running.discard)
+                # (the handler left the late reply and the claim to it)
+                self._keep(loop.create_task(self._overrun(key, msg, run, started, rec)))
             raise
         finally:
             self._deadlines.discard(run)
         if reply is not _LATE:
             return reply
         return await self._overrun(key, msg, run, started, rec)
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a task until it is done (the loop keeps only a weak reference)."""
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _overrun(self, key: str, msg: InboundMessage, run: _Run, started: float,
                        rec: dict[str, Any]) -> bytes:

@@ -90,6 +90,11 @@ async def timed_post(client: httpx.AsyncClient, push: Push) -> tuple[httpx.Respo
     return r, time.monotonic() - started
 
 
+def slow_answer_to(openid: str) -> dict[str, Any]:
+    """SLOW_ANSWER as late delivery sends it (customer-service message)."""
+    return {"touser": openid, "msgtype": "text", "text": {"content": SLOW_ANSWER.content}}
+
+
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
@@ -107,8 +112,7 @@ async def test_overrun_answers_success_in_time_and_delivers_exactly_once(
     assert took < DEADLINE + 0.2
     assert sandbox.sent == []  # not yet: the handler is still running
     assert await app.state.delivery.drain(5) == 0
-    assert sandbox.sent == [{"touser": openid, "msgtype": "text",
-                             "text": {"content": "the slow answer"}}]
+    assert sandbox.sent == [slow_answer_to(openid)]
     assert slow.runs == 1
     assert sample(metrics, "wxhook_deadline_fallbacks_total") == 1
     assert sample(metrics, "wxhook_late_deliveries_total", result="sent") == 1
@@ -340,8 +344,7 @@ async def test_a_request_cancelled_as_its_deadline_passes_still_hands_over_and_s
         await first
     monkeypatch.undo()
     assert await app.state.delivery.drain(5) == 0
-    assert sandbox.sent == [{"touser": openid, "msgtype": "text",
-                             "text": {"content": "the slow answer"}}]
+    assert sandbox.sent == [slow_answer_to(openid)]
     assert app.state.webhook.dedup._claims == {}
     r, took = await timed_post(client, push)
     assert r.content == SUCCESS and took < 0.2 and slow.runs == 1
