@@ -17,7 +17,7 @@ from service.observability import Metrics
 from service.sandbox import SandboxState, create_sandbox
 from service.simulate import Push, push_xml, sign_push
 from service.store.memory import MemoryStore
-from tests.support import AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN
+from tests.support import AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, redis_server
 
 OPENID = "oSandboxDemoFollower00000001"   # the sandbox's demo follower, "刺猬宝宝"
 
@@ -115,20 +115,21 @@ def make_push(crypto: MessageCrypto) -> Callable[..., Push]:
     return make
 
 
+@pytest.fixture(scope="session")
+def _suite_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server of the suite's own, on a free port, for the whole run."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as srv:
+        yield f"redis://127.0.0.1:{srv.port}/0"
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A real redis-server at 127.0.0.1:6379 (db 15, flushed); skip or fail when absent."""
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real Redis, flushed before and after the test: the suite's own redis-server
+    (skipped, or failed under WXHOOK_REQUIRE_REDIS=1, when redis-server is missing)."""
     import redis
 
-    url = os.environ.get("WXHOOK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    url: str = request.getfixturevalue("_suite_redis")
     r = redis.Redis.from_url(url)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        r.close()
-        if os.environ.get("WXHOOK_REQUIRE_REDIS") == "1":
-            pytest.fail(f"WXHOOK_REQUIRE_REDIS=1 but Redis at {url} is unreachable: {exc}")
-        pytest.skip(f"no Redis at {url} ({exc}); set WXHOOK_REQUIRE_REDIS=1 to make this fail")
     r.flushdb()
     yield url
     r.flushdb()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WXHOOK = str(Path(sys.executable).parent / "wxhook")
@@ -106,3 +108,68 @@ def server_process(api_base: str, *, workers: int = 1, log_path: Path | None = N
     with process(args, env=server_env(api_base, **extra),
                  ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path):
         yield f"http://127.0.0.1:{port}"
+
+
+def need_redis_server() -> None:
+    """Skip (or, under WXHOOK_REQUIRE_REDIS=1, fail) when redis-server is not installed."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("WXHOOK_REQUIRE_REDIS") == "1":
+            pytest.fail("WXHOOK_REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed (apt-get install redis-server); "
+                    "set WXHOOK_REQUIRE_REDIS=1 to make this fail")
+
+
+class RedisServer:
+    """A redis-server of the suite's own on a free port: no Redis already running on this
+    machine (127.0.0.1:6379 included) is ever touched, flushed or stopped."""
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        need_redis_server()
+        self.port = free_port()
+        self.tmp = tmp
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) and wait until it answers."""
+        conf = [a for a in self.args if a.endswith(".conf")]  # must come first
+        rest = [a for a in self.args if a not in conf and a != "--tls-port"]
+        ports = ["--port", "0", "--tls-port", str(self.port)] if "--tls-port" in self.args \
+            else ["--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            ["redis-server", *conf, *ports, "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp), *rest],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise TimeoutError(f"redis-server on {self.port} did not start")
+
+    def stop(self) -> None:
+        """SIGKILL: an outage, not a graceful shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@contextmanager
+def redis_server(tmp: Path, *args: str) -> Iterator[RedisServer]:
+    """A private redis-server for tests that stop it, require a password, or speak TLS."""
+    server = RedisServer(tmp, *args)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def isolated_redis(tmp_path: Path) -> Iterator[str]:
+    """A fresh redis-server for one test: exact counts (one token request, one lookup)
+    cannot be disturbed by any other test or test run."""
+    with redis_server(tmp_path) as srv:
+        yield f"redis://127.0.0.1:{srv.port}/0"

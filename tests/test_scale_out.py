@@ -16,16 +16,22 @@ import pytest
 import redis
 
 from service.simulate import Push, push_xml, sign_push
-from tests.support import SANDBOX_APP_ID, TOKEN, sandbox_process, server_process
-from tests.test_store_redis import isolated_redis, redis_server
+from tests.support import (
+    SANDBOX_APP_ID,
+    TOKEN,
+    isolated_redis,
+    redis_server,
+    sandbox_process,
+    server_process,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
 @pytest.fixture
-def isolated_redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A Redis of these tests' own (see tests.test_store_redis.isolated_redis)."""
-    with isolated_redis(request, tmp_path) as url:
+def isolated_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis of these tests' own (see tests.support.isolated_redis)."""
+    with isolated_redis(tmp_path) as url:
         yield url
 
 

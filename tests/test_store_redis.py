@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,80 +25,16 @@ from service.replies import SUCCESS
 from service.store.memory import MemoryStore
 from service.store.redis import RedisStore, StoreUnavailable
 from service.tokens import TokenManager
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, isolated_redis, redis_server
 
 pytestmark = pytest.mark.redis
 NS = "wxhook:wxtest:"
 
 
-class RedisServer:
-    """A redis-server of our own on a free port: the shared one at 6379 is never stopped."""
-
-    def __init__(self, tmp: Path, *args: str) -> None:
-        if shutil.which("redis-server") is None:
-            if os.environ.get("WXHOOK_REQUIRE_REDIS") == "1":
-                pytest.fail("WXHOOK_REQUIRE_REDIS=1 but redis-server is not installed")
-            pytest.skip("redis-server is not installed")
-        self.port = free_port()
-        self.tmp = tmp
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start (or restart, on the same port) and wait until it answers."""
-        conf = [a for a in self.args if a.endswith(".conf")]  # must come first
-        rest = [a for a in self.args if a not in conf and a != "--tls-port"]
-        ports = ["--port", "0", "--tls-port", str(self.port)] if "--tls-port" in self.args \
-            else ["--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            ["redis-server", *conf, *ports, "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp), *rest],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise TimeoutError(f"redis-server on {self.port} did not start")
-
-    def stop(self) -> None:
-        """SIGKILL: an outage, not a graceful shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-
-@contextmanager
-def redis_server(tmp: Path, *args: str) -> Iterator[RedisServer]:
-    """A private redis-server for tests that stop it, require a password, or speak TLS."""
-    server = RedisServer(tmp, *args)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@contextmanager
-def isolated_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A Redis no concurrent test run can flush: our own redis-server, else shared db 15.
-
-    Exact counts (one token request, one lookup) break when another run's FLUSHDB or its
-    sandbox's token lands in the middle of a test on the shared server.
-    """
-    if shutil.which("redis-server") is None:
-        yield request.getfixturevalue("redis_url")
-        return
-    with redis_server(tmp_path) as srv:
-        yield f"redis://127.0.0.1:{srv.port}/0"
-
-
 @pytest.fixture
-def isolated_redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def isolated_redis_url(tmp_path: Path) -> Iterator[str]:
     """See isolated_redis()."""
-    with isolated_redis(request, tmp_path) as url:
+    with isolated_redis(tmp_path) as url:
         yield url
 
 
