@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from handlers.defaults import default_router
 from handlers.router import Router
 
-from .config import Settings
+from .config import SANDBOX_APP_ID, Settings
 from .delivery import LateDelivery
 from .errors import WeChatAPIError
 from .oauth import OAuth
@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     api.tokens = TokenManager(store, api.fetch_token, namespace=namespace, metrics=metrics)
     # Profiles must survive a restart: Redis when shared, else an embedded SQLite file.
     own_repo = None if profile_repo is not None or store.shared else SqliteProfileRepo(
-        settings.profile_db)
+        settings.profile_db, appid=settings.app_id, sandbox_appid=SANDBOX_APP_ID)
     repo: ProfileRepo = (profile_repo if profile_repo is not None
                          else own_repo if own_repo is not None
                          else StoreProfileRepo(store, namespace=namespace))

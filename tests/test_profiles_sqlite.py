@@ -14,11 +14,12 @@ from service.profiles import StoreProfileRepo
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteProfileRepo
 from tests.conftest import OPENID
+from tests.support import SANDBOX_APP_ID as APPID
 
 
 @pytest.fixture
 async def repo(tmp_path: Path):
-    r = SqliteProfileRepo(tmp_path / "nested" / "dir" / "profiles.sqlite3")
+    r = SqliteProfileRepo(tmp_path / "nested" / "dir" / "profiles.sqlite3", appid=APPID)
     yield r
     await r.aclose()
 
@@ -44,13 +45,13 @@ async def test_file_is_private_wal_and_in_a_created_dir(repo: SqliteProfileRepo)
 
 async def test_survives_a_restart(tmp_path: Path):
     path = tmp_path / "p.sqlite3"
-    first = SqliteProfileRepo(path)
+    first = SqliteProfileRepo(path, appid=APPID)
     await first.put(OPENID, {"nickname": "刺猬宝宝"})
     await first.aclose()
     await first.aclose()  # idempotent
     with pytest.raises(RuntimeError):
         await first.get(OPENID)
-    second = SqliteProfileRepo(str(path))
+    second = SqliteProfileRepo(str(path), appid=APPID)
     assert (await second.get(OPENID)) == {"nickname": "刺猬宝宝"}
     await second.aclose()
 
@@ -58,7 +59,7 @@ async def test_survives_a_restart(tmp_path: Path):
 async def test_concurrent_merges_keep_every_field(tmp_path: Path):
     # Two repos on one file stand in for two processes; merges must not lose fields.
     path = tmp_path / "p.sqlite3"
-    a, b = SqliteProfileRepo(path), SqliteProfileRepo(path)
+    a, b = SqliteProfileRepo(path, appid=APPID), SqliteProfileRepo(path, appid=APPID)
     await asyncio.gather(*((a if i % 2 else b).put(OPENID, {f"f{i}": str(i)})
                            for i in range(40)))
     got = await a.get(OPENID)
@@ -68,7 +69,7 @@ async def test_concurrent_merges_keep_every_field(tmp_path: Path):
 
 
 async def test_dropped_repo_closes_without_warnings(tmp_path: Path):
-    r = SqliteProfileRepo(tmp_path / "p.sqlite3")
+    r = SqliteProfileRepo(tmp_path / "p.sqlite3", appid=APPID)
     await r.put(OPENID, {"nickname": "x"})
     del r  # the finalizer closes the connection; filterwarnings=error catches a leak
 
@@ -85,7 +86,7 @@ def test_app_uses_the_store_when_shared_and_a_given_repo_first(make_app, tmp_pat
 
     app = make_app(store=SharedStore())
     assert isinstance(app.state.profiles.repo, StoreProfileRepo)
-    given = SqliteProfileRepo(tmp_path / "given.sqlite3")
+    given = SqliteProfileRepo(tmp_path / "given.sqlite3", appid=APPID)
     assert make_app(profile_repo=given).state.profiles.repo is given
 
 
@@ -107,3 +108,62 @@ async def test_greeting_name_survives_an_app_restart(make_app, make_settings, up
         r = await client.post("/wechat", params=push.params, content=push.body)
     assert "Welcome, 刺猬宝宝!" in r.text
     await second.state.profiles.repo.aclose()
+
+
+async def test_profiles_are_kept_per_account(tmp_path: Path):
+    path = tmp_path / "p.sqlite3"
+    sandbox_repo = SqliteProfileRepo(path, appid=APPID)
+    production = SqliteProfileRepo(path, appid="wxproduction00000001")
+    await sandbox_repo.put(OPENID, {"nickname": "沙盒"})
+    assert await production.get(OPENID) is None
+    await production.put(OPENID, {"nickname": "真名"})
+    await production.delete(OPENID)
+    assert await sandbox_repo.get(OPENID) == {"nickname": "沙盒"}
+    await sandbox_repo.aclose()
+    await production.aclose()
+
+
+async def test_a_file_from_before_the_account_key_goes_to_the_first_real_account(tmp_path):
+    path = tmp_path / "p.sqlite3"
+    with sqlite3.connect(path) as conn:  # the schema files were written with before
+        conn.execute("CREATE TABLE profiles (openid TEXT PRIMARY KEY, data TEXT NOT NULL, "
+                     "updated_at REAL NOT NULL)")
+        conn.execute("INSERT INTO profiles VALUES (?, ?, 1.0)", (OPENID, '{"nickname": "老"}'))
+    conn.close()
+    sandbox_repo = SqliteProfileRepo(path, appid=APPID, sandbox_appid=APPID)
+    assert await sandbox_repo.get(OPENID) is None       # the sandbox never adopts them
+    real = SqliteProfileRepo(path, appid="wxproduction00000001", sandbox_appid=APPID)
+    assert await real.get(OPENID) == {"nickname": "老"}
+    other = SqliteProfileRepo(path, appid="wxanotheraccount0001", sandbox_appid=APPID)
+    assert await other.get(OPENID) is None               # adopted once, by one account
+    for r in (sandbox_repo, real, other):
+        await r.aclose()
+
+
+async def test_a_sandbox_oauth_nickname_never_greets_in_production(make_app, make_settings,
+                                                                   upstream, make_push,
+                                                                   tmp_path):
+    """The issue's path: the sandbox's OAuth flow, then production (another appid) with the
+    same default profile file; production's user/info gives no nickname."""
+    from service.sandbox import create_sandbox
+    from tests.support import SANDBOX_SECRET
+    from tests.test_oauth import client_for, sign_in
+
+    db = str(tmp_path / "var" / "profiles.sqlite3")
+    dev = make_app(settings=make_settings(WXHOOK_PROFILE_DB=db))
+    async with client_for(dev) as browser:
+        r, _ = await sign_in(browser, upstream)
+        assert r.status_code == 303
+    await dev.state.profiles.repo.aclose()
+
+    prod_id = "wxproduction00000001"
+    wechat = create_sandbox(appid=prod_id, secret=SANDBOX_SECRET)
+    wechat.state.sandbox.empty_nicknames = True
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wechat)) as http:
+        prod = make_app(settings=make_settings(WECHAT_APP_ID=prod_id, WXHOOK_PROFILE_DB=db,
+                                               WECHAT_ENCODING_AES_KEY=""), http=http)
+        push = make_push("subscribe")
+        async with client_for(prod) as client:
+            r = await client.post("/wechat", params=push.params, content=push.body)
+        await prod.state.profiles.repo.aclose()
+    assert "<Content><![CDATA[Welcome!]]></Content>" in r.text, r.text

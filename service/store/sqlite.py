@@ -5,6 +5,10 @@ since 2021-12-27), and asking a follower to authorise again is expensive, so the
 survive a restart even without Redis. The stdlib sqlite3 module blocks, so every statement
 runs on one dedicated thread that owns the connection: the event loop never waits on disk,
 and one thread means no locking inside the process (WAL and busy_timeout cover others).
+
+Rows are keyed by (appid, openid): an openid names a follower of one account only, and one
+file may serve several (the sandbox's appid and the production one, say), so a profile
+captured for one account is never shown by another.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS profiles (
-    openid     TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS account_profiles (
+    appid      TEXT NOT NULL,
+    openid     TEXT NOT NULL,
     data       TEXT NOT NULL,          -- JSON object of string fields
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (appid, openid)
 )
 """
 
@@ -45,10 +51,17 @@ def _close(holder: _Holder, executor: ThreadPoolExecutor) -> None:
 
 
 class SqliteProfileRepo:
-    """ProfileRepo on a local SQLite file (WAL mode); the file is created 0600."""
+    """ProfileRepo on a local SQLite file (WAL mode), one account's rows; the file is 0600.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    Rows of a file from before the account key belong to the first account other than
+    `sandbox_appid` that opens it (production's followers must not lose their profiles).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, appid: str,
+                 sandbox_appid: str = "") -> None:
         self.path = Path(path)
+        self.appid = appid
+        self.sandbox_appid = sandbox_appid
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wxhook-sqlite")
         self._holder = _Holder()
         # A repo dropped without aclose() (tests, scripts) must not leak the connection.
@@ -56,17 +69,17 @@ class SqliteProfileRepo:
 
     async def get(self, openid: str) -> dict[str, str] | None:
         """The stored profile, or None."""
-        return await self._run(lambda conn: _read(conn, openid))
+        return await self._run(lambda conn: _read(conn, self.appid, openid))
 
     async def put(self, openid: str, profile: dict[str, str]) -> None:
         """Merge `profile` into the stored one (same semantics as a Redis HSET)."""
         fields = {str(k): str(v) for k, v in profile.items()}
-        await self._run(lambda conn: _merge(conn, openid, fields))
+        await self._run(lambda conn: _merge(conn, self.appid, openid, fields))
 
     async def delete(self, openid: str) -> None:
         """Remove a profile (a follower asked to be forgotten)."""
-        await self._run(lambda conn: conn.execute("DELETE FROM profiles WHERE openid = ?",
-                                                  (openid,)))
+        await self._run(lambda conn: conn.execute(
+            "DELETE FROM account_profiles WHERE appid = ? AND openid = ?", (self.appid, openid)))
 
     async def aclose(self) -> None:
         """Close the connection and stop the thread."""
@@ -90,6 +103,8 @@ class SqliteProfileRepo:
         # Opened lazily, on the worker thread, so building an app touches no disk.
         if self._holder.conn is None:
             self._holder.conn = _open(self.path)
+            if self.appid != self.sandbox_appid:
+                _adopt_legacy(self._holder.conn, self.appid)
         return self._holder.conn
 
 
@@ -113,26 +128,43 @@ def _open(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _read(conn: sqlite3.Connection, openid: str) -> dict[str, str] | None:
-    row = conn.execute("SELECT data FROM profiles WHERE openid = ?", (openid,)).fetchone()
+def _adopt_legacy(conn: sqlite3.Connection, appid: str) -> None:
+    """Move the rows of a file from before the account key (table `profiles`, keyed by
+    openid alone) under `appid`, once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                        "AND name = 'profiles'").fetchone():
+            conn.execute("INSERT OR IGNORE INTO account_profiles "
+                         "SELECT ?, openid, data, updated_at FROM profiles", (appid,))
+            conn.execute("DROP TABLE profiles")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _read(conn: sqlite3.Connection, appid: str, openid: str) -> dict[str, str] | None:
+    row = conn.execute("SELECT data FROM account_profiles WHERE appid = ? AND openid = ?",
+                       (appid, openid)).fetchone()
     if row is None:
         return None
     data = json.loads(row[0])
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
 
 
-def _merge(conn: sqlite3.Connection, openid: str, fields: dict[str, str]) -> None:
+def _merge(conn: sqlite3.Connection, appid: str, openid: str, fields: dict[str, str]) -> None:
     # IMMEDIATE takes the write lock before reading, so two processes merging the same
     # follower cannot lose each other's fields.
     conn.execute("BEGIN IMMEDIATE")
     try:
-        current = _read(conn, openid) or {}
+        current = _read(conn, appid, openid) or {}
         current.update(fields)
         conn.execute(
-            "INSERT INTO profiles (openid, data, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(openid) DO UPDATE SET data = excluded.data, "
-            "updated_at = excluded.updated_at",
-            (openid, json.dumps(current, ensure_ascii=False), time.time()))
+            "INSERT INTO account_profiles (appid, openid, data, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(appid, openid) DO UPDATE SET "
+            "data = excluded.data, updated_at = excluded.updated_at",
+            (appid, openid, json.dumps(current, ensure_ascii=False), time.time()))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
