@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# With no WECHAT_* settings (environment or .env) this runs `wxhook dev`: the server plus
-# the built-in sandbox WeChat API. With credentials it runs the production server.
+# With none of the three WECHAT_* credentials (environment or .env) this runs `wxhook dev`:
+# the server plus the built-in sandbox WeChat API. With credentials it runs the production
+# server. A malformed setting stops here with the message `wxhook serve` gives (exit 2).
 run: install
-	@if $(PY) -m service.config; then $(VENV)/bin/wxhook serve; else $(VENV)/bin/wxhook dev; fi
+	@$(PY) -m service.config; rc=$$?; \
+	if [ $$rc = 0 ]; then exec $(VENV)/bin/wxhook serve; \
+	elif [ $$rc = 3 ]; then exec $(VENV)/bin/wxhook dev; \
+	else exit $$rc; fi
 
 test: install
 	@bash tests/setup.sh

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import traceback
 
+from service.config import SettingsError
 from service.messages import InboundMessage, TextMessage
 from service.replies import TextReply
 
@@ -28,11 +30,38 @@ def keyword(words: set[str]) -> Router:
 
 
 def load_router(spec: str) -> Router:
-    """Import "package.module:name" and return that Router."""
+    """Import "package.module:name" and return that Router; SettingsError says what failed.
+
+    The module is looked up on the import path, which `wxhook` extends with the directory
+    it runs in (cli.main), so an owner's package next to where `wxhook` starts is found.
+    """
     module_name, _, attr = spec.partition(":")
-    found = getattr(importlib.import_module(module_name), attr, None)
+    where = f"WXHOOK_HANDLERS={spec}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            top = module_name.partition(".")[0]
+            raise SettingsError(
+                f"{where}: no module {exc.name!r} on the import path; run wxhook from the "
+                f"directory that holds {top}/, or add that directory to PYTHONPATH") from None
+        raise SettingsError(f"{where}: importing {module_name} failed: {exc} (install it "
+                            "where wxhook runs)") from None
+    except Exception as exc:  # noqa: BLE001 - the owner's code: say where it broke, one line
+        if isinstance(exc, SyntaxError):
+            detail, at = exc.msg, f"{exc.filename}, line {exc.lineno}"
+        else:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            detail, at = str(exc), f"{frame.filename}, line {frame.lineno}"
+        raise SettingsError(f"{where}: importing {module_name} raised "
+                            f"{type(exc).__name__}: {detail} ({at})") from None
+    found = getattr(module, attr, None)
+    if found is None:
+        raise SettingsError(f"{where}: {module_name} ({module.__file__}) has no {attr!r}; "
+                            f"define `{attr} = Router()` there or name the one it has")
     if not isinstance(found, Router):
-        raise TypeError(f"WXHOOK_HANDLERS: {spec} is not a handlers.router.Router")
+        raise SettingsError(f"{where}: {module_name}.{attr} is a {type(found).__name__}, "
+                            "not a handlers.router.Router")
     return found
 
 

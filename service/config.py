@@ -19,6 +19,7 @@ SANDBOX_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9]{3,32}")
 _AES_RE = re.compile(r"[A-Za-z0-9]{43}")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 
 
 class SettingsError(Exception):
@@ -28,8 +29,11 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     """Everything wxhook reads from its environment; secrets are SecretStr and never printed."""
 
+    # env_ignore_empty: `NAME=` (as in a copied .env.example) means "not set", so the
+    # default applies; the model validator below does the same for blank keyword overrides.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", populate_by_name=True, case_sensitive=False
+        env_file=".env", extra="ignore", populate_by_name=True, case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     app_id: str = Field("", alias="WECHAT_APP_ID")
@@ -59,15 +63,23 @@ class Settings(BaseSettings):
     sandbox: bool = Field(False, alias="WXHOOK_SANDBOX")
     # Extra routers, "package.module:router" comma-separated, consulted before the defaults.
     handlers: str = Field("", alias="WXHOOK_HANDLERS")
+    # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's syntax: IPs, CIDRs, "*").
+    forwarded_allow_ips: str = Field("127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: Any) -> Any:
+        # Optional settings given as "" or spaces take their default, wherever they come from.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+        return data
 
     @field_validator("token")
     @classmethod
     def _token_shape(cls, v: SecretStr) -> SecretStr:
         raw = v.get_secret_value()
         if raw and not _TOKEN_RE.fullmatch(raw):
-            raise ValueError(
-                f"must be 3-32 characters of A-Z a-z 0-9 (got {len(raw)} characters)"
-            )
+            raise ValueError(_shape_fault(raw, "3-32", 3, 32))
         return v
 
     @field_validator("encoding_aes_key")
@@ -77,11 +89,22 @@ class Settings(BaseSettings):
             return None
         for i, key in enumerate(k.strip() for k in v.get_secret_value().split(",")):
             if not _AES_RE.fullmatch(key):
-                raise ValueError(
-                    f"key #{i + 1} must be exactly 43 characters of A-Z a-z 0-9 "
-                    f"(got {len(key)} characters)"
-                )
+                raise ValueError(f"key #{i + 1} " + _shape_fault(key, "exactly 43", 43, 43))
         return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_shape(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        url = v.get_secret_value().strip()
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                "must be a Redis URL: redis://[:password@]host:6379/0, rediss:// (TLS), "
+                "unix:///path/redis.sock or redis+sentinel://host:26379/master"
+                + (f" (got scheme {scheme}://)" if scheme else ""))
+        return SecretStr(url)
 
     @field_validator("api_base", "oauth_base", "public_base_url")
     @classmethod
@@ -103,6 +126,20 @@ class Settings(BaseSettings):
         for spec in filter(None, (p.strip() for p in v.split(","))):
             if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
                 raise ValueError(f"{spec!r} is not of the form package.module:router")
+        return v
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        import ipaddress
+
+        for item in filter(None, (p.strip() for p in v.split(","))):
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address, a CIDR network or *") from None
         return v
 
     @field_validator("greeting")
@@ -129,7 +166,8 @@ class Settings(BaseSettings):
         if missing and not self.sandbox:
             raise ValueError(
                 "missing " + ", ".join(missing)
-                + " (set them in the environment or .env; `wxhook dev` needs none)"
+                + f" (set {'it' if len(missing) == 1 else 'them'} in the environment or .env;"
+                " `wxhook dev` needs none)"
             )
         if not self.session_secret.get_secret_value():
             # Derived, so a single-process setup works; documented as "set it in production"
@@ -163,6 +201,18 @@ class Settings(BaseSettings):
         }
 
 
+def _shape_fault(value: str, length: str, low: int, high: int) -> str:
+    """What is wrong with a secret's shape, without showing the secret."""
+    bad = sorted({c for c in value if not c.isascii() or not c.isalnum()})
+    if bad:
+        # The offending characters only (never a letter or digit of the secret).
+        shown = " ".join(repr(c) for c in bad[:5])
+        return f"may contain only A-Z a-z 0-9, found {shown}"
+    if not low <= len(value) <= high:
+        return f"must be {length} characters of A-Z a-z 0-9 (got {len(value)} characters)"
+    return f"must be {length} characters of A-Z a-z 0-9"
+
+
 def mask(secret: str) -> str:
     """Show a secret's length and nothing of its content."""
     return f"***({len(secret)})" if secret else ""
@@ -189,21 +239,41 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_input=False, include_url=False):
-            loc = err.get("loc") or ()
-            name = str(loc[0]) if loc else ""
-            field = Settings.model_fields.get(name)
-            env = (field.alias if field and field.alias else name).upper()
-            msg = str(err.get("msg", "")).removeprefix("Value error, ")
-            lines.append(f"{env}: {msg}" if env else msg)
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+        raise SettingsError(describe(exc)) from None
 
 
-def has_credentials() -> bool:
-    """True when the environment or .env names a real account."""
-    return bool(Settings(WXHOOK_SANDBOX=True).app_id != SANDBOX_APP_ID)
+def describe(exc: ValidationError) -> str:
+    """pydantic's errors as lines naming each variable; input values are never included."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = err.get("loc") or ()
+        name = str(loc[0]) if loc else ""
+        field = Settings.model_fields.get(name)
+        env = (field.alias if field and field.alias else name).upper()
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"{env}: {msg}" if env else msg)
+    if len(lines) == 1:
+        return "invalid settings: " + lines[0]
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
-if __name__ == "__main__":  # `python -m service.config`: exit 0 when credentials are set
-    sys.exit(0 if has_credentials() else 1)
+def credentials_given() -> bool:
+    """True when the environment or .env sets any of the account's three credentials.
+
+    Raises SettingsError (never pydantic's error, whose text may quote a value) when a
+    setting is malformed.
+    """
+    return load_settings(WXHOOK_SANDBOX=True).app_id != SANDBOX_APP_ID
+
+
+def main() -> int:
+    """`python -m service.config` for `make run`: 0 credentials, 3 none, 2 malformed."""
+    try:
+        return 0 if credentials_given() else 3
+    except SettingsError as exc:
+        print(f"wxhook: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,8 +50,10 @@ def wait_http(url: str, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] 
 
 @contextmanager
 def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: str,
-            log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a process, wait until `ready_url` answers, stop it (SIGTERM, then SIGKILL).
+            log_path: Path | None = None,
+            cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a process (in `cwd`, default the repository), wait until `ready_url` answers,
+    stop it (SIGTERM, then SIGKILL).
 
     Output always goes to a file: a pipe nobody reads fills up and blocks a chatty server.
     """
@@ -64,7 +66,7 @@ def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: st
         log_path = Path(name)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)
+                                cwd=cwd or ROOT, start_new_session=True)
         try:
             wait_http(ready_url, proc=proc, log_path=log_path)
             yield proc
@@ -79,13 +81,20 @@ def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: st
 
 
 @contextmanager
-def sandbox_process(**opts: str) -> Iterator[str]:
-    """`wxhook sandbox` on a free port; yields its base URL."""
+def sandbox_process(*, cwd: Path | None = None, env: dict[str, str] | None = None,
+                    **opts: str) -> Iterator[str]:
+    """`wxhook sandbox` on a free port; yields its base URL.
+
+    It reads settings as serve does (environment, .env): by default it runs in an empty
+    directory, so a developer's .env in the repository cannot change the account it serves.
+    """
     port = free_port()
     args = [WXHOOK, "sandbox", "--port", str(port)]
     for k, v in opts.items():
         args += [f"--{k.replace('_', '-')}"] + ([v] if v else [])
-    with process(args, ready_url=f"http://127.0.0.1:{port}/"):
+    with tempfile.TemporaryDirectory(prefix="wxhook-sandbox-") as empty, \
+            process(args, env=env, ready_url=f"http://127.0.0.1:{port}/",
+                    cwd=cwd or Path(empty)):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -101,12 +110,12 @@ def server_env(api_base: str, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def server_process(api_base: str, *, workers: int = 1, log_path: Path | None = None,
-                   **extra: str) -> Iterator[str]:
+                   cwd: Path | None = None, **extra: str) -> Iterator[str]:
     """`wxhook serve` on a free port against `api_base`; yields its base URL."""
     port = free_port()
     args = [WXHOOK, "serve", "--port", str(port), "--workers", str(workers)]
     with process(args, env=server_env(api_base, **extra),
-                 ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path):
+                 ready_url=f"http://127.0.0.1:{port}/healthz", log_path=log_path, cwd=cwd):
         yield f"http://127.0.0.1:{port}"
 
 

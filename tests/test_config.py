@@ -68,3 +68,107 @@ def test_mask_url():
                   "unix:///run/redis.sock?password=s3cret", "redis://:pw@[::1:6379/0"):
         shown = mask_url(leaky)
         assert "ss@h" not in shown and "s3cret" not in shown and "pw" not in shown, shown
+
+
+def test_empty_values_are_unset_as_in_a_copied_env_example(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(
+        "WECHAT_APP_ID=wxfromdotenv\nWECHAT_APP_SECRET=a\nWECHAT_TOKEN=abc\n"
+        "WECHAT_ENCODING_AES_KEY=\nREDIS_URL=\nWECHAT_API_BASE=\nSESSION_SECRET=\n"
+        "WXHOOK_DEADLINE=\nWXHOOK_HANDLERS=\nWXHOOK_GREETING=  \n")
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.redis_url is None and s.encoding_aes_key is None
+    assert s.api_base == "https://api.weixin.qq.com" and s.deadline == 4.0
+    assert s.greeting == "Welcome, {nickname}!" and s.session_secret.get_secret_value()
+
+
+@pytest.mark.parametrize("url", ["http://qqhost", "qqhost:6379", "redis//qqhost",
+                                 "https://:pw9@qqhost/0"])
+def test_a_malformed_redis_url_is_one_line_naming_the_variable(url):
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_env_file=None, **GOOD, REDIS_URL=url)
+    text = str(exc.value)
+    assert text.startswith("invalid settings: REDIS_URL: must be a Redis URL") and "\n" not in text
+    assert "pw9" not in text and "qqhost" not in text
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:p@h:6380/1",
+                                 "unix:///run/redis.sock?db=0",
+                                 "redis+sentinel://:p@s1:26379,s2:26379/mymaster/0"])
+def test_every_documented_redis_url_form_is_accepted(url):
+    s = load_settings(_env_file=None, **GOOD, REDIS_URL=url)
+    assert s.redis_url is not None and s.redis_url.get_secret_value() == url
+
+
+def test_a_token_message_names_the_real_fault_and_never_the_value():
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_env_file=None, **{**GOOD, "WECHAT_TOKEN": "my-token-1"})
+    assert str(exc.value) == ("invalid settings: WECHAT_TOKEN: may contain only A-Z a-z 0-9, "
+                              "found '-'")
+    with pytest.raises(SettingsError, match=r"must be 3-32 characters of A-Z a-z 0-9 \(got 40"):
+        load_settings(_env_file=None, **{**GOOD, "WECHAT_TOKEN": "x" * 40})
+    with pytest.raises(SettingsError, match="key #1 may contain only A-Z a-z 0-9, found '/'"):
+        load_settings(_env_file=None, **GOOD, WECHAT_ENCODING_AES_KEY="a/" + "b" * 41)
+
+
+def test_one_missing_credential_reads_as_one():
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_env_file=None, **{**GOOD, "WECHAT_TOKEN": ""})
+    assert "missing WECHAT_TOKEN (set it in the environment or .env" in str(exc.value)
+    with pytest.raises(SettingsError, match="missing WECHAT_APP_SECRET, WECHAT_TOKEN .set them"):
+        load_settings(_env_file=None, WECHAT_APP_ID="wx1")
+
+
+@pytest.mark.parametrize(("value", "ok"), [("127.0.0.1", True), ("10.0.0.0/8, ::1", True),
+                                           ("*", True), ("nginx.local", False)])
+def test_forwarded_allow_ips(value, ok):
+    if ok:
+        assert load_settings(_env_file=None, **GOOD, WXHOOK_FORWARDED_ALLOW_IPS=value)
+    else:
+        with pytest.raises(SettingsError, match="WXHOOK_FORWARDED_ALLOW_IPS: 'nginx.local'"):
+            load_settings(_env_file=None, **GOOD, WXHOOK_FORWARDED_ALLOW_IPS=value)
+
+
+def _run(args, env, cwd):
+    import os
+    import subprocess
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WECHAT_", "WXHOOK_"))
+            and k != "REDIS_URL"}
+    return subprocess.run(args, env={**base, **env}, cwd=cwd, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize(("env", "code"), [
+    ({}, 3),                                                       # nothing: make run -> dev
+    ({"WECHAT_APP_ID": "", "REDIS_URL": ""}, 3),                   # empty is unset
+    (GOOD, 0),                                                     # make run -> serve
+    ({"WECHAT_APP_ID": "wx1"}, 0),                                 # serve says what is missing
+])
+def test_make_runs_decision(env, code, tmp_path):
+    import sys
+
+    res = _run([sys.executable, "-m", "service.config"], env, tmp_path)
+    assert res.returncode == code, res.stderr
+    assert res.stdout == res.stderr == ""
+
+
+def test_make_runs_decision_with_a_malformed_value_says_what_serve_says(tmp_path):
+    import sys
+
+    from tests.support import WXHOOK
+
+    env = {**GOOD, "WECHAT_TOKEN": "my-token-1"}
+    decided = _run([sys.executable, "-m", "service.config"], env, tmp_path)
+    served = _run([WXHOOK, "serve"], env, tmp_path)
+    assert decided.returncode == served.returncode == 2
+    assert decided.stderr == served.stderr == (
+        "wxhook: invalid settings: WECHAT_TOKEN: may contain only A-Z a-z 0-9, found '-'\n")
+
+
+def test_serve_workers_with_an_empty_redis_url_is_refused_plainly(tmp_path):
+    from tests.support import WXHOOK
+
+    res = _run([WXHOOK, "serve", "--workers", "2"], {**GOOD, "REDIS_URL": ""}, tmp_path)
+    assert res.returncode == 2 and "--workers N > 1 needs REDIS_URL" in res.stderr
+    assert "Traceback" not in res.stderr

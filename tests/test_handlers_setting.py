@@ -1,35 +1,56 @@
-"""WXHOOK_HANDLERS plugs a developer's routers in front of the defaults."""
+"""WXHOOK_HANDLERS plugs an owner's routers in front of the defaults, imported from files.
 
-import sys
-import types
+Every module here is a real file on disk imported through the import path (never a module
+planted in sys.modules), because that path is what broke for owners.
+"""
 
+import subprocess
+import textwrap
+from pathlib import Path
+
+import httpx
 import pytest
 
 from handlers.defaults import default_router
-from handlers.router import Router
 from service.config import SettingsError
+from service.simulate import decode_reply, push_xml, sign_push
+from tests.support import TOKEN, WXHOOK, sandbox_process, server_process
+
+ECHO = """
+from handlers.router import Context, Router
+from service.messages import InboundMessage, TextMessage
 from service.replies import TextReply
-from service.simulate import decode_reply
+
+router = Router()
+not_a_router = object()
+
+
+@router.message("text")
+async def echo(msg: InboundMessage, ctx: Context) -> TextReply | None:
+    if isinstance(msg, TextMessage):
+        return TextReply(f"You said: {msg.content}")
+    return None
+"""
+
+
+def write_package(root: Path, name: str, body: str, module: str = "handlers") -> None:
+    """`root/name/__init__.py` and `root/name/<module>.py`."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    (root / name / f"{module}.py").write_text(textwrap.dedent(body))
 
 
 @pytest.fixture
-def custom_module(monkeypatch):
-    mod = types.ModuleType("my_account_handlers")
-    mod.router = Router()
-
-    @mod.router.message("text")
-    async def echo(msg, ctx):
-        return TextReply(f"You said: {msg.content}")
-
-    mod.not_a_router = object()
-    monkeypatch.setitem(sys.modules, "my_account_handlers", mod)
-    return mod
+def owner_dir(tmp_path, monkeypatch):
+    """A directory on the import path, as `wxhook` makes its working directory."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
 
 
 async def test_custom_router_answers_before_defaults(make_app, make_settings, make_push,
-                                                     custom_module):
-    import httpx
-    app = make_app(settings=make_settings(WXHOOK_HANDLERS="my_account_handlers:router"))
+                                                     owner_dir):
+    write_package(owner_dir, "acct_echo", ECHO)
+    app = make_app(settings=make_settings(WXHOOK_HANDLERS="acct_echo.handlers:router"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         push = make_push("text", text="hi")
         r = await c.post("/wechat", params=push.params, content=push.body)
@@ -39,8 +60,59 @@ async def test_custom_router_answers_before_defaults(make_app, make_settings, ma
     assert decode_reply(s.content, crypto=None)["Content"] == "Welcome, 刺猬宝宝!"
 
 
-def test_bad_specs_are_refused(make_settings, custom_module):
+def test_a_malformed_spec_is_refused(make_settings):
     with pytest.raises(SettingsError, match="WXHOOK_HANDLERS"):
         make_settings(WXHOOK_HANDLERS="no-colon")
-    with pytest.raises(TypeError):
-        default_router("my_account_handlers:not_a_router")
+
+
+@pytest.mark.parametrize(("files", "spec", "says"), [
+    ({}, "acct_none.handlers:router",
+     "no module 'acct_none' on the import path; run wxhook from the directory that holds "
+     "acct_none/, or add that directory to PYTHONPATH"),
+    ({"acct_a": ECHO}, "acct_a.handler:router", "no module 'acct_a.handler'"),
+    ({"acct_b": ECHO}, "acct_b.handlers:routr", "has no 'routr'; define `routr = Router()`"),
+    ({"acct_c": ECHO}, "acct_c.handlers:not_a_router",
+     "acct_c.handlers.not_a_router is a object, not a handlers.router.Router"),
+    ({"acct_d": "import acct_dependency_not_installed\n"}, "acct_d.handlers:router",
+     "importing acct_d.handlers failed: No module named 'acct_dependency_not_installed'"),
+    ({"acct_e": "router = 1 / 0\n"}, "acct_e.handlers:router",
+     "raised ZeroDivisionError: division by zero ("),
+    ({"acct_f": "def broken(:\n"}, "acct_f.handlers:router", "raised SyntaxError: "),
+])
+def test_an_import_failure_is_one_line_naming_the_module(owner_dir, files, spec, says):
+    for name, body in files.items():
+        write_package(owner_dir, name, body)
+    with pytest.raises(SettingsError) as exc:
+        default_router(spec)
+    text = str(exc.value)
+    assert says in text and "\n" not in text and text.startswith(f"WXHOOK_HANDLERS={spec}: ")
+    if "raised" in says:  # the owner's own bug: where it is
+        assert str(owner_dir / spec.split(".")[0] / "handlers.py") in text
+
+
+@pytest.mark.slow
+def test_serve_imports_a_package_from_its_working_directory(tmp_path):
+    """`wxhook serve` started in the owner's directory, nothing on PYTHONPATH."""
+    write_package(tmp_path, "my_account", ECHO)
+    with sandbox_process() as api, server_process(
+            api, cwd=tmp_path, WXHOOK_HANDLERS="my_account.handlers:router",
+            WECHAT_ENCODING_AES_KEY="") as url:
+        push = sign_push(push_xml("text", openid="oOwnerTest000000000000000001", text="价格?"),
+                         token=TOKEN, openid="oOwnerTest000000000000000001")
+        r = httpx.post(url + "/wechat", params=push.params, content=push.body)
+    assert decode_reply(r.content, crypto=None)["Content"] == "You said: 价格?"
+
+
+@pytest.mark.slow
+def test_serve_with_a_missing_module_stops_in_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "WECHAT_APP_ID": "wx1234567890abcdef",
+           "WECHAT_APP_SECRET": "secret-value-1", "WECHAT_TOKEN": "tokenValue1",
+           "WXHOOK_HANDLERS": "my_account.handlers:router"}
+    res = subprocess.run([WXHOOK, "serve", "--port", "1"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        "wxhook: WXHOOK_HANDLERS=my_account.handlers:router: no module 'my_account' on the "
+        "import path; run wxhook from the directory that holds my_account/, or add that "
+        "directory to PYTHONPATH"]
+    assert res.stdout == ""
