@@ -13,6 +13,8 @@ from typing import Any
 
 from .config import Settings, SettingsError, load_settings
 
+SANDBOX_PROFILE_DB = "var/profiles-sandbox.sqlite3"
+
 
 def _settings_or_exit(**overrides: Any) -> Settings:
     try:
@@ -22,14 +24,59 @@ def _settings_or_exit(**overrides: Any) -> Settings:
         sys.exit(2)
 
 
+def _handlers_or_exit(settings: Settings) -> None:
+    """Import the owner's routers once before any worker starts, or say in one line why not."""
+    from handlers.defaults import default_router
+
+    try:
+        default_router(settings.handlers)
+    except SettingsError as exc:
+        print(f"wxhook: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _app_or_exit(settings: Settings) -> Any:
+    """create_app(), or the one-line reason it cannot be built (WXHOOK_HANDLERS) and exit 2."""
+    from .app import create_app
+
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        print(f"wxhook: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return _BehindProxy(app, settings.forwarded_allow_ips)
+
+
+class _BehindProxy:
+    """uvicorn's X-Forwarded-* handling for every route but /wechat.
+
+    The client address matters to the OAuth routes (their per-client limits, the logs);
+    behind nginx it is nginx's unless the proxy is trusted. /wechat authenticates by
+    signature and never reads it, so the push path skips the middleware's cost.
+    """
+
+    def __init__(self, app: Any, trusted: str) -> None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        self.app = app
+        self.proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/wechat":
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+        return await self.proxied(scope, receive, send)
+
+
 def app_factory() -> Any:
     """The ASGI app from the environment (uvicorn --factory, one per worker)."""
-    from .app import create_app
     from .observability import configure_logging
 
     settings = _settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    app = create_app(settings)
+    app = _app_or_exit(settings)
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not metrics_dir:
         return app
@@ -108,8 +155,8 @@ def _prepare_metrics_dir() -> str | None:
 
 
 def _uvicorn_kwargs() -> dict[str, Any]:
-    # proxy_headers off: nothing reads the client address, and uvicorn's middleware for it
-    # costs ~5% of a push. nginx logs the real address (deploy/nginx).
+    # proxy_headers off here: uvicorn's middleware would wrap /wechat too (~5% of a push);
+    # _BehindProxy applies it, from WXHOOK_FORWARDED_ALLOW_IPS, to the other routes only.
     return {"loop": "uvloop", "http": "httptools", "access_log": False, "log_config": None,
             "server_header": False, "timeout_graceful_shutdown": 15, "backlog": 4096,
             "proxy_headers": False}
@@ -120,6 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings_or_exit()
+    _handlers_or_exit(settings)
     if args.workers > 1 and settings.redis_url is None:
         print("wxhook: --workers N > 1 needs REDIS_URL: without shared state each worker "
               "would fetch its own access token (killing the others', errcode 40001) and "
@@ -144,7 +192,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """The server plus the built-in sandbox WeChat API, no credentials needed."""
     import uvicorn
 
-    from .app import create_app
     from .observability import configure_logging
     from .sandbox import create_sandbox
 
@@ -153,11 +200,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=base,
                                  WECHAT_OAUTH_BASE=base,
                                  PUBLIC_BASE_URL=f"http://127.0.0.1:{args.port}")
+    if "profile_db" not in settings.model_fields_set:
+        # Profiles the sandbox's OAuth flow captures are not production's followers.
+        settings = settings.model_copy(update={"profile_db": SANDBOX_PROFILE_DB})
     configure_logging(level=settings.log_level, fmt=os.environ.get("WXHOOK_LOG_FORMAT", "console"))
     sandbox = create_sandbox(appid=settings.app_id,
                              secret=settings.app_secret.get_secret_value())
     servers = [
-        uvicorn.Server(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+        uvicorn.Server(uvicorn.Config(_app_or_exit(settings), host=args.host, port=args.port,
                                       **_uvicorn_kwargs())),
         uvicorn.Server(uvicorn.Config(sandbox, host="127.0.0.1", port=sb_port,
                                       **_uvicorn_kwargs())),
@@ -185,15 +235,17 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """The stand-in WeChat API alone."""
     import uvicorn
 
-    from .config import SANDBOX_APP_ID, SANDBOX_APP_SECRET
     from .sandbox import create_sandbox
 
-    app = create_sandbox(appid=args.appid or os.environ.get("WECHAT_APP_ID") or SANDBOX_APP_ID,
-                         secret=args.secret or os.environ.get("WECHAT_APP_SECRET")
-                         or SANDBOX_APP_SECRET,
+    # The same settings as serve and check (environment, then .env), so a `check` pointed
+    # here finds the account it was configured with; none set: the sandbox's own.
+    settings = _settings_or_exit(WXHOOK_SANDBOX=True)
+    appid = args.appid or settings.app_id
+    app = create_sandbox(appid=appid,
+                         secret=args.secret or settings.app_secret.get_secret_value(),
                          latency=args.latency, empty_nicknames=args.empty_nicknames)
-    print(f"wxhook sandbox on http://{args.host}:{args.port} (control API under /_sandbox/)",
-          flush=True)
+    print(f"wxhook sandbox on http://{args.host}:{args.port} for appid {appid} "
+          "(control API under /_sandbox/)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, **_uvicorn_kwargs())
     return 0
 
@@ -205,55 +257,117 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(WXHOOK_SANDBOX=True)
     return asyncio.run(simulate(settings, kind=args.kind, url=args.url, openid=args.openid,
                                 text=args.text, event_key=args.event_key, aes=args.aes,
-                                repeat=args.repeat))
+                                repeat=args.repeat, insecure=args.insecure))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate settings and reach the WeChat API; non-zero exit on failure."""
     from .check import run_check
+    from .observability import configure_logging
 
-    return asyncio.run(run_check())
+    # The report is the output: a token refresh or Redis warning line must not cut into it.
+    configure_logging(level="CRITICAL", fmt="console")
+    env_file: dict[str, str] | None = None
+    if args.env_file:
+        from .envfile import read_env_file
+
+        try:
+            env_file = read_env_file(args.env_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"wxhook: cannot read --env-file {args.env_file}: "
+                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return 2
+    return asyncio.run(run_check(env_file=env_file))
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: its --help shows every option's default."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
-    p = argparse.ArgumentParser(prog="wxhook", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="the production server (settings from env and .env)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="wxhook", description=__doc__, formatter_class=fmt,
+        epilog="Settings come from the environment and from .env in the directory wxhook "
+               "runs in (see .env.example). That directory is also on the import path, so "
+               "WXHOOK_HANDLERS=my_account.handlers:router finds ./my_account/handlers.py.")
+    # Every subcommand's --help shows the defaults (those added elsewhere too).
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("serve", help="the production server (settings from env and .env)",
+                       description="The production server; settings from the environment "
+                                   "and .env.")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface, as in a container)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes; more than 1 needs REDIS_URL (shared token, dedup)")
     s.set_defaults(func=cmd_serve)
-    d = sub.add_parser("dev", help="the server plus the built-in sandbox; no credentials")
-    d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=8000)
-    d.add_argument("--sandbox-port", type=int, default=0)
+    d = sub.add_parser("dev", help="the server plus the built-in sandbox; no credentials",
+                       description="The server plus the built-in sandbox WeChat API on the "
+                                   "next port; no credentials needed. Profiles go to "
+                                   f"{SANDBOX_PROFILE_DB} unless WXHOOK_PROFILE_DB is set.",
+                       )
+    d.add_argument("--host", default="127.0.0.1", help="address the server listens on")
+    d.add_argument("--port", type=int, default=8000, help="the server's port")
+    d.add_argument("--sandbox-port", type=int, default=0,
+                   help="the sandbox API's port (0: the server's port + 1)")
     d.set_defaults(func=cmd_dev)
-    b = sub.add_parser("sandbox", help="the stand-in WeChat API alone")
-    b.add_argument("--host", default="127.0.0.1")
-    b.add_argument("--port", type=int, default=8001)
-    b.add_argument("--appid", default="")
-    b.add_argument("--secret", default="")
-    b.add_argument("--latency", type=float, default=0.0)
+    b = sub.add_parser("sandbox", help="the stand-in WeChat API alone",
+                       description="The stand-in WeChat API alone, for the account in the "
+                                   "environment or .env (the sandbox's own when none is "
+                                   "set). Point WECHAT_API_BASE and WECHAT_OAUTH_BASE at it.",
+                       )
+    b.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    b.add_argument("--port", type=int, default=8001, help="port to listen on")
+    b.add_argument("--appid", default="", help="the appid it accepts (default: WECHAT_APP_ID)")
+    b.add_argument("--secret", default="",
+                   help="the secret it accepts (default: WECHAT_APP_SECRET)")
+    b.add_argument("--latency", type=float, default=0.0,
+                   help="seconds each API answer is delayed")
     b.add_argument("--empty-nicknames", action="store_true",
                    help="answer user/info like WeChat since 2021-12-27 (no nickname)")
     b.set_defaults(func=cmd_sandbox)
-    m = sub.add_parser("simulate", help="send a signed push as WeChat would; print the reply")
+    m = sub.add_parser("simulate", help="send a signed push as WeChat would; print the reply",
+                       description="Sign (and with --aes encrypt) a push exactly as WeChat "
+                                   "does, with WECHAT_TOKEN and WECHAT_ENCODING_AES_KEY from "
+                                   "the environment or .env (the sandbox's when none is set), "
+                                   "send it and print the decoded reply.",
+                       )
     m.add_argument("kind", help="subscribe, unsubscribe, SCAN, CLICK, ... or text, image, ...")
-    m.add_argument("--url", default="http://127.0.0.1:8000/wechat")
-    m.add_argument("--openid", default="oSandboxDemoFollower00000001")
-    m.add_argument("--text", default="hello")
-    m.add_argument("--event-key", default="")
+    m.add_argument("--url", default="http://127.0.0.1:8000/wechat", help="the push URL")
+    m.add_argument("--openid", default="oSandboxDemoFollower00000001",
+                   help="the sender (FromUserName)")
+    m.add_argument("--text", default="hello", help="Content of a text message")
+    m.add_argument("--event-key", default="", help="EventKey of an event (CLICK, SCAN, ...)")
     m.add_argument("--aes", action="store_true", help="encrypt as in safe mode")
     m.add_argument("--repeat", type=int, default=1, help="send the same push N times (retries)")
+    m.add_argument("--insecure", action="store_true",
+                   help="do not verify the server's TLS certificate (a self-signed https URL)")
     m.set_defaults(func=cmd_simulate)
-    c = sub.add_parser("check", help="validate settings and reach the WeChat API")
+    c = sub.add_parser("check", help="validate settings and reach the WeChat API",
+                       description="Validate the settings, fetch an access token, call "
+                                   "getcallbackip and ping Redis; say what to fix. Exit 0 "
+                                   "only when ready to serve.")
+    c.add_argument("--env-file", metavar="FILE", default=None,
+                   help="read settings from FILE as systemd's EnvironmentFile= does (quotes, "
+                        "spaces in values, # comments), instead of .env; the environment "
+                        "still applies where FILE does not set a name")
     c.set_defaults(func=cmd_check)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    # `python -m` would put the working directory on the import path; the `wxhook` script
+    # does not, so an owner's handler package beside where wxhook runs would not import.
+    # Appended, not prepended: a file there never shadows an installed module.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .config import Settings
+from .config import SANDBOX_APP_ID, Settings
 from .crypto import MessageCrypto
 from .errors import WeChatError
 from .messages import parse_fields
@@ -86,8 +86,17 @@ def decode_reply(body: bytes, *, crypto: MessageCrypto | None) -> dict[str, str]
     return fields
 
 
+def _signature_hint(settings: Settings) -> str:
+    source = ("the built-in sandbox token (no WECHAT_* set)" if settings.sandbox
+              and settings.app_id == SANDBOX_APP_ID else "WECHAT_TOKEN from the environment or .env")
+    return (f"the server refused the signature: simulate signs with {source}"
+            f" ({len(settings.token.get_secret_value())} characters) and, with --aes, "
+            "WECHAT_ENCODING_AES_KEY; set the same values as the server's (run simulate "
+            "from the server's directory, or export them)")
+
+
 async def simulate(settings: Settings, *, kind: str, url: str, openid: str, text: str,
-                   event_key: str, aes: bool, repeat: int = 1) -> int:
+                   event_key: str, aes: bool, repeat: int = 1, insecure: bool = False) -> int:
     """`wxhook simulate`: print what the follower would see; exit 0 on a valid answer."""
     token = settings.token.get_secret_value()
     crypto = MessageCrypto(token, settings.aes_keys, settings.app_id) if settings.aes_keys else None
@@ -97,7 +106,7 @@ async def simulate(settings: Settings, *, kind: str, url: str, openid: str, text
     push = sign_push(push_xml(kind, openid=openid, text=text, event_key=event_key),
                      token=token, openid=openid, crypto=crypto if aes else None)
     code = 0
-    async with httpx.AsyncClient(timeout=10.0) as client:
+    async with httpx.AsyncClient(timeout=10.0, verify=not insecure) as client:
         for i in range(max(1, repeat)):
             started = time.monotonic()
             try:
@@ -105,12 +114,16 @@ async def simulate(settings: Settings, *, kind: str, url: str, openid: str, text
                                          headers={"content-type": "text/xml"})
             except httpx.HTTPError as exc:
                 print(f"could not reach {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    print("  a self-signed certificate? add --insecure", file=sys.stderr)
                 return 1
             ms = (time.monotonic() - started) * 1000
             print(f"try {i + 1}: HTTP {resp.status_code} in {ms:.0f} ms"
                   + (" (encrypted reply)" if b"<Encrypt>" in resp.content else ""))
             if resp.status_code != 200:
                 print(resp.text)
+                if resp.status_code == 403 and "signature" in resp.text:
+                    print(_signature_hint(settings), file=sys.stderr)
                 code = 1
                 continue
             try:
