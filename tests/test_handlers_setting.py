@@ -91,11 +91,17 @@ def test_an_import_failure_is_one_line_naming_the_module(owner_dir, files, spec,
 
 
 @pytest.mark.slow
-def test_serve_imports_a_package_from_its_working_directory(tmp_path):
-    """`wxhook serve` started in the owner's directory, nothing on PYTHONPATH."""
-    write_package(tmp_path, "my_account", ECHO)
+@pytest.mark.parametrize("how", ["working directory", "PYTHONPATH"])
+def test_serve_imports_the_owners_package(tmp_path, how):
+    """`wxhook serve` started in the owner's directory, or (systemd, a container) anywhere
+    with the package's directory on PYTHONPATH."""
+    owner, elsewhere = tmp_path / "owner", tmp_path / "state"
+    elsewhere.mkdir()
+    write_package(owner, "my_account", ECHO)
+    where = {"cwd": owner} if how == "working directory" else {
+        "cwd": elsewhere, "PYTHONPATH": str(owner)}
     with sandbox_process() as api, server_process(
-            api, cwd=tmp_path, WXHOOK_HANDLERS="my_account.handlers:router",
+            api, **where, WXHOOK_HANDLERS="my_account.handlers:router",
             WECHAT_ENCODING_AES_KEY="") as url:
         push = sign_push(push_xml("text", openid="oOwnerTest000000000000000001", text="价格?"),
                          token=TOKEN, openid="oOwnerTest000000000000000001")
