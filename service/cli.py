@@ -188,6 +188,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def dev_settings(*, port: int, sandbox_base: str) -> Settings:
+    """`wxhook dev`'s settings: the environment and .env, pointed at the local sandbox."""
+    settings = _settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=sandbox_base,
+                                 WECHAT_OAUTH_BASE=sandbox_base,
+                                 PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+    if "profile_db" not in settings.model_fields_set:
+        # What the sandbox's OAuth flow captures must never meet production's followers,
+        # even when dev runs with the real appid from .env.
+        settings = settings.model_copy(update={"profile_db": SANDBOX_PROFILE_DB})
+    return settings
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """The server plus the built-in sandbox WeChat API, no credentials needed."""
     import uvicorn
@@ -197,12 +209,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     sb_port = args.sandbox_port or args.port + 1
     base = f"http://127.0.0.1:{sb_port}"
-    settings = _settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=base,
-                                 WECHAT_OAUTH_BASE=base,
-                                 PUBLIC_BASE_URL=f"http://127.0.0.1:{args.port}")
-    if "profile_db" not in settings.model_fields_set:
-        # Profiles the sandbox's OAuth flow captures are not production's followers.
-        settings = settings.model_copy(update={"profile_db": SANDBOX_PROFILE_DB})
+    settings = dev_settings(port=args.port, sandbox_base=base)
     configure_logging(level=settings.log_level, fmt=os.environ.get("WXHOOK_LOG_FORMAT", "console"))
     sandbox = create_sandbox(appid=settings.app_id,
                              secret=settings.app_secret.get_secret_value())

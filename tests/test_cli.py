@@ -72,3 +72,16 @@ async def _client_seen(app, path: str, peer: str) -> tuple[str, str]:
 async def test_forwarded_headers_are_believed_from_the_trusted_proxy_only(trusted, peer, path,
                                                                           expect):
     assert await _client_seen(trusted, path, peer) == expect
+
+
+def test_dev_keeps_sandbox_profiles_in_a_file_of_their_own(tmp_path, monkeypatch):
+    from service.cli import dev_settings
+
+    (tmp_path / ".env").write_text("WECHAT_APP_ID=wxreal0000000001\nWECHAT_APP_SECRET=s\n"
+                                   "WECHAT_TOKEN=abc\n")
+    settings = dev_settings(port=8000, sandbox_base="http://127.0.0.1:8001")
+    assert settings.profile_db == "var/profiles-sandbox.sqlite3"
+    assert settings.app_id == "wxreal0000000001"  # dev with the real account's settings
+    monkeypatch.setenv("WXHOOK_PROFILE_DB", str(tmp_path / "mine.sqlite3"))
+    chosen = dev_settings(port=8000, sandbox_base="http://127.0.0.1:8001")
+    assert chosen.profile_db == str(tmp_path / "mine.sqlite3")
