@@ -342,7 +342,10 @@ def build_message(f: dict[str, str]) -> InboundMessage:
         raise XMLError("CreateTime must be an integer")
     common: dict[str, object] = {
         "to_user": f["ToUserName"], "from_user": f["FromUserName"], "create_time": int(ct),
-        "msg_type": f["MsgType"].lower(), "msg_id": f.get("MsgId") or "",
+        "msg_type": f["MsgType"].lower(),
+        # Job-finish events spell it MsgID: without it two jobs finishing in one second
+        # from one sender would share a dedup key (and the second get the first's reply).
+        "msg_id": f.get("MsgId") or f.get("MsgID") or "",
         "raw": MappingProxyType(f),
     }
     cls: type[InboundMessage]

@@ -107,4 +107,8 @@ def parse(body: bytes) -> etree._Element:
         raise XMLError("malformed XML") from exc
     if root is None or root.getroottree().docinfo.doctype:
         raise XMLError("DTDs and entities are not accepted")
+    # WeChat sends no namespaces: a namespaced element is XInclude or other cleverness
+    # that some later processing step might act on.
+    if any(isinstance(el.tag, str) and el.tag.startswith("{") for el in root.iter()):
+        raise XMLError("namespaces (XInclude) are not accepted")
     return root

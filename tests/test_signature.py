@@ -26,6 +26,13 @@ def test_wrong_or_missing_signature_is_refused():
         verify(("AAAAA", "1714036504", "1514711492"), "")
 
 
+@pytest.mark.parametrize("given", ["é" * 40, "f464b24fc39322e44b38aa78f5edd27bd144169\u0661",
+                                   "İ" * 40, "\udcff" * 40, "ß"])
+def test_a_non_ascii_signature_is_refused_not_a_type_error(given):
+    with pytest.raises(SignatureError):
+        verify(("AAAAA", "1714036504", "1514711492"), given)
+
+
 def test_freshness_window():
     now = time.time()
     assert check_fresh(str(int(now) - 299), window=300, now=now) == int(now) - 299
