@@ -66,7 +66,7 @@ async def test_local_nonces_are_bounded_and_refuse_the_seconds_they_forgot():
     for i in range(10):
         assert await n.first_seen(999_990, f"old{i}", b"d") is not None
     assert await n.first_seen(999_999, "new", b"d") is not None
-    assert 999_990 not in n._by_ts and len(n._by_ts[999_999]) == 1
+    assert 999_990 not in n._by_ts and n._by_ts[999_999].used == 1
     # Forgotten, so no longer told apart from a replay: refused, never taken for new.
     assert await n.first_seen(999_990, "old0", b"d") is None
     assert await n.first_seen(999_989, "older", b"d") is None
@@ -84,18 +84,20 @@ async def test_local_nonces_tell_apart_nonces_that_read_as_the_same_number():
         assert await n.first_seen(1_000_000, nonce, b"other body") is None
 
 
-async def test_local_nonces_keep_every_entry():
+async def test_local_nonces_keep_every_entry_as_their_tables_grow():
     from service.signature import LocalNonces
 
-    n = LocalNonces(window=300, clock=lambda: 1_000_000.0)
+    now = [1_000_000.0]
+    n = LocalNonces(window=300, clock=lambda: now[0])
     nonces = [str(1_000_000_000 + i) for i in range(3000)] + [f"n{i}" for i in range(3000)]
     digests = [i.to_bytes(8, "big") for i in range(len(nonces))]  # 0 among them
     for nonce, digest in zip(nonces, digests, strict=True):
         assert await n.first_seen(1_000_000, nonce, digest) is not None
-    for nonce, digest in zip(nonces, digests, strict=True):
-        assert await n.first_seen(1_000_000, nonce, digest) is not None
+    now[0] += 5
+    for nonce, digest in zip(nonces, digests, strict=True):  # first arrivals survive growing
+        assert await n.first_seen(1_000_000, nonce, digest) == 1_000_000
         assert await n.first_seen(1_000_000, nonce, b"\xff" * 8) is None
-    assert n._count == len(nonces) == len(n._by_ts[1_000_000])
+    assert n._count == len(nonces) == n._by_ts[1_000_000].used
 
 
 async def test_shared_nonces_live_until_the_window_closes_and_keep_the_first_arrival():
