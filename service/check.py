@@ -26,7 +26,7 @@ async def run_check(settings: Settings | None = None) -> int:
             _line(False, "settings", str(exc))
             return 2
     _line(True, "settings", f"appid {settings.app_id}, API {settings.api_base}, "
-          f"{'safe/compatible mode' if settings.aes_keys else 'plaintext mode'}"
+          f"{settings.mode} mode"
           f"{', ' + str(len(settings.aes_keys)) + ' AES keys' if len(settings.aes_keys) > 1 else ''}")
     failed = False
     async with new_http_client(timeout=settings.http_timeout) as http:

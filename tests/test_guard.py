@@ -148,3 +148,26 @@ async def test_a_replay_after_the_dedup_ttl_does_not_run_the_handler_again(
         again = await client.post("/wechat", params=push.params, content=push.body)
     assert again.status_code == 403 and again.content.startswith(b"replay")
     assert len(runs) == 1
+
+
+async def test_redis_nonces_refuse_a_forged_body_and_a_late_repeat(make_settings, redis_url):
+    # Two instances share one Redis: what one admitted, the other remembers.
+    from service.store.redis import RedisStore
+
+    now = [float(int(time.time()))]
+    settings = make_settings(WXHOOK_DEDUP_TTL="30")
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    try:
+        a, b = (guard_of(settings, lambda: now[0], s) for s in stores)
+        push = sign_push(push_xml("text", openid=OPENID), token=TOKEN, openid=OPENID,
+                         timestamp=int(now[0]))
+        await admit(a, push.params, push.body)
+        await admit(b, push.params, push.body)  # WeChat's retry, on the other instance
+        with pytest.raises(FreshnessError):
+            await admit(b, push.params, push_xml("text", openid=OPENID, text="forged"))
+        now[0] += 31
+        with pytest.raises(FreshnessError):
+            await admit(a, push.params, push.body)
+    finally:
+        for s in stores:
+            await s.aclose()
