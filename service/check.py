@@ -111,7 +111,7 @@ async def run_check(settings: Settings | None = None, *,
             _line(False, "settings", str(exc))
             return 2
     _line(True, "settings", f"appid {settings.app_id}, API {settings.api_base}, "
-          f"{'safe/compatible mode' if settings.aes_keys else 'plaintext mode'}"
+          f"{settings.mode} mode"
           f"{', ' + str(len(settings.aes_keys)) + ' AES keys' if len(settings.aes_keys) > 1 else ''}")
     if settings.api_base != WECHAT_API_BASE:
         _line(None, "stand-in API", f"WECHAT_API_BASE is {settings.api_base}, not WeChat's "

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     public_base_url: str = Field("http://127.0.0.1:8000", alias="PUBLIC_BASE_URL")
     session_secret: SecretStr = Field(SecretStr(""), alias="SESSION_SECRET")
 
+    # plain, compat (plaintext and encrypted pushes) or safe (encrypted only); unset: plain
+    # without an EncodingAESKey, compat with one (a key set during a migration keeps working).
+    message_mode: Literal["plain", "compat", "safe"] | None = Field(
+        None, alias="WXHOOK_MESSAGE_MODE")
     token_endpoint: Literal["stable", "classic"] = Field("stable", alias="WXHOOK_TOKEN_ENDPOINT")
     deadline: float = Field(4.0, gt=0.2, le=4.8, alias="WXHOOK_DEADLINE")
     timestamp_window: int = Field(300, ge=10, alias="WXHOOK_TIMESTAMP_WINDOW")
@@ -106,6 +110,11 @@ class Settings(BaseSettings):
                 + (f" (got scheme {scheme}://)" if scheme else ""))
         return SecretStr(url)
 
+    @field_validator("message_mode", mode="before")
+    @classmethod
+    def _mode(cls, v: Any) -> Any:
+        return v.strip().lower() or None if isinstance(v, str) else v
+
     @field_validator("api_base", "oauth_base", "public_base_url")
     @classmethod
     def _url_shape(cls, v: str) -> str:
@@ -162,6 +171,9 @@ class Settings(BaseSettings):
             self.token = SecretStr(SANDBOX_TOKEN)
             if self.encoding_aes_key is None:
                 self.encoding_aes_key = SecretStr(SANDBOX_AES_KEY)
+        if self.message_mode in ("compat", "safe") and self.encoding_aes_key is None:
+            raise ValueError(f"WXHOOK_MESSAGE_MODE={self.message_mode} needs "
+                             "WECHAT_ENCODING_AES_KEY (the console's EncodingAESKey)")
         missing = [name for name, value in given.items() if not value]
         if missing and not self.sandbox:
             raise ValueError(
@@ -185,6 +197,13 @@ class Settings(BaseSettings):
             return []
         return [k.strip() for k in self.encoding_aes_key.get_secret_value().split(",")]
 
+    @property
+    def mode(self) -> Literal["plain", "compat", "safe"]:
+        """The pushes accepted: plain, compat (both) or safe (encrypted only)."""
+        if self.message_mode is not None:
+            return self.message_mode
+        return "compat" if self.encoding_aes_key is not None else "plain"
+
     def summary(self) -> dict[str, Any]:
         """The settings as a start-up log can show them: secrets masked."""
         return {
@@ -192,6 +211,7 @@ class Settings(BaseSettings):
             "app_secret": mask(self.app_secret.get_secret_value()),
             "token": mask(self.token.get_secret_value()),
             "aes_keys": len(self.aes_keys),
+            "message_mode": self.mode,
             "api_base": self.api_base,
             "redis": mask_url(self.redis_url.get_secret_value()) if self.redis_url else None,
             "public_base_url": self.public_base_url,

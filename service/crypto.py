@@ -32,7 +32,8 @@ class _Key:
 
 
 class MessageCrypto:
-    """Encrypt replies with the first key; decrypt pushes with any key (console rotation)."""
+    """Decrypt pushes with any key (console rotation); encrypt with the first key unless
+    told which (the reply to a push goes out under the key that opened it)."""
 
     def __init__(self, token: str, encoding_aes_keys: list[str], appid: str) -> None:
         if not encoding_aes_keys:
@@ -48,6 +49,11 @@ class MessageCrypto:
 
     def decrypt(self, encrypt: str) -> bytes:
         """Return the message bytes inside `Encrypt`, or raise DecryptError."""
+        return self.decrypt_with_key(encrypt)[0]
+
+    def decrypt_with_key(self, encrypt: str) -> tuple[bytes, int]:
+        """The message bytes and the index of the key that opened them (reply with it:
+        during a rotation WeChat reads replies with the key it encrypted with)."""
         try:
             data = base64.b64decode(encrypt, validate=True)
         except (binascii.Error, ValueError):
@@ -55,9 +61,9 @@ class MessageCrypto:
         if not data or len(data) % 16:
             raise DecryptError("ciphertext length is not a multiple of the AES block size")
         last: DecryptError | None = None
-        for key in self._keys:
+        for index, key in enumerate(self._keys):
             try:
-                return self._open(key, data)
+                return self._open(key, data), index
             except DecryptError as exc:
                 last = exc
         assert last is not None
@@ -80,21 +86,22 @@ class MessageCrypto:
             raise DecryptError("the message was encrypted for another appid")
         return msg
 
-    def encrypt(self, msg: bytes, *, random_prefix: bytes | None = None) -> str:
-        """Return base64 ciphertext of `msg`, as WeChat builds it."""
+    def encrypt(self, msg: bytes, *, random_prefix: bytes | None = None, key: int = 0) -> str:
+        """Return base64 ciphertext of `msg` under key number `key`, as WeChat builds it."""
         prefix = secrets.token_bytes(16) if random_prefix is None else random_prefix
         body = prefix + struct.pack(">I", len(msg)) + msg + self._appid_bytes
         pad = _BLOCK - len(body) % _BLOCK
         body += bytes([pad]) * pad
-        enc = self._keys[0].cipher.encryptor()
+        enc = self._keys[key].cipher.encryptor()
         return base64.b64encode(enc.update(body) + enc.finalize()).decode()
 
     def wrap_reply(self, reply: bytes, *, timestamp: str | None = None,
-                   nonce: str | None = None, random_prefix: bytes | None = None) -> bytes:
+                   nonce: str | None = None, random_prefix: bytes | None = None,
+                   key: int = 0) -> bytes:
         """The encrypted reply envelope with its MsgSignature (the same inputs, the same bytes)."""
         ts = timestamp or str(int(time.time()))
         nc = nonce or str(secrets.randbits(32))  # numeric, like the nonces WeChat sends
-        encrypt = self.encrypt(reply, random_prefix=random_prefix)
+        encrypt = self.encrypt(reply, random_prefix=random_prefix, key=key)
         signature = sign(self.token, ts, nc, encrypt)
         # Base64, hex and digits never contain "]]>", so plain CDATA is safe here.
         return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
@@ -40,14 +41,21 @@ def parse_query(raw: bytes) -> dict[str, str]:
     return out
 
 
-def _safely(fn: Callable[[T], R], arg: T) -> R:
-    """Input that trips an unexpected error in parsing is still a bad request, never a 5xx."""
-    try:
-        return fn(arg)
-    except GuardError:
-        raise
-    except Exception as exc:
-        raise XMLError(f"unreadable push ({type(exc).__name__})") from exc
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted push: the message, the shape it came in, and how to reply to it."""
+
+    message: InboundMessage
+    mode: str  # plain, compat or safe: the shape of this push
+    crypto: MessageCrypto | None = None  # None: reply in plaintext
+    key: int = 0  # which of the EncodingAESKeys opened the push, and seals the reply
+
+    @property
+    def dedup_key(self) -> str:
+        """The message's key, told apart by the reply's encoding: a plaintext try must
+        never answer an encrypted retry (or the other way round)."""
+        key = self.message.dedup_key()
+        return key if self.crypto is None else f"{key}:aes"
 
 
 class ClientGone(Exception):
@@ -55,18 +63,28 @@ class ClientGone(Exception):
 
 
 class Guard:
-    """Admits a push (or a URL verification) or raises GuardError saying why not."""
+    """Admits a push (or a URL verification) or raises GuardError saying why not.
+
+    Everything that can be checked without parsing comes first: the signature, the
+    timestamp, the body size, then the nonce memory (timestamp, nonce and body digest, in
+    every mode). So the parser only ever sees the first body signed for a query.
+    """
 
     def __init__(self, settings: Settings, *, store: Store, namespace: str,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.mode = settings.mode
         self.token = settings.token.get_secret_value()
         self.crypto = (MessageCrypto(self.token, settings.aes_keys, settings.app_id)
-                       if settings.aes_keys else None)
+                       if settings.aes_keys and self.mode != "plain" else None)
+        self.clock = clock
         window = settings.timestamp_window
         self.nonces: LocalNonces | SharedNonces = (
-            SharedNonces(store, namespace=namespace, window=window) if store.shared
-            else LocalNonces(window=window))
+            SharedNonces(store, namespace=namespace, window=window, clock=clock)
+            if store.shared else LocalNonces(window=window, clock=clock))
+        # A verbatim repeat is WeChat retrying only while the dedup record can answer it;
+        # later it would run the handler again, so it is refused as a replay.
+        self.retry_span = settings.dedup_ttl
         self.metrics = metrics
         self.log = get_logger("wxhook.guard")
 
@@ -77,43 +95,64 @@ class Guard:
         if not (sig and ts and nonce and echostr):
             raise GuardError("URL verification needs signature, timestamp, nonce, echostr")
         verify((self.token, ts, nonce), sig)
-        check_fresh(ts, window=self.settings.timestamp_window)
+        check_fresh(ts, window=self.settings.timestamp_window, now=self.clock())
         return echostr.encode()
 
     async def admit(self, scope: dict[str, Any], receive: Any, q: dict[str, str],
-                    deadline: float) -> tuple[InboundMessage, str]:
-        """The typed message and its mode (plain, compat, safe), or GuardError/ClientGone."""
+                    deadline: float) -> Admission:
+        """The admitted push, or GuardError/ClientGone."""
         sig, ts, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
         if not (sig and ts and nonce):
             raise GuardError("missing signature, timestamp or nonce")
         verify((self.token, ts, nonce), sig)
-        check_fresh(ts, window=self.settings.timestamp_window)
+        check_fresh(ts, window=self.settings.timestamp_window, now=self.clock())
+        encrypted = q.get("encrypt_type", "").lower() == "aes"
+        if encrypted and self.crypto is None:
+            raise GuardError("encrypted push, but this account is in plain mode "
+                             "(WXHOOK_MESSAGE_MODE, WECHAT_ENCODING_AES_KEY)", reason="mode")
+        if not encrypted and self.mode == "safe":
+            raise GuardError("plaintext push, but this account is in safe mode "
+                             "(WXHOOK_MESSAGE_MODE=safe)", status=403, reason="mode")
         body = await self._read_body(scope, receive, deadline)
-        mode = "plain"
-        if q.get("encrypt_type", "").lower() == "aes":
-            if self.crypto is None:
-                raise GuardError("encrypted push but WECHAT_ENCODING_AES_KEY is not set")
-            encrypt = safe_mode_encrypt(body)  # the common envelope, without a parse
-            if encrypt is not None:
-                mode = "safe"
-            else:
-                outer = _safely(parse_fields, body)
-                encrypt = outer.get("Encrypt", "")
-                if not encrypt:
-                    raise GuardError("encrypt_type=aes but the body has no Encrypt")
-                mode = "compat" if "MsgType" in outer else "safe"
-            msg_sig = q.get("msg_signature", "")
-            if not msg_sig:
-                raise SignatureError("missing msg_signature", reason="msg_signature")
-            self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
-            fields = _safely(parse_fields, _safely(self.crypto.decrypt, encrypt))
-        elif "MsgType" not in (fields := _safely(parse_fields, body)) and "Encrypt" in fields:
-            raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
-        msg = _safely(build_message, fields)
-        # Remembered only once the push is valid: a broken body must not burn the nonce.
-        if mode == "plain":  # msg_signature covers an encrypted body: a replay cannot alter it
-            await self._remember_nonce(ts, nonce, body)
-        return msg, mode
+        await self._remember_nonce(ts, nonce, body)
+        if self.crypto is None or not encrypted:
+            fields = self._parse(body)
+            if "MsgType" not in fields and "Encrypt" in fields:
+                raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
+            return Admission(self._safely(build_message, fields), "plain")
+        mode = "safe"
+        encrypt = safe_mode_encrypt(body)  # the common envelope, without a parse
+        if encrypt is None:
+            outer = self._parse(body)
+            encrypt = outer.get("Encrypt", "")
+            if not encrypt:
+                raise GuardError("encrypt_type=aes but the body has no Encrypt")
+            mode = "compat" if "MsgType" in outer else "safe"
+        msg_sig = q.get("msg_signature", "")
+        if not msg_sig:
+            raise SignatureError("missing msg_signature", reason="msg_signature")
+        self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
+        inner, key = self._safely(self.crypto.decrypt_with_key, encrypt)
+        msg = self._safely(build_message, self._parse(inner))
+        return Admission(msg, mode, self.crypto, key)
+
+    def _parse(self, body: bytes) -> dict[str, str]:
+        try:
+            return self._safely(parse_fields, body)
+        except XMLError as exc:
+            if exc.__cause__ is not None:  # the parser's own words: for the log, never the client
+                self.log.info("xml_refused", detail=str(exc.__cause__)[:300])
+            raise
+
+    @staticmethod
+    def _safely(fn: Callable[[T], R], arg: T) -> R:
+        """Input that trips an unexpected error in parsing is still a bad request, never a 5xx."""
+        try:
+            return fn(arg)
+        except GuardError:
+            raise
+        except Exception as exc:
+            raise XMLError(f"unreadable push ({type(exc).__name__})") from exc
 
     async def _read_body(self, scope: dict[str, Any], receive: Any,
                          deadline: float) -> bytes:
@@ -145,7 +184,8 @@ class Guard:
 
     async def _remember_nonce(self, ts: str, nonce: str, body: bytes) -> None:
         # The same signed query with the same body is WeChat retrying (dedup answers it);
-        # with another body it is someone replaying a captured signature.
+        # with another body it is someone replaying a captured signature. Remembered
+        # before parsing: a captured query gives no second body a way into the parser.
         # 8 bytes suffice: forging a second body with the same digest is a 2^64 search.
         digest = hashlib.blake2b(body, digest_size=8).digest()
         try:
@@ -154,5 +194,9 @@ class Guard:
             self.metrics.store_fallbacks.inc()
             self.log.warning("nonce_memory_unavailable", error=type(exc).__name__)
             return
-        if not first:
+        if first is None:
             raise FreshnessError("nonce replayed with a different body", reason="replay")
+        if self.clock() - first >= self.retry_span:
+            raise FreshnessError(f"the same push again after {self.retry_span} s or more: "
+                                 "its reply is forgotten, so it is not run twice",
+                                 reason="replay")

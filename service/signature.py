@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 import time
 from array import array
 from collections.abc import Callable
@@ -19,7 +20,9 @@ def sign(*parts: str) -> str:
 
 def verify(expected_parts: tuple[str, ...], given: str, *, what: str = "signature") -> None:
     """Raise SignatureError unless `given` is the signature of the parts (constant time)."""
-    if not given or not hmac.compare_digest(sign(*expected_parts), given.lower()):
+    # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (a 500).
+    if not (given and given.isascii()
+            and hmac.compare_digest(sign(*expected_parts).encode(), given.lower().encode())):
         raise SignatureError(f"{what} does not match", reason=what)
 
 
@@ -40,23 +43,27 @@ def check_fresh(timestamp: str, *, window: int, now: float | None = None) -> int
 
 
 class _NonceTable:
-    """One second's nonces: an open-addressing table in two arrays of 64-bit words.
+    """One second's nonces: an open-addressing table in three arrays of machine words.
 
-    A plaintext push leaves its nonce here for the whole timestamp window. As a dict of
-    int to int that was ~94 bytes an entry (two int objects and a slot); here it is 16
-    bytes a slot at a load of at most a half.
+    A push leaves its nonce here for the whole timestamp window, so under a flood this
+    holds a quarter of a million entries. As a dict of str to (digest, arrival) that was
+    ~200 bytes an entry (the nonce string, a tuple, a bytes object, a dict slot): 48 MiB
+    at the bound. Here a slot is 20 bytes (key, digest, arrival) at a load of at most a
+    half: ~8 MiB.
     """
 
-    __slots__ = ("digests", "keys", "mask", "used")
+    __slots__ = ("arrivals", "digests", "keys", "mask", "used")
 
     def __init__(self, size: int = 64) -> None:
         self.keys = array("Q", bytes(8 * size))      # 0 marks an empty slot
         self.digests = array("Q", bytes(8 * size))
+        self.arrivals = array("I", bytes(4 * size))  # second of first arrival
         self.mask = size - 1
         self.used = 0
 
-    def first_seen(self, key: int, digest: int) -> bool:
-        """Remember key -> digest; False when key came before with another digest."""
+    def first_seen(self, key: int, digest: int, arrival: int) -> int | None:
+        """Remember key -> (digest, arrival); the first arrival of this key with this
+        digest, or None when the key came before with another digest."""
         keys, mask = self.keys, self.mask
         i = key & mask
         while True:
@@ -64,23 +71,25 @@ class _NonceTable:
             if k == 0:
                 break
             if k == key:
-                return bool(self.digests[i] == digest)
+                return self.arrivals[i] if self.digests[i] == digest else None
             i = (i + 1) & mask
         keys[i] = key
         self.digests[i] = digest
+        self.arrivals[i] = arrival
         self.used += 1
         if self.used * 2 > mask:
             self._grow()
-        return True
+        return arrival
 
     def _grow(self) -> None:
-        keys, digests = self.keys, self.digests
+        old = zip(self.keys, self.digests, self.arrivals, strict=True)
         size = 2 * (self.mask + 1)
         self.keys, self.digests = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
+        self.arrivals = array("I", bytes(4 * size))
         self.mask, self.used = size - 1, 0
-        for key, digest in zip(keys, digests, strict=True):
+        for key, digest, arrival in old:
             if key:
-                self.first_seen(key, digest)
+                self.first_seen(key, digest, arrival)
 
 
 def _nonce_key(nonce: str) -> int:
@@ -94,12 +103,15 @@ def _nonce_key(nonce: str) -> int:
 
 
 class LocalNonces:
-    """Nonce memory for one process: per-timestamp tables, dropped as they leave the window.
+    """Nonce memory for one process: a table of nonces per timestamp second, dropped whole
+    once the second leaves the window.
 
-    A (timestamp, nonce) seen before is fine with the same body (WeChat retrying) and a
-    replay with another. An entry is needed only while its timestamp passes check_fresh, so
-    whole seconds go at once; under a flood the oldest seconds go first. Kept apart from
-    the dedup replies, which must outlive a flood.
+    Each (timestamp, nonce) keeps the digest of the body it first came with and when it
+    first came: the same body again is WeChat retrying, another body a replay. Bounded:
+    under a flood the oldest seconds go first, and from then on pushes stamped in a
+    forgotten second are refused rather than taken for new (the window shrinks; what is
+    accepted is always remembered). Kept apart from the dedup replies, which must outlive
+    a flood.
     """
 
     def __init__(self, *, window: int, maxsize: int = 250_000,
@@ -110,23 +122,31 @@ class LocalNonces:
         self._by_ts: dict[int, _NonceTable] = {}
         self._count = 0
         self._swept = 0
+        self._forgotten = -1  # the newest second dropped to stay within maxsize
 
-    async def first_seen(self, ts: int, nonce: str, digest: bytes) -> bool:
-        """False when this timestamp and nonce came before with a different body."""
+    async def first_seen(self, ts: int, nonce: str, digest: bytes) -> float | None:
+        """When this (timestamp, nonce) first came with this body; None when it came with
+        another body first, or its second is no longer remembered."""
         now = int(self.clock())
         if now != self._swept:
             self._sweep(now)
+        if ts <= self._forgotten:
+            return None
         table = self._by_ts.get(ts)
         if table is None:
             table = self._by_ts[ts] = _NonceTable()
         used = table.used
         # 8 bytes of digest: forging a second body with the same one is a 2^64 search.
-        first = table.first_seen(_nonce_key(nonce), int.from_bytes(digest[:8], "big"))
+        first = table.first_seen(_nonce_key(nonce), int.from_bytes(digest[:8], "big"), now)
         if table.used != used:
             self._count += 1
             if self._count > self.maxsize:
-                self._drop(min(self._by_ts))
-        return first
+                oldest = min(self._by_ts)
+                self._forgotten = max(self._forgotten, oldest)
+                self._drop(oldest)
+                if oldest == ts:
+                    return None
+        return None if first is None else float(first)
 
     def _sweep(self, now: int) -> None:
         self._swept = now
@@ -139,6 +159,9 @@ class LocalNonces:
             self._count -= table.used
 
 
+_ARRIVAL = struct.Struct(">Q")
+
+
 class SharedNonces:
     """Nonce memory in the shared store (Redis): every instance sees every nonce."""
 
@@ -149,11 +172,19 @@ class SharedNonces:
         self.window = window
         self.clock = clock
 
-    async def first_seen(self, ts: int, nonce: str, digest: bytes) -> bool:
-        """False when this timestamp and nonce came before with a different body."""
+    async def first_seen(self, ts: int, nonce: str, digest: bytes) -> float | None:
+        """When this (timestamp, nonce) first came with this body; None for another body."""
         key = f"{self.prefix}{ts}:{nonce}"
-        ttl = max(1.0, ts + self.window + 1 - self.clock())  # until the window rejects ts
-        if await self.store.set(key, digest, ttl=ttl, nx=True):
-            return True
+        now = self.clock()
+        ttl = max(1.0, ts + self.window + 1 - now)  # until the window rejects ts
+        value = digest + _ARRIVAL.pack(int(now))
+        if await self.store.set(key, value, ttl=ttl, nx=True):
+            return float(int(now))
         seen = await self.store.get(key)
-        return seen is None or seen == digest
+        if seen is None:  # expired in between: the window is closing on it anyway
+            return float(int(now))
+        if len(seen) == len(digest):  # stored by an instance that kept the digest alone
+            return float(int(now)) if seen == digest else None
+        if seen[:-_ARRIVAL.size] != digest:
+            return None
+        return float(_ARRIVAL.unpack_from(seen, len(seen) - _ARRIVAL.size)[0])

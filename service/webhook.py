@@ -19,7 +19,7 @@ from .config import Settings
 from .dedup import Dedup
 from .delivery import LateDelivery
 from .errors import GuardError
-from .guard import ClientGone, Guard, parse_query
+from .guard import Admission, ClientGone, Guard, parse_query
 from .messages import InboundMessage
 from .observability import Metrics, get_logger, log_info, mask_openid, upstream_trace
 from .profiles import Profiles
@@ -125,22 +125,23 @@ class Webhook:
                                "appid": self.settings.app_id, "handler": None,
                                "reply_type": None, "deadline_fallback": False}
         try:
-            msg, mode = await self.guard.admit(scope, receive, q, deadline)
+            admitted = await self.guard.admit(scope, receive, q, deadline)
         except GuardError as exc:
             return self._refuse(exc, rec)
         except ClientGone:
             return 400, b"", _TEXT
-        rec.update(mode=mode, msg_type=msg.msg_type, wx_event=msg.event,
+        msg = admitted.message
+        rec.update(mode=admitted.mode, msg_type=msg.msg_type, wx_event=msg.event,
                    openid=mask_openid(msg.openid))
         trace: list[tuple[str, int | None]] = []
         token = upstream_trace.set(trace)
         try:
-            key = msg.dedup_key()
+            key = admitted.dedup_key
             retried = not await self.dedup.claim(key)
             if retried:
-                reply = self._replayed(await self.dedup.replay(key, deadline), msg)
+                reply = self._replayed(await self.dedup.replay(key, deadline), admitted)
             else:
-                reply = await self._first_try(key, msg, mode, deadline, started, rec)
+                reply = await self._first_try(key, admitted, deadline, started, rec)
         except Exception:
             # A bug must not become a 5xx: WeChat would show the follower an error page.
             self.log.exception("push_failed", **rec)
@@ -161,13 +162,14 @@ class Webhook:
                                     "upstream": [f"{api}:{code}" for api, code in trace]})
         return 200, reply, (_TEXT if reply == SUCCESS else _XML)
 
-    async def _first_try(self, key: str, msg: InboundMessage, mode: str, deadline: float,
+    async def _first_try(self, key: str, admitted: Admission, deadline: float,
                          started: float, rec: dict[str, Any]) -> bytes:
         # The handler runs in a task of its own, so a dropped connection does not cancel it
         # (the retry gets its reply) and an overrun can be answered while it goes on.
         loop = asyncio.get_running_loop()
         run = _Run(deadline, loop.create_future())
-        self._keep(loop.create_task(self._produce(key, msg, mode, run, rec)))
+        msg = admitted.message
+        self._keep(loop.create_task(self._produce(key, admitted, run, rec)))
         # Decided on the reply, not on the task: the task may still be recording it.
         # Awaited as is: if this request is cancelled, so is `ready`, and the handler's
         # reply still goes to the dedup record for WeChat's retry.
@@ -200,8 +202,9 @@ class Webhook:
         await self.dedup.settle(key, SUCCESS)  # what this try answered is what retries get
         return SUCCESS
 
-    async def _produce(self, key: str, msg: InboundMessage, mode: str, run: _Run,
+    async def _produce(self, key: str, admitted: Admission, run: _Run,
                        rec: dict[str, Any]) -> None:
+        msg = admitted.message
         record = SUCCESS
         try:
             ctx = Context(deadline=run.deadline, profiles=self.profiles, api=self.api,
@@ -235,11 +238,11 @@ class Webhook:
             fields: list[Any] = ([[reply.content], now] if type(reply) is TextReply
                                  else [now, tail(reply)])
             prefix = b""
-            if mode != "plain" and self.crypto is not None:
+            if admitted.crypto is not None:
                 seed = os.urandom(20)  # one system call for the AES prefix and the nonce
                 prefix = seed[:16]
                 fields += [str(now), str(int.from_bytes(seed[16:], "big")), prefix.hex()]
-            xml = self._rebuild(fields, msg, prefix)
+            xml = self._rebuild(fields, admitted, prefix)
             record = orjson.dumps(fields)
             run.answer(xml)
         except Exception as exc:
@@ -253,24 +256,26 @@ class Webhook:
                 run.answer(SUCCESS)
                 await self.dedup.settle(key, record)
 
-    def _rebuild(self, record: list[Any], msg: InboundMessage, prefix: bytes = b"") -> bytes:
+    def _rebuild(self, record: list[Any], admitted: Admission, prefix: bytes = b"") -> bytes:
+        msg = admitted.message
         create_time, body, *sealed = record
         if isinstance(create_time, list):  # a text reply kept as its text
             create_time, body = body, tail(TextReply(str(create_time[0])))
         xml: bytes = (envelope(to_user=msg.from_user, from_user=msg.to_user,
                                create_time=int(create_time)) + str(body)).encode()
-        if sealed and self.crypto is not None:
+        if sealed and admitted.crypto is not None:  # under the key that opened the push
             timestamp, nonce, prefix_hex = sealed
-            xml = self.crypto.wrap_reply(xml, timestamp=timestamp, nonce=nonce,
-                                         random_prefix=prefix or bytes.fromhex(prefix_hex))
+            xml = admitted.crypto.wrap_reply(xml, timestamp=timestamp, nonce=nonce,
+                                             random_prefix=prefix or bytes.fromhex(prefix_hex),
+                                             key=admitted.key)
         return xml
 
-    def _replayed(self, stored: bytes, msg: InboundMessage) -> bytes:
+    def _replayed(self, stored: bytes, admitted: Admission) -> bytes:
         """The first try's reply, rebuilt from its dedup record."""
         if stored == SUCCESS:
             return SUCCESS
         try:
-            return self._rebuild(orjson.loads(stored), msg)
+            return self._rebuild(orjson.loads(stored), admitted)
         except (ValueError, TypeError) as exc:  # a record from an incompatible version
             self.log.warning("dedup_record_unreadable", error=repr(exc))
             return SUCCESS

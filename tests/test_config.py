@@ -24,6 +24,9 @@ def test_valid_settings_and_key_list():
     ({"WXHOOK_DEADLINE": "9"}, "WXHOOK_DEADLINE"),
     ({"WXHOOK_GREETING": "Hello!"}, "must contain {nickname}"),
     ({"WECHAT_APP_SECRET": ""}, "missing WECHAT_APP_SECRET"),
+    ({"WXHOOK_MESSAGE_MODE": "safe"}, "WXHOOK_MESSAGE_MODE=safe needs WECHAT_ENCODING_AES_KEY"),
+    ({"WXHOOK_MESSAGE_MODE": "compat"}, "WXHOOK_MESSAGE_MODE=compat needs"),
+    ({"WXHOOK_MESSAGE_MODE": "secure"}, "WXHOOK_MESSAGE_MODE"),
 ])
 def test_errors_name_the_variable(overrides, expect):
     with pytest.raises(SettingsError) as exc:
@@ -172,3 +175,15 @@ def test_serve_workers_with_an_empty_redis_url_is_refused_plainly(tmp_path):
     res = _run([WXHOOK, "serve", "--workers", "2"], {**GOOD, "REDIS_URL": ""}, tmp_path)
     assert res.returncode == 2 and "--workers N > 1 needs REDIS_URL" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(("mode", "key", "expect"), [
+    (None, False, "plain"), (None, True, "compat"), ("", True, "compat"),
+    ("plain", True, "plain"), ("SAFE", True, "safe"), ("compat", True, "compat"),
+])
+def test_the_message_mode_is_inferred_unless_set(mode, key, expect):
+    extra = {"WECHAT_ENCODING_AES_KEY": "A" * 43} if key else {}
+    if mode is not None:
+        extra["WXHOOK_MESSAGE_MODE"] = mode
+    s = load_settings(_env_file=None, **GOOD, **extra)
+    assert s.mode == expect and s.summary()["message_mode"] == expect

@@ -560,6 +560,11 @@ def test_nginx_limits_timeouts_and_locations() -> None:
     tls = next(s for s in servers if re.search(r"listen\s+443\s+ssl", s))
     for body in (plain, tls):
         assert re.search(r"client_max_body_size\s+256k;", body)
+        # Slow senders and large headers are the proxy's to stop (README: Security).
+        for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+            found = re.search(rf"{timeout}\s+(\S+);", body)
+            assert found and nginx_seconds(found.group(1)) <= 5, timeout
+        assert re.search(r"large_client_header_buffers\s+\d+\s+(\d+)k;", body)
         assert re.search(r"location\s+=?\s*/wechat\s*\{[^}]*proxy_pass\s+http://", body)
         read = re.search(r"proxy_read_timeout\s+(\S+);", body)
         connect = re.search(r"proxy_connect_timeout\s+(\S+);", body)

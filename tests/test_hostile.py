@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
+import os
 import secrets
+import socket
 import struct
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -126,6 +130,167 @@ async def test_dtds_and_includes_never_reach_a_handler(client, body):
     assert b"root:" not in r.content
 
 
+# -- external entities and DTDs in every encoding --------------------------------------------------
+#
+# libxml2 opens an external subset or parameter entity even with load_dtd=False: /dev/zero
+# would pin the worker for good, a FIFO block it. Each attack goes out in every encoding an
+# attacker can choose, each answer must come well under a second (the request runs in a
+# thread of its own, so a frozen parser fails the test instead of hanging the suite).
+
+_FIELDS = ("<ToUserName>gh_x</ToUserName><FromUserName>o1</FromUserName>"
+           "<CreateTime>1</CreateTime><MsgType>text</MsgType>")
+
+
+def _attacks(target: str) -> dict[str, str]:
+    return {
+        "parameter-entity": f'<!DOCTYPE xml [<!ENTITY % p SYSTEM "{target}"> %p;]><xml/>',
+        "external-subset": f'<!DOCTYPE xml SYSTEM "{target}"><xml>{_FIELDS}</xml>',
+        "public-subset": f'<!DOCTYPE xml PUBLIC "-//x//y" "{target}"><xml>{_FIELDS}</xml>',
+        "external-entity": (f'<!DOCTYPE xml [<!ENTITY e SYSTEM "{target}">]>'
+                            f"<xml>{_FIELDS}<Content>&e;</Content></xml>"),
+        "xinclude": ('<xml xmlns:xi="http://www.w3.org/2001/XInclude">'
+                     f'{_FIELDS}<Content><xi:include parse="text" href="{target}"/></Content>'
+                     "</xml>"),
+        "xinclude-sibling": ('<xml xmlns:xi="http://www.w3.org/2001/XInclude">'
+                             f'{_FIELDS}<xi:include parse="text" href="{target}"/></xml>'),
+    }
+
+
+def _in(encoding: str, doc: str) -> bytes:
+    """`doc` as an attacker would send it in `encoding` (a declaration where one fits)."""
+    decl = '<?xml version="1.0" encoding="{}"?>'
+    if encoding == "utf-8":
+        return doc.encode()
+    if encoding == "utf-8-bom":
+        return codecs.BOM_UTF8 + doc.encode()
+    if encoding == "gbk":
+        return (decl.format("GBK") + doc).encode("gbk")
+    if encoding == "utf-32-bom":
+        return codecs.BOM_UTF32_LE + (decl.format("UTF-32") + doc).encode("utf-32-le")
+    codec, _, bom = encoding.partition("+")  # utf-16-le+bom, utf-16-be
+    mark = {"utf-16-le": codecs.BOM_UTF16_LE, "utf-16-be": codecs.BOM_UTF16_BE}[codec]
+    return (mark if bom else b"") + (decl.format("UTF-16") + doc).encode(codec)
+
+
+ENCODINGS = ["utf-8", "utf-8-bom", "utf-16-le+bom", "utf-16-be+bom", "utf-16-le", "utf-16-be",
+             "gbk", "utf-32-bom"]
+
+
+@pytest.fixture(scope="module")
+def fifo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A FIFO nobody writes to: opening it for reading blocks until someone does."""
+    path = tmp_path_factory.mktemp("fifo") / "pipe"
+    os.mkfifo(path)
+    yield str(path)
+    # Release a reader a broken parser may have left blocked on it.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader, as it should be
+        return
+    os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def listener() -> Iterator[tuple[str, list[Any]]]:
+    """A TCP port that accepts and never answers, and the connections it got."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.05)
+    got: list[Any] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                got.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/x.dtd", got
+    done.set()
+    thread.join()
+    for conn in got:
+        conn.close()
+    sock.close()
+
+
+def _post_within(app: Any, push: Push, seconds: float) -> httpx.Response:
+    """POST from a thread of its own: a parser that never returns fails the test instead
+    of freezing the suite (the thread is a daemon, left behind)."""
+    out: list[httpx.Response] = []
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as c:
+            out.append(await post(c, push))
+
+    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert out, f"no answer within {seconds} s: the parser is reading the target"
+    assert time.monotonic() - started < seconds
+    return out[0]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/urandom", "fifo", "http", "file"])
+async def test_entities_dtds_and_includes_touch_nothing_in_any_encoding(
+        app, client, make_push, fifo, listener, secret_file, target, encoding):
+    url = {"/dev/zero": "file:///dev/zero", "/dev/urandom": "file:///dev/urandom",
+           "fifo": f"file://{fifo}", "http": listener[0], "file": f"file://{secret_file}"}
+    for name, doc in _attacks(url[target]).items():
+        r = _post_within(app, signed(_in(encoding, doc)), 1.0)
+        assert 400 <= r.status_code < 500, (name, r.status_code)
+        # A fixed answer: libxml2's words (which name local files) go to the log only.
+        assert r.content in (b"xml: malformed XML", b"xml: DTDs and entities are not accepted",
+                             b"xml: namespaces (XInclude) are not accepted",
+                             b"xml: the document must start with the <xml> root "
+                             b"(no DTD, no prolog)"), (name, r.content)
+    assert not listener[1], "the parser connected to the network"
+    await assert_still_serving(client, make_push)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_document_in_any_encoding_still_parses(encoding):
+    # The decoding that keeps DTDs out keeps ordinary documents in, whatever their encoding.
+    from service.messages import parse_fields
+
+    doc = f"<xml>{_FIELDS}<Content><![CDATA[你好 <!DOCTYPE> ]]]]></Content></xml>"
+    fields = parse_fields(_in(encoding, doc))
+    assert fields["Content"] == "你好 <!DOCTYPE> ]]" and fields["FromUserName"] == "o1"
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_the_fast_reader_never_takes_a_hostile_document(encoding, secret_file):
+    # The regular-expression reader only takes flat UTF-8 <xml> documents: every attack
+    # falls through to the decoding parser.
+    from service.messages import _flat_fields
+
+    for doc in _attacks(f"file://{secret_file}").values():
+        assert _flat_fields(_in(encoding, doc)) is None
+
+
+@pytest.mark.slow
+def test_a_real_server_survives_dev_zero_in_utf16_and_answers_the_next_push(tmp_path):
+    from tests.support import server_process
+
+    doc = '<!DOCTYPE xml [<!ENTITY % p SYSTEM "file:///dev/zero"> %p;]><xml/>'
+    with server_process("http://127.0.0.1:9", WXHOOK_MESSAGE_MODE="compat") as base:
+        for body in (codecs.BOM_UTF16_LE + doc.encode("utf-16-le"), doc.encode("utf-16-be")):
+            push = signed(body)
+            started = time.monotonic()
+            r = httpx.post(f"{base}/wechat", params=push.params, content=push.body, timeout=10)
+            assert 400 <= r.status_code < 500 and time.monotonic() - started < 1.0
+            assert b"zero" not in r.content
+        good = signed(push_xml("text", openid=OPENID, text="help"))
+        r = httpx.post(f"{base}/wechat", params=good.params, content=good.body, timeout=3)
+        assert r.status_code == 200 and b"help" in r.content
+
+
 # -- size, streaming and stalls -----------------------------------------------------------------
 
 async def test_five_megabytes_with_content_length_is_413(client, make_push):
@@ -237,13 +402,23 @@ async def test_broken_bodies_are_400_and_the_server_goes_on(client, make_push, b
     await assert_still_serving(client, make_push)
 
 
-async def test_a_malformed_body_does_not_burn_the_nonce_of_the_good_push(client):
-    # The good push reuses the query of the broken one (same nonce, same timestamp).
+async def test_a_used_query_lets_no_other_body_reach_the_parser(client, make_push, secret_file):
+    # The nonce memory is consulted before parsing: a captured query (here from a push
+    # already answered) admits no second body, hostile or not, into the parser.
+    good = make_push("subscribe")
+    assert (await post(client, good)).status_code == 200
+    for body in (b"<xml><broken", _xxe(secret_file, encoding="utf-16")):
+        r = await post(client, good, body)
+        assert r.status_code == 403 and r.content.startswith(b"replay")
+
+
+async def test_a_broken_body_uses_up_its_query(client):
+    # The first body signed for a query is the one remembered, parsable or not: only
+    # someone holding the token (or WeChat) can sign a fresh query.
     good = sign_push(push_xml("subscribe", openid=OPENID), token=TOKEN, openid=OPENID)
-    bad = await post(client, good, b"<xml><broken")
-    assert bad.status_code == 400
-    r = await post(client, good)
-    assert r.status_code == 200 and b"Welcome" in r.content
+    assert (await post(client, good, b"<xml><broken")).status_code == 400
+    assert (await post(client, good, b"<xml><broken")).status_code == 400  # a retry
+    assert (await post(client, good)).status_code == 403
 
 
 async def test_control_characters_in_the_query_are_not_a_5xx(client):
@@ -284,6 +459,20 @@ async def test_same_nonce_different_body_is_a_403_replay(client):
     forged = push_xml("text", openid=OPENID, text="help")
     r = await post(client, push, forged)
     assert r.status_code == 403 and b"replay" in r.content
+
+
+async def test_the_query_of_an_encrypted_push_carries_no_forged_plaintext(client, make_push,
+                                                                          sandbox):
+    # The nonce memory keeps (timestamp, nonce, body digest) in every mode: the query of a
+    # real encrypted push, without encrypt_type and msg_signature, admits no other body.
+    real = make_push("subscribe", aes=True)
+    assert (await client.post("/wechat", params=real.params, content=real.body)).status_code == 200
+    params = {k: v for k, v in real.params.items() if k not in ("encrypt_type", "msg_signature")}
+    for openid in (OPENID, "oSomeoneElse000000000000000x"):
+        forged = push_xml("text", openid=openid, text="transfer everything")
+        r = await client.post("/wechat", params=params, content=forged)
+        assert r.status_code == 403 and r.content.startswith(b"replay")
+    assert sandbox.calls["/cgi-bin/user/info"] <= 1
 
 
 # -- broken ciphertexts (each with a valid msg_signature, so decryption itself is tested) ----------

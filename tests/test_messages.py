@@ -215,3 +215,58 @@ def test_the_flat_reader_stays_linear_on_hostile_bodies():
         assert messages._flat_fields(body) is None
     with pytest.raises(XMLError):
         parse_message(b"<xml>" + b"<a><![CDATA[x]]></a>" * 40 + b"<b>")
+
+
+# WeChat's documented samples of the two job-finish events, as published (MsgID, capital D).
+TEMPLATE_JOB_FINISH = """<xml>
+<ToUserName><![CDATA[gh_7f083739789a]]></ToUserName>
+<FromUserName><![CDATA[oia2TjuEGTNoeX76QEjQNrcURxG8]]></FromUserName>
+<CreateTime>1395658920</CreateTime>
+<MsgType><![CDATA[event]]></MsgType>
+<Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event>
+<MsgID>200163836</MsgID>
+<Status><![CDATA[success]]></Status>
+</xml>"""
+MASS_JOB_FINISH = """<xml>
+<ToUserName><![CDATA[gh_3e8adccde292]]></ToUserName>
+<FromUserName><![CDATA[oR5Gjjl_eiZoUpGozMo7dbBJ362A]]></FromUserName>
+<CreateTime>1394524295</CreateTime>
+<MsgType><![CDATA[event]]></MsgType>
+<Event><![CDATA[MASSSENDJOBFINISH]]></Event>
+<MsgID>1988</MsgID>
+<Status><![CDATA[sendsuccess]]></Status>
+<TotalCount>100</TotalCount>
+<FilterCount>80</FilterCount>
+<SentCount>75</SentCount>
+<ErrorCount>5</ErrorCount>
+</xml>"""
+
+
+@pytest.mark.parametrize(("sample", "msg_id"), [(TEMPLATE_JOB_FINISH, "200163836"),
+                                                (MASS_JOB_FINISH, "1988")],
+                         ids=["TEMPLATESENDJOBFINISH", "MASSSENDJOBFINISH"])
+def test_job_finish_events_are_deduplicated_by_their_msgid(sample, msg_id):
+    m = parse_message(sample.encode())
+    assert isinstance(m, JobFinishEvent) and m.msg_id == msg_id
+    assert m.dedup_key() == f"m:{msg_id}"
+    # Two jobs finishing in the same second, from the same sender, are two pushes.
+    other = parse_message(sample.replace(msg_id, msg_id + "1").encode())
+    assert other.dedup_key() != m.dedup_key()
+
+
+def test_messages_keep_msgid_with_a_small_d():
+    m = parse_message(xml("<MsgType>text</MsgType><Content>x</Content><MsgId>123</MsgId>"))
+    assert m.dedup_key() == "m:123"
+
+
+def test_the_tree_reader_stays_linear_on_unclosed_cdata():
+    import time
+
+    from service import messages
+
+    for body in (b"\xef\xbb\xbf<xml>" + b"<![CDATA[" * 25_000,
+                 b"\xef\xbb\xbf<xml>" + b"<a><![CDATA[x]]" * 15_000):
+        started = time.monotonic()
+        with pytest.raises(XMLError):
+            messages._parse_tree(body)
+        assert time.monotonic() - started < 0.5

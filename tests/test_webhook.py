@@ -3,10 +3,13 @@
 import asyncio
 import time
 
+import httpx
 import orjson
 import pytest
 from wechatpy.crypto import WeChatCrypto
 
+from service.crypto import MessageCrypto
+from service.errors import DecryptError
 from service.replies import SUCCESS
 from service.signature import sign
 from service.simulate import decode_reply, push_xml, sign_push
@@ -38,6 +41,24 @@ async def test_get_refuses_without_echo(client, params):
     r = await client.get("/wechat", params=params)
     assert 400 <= r.status_code < 500
     assert b"123" not in r.content
+
+
+@pytest.mark.parametrize("value", ["é" * 40, "%E4%BD%A0" * 13, "%FF%FE", "İ" * 40, "ß",
+                                   "%C0%80" * 20, "\u0661" * 40, "%00" * 40])
+async def test_a_non_ascii_signature_is_403_not_500(client, crypto, value):
+    # compare_digest raises TypeError on a non-ASCII str: the comparison is on bytes.
+    ts, nonce = str(int(time.time())), "4375"
+    good = sign(TOKEN, ts, nonce)
+    raw = f"signature={{}}&timestamp={ts}&nonce={nonce}"
+    r = await client.get("/wechat?" + raw.format(value) + "&echostr=123")
+    assert r.status_code == 403 and b"123" not in r.content
+    r = await client.post("/wechat?" + raw.format(value), content=push_xml("text", openid=OPENID))
+    assert r.status_code == 403
+    encrypt = crypto.encrypt(push_xml("text", openid=OPENID))
+    body = f"<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+    r = await client.post(f"/wechat?{raw.format(good)}&encrypt_type=aes&msg_signature={value}",
+                          content=body)
+    assert r.status_code == 403
 
 
 # -- the three modes --------------------------------------------------------------------------
@@ -92,6 +113,50 @@ async def test_push_encrypted_by_wechatpy_is_served(client):
     params = {**_q(ts=ts, nonce=nonce), "encrypt_type": "aes", "msg_signature": msg_sig}
     r = await client.post("/wechat", params=params, content=body)
     assert r.status_code == 200 and b"<Encrypt>" in r.content
+
+
+@pytest.mark.parametrize("mode", ["plain", "compat", "safe"])
+async def test_the_message_mode_decides_which_pushes_are_accepted(make_app, make_settings,
+                                                                  make_push, mode):
+    app = make_app(settings=make_settings(WXHOOK_MESSAGE_MODE=mode))
+    accepted = {"plain": (True, False), "compat": (True, True), "safe": (False, True)}[mode]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as c:
+        for aes, ok in zip((False, True), accepted, strict=True):
+            push = make_push("subscribe", aes=aes)
+            r = await c.post("/wechat", params=push.params, content=push.body)
+            if ok:
+                assert r.status_code == 200 and (b"<Encrypt>" in r.content) == aes
+            else:
+                assert 400 <= r.status_code < 500 and r.content.startswith(b"mode")
+
+
+async def test_a_plaintext_try_never_answers_an_encrypted_one(client, make_push, crypto):
+    # Same MsgId, once in plaintext and once encrypted: the encrypted push must not get
+    # the plaintext try's reply replayed (WeChat, in safe mode, cannot use it).
+    for aes in (False, True):
+        push = make_push("text", text="help", msg_id=6054768590064713799, aes=aes)
+        r = await client.post("/wechat", params=push.params, content=push.body)
+        assert r.status_code == 200 and (b"<Encrypt>" in r.content) == aes
+        assert "help" in decode_reply(r.content, crypto=crypto)["Content"]
+
+
+async def test_key_rotation_answers_each_push_under_the_key_that_opened_it(
+        make_app, make_settings, make_push):
+    old = MessageCrypto(TOKEN, [AES_KEY], SANDBOX_APP_ID)
+    new = MessageCrypto(TOKEN, ["B" * 43], SANDBOX_APP_ID)
+    app = make_app(settings=make_settings(WECHAT_ENCODING_AES_KEY=f"{'B' * 43},{AES_KEY}"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as c:
+        for sealer, other in ((old, new), (new, old)):
+            push = sign_push(push_xml("text", openid=OPENID, text="help"), token=TOKEN,
+                             openid=OPENID, crypto=sealer)
+            first = await c.post("/wechat", params=push.params, content=push.body)
+            retry = await c.post("/wechat", params=push.params, content=push.body)
+            assert retry.content == first.content  # the dedup replay: same key, same bytes
+            assert "help" in decode_reply(first.content, crypto=sealer)["Content"]
+            with pytest.raises(DecryptError):
+                decode_reply(first.content, crypto=other)
 
 
 # -- greetings ----------------------------------------------------------------------------------
@@ -297,7 +362,7 @@ async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
         first = await client.post("/wechat", params=push.params, content=push.body)
         again = await client.post("/wechat", params=push.params, content=push.body)
         assert first.content == again.content
-        record = kept.get(digest(f"m:{msg_id}"))
+        record = kept.get(digest(f"m:{msg_id}" + (":aes" if aes else "")))
         # A text reply's record starts with [its text]: the version before this shape read
         # [time, tail], and int([...]) makes it answer "success" instead of garbage.
         assert isinstance(orjson.loads(record)[0], list)

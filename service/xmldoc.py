@@ -1,0 +1,114 @@
+"""Untrusted XML read without any I/O: decoded here first, so libxml2 never sees a DTD.
+
+libxml2 acts on a DTD while it parses: with `load_dtd=False` and `resolve_entities=False` it
+still opens an external subset or a parameter entity (`/dev/zero` pins a worker for good,
+a FIFO blocks it, error texts tell which files exist). A byte search for `<!DOCTYPE` misses
+UTF-16 and other encodings. So the document is decoded here, in the encoding its BOM (or
+its first bytes, or its declaration) names, and libxml2 gets UTF-8 text whose first markup
+is the `<xml>` root: with no prolog there is no place for a DTD. A resolver that refuses
+everything and `no_network` stand behind that, should libxml2 ever ask for a resource.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import Any
+
+from lxml import etree
+
+from .errors import XMLError
+
+# Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = ((codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF32_LE, "utf-32-le"),
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"))
+_DECLARED = re.compile(rb"<\?xml[^<>]*?\sencoding\s*=\s*[\"']([A-Za-z][A-Za-z0-9._-]{0,39})[\"']")
+_DECLARATION = re.compile(r"<\?xml\s[^<>]*?\?>")
+# After the declaration only whitespace may come before the root: no DTD, comment or PI.
+_ROOT_FIRST = re.compile(r"[ \t\r\n]*<xml[ \t\r\n/>]")
+_DTD = re.compile(r"<!(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
+
+
+class _RefuseAll(etree.Resolver):  # type: ignore[misc]
+    """Answers every request for an external resource with nothing."""
+
+    def resolve(self, system_url: str, public_id: str, context: Any) -> Any:
+        return self.resolve_string("", context)
+
+
+def _parser() -> etree.XMLParser:
+    parser = etree.XMLParser(
+        encoding="utf-8", resolve_entities=False, no_network=True, load_dtd=False,
+        dtd_validation=False, attribute_defaults=False, huge_tree=False,
+        remove_comments=True, remove_pis=True, collect_ids=False)
+    parser.resolvers.add(_RefuseAll())
+    return parser
+
+
+_PARSER = _parser()
+
+
+def encoding_of(body: bytes) -> tuple[str, int]:
+    """The encoding a document's BOM, first bytes or declaration names, and the BOM's length."""
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return name, len(bom)
+    head = body[:4]
+    if head in (b"\x00\x00\x00<", b"<\x00\x00\x00"):
+        return ("utf-32-be" if head[0] == 0 else "utf-32-le"), 0
+    if len(head) >= 2 and (head[0] == 0) != (head[1] == 0):  # one NUL in two: UTF-16
+        return ("utf-16-be" if head[0] == 0 else "utf-16-le"), 0
+    declared = _DECLARED.match(body, 0, 200) if body.startswith(b"<?xml") else None
+    return (declared.group(1).decode("ascii") if declared else "utf-8"), 0
+
+
+def decode(body: bytes) -> str:
+    """The document as text without its declaration; XMLError unless its first markup is
+    the `<xml>` root and it declares nothing (no DTD, no entity), in any encoding."""
+    name, skip = encoding_of(body)
+    try:
+        text = body[skip:].decode(name)
+    except (LookupError, UnicodeError, ValueError):  # unknown, non-text or broken encoding
+        raise XMLError("malformed XML (encoding)") from None
+    if text.startswith("<?xml"):
+        declaration = _DECLARATION.match(text)
+        if declaration is None:
+            raise XMLError("malformed XML (declaration)")
+        text = text[declaration.end():]
+    if not _ROOT_FIRST.match(text):
+        raise XMLError("the document must start with the <xml> root (no DTD, no prolog)")
+    if _DTD.search(_outside_cdata(text)):
+        raise XMLError("DTDs and entities are not accepted")
+    return text
+
+
+def _outside_cdata(text: str) -> str:
+    """The text without its CDATA sections (a follower may type "<!DOCTYPE"); linear,
+    where a regular expression would rescan to the end from every unclosed section."""
+    kept, i = [], 0
+    while (start := text.find("<![CDATA[", i)) != -1:
+        kept.append(text[i:start])
+        end = text.find("]]>", start + 9)
+        if end == -1:
+            return "".join(kept) + text[start:]
+        i = end + 3
+    kept.append(text[i:])
+    return "".join(kept)
+
+
+def parse(body: bytes) -> etree._Element:
+    """The root of an untrusted document, parsed without touching a file or the network."""
+    text = decode(body)
+    try:
+        root = etree.fromstring(text.encode("utf-8"), _PARSER)
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        # libxml2's text stays out of the answer: it can describe local files.
+        raise XMLError("malformed XML") from exc
+    if root is None or root.getroottree().docinfo.doctype:
+        raise XMLError("DTDs and entities are not accepted")
+    # WeChat sends no namespaces: a namespaced element is XInclude or other cleverness
+    # that some later processing step might act on.
+    if any(isinstance(el.tag, str) and el.tag.startswith("{") for el in root.iter()):
+        raise XMLError("namespaces (XInclude) are not accepted")
+    return root

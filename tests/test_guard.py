@@ -1,0 +1,173 @@
+"""Guard.admit on its own: the modes, the nonce memory's span, the key a reply is sealed with."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from wechatpy.crypto import WeChatCrypto
+from wechatpy.exceptions import InvalidSignatureException
+
+from handlers.router import Context, Router
+from service.config import Settings
+from service.crypto import MessageCrypto
+from service.errors import FreshnessError
+from service.guard import Admission, Guard
+from service.messages import InboundMessage, TextMessage, parse_fields
+from service.observability import Metrics
+from service.replies import TextReply
+from service.signature import sign
+from service.simulate import decode_reply, push_xml, sign_push
+from service.store.memory import MemoryStore
+from tests.conftest import OPENID
+from tests.support import AES_KEY, TOKEN
+
+# Published vector V2 (official Python sample): a push encrypted with AES_KEY.
+V2_APPID, V2_TOKEN, V2_TS, V2_NONCE = "wx2c2769f8efd9abc2", "spamtest", "1409735669", "1320562132"
+V2_MSG_SIGNATURE = "5d197aaffba7e9b25a30732f161a50dee96bd5fa"
+V2_ENCRYPT = (
+    "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PG"
+    "HQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6"
+    "tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp"
+    "3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhv"
+    "Ql+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE="
+)
+NEW_KEY = "B" * 43  # the key the console changed to; AES_KEY is the previous one
+
+
+class SharedMemory(MemoryStore):
+    """A store that says it is shared, so dedup and nonces live in it (with its clock)."""
+
+    shared = True
+
+
+async def admit(guard: Guard, params: dict[str, str], body: bytes) -> Admission:
+    scope = {"headers": [(b"content-length", str(len(body)).encode())]}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return await guard.admit(scope, receive, params, time.monotonic() + 5)
+
+
+def guard_of(settings: Settings, clock: Callable[[], float], store: Any = None) -> Guard:
+    return Guard(settings, store=store or MemoryStore(), namespace="t:", metrics=Metrics(),
+                 clock=clock)
+
+
+# -- key rotation --------------------------------------------------------------------------------
+
+async def test_a_push_under_the_old_key_is_answered_under_the_old_key(make_settings):
+    settings = make_settings(WECHAT_APP_ID=V2_APPID, WECHAT_TOKEN=V2_TOKEN,
+                             WECHAT_ENCODING_AES_KEY=f"{NEW_KEY},{AES_KEY}")
+    guard = guard_of(settings, lambda: float(V2_TS))
+    params = {"signature": sign(V2_TOKEN, V2_TS, V2_NONCE), "timestamp": V2_TS,
+              "nonce": V2_NONCE, "encrypt_type": "aes", "msg_signature": V2_MSG_SIGNATURE}
+    body = (f"<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>"
+            f"<Encrypt><![CDATA[{V2_ENCRYPT}]]></Encrypt></xml>").encode()
+    admitted = await admit(guard, params, body)
+    assert isinstance(admitted.message, TextMessage) and admitted.message.content == "abcdteT"
+    assert admitted.key == 1 and admitted.crypto is not None
+    reply = admitted.crypto.wrap_reply(b"<xml><Content>ok</Content></xml>", key=admitted.key)
+    f = decode_reply(reply, crypto=MessageCrypto(V2_TOKEN, [AES_KEY], V2_APPID))
+    assert f["Content"] == "ok"
+    # wechatpy, holding the old key only (as WeChat does until the change), reads it too.
+    raw, envelope = reply.decode(), parse_fields(reply)
+    sig, ts, nonce = envelope["MsgSignature"], envelope["TimeStamp"], envelope["Nonce"]
+    assert "ok" in WeChatCrypto(V2_TOKEN, AES_KEY, V2_APPID).decrypt_message(raw, sig, ts, nonce)
+    with pytest.raises(Exception):  # noqa: B017 - any failure: the new key cannot read it
+        decode_reply(reply, crypto=MessageCrypto(V2_TOKEN, [NEW_KEY], V2_APPID))
+    with pytest.raises(InvalidSignatureException):
+        WeChatCrypto(V2_TOKEN, AES_KEY, V2_APPID).decrypt_message(raw, "0" * 40, ts, nonce)
+
+
+def test_the_published_encryption_vector_under_the_second_key():
+    # V3 (official Java sample) with the vector's key listed second: key=1 picks it.
+    v3 = "jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZGMhkP72vVOfg=="
+    c = MessageCrypto("t", [NEW_KEY, AES_KEY], "wxb11529c136998cb6")
+    plain = "我是中文abcd123".encode()
+    assert c.encrypt(plain, random_prefix=b"aaaabbbbccccdddd", key=1) == v3
+    assert c.encrypt(plain, random_prefix=b"aaaabbbbccccdddd") != v3
+    assert c.decrypt_with_key(v3) == (plain, 1)
+
+
+# -- the modes -----------------------------------------------------------------------------------
+
+def test_the_dedup_key_tells_the_reply_encodings_apart():
+    msg = InboundMessage("gh", OPENID, 1, "text", "42")
+    crypto = MessageCrypto(TOKEN, [AES_KEY], "wx1")
+    plain, sealed = Admission(msg, "plain"), Admission(msg, "safe", crypto, 0)
+    assert plain.dedup_key == "m:42" and sealed.dedup_key != plain.dedup_key
+
+
+# -- the nonce memory covers what dedup forgets ---------------------------------------------------
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+async def test_a_verbatim_replay_after_the_dedup_ttl_is_refused(make_settings, shared):
+    now = [float(int(time.time()))]
+    store = SharedMemory(clock=lambda: now[0]) if shared else MemoryStore()
+    guard = guard_of(make_settings(WXHOOK_DEDUP_TTL="30"), lambda: now[0], store)
+    push = sign_push(push_xml("text", openid=OPENID), token=TOKEN, openid=OPENID,
+                     timestamp=int(now[0]))
+    await admit(guard, push.params, push.body)
+    now[0] += 15  # WeChat's last retry: its reply is still remembered
+    await admit(guard, push.params, push.body)
+    now[0] += 18  # +33 s: inside the 300-s window, past the 30-s dedup record
+    with pytest.raises(FreshnessError) as caught:
+        await admit(guard, push.params, push.body)
+    assert caught.value.reason == "replay"
+
+
+async def test_a_replay_after_the_dedup_ttl_does_not_run_the_handler_again(
+        make_app, make_settings):
+    now = [float(int(time.time()))]
+    runs: list[str] = []
+
+    async def count(msg: InboundMessage, ctx: Context) -> TextReply:
+        runs.append(msg.msg_id)
+        return TextReply("once")
+
+    router = Router()
+    router.register(count, msg_types=("text",))
+    settings = make_settings(WXHOOK_DEDUP_TTL="30")
+    store = SharedMemory(clock=lambda: now[0])  # dedup records expire on the same clock
+    app = make_app(settings=settings, store=store, router=router)
+    webhook = app.state.webhook
+    webhook.guard = Guard(settings, store=store, namespace=f"wxhook:{settings.app_id}:",
+                          metrics=Metrics(), clock=lambda: now[0])
+    push = sign_push(push_xml("text", openid=OPENID), token=TOKEN, openid=OPENID,
+                     timestamp=int(now[0]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        first = await client.post("/wechat", params=push.params, content=push.body)
+        assert first.status_code == 200 and b"once" in first.content
+        now[0] += 33
+        again = await client.post("/wechat", params=push.params, content=push.body)
+    assert again.status_code == 403 and again.content.startswith(b"replay")
+    assert len(runs) == 1
+
+
+async def test_redis_nonces_refuse_a_forged_body_and_a_late_repeat(make_settings, redis_url):
+    # Two instances share one Redis: what one admitted, the other remembers.
+    from service.store.redis import RedisStore
+
+    now = [float(int(time.time()))]
+    settings = make_settings(WXHOOK_DEDUP_TTL="30")
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    try:
+        a, b = (guard_of(settings, lambda: now[0], s) for s in stores)
+        push = sign_push(push_xml("text", openid=OPENID), token=TOKEN, openid=OPENID,
+                         timestamp=int(now[0]))
+        await admit(a, push.params, push.body)
+        await admit(b, push.params, push.body)  # WeChat's retry, on the other instance
+        with pytest.raises(FreshnessError):
+            await admit(b, push.params, push_xml("text", openid=OPENID, text="forged"))
+        now[0] += 31
+        with pytest.raises(FreshnessError):
+            await admit(a, push.params, push.body)
+    finally:
+        for s in stores:
+            await s.aclose()
