@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     sandbox: bool = Field(False, alias="WXHOOK_SANDBOX")
     # Extra routers, "package.module:router" comma-separated, consulted before the defaults.
     handlers: str = Field("", alias="WXHOOK_HANDLERS")
+    rules: str = Field("", alias="WXHOOK_RULES")  # the rules file (YAML): handlers/rules.py
 
     @field_validator("token")
     @classmethod
