@@ -12,6 +12,9 @@ import tempfile
 from typing import Any
 
 from .config import Settings, SettingsError, load_settings
+from .rules_cli import add_commands, rules_or_exit
+
+EXAMPLE_RULES = "rules.example.yaml"
 
 
 def _settings_or_exit(**overrides: Any) -> Settings:
@@ -126,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "a retried push could run twice. Set REDIS_URL, or run one worker.",
               file=sys.stderr)
         return 2
+    rules_or_exit(settings)
     made = _prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
     from .observability import configure_logging
@@ -153,6 +157,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=base,
                                  WECHAT_OAUTH_BASE=base,
                                  PUBLIC_BASE_URL=f"http://127.0.0.1:{args.port}")
+    if not settings.rules and os.path.exists(EXAMPLE_RULES):  # dev shows the rules at work
+        settings = settings.model_copy(update={"rules": EXAMPLE_RULES})
+    rules_or_exit(settings)
     configure_logging(level=settings.log_level, fmt=os.environ.get("WXHOOK_LOG_FORMAT", "console"))
     sandbox = create_sandbox(appid=settings.app_id,
                              secret=settings.app_secret.get_secret_value())
@@ -249,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_simulate)
     c = sub.add_parser("check", help="validate settings and reach the WeChat API")
     c.set_defaults(func=cmd_check)
+    add_commands(sub)
     return p
 
 

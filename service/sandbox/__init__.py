@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import oauth, wechat
+from . import console, oauth, wechat
 from .control import _control_routes
 from .state import DEMO_OPENID, DEMO_PROFILE, Fault, SandboxState, _err
 
@@ -33,6 +33,11 @@ _API: list[tuple[str, str, Callable[[Request, SandboxState], Awaitable[Response]
     ("GET", "/sns/oauth2/refresh_token", oauth._sns_refresh),
     ("GET", "/sns/userinfo", oauth._sns_userinfo),
     ("GET", "/sns/auth", oauth._sns_auth),
+    ("GET", "/cgi-bin/get_current_autoreply_info", console._autoreply),
+    ("GET", "/cgi-bin/get_current_selfmenu_info", console._selfmenu),
+    ("POST", "/cgi-bin/menu/create", console._menu_create),
+    ("GET", "/cgi-bin/menu/get", console._menu_get),
+    ("GET", "/cgi-bin/menu/delete", console._menu_delete),
 ]
 
 
@@ -67,6 +72,7 @@ Control (JSON, not counted in calls):
   POST   /_sandbox/reset       counters, faults, tokens, sent
   POST   /_sandbox/config      {{"empty_nicknames","latency","ip_whitelisted","users"}}
   POST   /_sandbox/oauth/code  {{"openid","scope"}} -> {{"code"}}
+  POST   /_sandbox/console     {{"autoreply","selfmenu","menu"}}: the console's configuration
 """
 
 

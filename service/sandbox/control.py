@@ -70,6 +70,18 @@ def _control_routes(st: SandboxState) -> list[Route]:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"code": code})
 
+    async def console(request: Request) -> Response:
+        body = await _json_body(request)
+        allowed = {"autoreply", "selfmenu", "menu"}
+        if body is None or set(body) - allowed or not all(
+                isinstance(v, dict) or (k == "menu" and v is None) for k, v in body.items()):
+            return JSONResponse({"error": f"body may hold only {sorted(allowed)}, each an "
+                                 "object as the WeChat API returns it (menu may be null)"},
+                                status_code=400)
+        for key, value in body.items():
+            setattr(st, key, value)
+        return JSONResponse({"ok": True})
+
     return [
         Route("/_sandbox/faults", add_fault, methods=["POST"]),
         Route("/_sandbox/faults", done(st.clear_faults), methods=["DELETE"]),
@@ -78,5 +90,6 @@ def _control_routes(st: SandboxState) -> list[Route]:
         Route("/_sandbox/reset", done(st.reset), methods=["POST"]),
         Route("/_sandbox/config", config, methods=["POST"]),
         Route("/_sandbox/oauth/code", oauth_code, methods=["POST"]),
+        Route("/_sandbox/console", console, methods=["POST"]),
     ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import copy
 import hashlib
 import json
 import re
@@ -16,6 +17,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from .samples import AUTOREPLY_SAMPLE, SELFMENU_CONSOLE_SAMPLE
 
 DEMO_OPENID = "oSandboxDemoFollower00000001"
 DEMO_PROFILE = {"nickname": "刺猬宝宝", "headimgurl": "https://thirdwx.qlogo.cn/mmopen/demo/132"}
@@ -91,6 +94,10 @@ class SandboxState:
         self.calls: collections.Counter[str] = collections.Counter()
         self.sent: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        # The console's configuration (WeChat's documented samples) and the API menu.
+        self.autoreply: dict[str, Any] = copy.deepcopy(AUTOREPLY_SAMPLE)
+        self.selfmenu: dict[str, Any] = copy.deepcopy(SELFMENU_CONSOLE_SAMPLE)
+        self.menu: dict[str, Any] | None = None
         self._reset_tokens()
 
     def _reset_tokens(self) -> None:
