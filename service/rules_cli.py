@@ -15,7 +15,7 @@ from handlers.rules import RulesError, load_rules
 from .config import Settings, SettingsError, load_settings
 from .errors import WeChatAPIError
 from .menu import MENU_ERRORS
-from .observability import Metrics
+from .observability import Metrics, configure_logging
 from .store.memory import MemoryStore
 from .tokens import TokenManager
 from .wechat_api import WeChatAPI, new_http_client
@@ -163,6 +163,9 @@ def _settings() -> Settings:
 
 def _with_api(action: Callable[[WeChatAPI], Awaitable[T]], what: str) -> T | None:
     settings = _settings()
+    # These commands print their own results and failures; the server's log lines
+    # (token fetched, ...) would only get in the way of a `menu show | jq`.
+    configure_logging(level="CRITICAL", fmt="console")
 
     async def run() -> T:
         async with new_http_client(timeout=settings.http_timeout) as http:
