@@ -63,7 +63,7 @@ class RulesSource:
     def status(self) -> dict[str, Any]:
         """For /readyz: which rules are in force, and why a newer file was refused."""
         rules = self.book.rules
-        return {"ok": True, "path": self.path, "version": rules.version,
+        return {"ok": True, "path": self.path, "version": rules.version, "pid": os.getpid(),
                 "keywords": len(rules.keywords), "loaded_by": self.loaded_by,
                 "last_error": self.last_error}
 

@@ -120,7 +120,7 @@ def _uvicorn_kwargs() -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The production server."""
-    import uvicorn
+    from .supervisor import serve
 
     settings = _settings_or_exit()
     if args.workers > 1 and settings.redis_url is None:
@@ -136,8 +136,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
-        uvicorn.run("service.cli:app_factory", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, **_uvicorn_kwargs())
+        serve("service.cli:app_factory", factory=True, host=args.host, port=args.port,
+              workers=args.workers, **_uvicorn_kwargs())
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)

@@ -90,18 +90,18 @@ def test_one_line_per_problem_with_its_place(text, expected):
 MENU_BAD = """\
 menu:
   button:
-    - {type: click, name: "关于我们公司的", key: A}
+    - {{type: click, name: "关于我们公司的", key: A}}
     - name: More
       sub_button:
-        - {type: view, name: a, url: 'https://e.com'}
-        - {type: view, name: b, url: 'https://e.com'}
-        - {type: view, name: c, url: 'https://e.com'}
-        - {type: view, name: d, url: 'https://e.com'}
-        - {type: view, name: e, url: 'https://e.com'}
-        - {type: view, name: f, url: 'https://e.com'}
-    - {type: click, name: "%s", key: "%s"}
-    - {type: view, name: url, url: "https://e.com/%s"}
-""" % ("名" * 21, "k" * 129, "u" * 1020)
+        - {{type: view, name: a, url: 'https://e.com'}}
+        - {{type: view, name: b, url: 'https://e.com'}}
+        - {{type: view, name: c, url: 'https://e.com'}}
+        - {{type: view, name: d, url: 'https://e.com'}}
+        - {{type: view, name: e, url: 'https://e.com'}}
+        - {{type: view, name: f, url: 'https://e.com'}}
+    - {{type: click, name: "{}", key: "{}"}}
+    - {{type: view, name: url, url: "https://e.com/{}"}}
+""".format("名" * 21, "k" * 129, "u" * 1020)
 
 
 def test_menu_limits_as_wechat_documents_them():
@@ -116,9 +116,8 @@ def test_menu_limits_as_wechat_documents_them():
 
 
 def test_menu_names_at_the_limits_are_accepted():
-    menu = ("menu:\n  button:\n    - {type: click, name: '%s', key: '%s'}\n"
-            "    - name: m\n      sub_button: [{type: view, name: '%s', url: 'https://e.com/%s'}]\n"
-            % ("名" * 5 + "a", "k" * 128, "名" * 20, "u" * (1024 - len("https://e.com/"))))
+    menu = ("menu:\n  button:\n    - {{type: click, name: '{}', key: '{}'}}\n"
+            "    - name: m\n      sub_button: [{{type: view, name: '{}', url: 'https://e.com/{}'}}]\n".format("名" * 5 + "a", "k" * 128, "名" * 20, "u" * (1024 - len("https://e.com/"))))
     assert _problems(menu) == []
 
 

@@ -58,7 +58,7 @@ def test_equal_match_mode_is_kept():
 
 
 def test_console_menu_buttons_become_clicks():
-    text, notes, rules = _imported()
+    _text, notes, rules = _imported()
     buttons = rules.menu["button"]
     assert [b.get("type") for b in buttons] == [None, "click", "click"]
     subs = buttons[0]["sub_button"]
