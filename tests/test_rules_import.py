@@ -169,3 +169,37 @@ def test_import_check_push_show_delete_against_a_sandbox_process(tmp_path):
         bad = _wxhook(base, "menu", "push", "bad.yaml", tmp_path=tmp_path)
         assert bad.returncode == 1 and "0 buttons" in bad.stderr
     assert SANDBOX_SECRET not in done.stderr + refused.stderr
+
+
+def test_example_rules_are_valid():
+    from tests.support import ROOT
+
+    rules, problems = parse_rules((ROOT / "rules.example.yaml").read_bytes())
+    assert problems == []
+    assert rules.menu is not None and "ABOUT" in rules.clicks
+
+
+@pytest.mark.slow
+def test_dev_mode_answers_from_the_example_rules_through_simulate(tmp_path):
+    from tests.support import ROOT, free_port, process
+
+    port, sandbox_port = free_port(), free_port()
+    env = {"WXHOOK_PROFILE_DB": str(tmp_path / "profiles.sqlite3")}
+    args = [WXHOOK, "dev", "--port", str(port), "--sandbox-port", str(sandbox_port)]
+    url = f"http://127.0.0.1:{port}/wechat"
+    with process(args, env=env, ready_url=f"http://127.0.0.1:{port}/healthz",
+                 log_path=tmp_path / "dev.log"):
+        def simulate(*extra):
+            done = subprocess.run([WXHOOK, "simulate", *extra, "--url", url],
+                                  env={"PATH": "/usr/bin:/bin"}, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        assert "We make hedgehog food." in simulate("click", "--event-key", "ABOUT")
+        assert "Thanks for visiting our booth, 刺猬宝宝!" in simulate(
+            "subscribe", "--event-key", "qrscene_fair2026")
+        assert "We are open 9:00-17:00" in simulate("text", "--text", "hours", "--aes")
+        assert "Call us on 010-0000-0000." in simulate("text", "--text", "contact")
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+    assert ready["checks"]["rules"]["path"] == "rules.example.yaml"
