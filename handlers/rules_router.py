@@ -24,7 +24,8 @@ from service.replies import MusicReply, NewsReply, Reply, TextReply, VideoReply
 from service.store.base import Store
 
 from .router import Context, Router
-from .rules import NICKNAME, Answer, Keyword, Rules
+from .rules import Keyword, Rules
+from .rules_replies import NICKNAME, Answer
 
 # An unknown name takes its separator with it: "Hi {nickname}, ..." -> "Hi, ...",
 # "Thanks, {nickname}!" -> "Thanks!".

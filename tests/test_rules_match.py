@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.rules import plain, rules_yaml, texts
-from handlers.rules import Answer, Keyword, Rules
+from handlers.rules import Keyword, Rules
+from handlers.rules_replies import Answer
 from handlers.rules_router import RuleBook
 from service.replies import TextReply
 
