@@ -24,7 +24,7 @@ keywords:
     equal: ["when open"]          # "open" above comes first in file order
     replies: ["never"]
   - name: named
-    equal: [me]
+    equal: [ME]                   # the file's case does not matter either
     replies: [{text: "So is this; {nickname} works in any text."}]
   - name: news
     equal: [news]
