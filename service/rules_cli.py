@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from handlers.rules import RulesError, load_rules
 
-from .config import Settings, SettingsError, load_settings
+from .config import SANDBOX_APP_ID, Settings, SettingsError, load_settings
 from .errors import WeChatAPIError
 from .menu import MENU_ERRORS
 from .observability import Metrics, configure_logging
@@ -21,6 +21,8 @@ from .tokens import TokenManager
 from .wechat_api import WeChatAPI, new_http_client
 
 T = TypeVar("T")
+WECHAT_API = "https://api.weixin.qq.com"
+DEV_SANDBOX = "http://127.0.0.1:8001"  # `wxhook dev`'s sandbox on its default port
 
 # What the errcodes these commands meet most often mean, and what to do.
 _MEANING = {
@@ -155,10 +157,16 @@ def cmd_menu_delete(args: argparse.Namespace) -> int:
 def _settings() -> Settings:
     try:
         # As `simulate`: with no WECHAT_* at all, the built-in sandbox account.
-        return load_settings(WXHOOK_SANDBOX=True)
+        settings = load_settings(WXHOOK_SANDBOX=True)
     except SettingsError as exc:
         print(f"wxhook: {exc}", file=sys.stderr)
         sys.exit(2)
+    if settings.app_id == SANDBOX_APP_ID and settings.api_base == WECHAT_API:
+        # The sandbox account exists only in the sandbox: the one `wxhook dev` runs.
+        print(f"wxhook: no account set: using the sandbox of `wxhook dev` at {DEV_SANDBOX}",
+              file=sys.stderr)
+        settings = settings.model_copy(update={"api_base": DEV_SANDBOX})
+    return settings
 
 
 def _with_api(action: Callable[[WeChatAPI], Awaitable[T]], what: str) -> T | None:

@@ -203,3 +203,11 @@ def test_dev_mode_answers_from_the_example_rules_through_simulate(tmp_path):
         assert "Call us on 010-0000-0000." in simulate("text", "--text", "contact")
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
     assert ready["checks"]["rules"]["path"] == "rules.example.yaml"
+
+
+@pytest.mark.slow
+def test_without_an_account_the_commands_use_the_dev_sandbox(tmp_path):
+    done = subprocess.run([WXHOOK, "menu", "show"], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert "using the sandbox of `wxhook dev` at http://127.0.0.1:8001" in done.stderr
+    assert "api.weixin.qq.com" not in done.stderr
