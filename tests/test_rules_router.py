@@ -249,3 +249,18 @@ async def test_readyz_shows_the_rules_in_force(rclient, rules_app):
     assert rules["ok"] is True
     assert rules["version"] == rules_app.state.rules.current().rules.version
     assert len(rules["version"]) == 12
+
+
+async def test_reply_all_stops_and_counts_when_wechat_refuses(rclient, rules_app, make_push,
+                                                              crypto, sandbox, capsys):
+    from service.sandbox import Fault
+
+    sandbox.add_fault(Fault(path="/cgi-bin/message/custom/send", errcode=45047))
+    f = await _send(rclient, make_push, crypto, "text", aes=False, text="all")
+    assert f["Content"] == "one"
+    assert await rules_app.state.delivery.drain(5) == 0
+    assert sandbox.sent == []
+    assert sandbox.calls["/cgi-bin/message/custom/send"] == 1  # not the third after a refusal
+    sample = rules_app.state.metrics.registry.get_sample_value
+    assert sample("wxhook_follow_ups_total", {"result": "failed"}) == 2
+    assert "follow_up_failed" in capsys.readouterr().out
