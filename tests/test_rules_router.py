@@ -264,3 +264,22 @@ async def test_reply_all_stops_and_counts_when_wechat_refuses(rclient, rules_app
     sample = rules_app.state.metrics.registry.get_sample_value
     assert sample("wxhook_follow_ups_total", {"result": "failed"}) == 2
     assert "follow_up_failed" in capsys.readouterr().out
+
+
+@pytest.mark.redis
+async def test_default_once_per_follower_across_instances(redis_url, make_app, make_settings,
+                                                          rules_file, make_push, crypto):
+    from service.observability import Metrics
+    from service.store.redis import RedisStore
+
+    settings = make_settings(WXHOOK_RULES=str(rules_file))
+    answers = []
+    for _ in range(2):  # two instances sharing one Redis, each with its own push
+        store = RedisStore(redis_url, metrics=Metrics())
+        app = make_app(settings=settings, store=store)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as c:
+            answers.append(await _send(c, make_push, crypto, "text", aes=False, text="hm"))
+        await store.aclose()
+    assert answers[0]["Content"] == "Got your message; we will answer soon."
+    assert answers[1] == {}
