@@ -149,3 +149,22 @@ def test_load_rules_raises_with_every_problem(tmp_path):
     with pytest.raises(RulesError) as err:
         load_rules(path)
     assert len(err.value.problems) == 3  # bad regex and no replies; empty replies
+
+
+def test_clicks_scenes_and_default_take_every_answer_form():
+    rules, problems = parse_rules(b"""
+subscribe: {scenes: {fair: [a, b], 42: {mode: reply_all, replies: [c, {image: {media_id: I}}]}}}
+default: [x, y]
+clicks:
+  ONE: plain
+  ALL: {mode: reply_all, replies: [a, {text: b}]}
+  NEWS: {news: {title: T}}
+""")
+    assert problems == []
+    assert rules.subscribe.answer is None and set(rules.subscribe.scenes) == {"fair", "42"}
+    assert rules.subscribe.scenes["42"].mode == "reply_all"
+    assert rules.default.answer.replies == (TextReply("x"), TextReply("y"))
+    assert rules.clicks["ALL"].mode == "reply_all"
+    assert rules.clicks["ALL"].replies == (TextReply("a"), TextReply("b"))
+    assert rules.clicks["NEWS"].replies == (NewsReply("T"),)
+    assert rules.clicks["ONE"].mode == "random_one"
