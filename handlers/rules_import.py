@@ -23,23 +23,25 @@ class _Import:
     def note(self, section: str, text: str) -> None:
         self.notes.setdefault(section, []).append(text)
 
-    def reply(self, info: dict[str, Any], section: str, where: str) -> Any | None:
+    def reply(self, raw: Any, section: str, where: str) -> Any | None:
         """One console reply ({type, content} or a menu's {type, value}) as a reply form."""
+        info = _obj(raw)
         kind = info.get("type")
         content = str(info.get("content", info.get("value", "")) or "")
         if kind == "text":
             return content or self._skip(section, where, "an empty text")
         if kind == "news":
-            articles = (info.get("news_info") or {}).get("list") or []
+            articles = _items(_obj(info.get("news_info")).get("list"))
             if not articles:
                 return self._skip(section, where, "a news reply without news_info")
             if len(articles) > 1:
                 self.note(section, f"{where}: {len(articles)} articles; WeChat shows one "
                           "in a reply, so only the first was kept")
             a = articles[0]
-            return {"news": [{"title": a.get("title", ""), "description": a.get("digest", ""),
-                              "url": a.get("content_url", ""),
-                              "picurl": a.get("cover_url", "")}]}
+            return {"news": [{"title": str(a.get("title", "")),
+                              "description": str(a.get("digest", "")),
+                              "url": str(a.get("content_url", "")),
+                              "picurl": str(a.get("cover_url", ""))}]}
         if kind in ("img", "voice", "video"):
             if content.startswith(("http://", "https://")):
                 return self._skip(section, where, f"a {kind} given as a URL ({content[:60]}"
@@ -54,14 +56,14 @@ class _Import:
         self.note(section, f"{where}: not imported: {why}")
         return None
 
-    def button(self, b: dict[str, Any], where: str) -> dict[str, Any] | None:
+    def button(self, raw: Any, where: str) -> dict[str, Any] | None:
+        b = _obj(raw)
         subs = b.get("sub_button")
-        if isinstance(subs, dict):
-            subs = subs.get("list")
+        subs = _items(subs.get("list") if isinstance(subs, dict) else subs)
         if subs:
             kept = _kept(self.button(s, f"{where}.sub_button[{j}] ({s.get('name')})")
                          for j, s in enumerate(subs))
-            return {"name": b.get("name", ""), "sub_button": kept} if kept else None
+            return {"name": str(b.get("name", "")), "sub_button": kept} if kept else None
         kind = b.get("type")
         if kind not in _CONSOLE_ONLY:
             return {k: b[k] for k in _FIELDS if k in b}
@@ -72,11 +74,13 @@ class _Import:
             return None
         key = f"CONSOLE_{kind.upper()}_{len(self.clicks) + 1}"
         self.clicks[key] = answer
-        return {"type": "click", "name": b.get("name", ""), "key": key}
+        return {"type": "click", "name": str(b.get("name", "")), "key": key}
 
 
-def console_to_rules(autoreply: dict[str, Any], selfmenu: dict[str, Any]) -> tuple[str, list[str]]:
+def console_to_rules(autoreply: Any, selfmenu: Any) -> tuple[str, list[str]]:
     """The rules file's text, and what could not be reproduced (one line each)."""
+    # Answers from the network: any shape is read as far as it makes sense, never trusted.
+    autoreply, selfmenu = _obj(autoreply), _obj(selfmenu)
     imp = _Import()
     doc: dict[str, Any] = {}
     welcome = autoreply.get("add_friend_autoreply_info")
@@ -84,15 +88,15 @@ def console_to_rules(autoreply: dict[str, Any], selfmenu: dict[str, Any]) -> tup
             got := imp.reply(welcome, "subscribe", "add_friend_autoreply_info")) is not None:
         doc["subscribe"] = {"reply": got}
     keywords = []
-    for i, rule in enumerate((autoreply.get("keyword_autoreply_info") or {}).get("list") or []):
+    for i, rule in enumerate(_items(_obj(autoreply.get("keyword_autoreply_info")).get("list"))):
         name = str(rule.get("rule_name") or f"rule-{i + 1}")
         out: dict[str, Any] = {"name": name}
-        for kw in rule.get("keyword_list_info") or []:
+        for kw in _items(rule.get("keyword_list_info")):
             mode = "equal" if kw.get("match_mode") == "equal" else "contain"
             out.setdefault(mode, []).append(str(kw.get("content", "")))
         out["mode"] = "reply_all" if rule.get("reply_mode") == "reply_all" else "random_one"
         replies = _kept(imp.reply(r, "keywords", f"{name}: reply_list_info[{j}]")
-                        for j, r in enumerate(rule.get("reply_list_info") or []))
+                        for j, r in enumerate(_items(rule.get("reply_list_info"))))
         if replies:
             keywords.append({**out, "replies": replies})
         else:
@@ -105,7 +109,7 @@ def console_to_rules(autoreply: dict[str, Any], selfmenu: dict[str, Any]) -> tup
         # The console answers a follower's messages with it at most once an hour.
         doc["default"] = {"reply": got, "once_per": CONSOLE_DEFAULT_ONCE_PER}
     if selfmenu.get("is_menu_open"):
-        listed = (selfmenu.get("selfmenu_info") or {}).get("button") or []
+        listed = _items(_obj(selfmenu.get("selfmenu_info")).get("button"))
         buttons = _kept(imp.button(b, f"button[{i}] ({b.get('name')})")
                         for i, b in enumerate(listed))
         if buttons:
@@ -129,3 +133,11 @@ def console_to_rules(autoreply: dict[str, Any], selfmenu: dict[str, Any]) -> tup
 
 def _kept(items: Iterable[Any]) -> list[Any]:
     return [item for item in items if item is not None]
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []

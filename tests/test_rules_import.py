@@ -7,6 +7,8 @@ import subprocess
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from handlers.rules import parse_rules
 from handlers.rules_import import console_to_rules
@@ -211,3 +213,25 @@ def test_without_an_account_the_commands_use_the_dev_sandbox(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert "using the sandbox of `wxhook dev` at http://127.0.0.1:8001" in done.stderr
     assert "api.weixin.qq.com" not in done.stderr
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    | st.sampled_from(["text", "img", "news", "video", "voice", "click", "view", "equal"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["type", "content", "value", "name", "key", "url", "list", "button",
+                         "sub_button", "news_info", "selfmenu_info", "is_menu_open",
+                         "keyword_autoreply_info", "keyword_list_info", "reply_list_info",
+                         "rule_name", "match_mode", "reply_mode", "title",
+                         "add_friend_autoreply_info", "is_add_friend_reply_open"]),
+        inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json, _json)
+def test_any_answer_shape_imports_without_crashing(auto, menu):
+    text, notes = console_to_rules(auto, menu)
+    _, problems = parse_rules(text.encode())  # what the command reports, if anything
+    assert all(isinstance(n, str) for n in notes)
+    assert all(isinstance(p, str) for p in problems)
