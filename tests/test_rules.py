@@ -3,9 +3,12 @@
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from handlers.rules import RulesError, load_rules, parse_rules
 from service.cli import main
+from service.menu import MENU_ERRORS
 from service.replies import ImageReply, MusicReply, NewsReply, TextReply, VideoReply, VoiceReply
 
 
@@ -168,3 +171,28 @@ clicks:
     assert rules.clicks["ALL"].replies == (TextReply("a"), TextReply("b"))
     assert rules.clicks["NEWS"].replies == (NewsReply("T"),)
     assert rules.clicks["ONE"].mode == "random_one"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+    | st.sampled_from(["click", "view", "miniprogram", "media_id"]),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(
+        st.sampled_from(["button", "sub_button", "type", "name", "key", "url", "appid",
+                         "pagepath", "media_id"]), inner, max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_menu_check_takes_any_shape(menu):
+    from service.menu import menu_problems
+
+    for problem in menu_problems(menu):
+        assert problem.errcode in MENU_ERRORS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_is_a_problem_list_never_a_crash(text):
+    rules, problems = parse_rules(text.encode())
+    assert (rules is None) == bool(problems)
