@@ -3,6 +3,7 @@ files, one worker and several."""
 
 import os
 import signal
+import subprocess
 import time
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 
 from service.simulate import decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
-from tests.support import TOKEN, free_port, process, sandbox_process, server_env
+from tests.support import TOKEN, WXHOOK, free_port, process, sandbox_process, server_env
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +54,7 @@ def _write_keeping_stamp(path, text):
 def _serve(base, path, tmp_path, *, workers=1, **extra):
     port = free_port()
     log = tmp_path / "server.log"
-    args = [os.path.join(os.path.dirname(os.sys.executable), "wxhook"), "serve", "--port",
-            str(port), "--workers", str(workers)]
+    args = [WXHOOK, "serve", "--port", str(port), "--workers", str(workers)]
     env = server_env(base, WXHOOK_RULES=str(path), **extra)
     return process(args, env=env, ready_url=f"http://127.0.0.1:{port}/healthz",
                    log_path=log), f"http://127.0.0.1:{port}", log
@@ -123,10 +123,7 @@ def test_a_bad_file_at_start_up_refuses_to_start(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(BROKEN)
     env = {**os.environ, **server_env("http://127.0.0.1:9", WXHOOK_RULES=str(path))}
-    import subprocess
-
-    wxhook = os.path.join(os.path.dirname(os.sys.executable), "wxhook")
-    done = subprocess.run([wxhook, "serve", "--port", str(free_port())], env=env,
+    done = subprocess.run([WXHOOK, "serve", "--port", str(free_port())], env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "bad regex" in done.stderr and "Traceback" not in done.stderr
