@@ -25,7 +25,7 @@ async def test_examples_answer_as_documented(monkeypatch):
 
 
 def _python_blocks(text):
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 @pytest.mark.slow
