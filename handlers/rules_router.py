@@ -110,12 +110,11 @@ class RulesAnswerer:
     """The rules as a Router; `book` is swapped whole on reload, so a push sees one version."""
 
     def __init__(self, book: Callable[[], RuleBook], *, store: Store, namespace: str,
-                 follow_up: FollowUp, choose: Callable[[int], int] | None = None) -> None:
+                 follow_up: FollowUp) -> None:
         self.book = book
         self.store = store
         self.namespace = namespace
         self.follow_up = follow_up
-        self.choose = choose or (lambda n: random.randrange(n))
         self.router = Router()
         self.router.register(self.on_message, msg_types=(
             "text", "image", "voice", "video", "shortvideo", "location", "link"))
@@ -168,13 +167,12 @@ class RulesAnswerer:
         if answer.mode == "reply_all":
             chosen = list(answer.replies)
         else:
-            chosen = [answer.replies[self.choose(len(answer.replies)) if len(answer.replies) > 1
-                                     else 0]]
+            chosen = [random.choice(answer.replies)]
         nickname: str | None = None
         if answer.uses_nickname and _uses_name(chosen):
             # A lookup only when the chosen reply names the follower (greeting's deadline).
             nickname = await ctx.nickname(msg.openid)
-            if not (nickname or "").strip() and anonymous is not None:
+            if not (nickname or "").strip() and anonymous is not None and _uses_name(chosen[:1]):
                 chosen = [TextReply(anonymous), *chosen[1:]]
         filled = [fill(r, nickname) for r in chosen]
         if len(filled) > 1:
