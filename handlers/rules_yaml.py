@@ -29,7 +29,21 @@ class Seq(list[Any]):
 
 
 class _Loader(yaml.SafeLoader):
-    """yaml.safe_load's loader, keeping marks."""
+    """yaml.safe_load's loader, keeping marks, with YAML 1.2's few implicit types.
+
+    YAML 1.1 reads `yes`, `no`, `on`, `off` as booleans, `0123` as octal and `9:00` as 540:
+    keywords and menu keys the owner wrote as text must stay that text.
+    """
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - PyYAML's class registry
+
+
+for _tag, _pattern, _first in (
+        ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+        ("int", r"[-+]?(?:0|[1-9][0-9]*)", "-+0123456789"),
+        ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""])):
+    _Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"),
+                                  list(_first))
 
 
 def _map(loader: _Loader, node: yaml.MappingNode) -> YamlMap:

@@ -196,3 +196,14 @@ def test_menu_check_takes_any_shape(menu):
 def test_any_text_is_a_problem_list_never_a_crash(text):
     rules, problems = parse_rules(text.encode())
     assert (rules is None) == bool(problems)
+
+
+def test_words_and_keys_stay_the_text_written():
+    # YAML 1.1 would read these as True, False, True, 540, 83 and a date.
+    rules, problems = parse_rules(b"keywords: [{equal: [yes, no, On, 9:00, 0123, 2026-01-01], "
+                                  b"replies: [ok]}]\nclicks: {ON: a, OFF: b, 7: c}\n"
+                                  b"default: {reply: x, once_per: 60}\n")
+    assert problems == []
+    assert rules.keywords[0].equal == ("yes", "no", "on", "9:00", "0123", "2026-01-01")
+    assert set(rules.clicks) == {"ON", "OFF", "7"}
+    assert rules.default.once_per == 60
