@@ -1,13 +1,14 @@
 """CPU per push without HTTP: the /wechat ASGI callable driven directly, 64 pushes at a time.
 
-    .venv/bin/python bench/inproc.py [plain|aes|subscribe] [--pushes 60000] [--runs 5]
+    .venv/bin/python bench/inproc.py [plain|aes|subscribe|rules] [--pushes 60000] [--runs 5]
 
 uvicorn, the network and wrk are out of the picture, so this measures wxhook's own work per
 push (guard, parse, nonce, dedup, route, render, log line, metrics) in process CPU time, far
 steadier on a shared machine than req/s. Each run is a fresh process pinned to core 0; the
 minimum over the runs is the figure to compare. Log lines go to a temporary file, as in
 production they go to a file or a pipe. subscribe needs the stand-in API: the handler's
-lookup fails fast here, so that figure is the greeting's no-name path.
+lookup fails fast here, so that figure is the greeting's no-name path. rules: the plain
+pushes answered by a rules file of 500 keyword rules and a default reply (bench/rules.py).
 """
 
 from __future__ import annotations
@@ -40,14 +41,22 @@ def child(scenario: str, n: int) -> None:
     if scenario == "aes":
         os.environ["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
     from bench.handlers import router
+
+    if scenario == "rules":
+        from bench.rules import rules_yaml
+
+        path = Path(os.environ["BENCH_PROFILE_DB"]).with_name("rules.yaml")
+        path.write_text(rules_yaml(500) + "default: {reply: 'Noted.', once_per: 3600}\n")
+        os.environ["WXHOOK_RULES"] = str(path)
     from service.app import create_app
     from service.config import Settings
     from service.observability import configure_logging
 
     configure_logging(level="INFO", fmt="json")
-    app = create_app(Settings(), router=router)
+    app = create_app(Settings(), router=None if scenario == "rules" else router)
     warm = 1000
-    pushes = list(gen.pushes(scenario, n + warm, creds, gen.Sequence()))
+    pushes = list(gen.pushes("plain" if scenario == "rules" else scenario, n + warm, creds,
+                             gen.Sequence()))
 
     async def one(push: gen.Push) -> None:
         scope = {"type": "http", "method": "POST", "path": "/wechat",
@@ -81,7 +90,8 @@ def child(scenario: str, n: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("scenario", nargs="?", default="plain", choices=("plain", "aes", "subscribe"))
+    p.add_argument("scenario", nargs="?", default="plain", choices=("plain", "aes", "subscribe",
+                                                                "rules"))
     p.add_argument("--pushes", type=int, default=60_000)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

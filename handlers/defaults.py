@@ -11,6 +11,7 @@ from service.replies import TextReply
 
 from . import greeting
 from .router import Context, Router
+from .rules_router import RulesAnswerer
 
 HELP = "Send any message and we will get back to you. Send 'help' to see this again."
 
@@ -65,11 +66,17 @@ def load_router(spec: str) -> Router:
     return found
 
 
-def default_router(extra: str = "") -> Router:
-    """The account's routers from WXHOOK_HANDLERS, then the greeting and keyword rules."""
+def default_router(extra: str = "", *, rules: RulesAnswerer | None = None) -> Router:
+    """The account's routers from WXHOOK_HANDLERS, its rules file, then the built-in
+    greeting and keyword rules (a rules file's `subscribe` replaces the greeting)."""
     router = Router()
     for spec in filter(None, (p.strip() for p in extra.split(","))):
         router.include(load_router(spec))
-    router.include(greeting.router)
+    if rules is None:
+        router.include(greeting.router)
+    else:
+        router.include(rules.router)
+        router.register(greeting.greet, events=("subscribe", "SCAN"),
+                        match=lambda msg: not rules.greets())
     router.include(keyword({"help", "帮助", "?"}))
     return router

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from service.messages import InboundMessage
+from service.messages import InboundMessage, MenuEvent, ScanEvent, SubscribeEvent, TextMessage
 from service.replies import Reply
 
+if TYPE_CHECKING:  # service imports this module: only the type checker follows these
+    from structlog.typing import FilteringBoundLogger
+
+    from service.config import Settings
+    from service.profiles import Profiles
+    from service.wechat_api import WeChatAPI
+
 T = TypeVar("T")
+M = TypeVar("M", bound=InboundMessage)
 
 
 @dataclass(slots=True)
@@ -19,12 +28,12 @@ class Context:
     """What a handler may use: the follower's profile, the API, the time left, a logger."""
 
     deadline: float                      # time.monotonic() by which the reply must be ready
-    profiles: Any                        # service.profiles.Profiles
-    api: Any                             # service.wechat_api.WeChatAPI
-    settings: Any                        # service.config.Settings
-    log: Any
-    handler: str = ""                    # set by the router: the handler that answered
-    extra: dict[str, Any] = field(default_factory=dict)
+    profiles: Profiles
+    api: WeChatAPI
+    settings: Settings
+    log: FilteringBoundLogger
+    handler: str = ""                    # who answered: set by the router (or by the handler)
+    extra: dict[str, object] = field(default_factory=dict)
 
     def remaining(self) -> float:
         """Seconds left before the reply is due."""
@@ -45,12 +54,13 @@ class Context:
     async def nickname(self, openid: str) -> str | None:
         """The follower's nickname if known in time, else None."""
         # Profiles bounds its own waiting by the deadline (no extra task, as within() needs).
-        name: str | None = await self.profiles.nickname(openid, deadline=self.deadline - 0.25)
-        return name
+        return await self.profiles.nickname(openid, deadline=self.deadline - 0.25)
 
 
 Handler = Callable[[InboundMessage, Context], Awaitable[Reply | None]]
+HandlerOf = Callable[[M, Context], Awaitable[Reply | None]]
 Match = Callable[[InboundMessage], bool]
+QRScan = SubscribeEvent | ScanEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +72,15 @@ class Route:
     events: frozenset[str]      # lower-cased; empty = any
     match: Match | None
     name: str
+    kinds: tuple[type[InboundMessage], ...] = (InboundMessage,)
 
     def accepts(self, msg: InboundMessage) -> bool:
         """True when this route should see `msg`."""
         if self.msg_types and msg.msg_type not in self.msg_types:
             return False
         if self.events and msg.event not in self.events:
+            return False
+        if not isinstance(msg, self.kinds):
             return False
         return self.match is None or self.match(msg)
 
@@ -76,16 +89,21 @@ class Router:
     """Handlers in registration order; decorators and direct calls share `register()`."""
 
     def __init__(self) -> None:
-        self.routes: list[Route] = []
+        self.routes: list[Route | Router] = []
 
-    def register(self, handler: Handler, *, msg_types: tuple[str, ...] = (),
-                 events: tuple[str, ...] = (), match: Match | None = None) -> Handler:
-        """Add a handler for the given message types and/or events (empty = all)."""
+    def register(self, handler: HandlerOf[M], *, msg_types: tuple[str, ...] = (),
+                 events: tuple[str, ...] = (), match: Match | None = None,
+                 kinds: tuple[type[M], ...] = ()) -> HandlerOf[M]:
+        """Add a handler for the given message types and/or events (empty = all); `kinds`
+        are the message classes it takes (what the decorators narrow the type to)."""
         types = {t.lower() for t in msg_types}
         if events:
             types.add("event")
-        self.routes.append(Route(handler, frozenset(types), frozenset(e.lower() for e in events),
-                                 match, getattr(handler, "__qualname__", repr(handler))))
+        # Safe: accepts() only passes messages that are instances of `kinds`.
+        self.routes.append(Route(cast(Handler, handler), frozenset(types),
+                                 frozenset(e.lower() for e in events), match,
+                                 getattr(handler, "__qualname__", repr(handler)),
+                                 kinds or (InboundMessage,)))
         return handler
 
     def message(self, *msg_types: str, match: Match | None = None) -> Callable[[Handler], Handler]:
@@ -97,16 +115,76 @@ class Router:
         """Decorator: `@router.event("subscribe")`; event names compare case-insensitively."""
         return lambda h: self.register(h, msg_types=("event",), events=events, match=match)
 
+    def text(self, *, equal: str | Sequence[str] = (), contain: str | Sequence[str] = (),
+             regex: str | Sequence[str] = ()) -> Callable[[HandlerOf[TextMessage]],
+                                                          HandlerOf[TextMessage]]:
+        """Decorator for text messages: whole text (trimmed), a word in it, or a regex; all
+        case-insensitive; no condition = every text. The handler takes a TextMessage."""
+        exact = {w.strip().casefold() for w in _listed(equal)}
+        words = [w.casefold() for w in _listed(contain)]
+        patterns = [re.compile(p, re.IGNORECASE) for p in _listed(regex)]
+
+        def match(msg: InboundMessage) -> bool:
+            if not (exact or words or patterns):
+                return True
+            text = msg.content.strip() if isinstance(msg, TextMessage) else ""
+            folded = text.casefold()
+            return (folded in exact or any(w in folded for w in words)
+                    or any(p.search(text) for p in patterns))
+
+        return lambda h: self.register(h, msg_types=("text",), match=match, kinds=(TextMessage,))
+
+    def click(self, *keys: str) -> Callable[[HandlerOf[MenuEvent]], HandlerOf[MenuEvent]]:
+        """Decorator for CLICK menu events with these keys (none = any); takes a MenuEvent."""
+        wanted = frozenset(keys)
+
+        def match(msg: InboundMessage) -> bool:
+            return not wanted or (isinstance(msg, MenuEvent) and msg.event_key in wanted)
+
+        return lambda h: self.register(h, events=("click",), match=match, kinds=(MenuEvent,))
+
+    def scan(self, *, scene: str | None = None) -> Callable[[HandlerOf[QRScan]],
+                                                            HandlerOf[QRScan]]:
+        """Decorator for parameter QR codes: a subscribe through one (EventKey
+        qrscene_<scene>) or a follower's SCAN; `scene` None = any scene."""
+        def match(msg: InboundMessage) -> bool:
+            got = (msg.scene if isinstance(msg, SubscribeEvent)
+                   else msg.event_key if isinstance(msg, ScanEvent) else None)
+            return got is not None and got != "" and (scene is None or got == scene)
+
+        return lambda h: self.register(h, events=("subscribe", "scan"), match=match,
+                                       kinds=(SubscribeEvent, ScanEvent))
+
     def include(self, other: Router) -> None:
-        """Append another router's routes after this one's."""
-        self.routes.extend(other.routes)
+        """Consult `other` after this router's routes so far; it stays live, so handlers
+        added to `other` later are seen too."""
+        if other is self or self in other._walk():
+            raise ValueError("including this router would make a cycle")
+        self.routes.append(other)
+
+    def _walk(self) -> list[Router]:
+        found = []
+        for entry in self.routes:
+            if isinstance(entry, Router):
+                found += [entry, *entry._walk()]
+        return found
 
     async def dispatch(self, msg: InboundMessage, ctx: Context) -> Reply | None:
         """The first non-None reply of the matching handlers, in order."""
-        for route in self.routes:
-            if route.accepts(msg):
-                reply = await route.handler(msg, ctx)
+        for entry in self.routes:
+            if isinstance(entry, Router):
+                reply = await entry.dispatch(msg, ctx)
                 if reply is not None:
-                    ctx.handler = route.name
+                    return reply
+            elif entry.accepts(msg):
+                ctx.handler = ""
+                reply = await entry.handler(msg, ctx)
+                if reply is not None:
+                    # A handler may name what answered (the rules: "rules:<rule name>").
+                    ctx.handler = ctx.handler or entry.name
                     return reply
         return None
+
+
+def _listed(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)

@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from handlers.defaults import default_router
 from handlers.router import Router
+from handlers.rules_router import RulesAnswerer
+from handlers.rules_source import RulesSource, watching
 
 from .config import SANDBOX_APP_ID, Settings
 from .delivery import LateDelivery
@@ -92,7 +94,12 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                          else StoreProfileRepo(store, namespace=namespace))
     profiles = Profiles(api, repo, ttl=settings.profile_ttl, batch_window=settings.batch_window)
     delivery = LateDelivery(api, metrics=metrics)
-    router = default_router(settings.handlers) if router is None else router
+    rules = (RulesSource(settings.rules, on_result=lambda r: metrics.rules_reloads.labels(r).inc())
+             if settings.rules else None)
+    if router is None:
+        answerer = None if rules is None else RulesAnswerer(
+            rules.current, store=store, namespace=namespace, follow_up=delivery.follow_up)
+        router = default_router(settings.handlers, rules=answerer)
     webhook = Webhook(settings, store=store, router=router, api=api, profiles=profiles,
                       delivery=delivery, metrics=metrics)
     oauth = OAuth(settings, api=api, store=store, repo=repo, profiles=profiles,
@@ -103,7 +110,8 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("startup", **settings.summary(), pid=os.getpid())
         settle_heap()
-        yield
+        async with watching(rules):
+            yield
         # uvicorn has stopped accepting and finished in-flight pushes; now the late ones.
         left = await delivery.drain(SHUTDOWN_GRACE)
         log.info("shutdown", late_deliveries_abandoned=left)
@@ -126,6 +134,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     app.state.delivery = delivery
     app.state.webhook = webhook
     app.state.metrics = metrics
+    app.state.rules = rules
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -153,6 +162,8 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
             except Exception as exc:  # noqa: BLE001 - any failure here is "not ready", never a 500
                 checks["redis"] = {"ok": False, "error": type(exc).__name__,
                                    "reason": str(exc)[:300]}
+        if rules is not None:
+            checks["rules"] = rules.status()  # a refused file keeps the old rules: still ready
         circuits = api.circuits()
         if circuits:
             checks["circuits_open"] = circuits

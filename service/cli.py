@@ -10,6 +10,9 @@ import sys
 from typing import Any
 
 from .config import Settings, SettingsError, load_settings
+from .rules_cli import add_commands, rules_or_exit
+
+EXAMPLE_RULES = "rules.example.yaml"
 
 SANDBOX_PROFILE_DB = "var/profiles-sandbox.sqlite3"
 
@@ -93,7 +96,7 @@ def _uvicorn_kwargs() -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The production server."""
-    import uvicorn
+    from .supervisor import serve
 
     settings = _settings_or_exit()
     _handlers_or_exit(settings)
@@ -103,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "a retried push could run twice. Set REDIS_URL, or run one worker.",
               file=sys.stderr)
         return 2
+    rules_or_exit(settings)
     from .multiproc import prepare_metrics_dir
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
@@ -111,8 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
-        uvicorn.run("service.cli:app_factory", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, **_uvicorn_kwargs())
+        serve("service.cli:app_factory", factory=True, host=args.host, port=args.port,
+              workers=args.workers, **_uvicorn_kwargs())
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)
@@ -141,6 +145,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     sb_port = args.sandbox_port or args.port + 1
     base = f"http://127.0.0.1:{sb_port}"
     settings = dev_settings(port=args.port, sandbox_base=base)
+    if not settings.rules and os.path.exists(EXAMPLE_RULES):  # dev shows the rules at work
+        settings = settings.model_copy(update={"rules": EXAMPLE_RULES})
+    rules_or_exit(settings)
     configure_logging(level=settings.log_level, fmt=os.environ.get("WXHOOK_LOG_FORMAT", "console"))
     sandbox = create_sandbox(appid=settings.app_id,
                              secret=settings.app_secret.get_secret_value())
@@ -296,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "spaces in values, # comments), instead of .env; the environment "
                         "still applies where FILE does not set a name")
     c.set_defaults(func=cmd_check)
+    add_commands(sub)
     return p
 
 

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     sandbox: bool = Field(False, alias="WXHOOK_SANDBOX")
     # Extra routers, "package.module:router" comma-separated, consulted before the defaults.
     handlers: str = Field("", alias="WXHOOK_HANDLERS")
+    rules: str = Field("", alias="WXHOOK_RULES")  # the rules file (YAML): handlers/rules.py
     # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's syntax: IPs, CIDRs, "*").
     forwarded_allow_ips: str = Field("127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS")
 

@@ -22,6 +22,7 @@ LATE_LIMIT = 55.0  # an event opens a 1-minute window for customer-service messa
 # one that may have arrived (a timeout after sending) is not: two replies are as bad as none.
 _SEND_TRIES = 3
 _SEND_BACKOFF = 0.5
+FOLLOW_UP_DELAY = 0.3  # seconds between the passive reply and a rule's further replies
 
 
 class LateDelivery:
@@ -94,6 +95,34 @@ class LateDelivery:
         self.metrics.late_deliveries.labels("sent").inc()
         self.log.info("late_delivery_sent", openid=masked,
                       late_ms=round((time.monotonic() - started) * 1000))
+
+    def follow_up(self, replies: list[Reply], openid: str) -> None:
+        """Send `replies` in order by customer-service message, after the passive reply."""
+        task = asyncio.get_running_loop().create_task(
+            self._follow_up(replies, openid, time.monotonic()))
+        self._tasks.add(task)
+        self._who[task] = mask_openid(openid)
+        task.add_done_callback(self._forget)
+
+    async def _follow_up(self, replies: list[Reply], openid: str, started: float) -> None:
+        # The passive reply is on its way back through WeChat; a message sent at once could
+        # overtake it, and the follower would read the rule's replies out of order.
+        await asyncio.sleep(FOLLOW_UP_DELAY)
+        for i, reply in enumerate(replies):
+            payload = reply.custom_message(openid)
+            try:
+                if payload is None:
+                    raise WeChatAPIError(None, f"a {reply.msg_type} reply has no "
+                                         "customer-service form")
+                await self.api.send_custom(payload, deadline=started + LATE_LIMIT)
+            except WeChatAPIError as exc:
+                # Stop: the rest would arrive out of order, or be refused the same way.
+                self.metrics.follow_ups.labels("failed").inc(len(replies) - i)
+                self.log.warning("follow_up_failed", openid=mask_openid(openid),
+                                 errcode=exc.errcode, errmsg=exc.errmsg, sent=i,
+                                 left=len(replies) - i)
+                return
+            self.metrics.follow_ups.labels("sent").inc()
 
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` s for pending deliveries; return how many were left behind."""

@@ -275,4 +275,9 @@ class Metrics:
                                        registry=r)
         self.ready = Gauge("wxhook_ready", "1 when /readyz last answered ready", registry=r,
                            multiprocess_mode="min")
+        self.rules_reloads = Counter("wxhook_rules_reloads", "Rules file reloads, by result "
+                                     "(failed: the file was refused, the old rules stay)",
+                                     ["result"], registry=r)
+        self.follow_ups = Counter("wxhook_follow_ups", "reply_all replies after the first, "
+                                  "sent by customer-service message", ["result"], registry=r)
         self.multiprocess = multiproc

@@ -95,6 +95,11 @@ class VideoReply(Reply):
         return (f"<Video><MediaId>{cdata(self.media_id)}</MediaId><Title>{cdata(self.title)}"
                 f"</Title><Description>{cdata(self.description)}</Description></Video>")
 
+    def custom_message(self, openid: str) -> dict[str, Any] | None:
+        return {"touser": openid, "msgtype": "video", "video": {
+            "media_id": self.media_id, "thumb_media_id": "", "title": self.title,
+            "description": self.description}}
+
 
 @dataclass(frozen=True, slots=True)
 class MusicReply(Reply):
@@ -114,6 +119,11 @@ class MusicReply(Reply):
                 f"<MusicUrl>{cdata(self.music_url)}</MusicUrl>"
                 f"<HQMusicUrl>{cdata(self.hq_music_url)}</HQMusicUrl>"
                 f"<ThumbMediaId>{cdata(self.thumb_media_id)}</ThumbMediaId></Music>")
+
+    def custom_message(self, openid: str) -> dict[str, Any] | None:
+        return {"touser": openid, "msgtype": "music", "music": {
+            "title": self.title, "description": self.description, "musicurl": self.music_url,
+            "hqmusicurl": self.hq_music_url, "thumb_media_id": self.thumb_media_id}}
 
 
 @dataclass(frozen=True, slots=True)

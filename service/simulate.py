@@ -134,7 +134,8 @@ async def simulate(settings: Settings, *, kind: str, url: str, openid: str, text
                 continue
             if not fields:
                 print("  (no reply: 'success')")
-            for k in ("MsgType", "Content", "ToUserName", "FromUserName"):
+            for k in ("MsgType", "Content", "Title", "Description", "Url", "PicUrl", "MediaId",
+                      "ThumbMediaId", "MusicUrl", "ToUserName", "FromUserName"):
                 if k in fields:
                     print(f"  {k}: {fields[k]}")
     return code

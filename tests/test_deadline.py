@@ -19,7 +19,7 @@ from handlers.defaults import default_router
 from handlers.router import Context, Router
 from service.messages import InboundMessage
 from service.observability import Metrics
-from service.replies import SUCCESS, MusicReply, Reply, TextReply
+from service.replies import SUCCESS, Reply, TextReply, TransferCustomerService
 from service.sandbox import Fault
 from service.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN
@@ -173,7 +173,7 @@ async def test_handler_that_overruns_and_returns_none_sends_nothing(build, conne
 
 async def test_a_late_reply_with_no_customer_service_form_is_logged_not_lost_silently(
         build, connect, sandbox, metrics, capsys):
-    app = build(Slow(0.8, reply=MusicReply("thumb", title="t")).router)
+    app = build(Slow(0.8, reply=TransferCustomerService()).router)
     await timed_post(connect(app), text_push(new_openid()))
     await app.state.delivery.drain(5)
     assert sandbox.sent == []

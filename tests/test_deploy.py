@@ -29,6 +29,8 @@ KNOWN_METRICS = frozenset(
         "wxhook_dedup_hits_total",
         "wxhook_deadline_fallbacks_total",
         "wxhook_late_deliveries_total",
+        "wxhook_rules_reloads_total",
+        "wxhook_follow_ups_total",
         "wxhook_guard_failures_total",
         "wxhook_circuit_open",
         "wxhook_store_fallbacks_total",

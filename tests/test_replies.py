@@ -69,3 +69,15 @@ def test_custom_message_forms():
         "touser": "o1", "msgtype": "text", "text": {"content": "hi"}}
     assert NewsReply("t").custom_message("o1")["news"]["articles"][0]["title"] == "t"
     assert TransferCustomerService().custom_message("o1") is None
+
+
+def test_video_and_music_have_customer_service_forms():
+    from service.replies import MusicReply, VideoReply
+
+    assert VideoReply("M", "t", "d").custom_message("o1") == {
+        "touser": "o1", "msgtype": "video",
+        "video": {"media_id": "M", "thumb_media_id": "", "title": "t", "description": "d"}}
+    assert MusicReply("TH", "t", "d", "https://m", "https://h").custom_message("o1") == {
+        "touser": "o1", "msgtype": "music",
+        "music": {"title": "t", "description": "d", "musicurl": "https://m",
+                  "hqmusicurl": "https://h", "thumb_media_id": "TH"}}

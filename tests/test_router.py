@@ -92,3 +92,104 @@ async def test_within_gives_the_default_when_time_runs_out():
     started = time.monotonic()
     assert await c.within(slow(), "default") == "default"
     assert time.monotonic() - started < 0.3
+
+
+def _text(content):
+    return msg(f"<MsgType>text</MsgType><Content>{content}</Content><MsgId>7</MsgId>")
+
+
+def _event(name, key=""):
+    return msg(f"<MsgType>event</MsgType><Event>{name}</Event><EventKey>{key}</EventKey>")
+
+
+async def test_text_decorator_equal_contain_regex():
+    r = Router()
+
+    @r.text(equal=["hours", "营业时间"])
+    async def eq(m, c):
+        return TextReply(f"eq:{m.content}")
+
+    @r.text(contain="open")
+    async def co(m, c):
+        return TextReply("co")
+
+    @r.text(regex=r"^order\s+\d+$")
+    async def rx(m, c):
+        return TextReply("rx")
+
+    async def answer(m):
+        reply = await r.dispatch(m, ctx())
+        return reply.content if reply else None
+
+    assert await answer(_text("  HOURS ")) == "eq:  HOURS "
+    assert await answer(_text("营业时间")) == "eq:营业时间"
+    assert await answer(_text("are you OPEN?")) == "co"
+    assert await answer(_text("Order 12")) == "rx"
+    assert await answer(_text("hours please")) is None
+    assert await answer(_event("CLICK", "hours")) is None
+
+
+async def test_click_and_scan_decorators_narrow_to_their_events():
+    r = Router()
+
+    @r.click("ABOUT")
+    async def about(m, c):
+        return TextReply(f"click:{m.event_key}")
+
+    @r.scan(scene="fair2026")
+    async def fair(m, c):
+        return TextReply(f"scan:{type(m).__name__}")
+
+    async def answer(m):
+        reply = await r.dispatch(m, ctx())
+        return reply.content if reply else None
+
+    assert await answer(_event("CLICK", "ABOUT")) == "click:ABOUT"
+    assert await answer(_event("CLICK", "OTHER")) is None
+    assert await answer(_event("VIEW", "ABOUT")) is None
+    assert await answer(_event("subscribe", "qrscene_fair2026")) == "scan:SubscribeEvent"
+    assert await answer(_event("SCAN", "fair2026")) == "scan:ScanEvent"
+    assert await answer(_event("subscribe")) is None
+    assert await answer(_event("SCAN", "other")) is None
+    assert await answer(_text("fair2026")) is None
+
+
+async def test_include_keeps_later_additions():
+    outer, inner = Router(), Router()
+    outer.include(inner)
+
+    @inner.text(equal="late")
+    async def late(m, c):
+        return TextReply("added after include")
+
+    reply = await outer.dispatch(_text("late"), c := ctx())
+    assert reply == TextReply("added after include")
+    assert c.handler.endswith("late")
+
+
+def test_include_refuses_a_cycle():
+    import pytest
+
+    a, b = Router(), Router()
+    a.include(b)
+    with pytest.raises(ValueError, match="cycle"):
+        b.include(a)
+    with pytest.raises(ValueError, match="cycle"):
+        a.include(a)
+
+
+async def test_a_handler_may_name_what_answered():
+    r = Router()
+
+    @r.text()
+    async def silent(m, c):
+        c.handler = "named but silent"
+
+    @r.text()
+    async def named(m, c):
+        c.handler = "rules:hours"
+        return TextReply("x")
+
+    c = ctx()
+    await r.dispatch(_text("x"), c)
+    assert c.handler == "rules:hours"

@@ -1,0 +1,147 @@
+"""Reply forms of the rules file: a text, {text|news|image|voice|video|music: ...}, a list of
+them, or {mode, replies}; checked with the place of each problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from service.replies import (
+    ImageReply,
+    MusicReply,
+    NewsReply,
+    Reply,
+    TextReply,
+    VideoReply,
+    VoiceReply,
+)
+
+from .rules_yaml import Seq, YamlMap
+
+Mode = Literal["random_one", "reply_all"]
+MODES = ("random_one", "reply_all")
+REPLY_TYPES = ("text", "news", "image", "voice", "video", "music")
+NICKNAME = "{nickname}"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a rule says: its replies and how to choose (one at random, or all in order)."""
+
+    replies: tuple[Reply, ...]
+    mode: Mode = "random_one"
+    uses_nickname: bool = False
+
+
+
+class ReplyChecker:
+    """Collects problems with their places instead of stopping at the first; reads replies."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problems: list[str] = []
+
+    def add(self, line: int, where: str, message: str) -> None:
+        self.problems.append(f"{self.name}:{line}: {where}: {message}")
+
+    def _mapping(self, node: Any, line: int, where: str, allowed: tuple[str, ...]) -> bool:
+        if not isinstance(node, YamlMap):
+            self.add(line, where, f"must be a mapping of {', '.join(allowed)}")
+            return False
+        for key in node:
+            if key not in allowed:
+                self.add(node.lines[key], f"{where}.{key}",
+                         f"unknown field (expected {', '.join(allowed)})")
+        return True
+
+    def answer(self, node: Any, line: int, where: str, *, rule_form: bool = False) -> Answer | None:
+        """A reply, a list of replies, or {mode, replies}."""
+        mode: Any = "random_one"
+        if isinstance(node, YamlMap) and (rule_form or "replies" in node or "mode" in node):
+            if not rule_form and not self._mapping(node, line, where, ("mode", "replies")):
+                return None
+            mode = node.get("mode", "random_one")
+            if mode not in MODES:
+                self.add(node.lines.get("mode", line), f"{where}.mode",
+                         f"must be one of {', '.join(MODES)}")
+            line, node = node.lines.get("replies", line), node.get("replies")
+            where = f"{where}.replies"
+            if node is None:
+                self.add(line, where, "missing: a rule needs at least one reply")
+                return None
+        items = node if isinstance(node, Seq) else Seq([node], line=line, lines=[line])
+        if not items:
+            self.add(line, where, "empty: give at least one reply")
+            return None
+        replies = [self.reply(item, items.lines[i], f"{where}[{i}]" if node is items else where)
+                   for i, item in enumerate(items)]
+        if any(r is None for r in replies):
+            return None
+        got = tuple(r for r in replies if r is not None)
+        return Answer(got, mode if mode in MODES else "random_one",
+                      any(NICKNAME in text for r in got for text in _texts(r)))
+
+    def reply(self, node: Any, line: int, where: str) -> Reply | None:
+        """One reply in any of its forms."""
+        if isinstance(node, str):
+            if not node.strip():
+                self.add(line, where, "empty reply")
+                return None
+            return TextReply(node)
+        if not isinstance(node, YamlMap) or len(node) != 1:
+            self.add(line, where, f"a reply is a text or one of {', '.join(REPLY_TYPES)}: ...")
+            return None
+        (kind, body), = node.items()
+        line = node.lines[kind]
+        where = f"{where}.{kind}"
+        if kind not in REPLY_TYPES:
+            self.add(line, where, f"unknown reply type {kind!r} (expected "
+                     f"{', '.join(REPLY_TYPES)})")
+            return None
+        if kind == "text":
+            return self.reply(body, line, where)
+        if kind == "news":
+            if isinstance(body, Seq) and len(body) == 1:
+                body = body[0]
+            elif isinstance(body, Seq):
+                self.add(line, where, f"{len(body)} articles: WeChat shows exactly one")
+                return None
+        fields = _FIELDS[kind]
+        if not isinstance(body, YamlMap):
+            self.add(line, where, f"must be a mapping of {', '.join(fields)}")
+            return None
+        bad = [k for k in body if k not in fields]
+        for k in bad:
+            self.add(body.lines[k], f"{where}.{k}", f"unknown field (expected {', '.join(fields)})")
+        need = fields[0]
+        if not (isinstance(body.get(need), str) and body[need].strip()):
+            self.add(body.lines.get(need, line), f"{where}.{need}", "missing or empty")
+            return None
+        if bad or not all(isinstance(v, str) for v in body.values()):
+            if not bad:
+                self.add(line, where, "every field is a text")
+            return None
+        values = [body.get(f, "") for f in fields]
+        return _BUILD[kind](*values)
+
+
+def _texts(reply: Reply) -> list[str]:
+    """The texts of a reply a follower reads (where {nickname} may appear)."""
+    if isinstance(reply, TextReply):
+        return [reply.content]
+    if isinstance(reply, NewsReply | VideoReply | MusicReply):
+        return [reply.title, reply.description]
+    return []
+
+
+# Fields of each reply form, the required one first, named as WeChat's JSON names them.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "news": ("title", "description", "picurl", "url"),
+    "image": ("media_id",), "voice": ("media_id",),
+    "video": ("media_id", "title", "description"),
+    "music": ("thumb_media_id", "title", "description", "musicurl", "hqmusicurl"),
+}
+_BUILD: dict[str, Callable[..., Reply]] = {"news": NewsReply, "image": ImageReply, "voice": VoiceReply,
+                          "video": VideoReply, "music": MusicReply}
+

@@ -1,0 +1,49 @@
+"""The indexed keyword matcher answers exactly as trying every rule in file order would."""
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.rules import plain, rules_yaml, texts
+from handlers.rules import Keyword, Rules
+from handlers.rules_replies import Answer
+from handlers.rules_router import RuleBook
+from service.replies import TextReply
+
+# A tiny alphabet, so words overlap, nest and repeat (the hard cases for an index).
+_word = st.text(alphabet="abAB 营", min_size=1, max_size=4).filter(lambda w: w.strip())
+_rule = st.tuples(st.lists(_word, max_size=2), st.lists(_word, max_size=3),
+                  st.lists(st.sampled_from(["^a", "b$", "(a)\\1", "(?i)ab", "营+"]), max_size=1))
+
+
+def _book(specs):
+    keywords = tuple(
+        Keyword(f"r{i}", tuple(w.strip().casefold() for w in eq), tuple(w.casefold() for w in co),
+                tuple(re.compile(p, re.IGNORECASE) for p in rx), Answer((TextReply("x"),)))
+        for i, (eq, co, rx) in enumerate(specs))
+    return RuleBook(Rules(path="t", version="t", keywords=keywords)), keywords
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_rule, max_size=12), st.text(alphabet="abAB 营\n", max_size=12))
+def test_indexed_equals_plain(specs, text):
+    book, keywords = _book(specs)
+    assert book.match(text) is plain(keywords, text)
+
+
+def test_overlapping_words_find_the_earlier_rule():
+    book, keywords = _book([([], ["opening"], []), ([], ["pen"], []), ([], ["open"], [])])
+    assert book.match("we are OPEN") is keywords[1]  # "pen" is in it, and comes first
+    assert book.match("ope") is None
+    assert book.match("opening hours") is keywords[0]
+    assert book.match("a pen") is keywords[1]
+
+
+def test_five_hundred_rules_match_as_plain():
+    from handlers.rules import parse_rules
+
+    rules, _ = parse_rules(rules_yaml(500).encode())
+    book = RuleBook(rules)
+    for text in texts(500).values():
+        assert book.match(text) is plain(rules.keywords, text)
