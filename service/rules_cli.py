@@ -37,8 +37,10 @@ _MEANING = {
 
 def add_commands(sub: Any) -> None:
     """Register `rules` and `menu` on the CLI's subparsers."""
-    r = sub.add_parser("rules", help="the rules file: check it, or import the console's")
-    rs = r.add_subparsers(dest="rules_command", required=True)
+    r = sub.add_parser("rules", help="the rules file: check it, or import the console's",
+                       description="Replies without code: check a rules file (WXHOOK_RULES), "
+                                   "or write one from the console's auto-replies and menu.")
+    rs = r.add_subparsers(dest="rules_command", required=True, help="check | import")
     c = rs.add_parser("check", help="exit 0 when FILE is valid; else one line per problem")
     c.add_argument("file", help="the rules file (YAML)")
     c.set_defaults(func=cmd_rules_check)
@@ -46,8 +48,10 @@ def add_commands(sub: Any) -> None:
                       "and menu (get_current_autoreply_info, get_current_selfmenu_info)")
     i.add_argument("--output", "-o", default="", help="file to write (default: standard output)")
     i.set_defaults(func=cmd_rules_import)
-    m = sub.add_parser("menu", help="the custom menu: push it from the rules file, show, delete")
-    ms = m.add_subparsers(dest="menu_command", required=True)
+    m = sub.add_parser("menu", help="the custom menu: push it from the rules file, show, delete",
+                       description="The account's custom menu: push the rules file's `menu` "
+                                   "(menu/create), show the one in force, or delete it.")
+    ms = m.add_subparsers(dest="menu_command", required=True, help="push | show | delete")
     p = ms.add_parser("push", help="check the rules file's `menu`, then menu/create")
     p.add_argument("file", nargs="?", default="",
                    help="the rules file (default: WXHOOK_RULES, else rules.yaml)")
