@@ -51,7 +51,8 @@ class Profiles:
     """Nicknames for the greeting: cached, one call per openid, bursts batched."""
 
     def __init__(self, api: WeChatAPI, repo: ProfileRepo, *, ttl: float = 3600,
-                 batch_window: float = 0.005, maxsize: int = 20_000) -> None:
+                 batch_window: float = 0.005, maxsize: int = 20_000,
+                 max_batches_in_flight: int = 8) -> None:
         # ~500 bytes an entry in a TTLCache: 20,000 keep a campaign's followers of the last
         # minutes for their SCANs and re-follows; a campaign brings new ones, looked up once.
         self.api = api
@@ -63,10 +64,16 @@ class Profiles:
         )
         self._inflight: dict[str, asyncio.Future[str | None]] = {}
         self._pending: list[str] = []
-        self._flush_scheduled = False
+        self._window: asyncio.TimerHandle | None = None
+        # Batches overlap: one leaves when full or when its window closes, whatever is still
+        # in flight, so a burst waits about one upstream latency, not one per batch ahead of
+        # it. The bound keeps a flood from opening a connection per batch; a batch over it
+        # waits for a slot (its waiters' deadlines still apply).
+        self._slots = asyncio.Semaphore(max_batches_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_ok = True
         self.lookups = 0  # upstream lookups started (single or batch), for tests and the bench
+        self.in_flight = 0  # lookups holding a slot now
 
     async def nickname(self, openid: str, *, deadline: float | None = None) -> str | None:
         """The follower's nickname, or None when nobody told us (never "")."""
@@ -90,27 +97,45 @@ class Profiles:
     async def _looked_up(self, openid: str, deadline: float | None) -> str | None:
         fut = self._inflight.get(openid)
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
             self._inflight[openid] = fut
             self._pending.append(openid)
             if len(self._pending) >= _BATCH_MAX:
-                self._flush(deadline)
-            elif not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_later(self.batch_window, self._flush, deadline)
+                self._send(deadline)
+            elif self._window is None:
+                self._window = loop.call_later(self.batch_window, self._send, deadline)
         if deadline is None:
             return await asyncio.shield(fut)
         # One follower's deadline must not cancel a lookup others share.
         return fut.result() if await wait_done(fut, deadline - time.monotonic()) else None
 
-    def _flush(self, deadline: float | None) -> None:
-        self._flush_scheduled = False
-        while self._pending:
-            batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
-            task = asyncio.get_running_loop().create_task(self._lookup(batch, deadline))
-            self._tasks.add(task)  # a pending task nobody references may be collected
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(settle_quietly)
+    def _send(self, deadline: float | None) -> None:
+        """The pending batch leaves now (full, or its window closed)."""
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._slotted(batch, deadline))
+        self._tasks.add(task)  # a pending task nobody references may be collected
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(settle_quietly)
+
+    async def _slotted(self, batch: list[str], deadline: float | None) -> None:
+        started = False
+        try:
+            async with self._slots:
+                started = True
+                self.in_flight += 1
+                try:
+                    await self._lookup(batch, deadline)  # answers its waiters, come what may
+                finally:
+                    self.in_flight -= 1
+        finally:
+            if not started:  # cancelled while waiting for a slot: nobody waits forever
+                self._answer(batch, {})
 
     async def _lookup(self, batch: list[str], deadline: float | None) -> None:
         # The first waiter's deadline bounds the call; later waiters give up on their own.
@@ -143,13 +168,16 @@ class Profiles:
             self.log.warning("profile_lookup_failed", count=len(batch), errcode=exc.errcode,
                              errmsg=exc.errmsg, api=exc.api)
         finally:
-            for openid in batch:
-                fut = self._inflight.pop(openid, None)
-                name = results.get(openid)
-                if name is not None and self._cache is not None:
-                    self._cache[openid] = name
-                if fut is not None and not fut.done():
-                    fut.set_result(name or None)
+            self._answer(batch, results)
+
+    def _answer(self, batch: list[str], results: dict[str, str]) -> None:
+        for openid in batch:
+            fut = self._inflight.pop(openid, None)
+            name = results.get(openid)
+            if name is not None and self._cache is not None:
+                self._cache[openid] = name
+            if fut is not None and not fut.done():
+                fut.set_result(name or None)
 
     async def _one_by_one(self, batch: list[str], deadline: float | None) -> list[dict[str, Any]]:
         async def one(openid: str) -> dict[str, Any] | None:
