@@ -42,7 +42,7 @@ def child(scenario: str, n: int) -> None:
     from bench.handlers import router
     from service.app import create_app
     from service.config import Settings
-    from service.observability import configure_logging
+    from service.logs import configure_logging
 
     configure_logging(level="INFO", fmt="json")
     app = create_app(Settings(), router=router)

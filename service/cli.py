@@ -25,7 +25,7 @@ def _settings_or_exit(**overrides: Any) -> Settings:
 def app_factory() -> Any:
     """The ASGI app from the environment (uvicorn --factory, one per worker)."""
     from .app import create_app
-    from .observability import configure_logging
+    from .logs import configure_logging
 
     settings = _settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     made = _prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
-    from .observability import configure_logging
+    from .logs import configure_logging
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
@@ -145,7 +145,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .observability import configure_logging
+    from .logs import configure_logging
     from .sandbox import create_sandbox
 
     sb_port = args.sandbox_port or args.port + 1

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from cachetools import TTLCache
 
 from .errors import WeChatAPIError
-from .observability import get_logger
+from .logs import get_logger
 from .store.base import Store
 from .waiting import settle_quietly, wait_done
 from .wechat_api import WeChatAPI

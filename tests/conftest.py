@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.config import Settings, load_settings
 from service.crypto import MessageCrypto
-from service.observability import Metrics
+from service.metrics import Metrics
 from service.sandbox import SandboxState, create_sandbox
 from service.simulate import Push, push_xml, sign_push
 from service.store.memory import MemoryStore

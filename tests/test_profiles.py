@@ -5,7 +5,7 @@ import json
 
 import httpx
 
-from service.observability import Metrics
+from service.metrics import Metrics
 from service.profiles import Profiles, StoreProfileRepo
 from service.store.memory import MemoryStore
 from service.tokens import TokenManager
