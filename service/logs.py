@@ -115,7 +115,7 @@ def log_info(log: Any, event: str, fields: dict[str, Any]) -> None:
     """log.info(event, **fields), the same JSON line; `fields` is used up.
 
     Every push writes one info line: through structlog's bound logger and generic processor
-    chain it cost 12% more CPU a push (bench/inproc.py) than its two steps that matter, the
+    chain it cost 8-10% more CPU a push (bench/inproc.py) than its two steps that matter, the
     timestamp and orjson, run here directly. They run here only while structlog still has
     the chain configure_logging() built (JSON bytes, INFO enabled); with anything else (the
     console format, a test capturing logs) the line goes through structlog.
