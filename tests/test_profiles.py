@@ -96,6 +96,7 @@ class HeldUpstream:
     def __init__(self, *, failing: frozenset[str] = frozenset()) -> None:
         self.failing = failing  # a batch holding one of these openids answers HTTP 500
         self.held: list[asyncio.Future[None]] = []
+        self.sizes: list[int] = []  # openids a call, in the order the calls came
         self.token_requests = 0
         self.calls = 0
         self.at_once = 0
@@ -110,6 +111,7 @@ class HeldUpstream:
         else:
             openids = [request.url.params["openid"]]
         self.calls += 1
+        self.sizes.append(len(openids))
         gate = asyncio.get_running_loop().create_future()
         self.held.append(gate)
         self.at_once += 1
@@ -141,6 +143,9 @@ async def until(cond, *, steps: int = 2000) -> None:
 
 
 def held_profiles(settings, held: HeldUpstream, **kw) -> Profiles:
+    # A window of 0: the open batch closes once the calls already running have joined it,
+    # at the loop's next step, so no test here depends on a timer's wall-clock time.
+    kw.setdefault("batch_window", 0)
     http = httpx.AsyncClient(transport=httpx.MockTransport(held))
     return build(http, settings, **kw)[0]
 
@@ -207,3 +212,23 @@ async def test_a_thousand_distinct_subscribes_cost_one_token_and_few_calls(setti
     assert await lookups == [f"N-{o[-6:]}" for o in openids]
     assert held.token_requests == 1
     assert held.calls <= 50
+
+
+async def test_over_the_bound_the_open_batch_fills_up_instead_of_queueing_more_calls(settings):
+    held = HeldUpstream()
+    profiles = held_profiles(settings, held, max_batches_in_flight=1)
+    first = asyncio.gather(*(profiles.nickname(o) for o in distinct(100, "Full")))
+    await until(lambda: len(held.held) == 1)
+    waves = []
+    for wave in range(3):  # three windows close while the only slot is taken
+        waves.append(asyncio.gather(*(profiles.nickname(o) for o in distinct(30, f"W{wave}"))))
+        for _ in range(20):
+            await asyncio.sleep(0)
+    assert len(held.held) == 1
+    held.release()
+    await until(lambda: len(held.held) == 2)
+    held.release()
+    await first
+    for wave in waves:
+        assert all(name and name.startswith("N-") for name in await wave)
+    assert held.sizes == [100, 90]  # the waiting batch took every later arrival: one call
