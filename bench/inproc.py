@@ -40,13 +40,13 @@ def child(scenario: str, n: int) -> None:
     })
     if scenario == "aes":
         os.environ["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    import httpx
+    import orjson
+
     from bench.handlers import router
     from service.app import create_app
     from service.config import Settings
     from service.logs import configure_logging
-
-    import httpx
-    import orjson
 
     def upstream(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("_token"):
