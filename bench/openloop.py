@@ -86,8 +86,9 @@ class Load:
     """The schedule, the connection pool and the figures of one open-loop run."""
 
     def __init__(self, host: str, port: int, pool: list[bytes], rate: float, seconds: float,
-                 expect: bytes) -> None:
+                 expect: bytes, *, max_connections: int = MAX_CONNECTIONS) -> None:
         self.host, self.port = host, port
+        self.max_connections = max_connections
         self.pool, self.rate, self.seconds = pool, rate, seconds
         self.expect = expect  # bytes every good answer contains
         self.idle: deque[Conn] = deque()
@@ -128,7 +129,12 @@ class Load:
             if now - conn.due >= TIMEOUT:
                 self.errors["timeout"] += 1
         self.errors["timeout"] += len(self.waiting)
-        return self.figures(n, send_seconds)
+        res = self.figures(n, send_seconds)
+        for conn in [*self.idle, *self.busy]:
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)  # let the transports finish closing
+        return res
 
     def submit(self, raw: bytes, due: float) -> None:
         if self.idle:
@@ -137,7 +143,7 @@ class Load:
             conn.send(raw, due)
             return
         self.waiting.append((raw, due))
-        if self.opening + len(self.busy) < MAX_CONNECTIONS:
+        if self.opening + len(self.busy) < self.max_connections:
             self.opening += 1
             asyncio.get_running_loop().create_task(self.open())
 
