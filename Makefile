@@ -27,6 +27,12 @@ test: install
 	@bash tests/setup.sh
 	$(VENV)/bin/pytest -q
 
+# The property tests with new random examples, 20 times as many as `make test` draws (it
+# draws the same ones every run, so it passes or fails the same way): several minutes.
+.PHONY: fuzz
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q $$(grep -l hypothesis tests/test_*.py)
+
 lint: install
 	$(VENV)/bin/ruff check service handlers tests
 	$(VENV)/bin/mypy service handlers

@@ -6,8 +6,9 @@ uvicorn, the network and wrk are out of the picture, so this measures wxhook's o
 push (guard, parse, nonce, dedup, route, render, log line, metrics) in process CPU time, far
 steadier on a shared machine than req/s. Each run is a fresh process pinned to core 0; the
 minimum over the runs is the figure to compare. Log lines go to a temporary file, as in
-production they go to a file or a pipe. subscribe needs the stand-in API: the handler's
-lookup fails fast here, so that figure is the greeting's no-name path. rules: the plain
+production they go to a file or a pipe. subscribe's lookups go to an httpx.MockTransport
+that answers at once (token, user/info, batchget: a few us a call of its own), so that
+figure is the greeting's whole path with its share of batched lookups. rules: the plain
 pushes answered by a rules file of 500 keyword rules and a default reply (bench/rules.py).
 """
 
@@ -40,6 +41,9 @@ def child(scenario: str, n: int) -> None:
     })
     if scenario == "aes":
         os.environ["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    import httpx
+    import orjson
+
     from bench.handlers import router
 
     if scenario == "rules":
@@ -50,10 +54,30 @@ def child(scenario: str, n: int) -> None:
         os.environ["WXHOOK_RULES"] = str(path)
     from service.app import create_app
     from service.config import Settings
-    from service.observability import configure_logging
+    from service.logs import configure_logging
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("_token"):
+            return httpx.Response(200, content=b'{"access_token":"T%s","expires_in":7200}'
+                                  % (b"0" * 40))
+        if request.url.path.endswith("/batchget"):
+            users = orjson.loads(request.content)["user_list"]
+            return httpx.Response(200, content=orjson.dumps({"user_info_list": [
+                {"openid": u["openid"], "nickname": "Follower-" + u["openid"][-6:]}
+                for u in users]}))
+        openid = request.url.params["openid"]
+        return httpx.Response(200, content=orjson.dumps(
+            {"openid": openid, "nickname": "Follower-" + openid[-6:]}))
 
     configure_logging(level="INFO", fmt="json")
-    app = create_app(Settings(), router=None if scenario == "rules" else router)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+    # subscribe: the server's own router (bench's handlers, then the greeting), as
+    # WXHOOK_HANDLERS gives it in bench/run.py; rules: the server's own router with the rules
+    # file alone; the others: bench's router alone.
+    if scenario == "subscribe":
+        os.environ["WXHOOK_HANDLERS"] = "bench.handlers:router"
+    own = scenario in ("subscribe", "rules")
+    app = create_app(Settings(), router=None if own else router, http=http)
     warm = 1000
     pushes = list(gen.pushes("plain" if scenario == "rules" else scenario, n + warm, creds,
                              gen.Sequence()))

@@ -1,7 +1,9 @@
 """wxhook benchmark: wxhook vs WeRoBot vs a bare-ASGI ceiling, side by side in one run.
 
-    .venv/bin/python bench/run.py [--only wxhook,werobot,bare] [--scenarios plain,aes,subscribe]
+    .venv/bin/python bench/run.py [--only wxhook,werobot,bare]
+                                  [--scenarios plain,aes,subscribe,open]
                                   [--duration 12] [--warmup 2.5] [--workers 1] [--quick]
+                                  [--open-rates 1000,3000,5000] [--open-seconds 20]
 
 See bench/README.md for what is measured and how. Results: bench/results/latest.{json,md}.
 """
@@ -54,9 +56,12 @@ WXHOOK_CMD = [str(VENV_BIN / "wxhook"), "serve", "--host", HOST, "--port", "{por
 
 TARGETS = {
     "plain_vs_werobot": 3.0, "plain_vs_ceiling": 0.30, "aes_vs_werobot": 3.0,
-    "subscribe_vs_werobot": 4.0, "subscribe_p99_ms": 250.0, "subscribe_token_requests": 1,
-    "rss_mb": 150.0,
+    "subscribe_vs_werobot": 8.0, "subscribe_p50_ms": 45.0, "subscribe_p99_ms": 250.0,
+    "subscribe_token_requests": 1, "rss_mb": 150.0,
 }
+# The open-loop scenario: subscribes at these fixed arrival rates (bench/openloop.py).
+OPEN_RATES = (1000, 3000, 5000)
+OPEN_SECONDS = 20
 
 
 # --- servers --------------------------------------------------------------------------
@@ -324,7 +329,10 @@ class Plan:
     upstream_cpus: str | None
     connections: int = CONNECTIONS
     subscribe_connections: int = SUBSCRIBE_CONNECTIONS
+    open_rates: tuple[int, ...] = OPEN_RATES
+    open_seconds: int = OPEN_SECONDS
     results: list[dict[str, Any]] = field(default_factory=list)
+    open_results: list[dict[str, Any]] = field(default_factory=list)
 
 
 def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Creds,
@@ -397,6 +405,97 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             proc.stop()
         res["log"] = str(log.relative_to(ROOT))
     return res
+
+
+def run_open(port: int, pool: str, rate: int, seconds: float, cpus: str) -> dict[str, Any]:
+    """One open-loop run (bench/openloop.py in its own process on the load cores)."""
+    cmd = ["taskset", "-c", cpus, str(VENV_BIN / "python"), str(BENCH / "openloop.py"),
+           "--port", str(port), "--pool", pool, "--rate", str(rate), "--seconds", str(seconds),
+           "--expect", "Welcome, Follower-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    m = re.search(r"^OPENJSON (\{.*\})$", proc.stdout, re.MULTILINE)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"openloop failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    res: dict[str, Any] = json.loads(m.group(1))
+    return res
+
+
+def bench_open(plan: Plan, name: str, up: Upstream, creds: gen.Creds, seq: gen.Sequence,
+               tmp: str) -> list[dict[str, Any]]:
+    """Subscribes at fixed arrival rates against one server, started once for all rates."""
+    server, port = SERVERS[name], PORTS[name]
+    out: list[dict[str, Any]] = []
+    port_free(port)
+    up.reset()
+    log = LOGS / f"{name}-open.log"
+    proc = Proc(server.command(port, plan.workers), cpus=plan.server_cpus,
+                env=server_env(creds, "subscribe", plan.workers), log=log)
+    try:
+        wait_ready(proc, port, server.health_path)
+        validate(name, "subscribe", port, creds, seq)
+        low = min(plan.open_rates)
+        prefix, _ = write_pool(tmp, f"{name}-open-warm", "subscribe", low * plan.warmup, port,
+                               creds, seq, 1)
+        run_open(port, prefix + ".0", low, plan.warmup, plan.load_cpus)
+        remove_pool(prefix, 1)
+        for rate in plan.open_rates:
+            res: dict[str, Any] = {"server": name, "scenario": "open", "rate": rate}
+            try:
+                before = up.stats()
+                prefix, _ = write_pool(tmp, f"{name}-open-{rate}", "subscribe",
+                                       math.ceil(rate * plan.open_seconds), port, creds, seq, 1)
+                res.update(run_open(port, prefix + ".0", rate, plan.open_seconds,
+                                    plan.load_cpus))
+                remove_pool(prefix, 1)
+                after = up.stats()
+                res["upstream_calls"] = sum(
+                    v - before["calls"].get(k, 0) for k, v in after["calls"].items()
+                    if k.startswith("/cgi-bin/user/info"))
+                res["token_requests"] = after["token_requests"]
+                if not proc.alive():
+                    raise RuntimeError(f"server died during the run:\n{proc.tail()}")
+                res["ok"] = True
+            except Exception as exc:  # noqa: BLE001 - keep the other rates' results
+                res.update({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            print_open(res)
+            out.append(res)
+    except Exception as exc:  # noqa: BLE001 - keep the other servers' results
+        out.append({"server": name, "scenario": "open", "rate": None, "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}"})
+        print_open(out[-1])
+    finally:
+        proc.stop()
+    return out
+
+
+def print_open(r: dict[str, Any]) -> None:
+    if not r["ok"]:
+        print(f"  {r['rate'] or '-'}/s: FAILED: {r['error']}", flush=True)
+        return
+    print(f"  {r['rate']:>6,}/s target, {r['achieved_rps']:,.0f}/s sent (generator lag p99 "
+          f"{r['send_lag_p99_ms']} ms)   p50 {r['p50_ms']} ms   p99 {r['p99_ms']} ms   "
+          f"max {r['max_ms']} ms   completed {r['completed']:,}   errors "
+          f"{sum(r['errors'].values())}   user/info calls {r['upstream_calls']:,}", flush=True)
+
+
+def open_markdown(results: list[dict[str, Any]], seconds: float) -> str:
+    lines = [(f"Open loop: subscribes at a fixed arrival rate for {seconds:g} s each (latency "
+             "from when each push was due; 5 s counts as a timeout)."), "",
+             ("| rate /s | server | sent /s | p50 ms | p99 ms | max ms | completed | errors "
+             "| generator lag p99 ms | user/info calls | token req |"),
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if not r["ok"]:
+            why = r["error"].splitlines()[0][:80]
+            lines.append(f"| {r['rate'] or '-'} | {r['server']} | FAILED: {why} "
+                         "| | | | | | | | |")
+            continue
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v) or "0"
+        lines.append(f"| {r['rate']:,} | {r['server']} | {r['achieved_rps']:,.0f} "
+                     f"| {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['completed']:,} "
+                     f"| {errors} | {r['send_lag_p99_ms']} | {r['upstream_calls']:,} "
+                     f"| {r['token_requests']} |")
+    return "\n".join(lines) + "\n"
 
 
 def print_result(r: dict[str, Any]) -> None:
@@ -474,6 +573,8 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
     check("subscribe: wxhook / WeRoBot", sw, f">= {t['subscribe_vs_werobot']}x",
           None if sw is None else sw >= t["subscribe_vs_werobot"] and clean("subscribe"))
     sub = by.get(("wxhook", "subscribe"))
+    check("subscribe: wxhook p50 (ms)", sub and sub["p50_ms"], f"<= {t['subscribe_p50_ms']:.0f}",
+          None if not sub else sub["p50_ms"] <= t["subscribe_p50_ms"])
     check("subscribe: wxhook p99 (ms)", sub and sub["p99_ms"], f"< {t['subscribe_p99_ms']:.0f}",
           None if not sub else sub["p99_ms"] < t["subscribe_p99_ms"])
     check("subscribe: wxhook token requests", sub and sub["token_requests"],
@@ -532,8 +633,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="wxhook vs WeRoBot vs bare ASGI, one run")
     p.add_argument("--only", default="bare,werobot,wxhook",
                    help="comma list of servers: wxhook,werobot,bare")
-    p.add_argument("--scenarios", default="plain,aes,subscribe",
-                   help="comma list: plain,aes,subscribe")
+    p.add_argument("--scenarios", default="plain,aes,subscribe,open",
+                   help="comma list: plain,aes,subscribe,open")
+    p.add_argument("--open-rates", default=",".join(map(str, OPEN_RATES)),
+                   help="open scenario: subscribes a second, a comma list")
+    p.add_argument("--open-seconds", type=int, default=OPEN_SECONDS,
+                   help="open scenario: seconds at each rate")
     p.add_argument("--duration", type=int, default=12, help="measured seconds per run")
     p.add_argument("--warmup", type=int, default=3, help="warm-up seconds per run")
     p.add_argument("--workers", type=int, default=1,
@@ -547,7 +652,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 s warm-up")
     a = p.parse_args(argv)
     if a.quick:
-        a.duration, a.warmup = 3, 1
+        a.duration, a.warmup, a.open_seconds = 3, 1, 3
     return a
 
 
@@ -555,12 +660,13 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     servers = [s for s in ("bare", "werobot", "wxhook") if s in a.only.split(",")]
     scenarios = [s for s in gen.SCENARIOS if s in a.scenarios.split(",")]
+    open_loop = "open" in a.scenarios.split(",")
     unknown = (set(a.only.split(",")) - set(SERVERS)) | (set(a.scenarios.split(",")) - set(
-        gen.SCENARIOS))
-    if unknown or not servers or not scenarios:
+        gen.SCENARIOS) - {"open"})
+    if unknown or not servers or not (scenarios or open_loop):
         print(f"unknown or empty --only/--scenarios: {sorted(unknown)}", file=sys.stderr)
         return 2
-    if not shutil.which("wrk"):
+    if scenarios and not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     ncpu = os.cpu_count() or 1
@@ -573,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
                     server_cpus="0", load_cpus="1", load_threads=1, upstream_cpus="1")
     plan.connections = a.connections
     plan.subscribe_connections = a.subscribe_connections
+    plan.open_rates = tuple(int(r) for r in a.open_rates.split(","))
+    plan.open_seconds = a.open_seconds
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": f"{platform.machine()}, {ncpu} cpus, Python {platform.python_version()}",
@@ -609,6 +717,14 @@ def main(argv: list[str] | None = None) -> int:
                         r = bench_one(plan, name, scenario, up, creds, seq, tmp)
                         print_result(r)
                         plan.results.append(r)
+                if open_loop:
+                    for name in order:
+                        if name == "bare":  # the ceiling answers no subscribe
+                            continue
+                        print(f"\n== open loop / {name}"
+                              + (f" (round {n + 1} of {a.rounds})" if a.rounds > 1 else ""),
+                              flush=True)
+                        plan.open_results += bench_open(plan, name, up, creds, seq, tmp)
     finally:
         up.proc.stop()
     plan.results = medians(plan.results)
@@ -620,11 +736,17 @@ def main(argv: list[str] | None = None) -> int:
                         f"so {plan.subscribe_connections} connections cap any server at "
                         f"{bound:,.0f} req/s")
     md = markdown(meta, plan.results, verdict)
+    if plan.open_results:
+        meta["open_seconds"] = plan.open_seconds
+        md += "\n" + open_markdown(plan.open_results, plan.open_seconds)
+        verdict["failed_runs"] += [f"{r['server']}/open@{r['rate']}"
+                                   for r in plan.open_results if not r["ok"]]
     print("\n" + md)
     RESULTS.mkdir(parents=True, exist_ok=True)
     slim = [{k: v for k, v in r.items() if k != "wrk_output"} for r in plan.results]
     (RESULTS / "latest.json").write_text(json.dumps(
         {"meta": meta, "targets": TARGETS, "results": slim, "verdict": verdict,
+         "open": plan.open_results,
          "wrk_output": {f"{r['server']}/{r['scenario']}": r.get("wrk_output")
                         for r in plan.results}}, indent=2, ensure_ascii=False) + "\n")
     (RESULTS / "latest.md").write_text(md)

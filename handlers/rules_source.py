@@ -9,7 +9,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from service.observability import get_logger
+from service.logs import get_logger
 
 from .rules import RulesError, load_rules
 from .rules_router import RuleBook

@@ -22,8 +22,9 @@ from handlers.rules_source import RulesSource, watching
 from .config import SANDBOX_APP_ID, Settings
 from .delivery import LateDelivery
 from .errors import WeChatAPIError
+from .logs import flush_logs, get_logger
+from .metrics import Metrics
 from .oauth import OAuth
-from .observability import Metrics, flush_logs, get_logger
 from .profiles import ProfileRepo, Profiles, StoreProfileRepo
 from .store.base import Store
 from .store.memory import MemoryStore

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Settings, SettingsError, load_settings, mask_url
 from .errors import CONFIG_HINTS, WeChatAPIError
-from .observability import Metrics
+from .metrics import Metrics
 from .store.memory import MemoryStore
 from .tokens import TokenManager
 from .wechat_api import WeChatAPI, new_http_client

@@ -73,7 +73,7 @@ class _BehindProxy:
 
 def app_factory() -> Any:
     """The ASGI app from the environment (uvicorn --factory, one per worker)."""
-    from .observability import configure_logging
+    from .logs import configure_logging
 
     settings = _settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
-    from .observability import configure_logging
+    from .logs import configure_logging
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
@@ -139,7 +139,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """The server plus the built-in sandbox WeChat API, no credentials needed."""
     import uvicorn
 
-    from .observability import configure_logging
+    from .logs import configure_logging
     from .sandbox import create_sandbox
 
     sb_port = args.sandbox_port or args.port + 1
@@ -208,7 +208,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate settings and reach the WeChat API; non-zero exit on failure."""
     from .check import run_check
-    from .observability import configure_logging
+    from .logs import configure_logging
 
     # The report is the output: a token refresh or Redis warning line must not cut into it.
     configure_logging(level="CRITICAL", fmt="console")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .observability import get_logger
+from .logs import get_logger
 from .replies import SUCCESS
 from .store.base import Store
 from .store.fifo import FifoMemory, digest

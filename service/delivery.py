@@ -12,7 +12,8 @@ import asyncio
 import time
 
 from .errors import WeChatAPIError
-from .observability import Metrics, get_logger, mask_openid
+from .logs import get_logger, mask_openid
+from .metrics import Metrics
 from .replies import Reply
 from .wechat_api import NotSent, WeChatAPI
 

@@ -16,8 +16,9 @@ from urllib.parse import unquote_plus
 from .config import Settings
 from .crypto import MessageCrypto
 from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
+from .logs import get_logger
 from .messages import InboundMessage, build_message, parse_fields, safe_mode_encrypt
-from .observability import Metrics, get_logger
+from .metrics import Metrics
 from .signature import LocalNonces, SharedNonces, check_fresh, verify
 from .store.base import Store
 from .waiting import within

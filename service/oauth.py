@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from .config import Settings
 from .errors import UpstreamUnavailable, WeChatAPIError
-from .observability import get_logger, mask_openid
+from .logs import get_logger, mask_openid
 from .pages import me_page, problem_page
 from .profiles import ProfileRepo, Profiles
 from .store.base import Store

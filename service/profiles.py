@@ -8,13 +8,15 @@ OAuth flow (sns/userinfo still returns it).
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import time
 from typing import Any, Protocol
 
 from cachetools import TTLCache
 
 from .errors import WeChatAPIError
-from .observability import get_logger
+from .logs import get_logger
 from .store.base import Store
 from .waiting import settle_quietly, wait_done
 from .wechat_api import WeChatAPI
@@ -51,7 +53,8 @@ class Profiles:
     """Nicknames for the greeting: cached, one call per openid, bursts batched."""
 
     def __init__(self, api: WeChatAPI, repo: ProfileRepo, *, ttl: float = 3600,
-                 batch_window: float = 0.005, maxsize: int = 20_000) -> None:
+                 batch_window: float = 0.005, maxsize: int = 20_000,
+                 max_batches_in_flight: int = 8) -> None:
         # ~500 bytes an entry in a TTLCache: 20,000 keep a campaign's followers of the last
         # minutes for their SCANs and re-follows; a campaign brings new ones, looked up once.
         self.api = api
@@ -62,11 +65,21 @@ class Profiles:
             TTLCache(maxsize=maxsize, ttl=ttl) if ttl > 0 else None
         )
         self._inflight: dict[str, asyncio.Future[str | None]] = {}
-        self._pending: list[str] = []
-        self._flush_scheduled = False
+        # Batches overlap: one leaves when full or when its window closes, whatever is still
+        # in flight, so a burst waits about one upstream latency, not one per batch ahead of
+        # it. The bound keeps a flood from opening a connection per batch: over it, full
+        # batches wait in line, and the open one goes on filling (up to 100) until a slot
+        # frees, so a slow upstream gets fuller batches rather than a growing queue.
+        self.max_batches_in_flight = max_batches_in_flight
+        self._pending: list[str] = []            # the open batch
+        self._pending_deadline: float | None = None
+        self._window: asyncio.TimerHandle | None = None
+        self._due = False                        # the open batch's window has closed
+        self._full: collections.deque[tuple[list[str], float | None]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_ok = True
         self.lookups = 0  # upstream lookups started (single or batch), for tests and the bench
+        self.in_flight = 0  # batches in flight now
 
     async def nickname(self, openid: str, *, deadline: float | None = None) -> str | None:
         """The follower's nickname, or None when nobody told us (never "")."""
@@ -90,30 +103,59 @@ class Profiles:
     async def _looked_up(self, openid: str, deadline: float | None) -> str | None:
         fut = self._inflight.get(openid)
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
             self._inflight[openid] = fut
+            if not self._pending:
+                # The first waiter's deadline bounds the call; later ones give up on their own.
+                self._pending_deadline = deadline
             self._pending.append(openid)
             if len(self._pending) >= _BATCH_MAX:
-                self._flush(deadline)
-            elif not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_later(self.batch_window, self._flush, deadline)
+                self._close_full()
+            elif self._window is None and not self._due:
+                self._window = loop.call_later(self.batch_window, self._window_closed)
         if deadline is None:
             return await asyncio.shield(fut)
         # One follower's deadline must not cancel a lookup others share.
         return fut.result() if await wait_done(fut, deadline - time.monotonic()) else None
 
-    def _flush(self, deadline: float | None) -> None:
-        self._flush_scheduled = False
-        while self._pending:
-            batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
+    def _window_closed(self) -> None:
+        self._window = None
+        self._due = True
+        self._dispatch()
+
+    def _close_full(self) -> None:
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+        self._full.append((self._pending, self._pending_deadline))
+        self._pending, self._due = [], False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send what may leave: full batches first, then the open one once its window closed."""
+        while self.in_flight < self.max_batches_in_flight:
+            if self._full:
+                batch, deadline = self._full.popleft()
+            elif self._due and self._pending:
+                batch, deadline = self._pending, self._pending_deadline
+                self._pending, self._due = [], False
+            else:
+                return
+            self.in_flight += 1
             task = asyncio.get_running_loop().create_task(self._lookup(batch, deadline))
             self._tasks.add(task)  # a pending task nobody references may be collected
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(settle_quietly)
+            task.add_done_callback(functools.partial(self._landed, batch))
+
+    def _landed(self, batch: list[str], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.in_flight -= 1
+        if task.cancelled():  # cancelled before it ran: its waiters still get an answer
+            self._answer(batch, {})
+        settle_quietly(task)
+        self._dispatch()
 
     async def _lookup(self, batch: list[str], deadline: float | None) -> None:
-        # The first waiter's deadline bounds the call; later waiters give up on their own.
         results: dict[str, str] = {}
         try:
             self.lookups += 1
@@ -143,13 +185,16 @@ class Profiles:
             self.log.warning("profile_lookup_failed", count=len(batch), errcode=exc.errcode,
                              errmsg=exc.errmsg, api=exc.api)
         finally:
-            for openid in batch:
-                fut = self._inflight.pop(openid, None)
-                name = results.get(openid)
-                if name is not None and self._cache is not None:
-                    self._cache[openid] = name
-                if fut is not None and not fut.done():
-                    fut.set_result(name or None)
+            self._answer(batch, results)
+
+    def _answer(self, batch: list[str], results: dict[str, str]) -> None:
+        for openid in batch:
+            fut = self._inflight.pop(openid, None)
+            name = results.get(openid)
+            if name is not None and self._cache is not None:
+                self._cache[openid] = name
+            if fut is not None and not fut.done():
+                fut.set_result(name or None)
 
     async def _one_by_one(self, batch: list[str], deadline: float | None) -> list[dict[str, Any]]:
         async def one(openid: str) -> dict[str, Any] | None:

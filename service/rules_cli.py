@@ -14,8 +14,9 @@ from handlers.rules import RulesError, load_rules
 
 from .config import SANDBOX_APP_ID, Settings, SettingsError, load_settings
 from .errors import WeChatAPIError
+from .logs import configure_logging
 from .menu import MENU_ERRORS
-from .observability import Metrics, configure_logging
+from .metrics import Metrics
 from .store.memory import MemoryStore
 from .tokens import TokenManager
 from .wechat_api import WeChatAPI, new_http_client

@@ -20,7 +20,8 @@ from .errors import (
     UpstreamUnavailable,
     WeChatAPIError,
 )
-from .observability import Metrics, get_logger
+from .logs import get_logger
+from .metrics import Metrics
 from .store.base import Store
 from .waiting import settle_quietly
 

@@ -15,7 +15,7 @@ from types import CoroutineType
 from typing import Any, Generic, TypeVar
 
 from .errors import WeChatAPIError
-from .observability import get_logger
+from .logs import get_logger
 
 T = TypeVar("T")
 

@@ -20,8 +20,9 @@ from .dedup import Dedup
 from .delivery import LateDelivery
 from .errors import GuardError
 from .guard import Admission, ClientGone, Guard, parse_query
+from .logs import get_logger, log_info, mask_openid, upstream_trace
 from .messages import InboundMessage
-from .observability import Metrics, get_logger, log_info, mask_openid, upstream_trace
+from .metrics import Metrics
 from .profiles import Profiles
 from .replies import SUCCESS, Reply, TextReply, envelope, tail
 from .store.base import Store

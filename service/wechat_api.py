@@ -16,7 +16,8 @@ from .errors import (
     WeChatAPIError,
     api_error,
 )
-from .observability import Metrics, get_logger, upstream_trace
+from .logs import get_logger, upstream_trace
+from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .config import Settings

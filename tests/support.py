@@ -25,6 +25,13 @@ TOKEN = "wxhookTestToken"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
+def examples(n: int) -> int:
+    """A property test's example count: n, or WXHOOK_FUZZ_SCALE (20) times n in `make fuzz`."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz":
+        return n * int(os.environ.get("WXHOOK_FUZZ_SCALE", "20"))
+    return n
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -18,7 +18,7 @@ import pytest
 from handlers.defaults import default_router
 from handlers.router import Context, Router
 from service.messages import InboundMessage
-from service.observability import Metrics
+from service.metrics import Metrics
 from service.replies import SUCCESS, Reply, TextReply, TransferCustomerService
 from service.sandbox import Fault
 from service.simulate import Push, decode_reply, push_xml, sign_push

@@ -16,7 +16,7 @@ yaml = pytest.importorskip("yaml")
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
-# The metric names the server exports (observability.py); dashboards and alerts may use
+# The metric names the server exports (service/metrics.py); dashboards and alerts may use
 # nothing else from the wxhook_ namespace.
 KNOWN_METRICS = frozenset(
     {

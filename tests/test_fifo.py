@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from service.store.fifo import FifoMemory, digest
+from tests.support import examples
 
 TTL = 10.0
 
@@ -86,7 +87,7 @@ class FifoAgainstModel(RuleBasedStateMachine):
 
 
 TestFifoAgainstModel = FifoAgainstModel.TestCase
-TestFifoAgainstModel.settings = settings(max_examples=300, stateful_step_count=60,
+TestFifoAgainstModel.settings = settings(max_examples=examples(300), stateful_step_count=60,
                                          deadline=None)
 
 

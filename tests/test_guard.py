@@ -17,7 +17,7 @@ from service.crypto import MessageCrypto
 from service.errors import FreshnessError
 from service.guard import Admission, Guard
 from service.messages import InboundMessage, TextMessage, parse_fields
-from service.observability import Metrics
+from service.metrics import Metrics
 from service.replies import TextReply
 from service.signature import sign
 from service.simulate import decode_reply, push_xml, sign_push

@@ -28,7 +28,7 @@ from service.messages import (
 )
 from service.replies import TextReply, render
 from service.simulate import decode_reply, push_xml, sign_push
-from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
+from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN, examples
 
 OLD_KEY = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut"
 OURS = MessageCrypto(TOKEN, [AES_KEY], SANDBOX_APP_ID)
@@ -37,8 +37,8 @@ THEIRS = WeChatCrypto(TOKEN, AES_KEY, SANDBOX_APP_ID)
 THEIR_PRP = PrpCrypto(base64.b64decode(AES_KEY + "="))
 OPENID = "oPropertyFollower0000000000A"
 
-FAST = settings(max_examples=120, deadline=None)
-FUZZ = settings(max_examples=400, deadline=None,
+FAST = settings(max_examples=examples(120), deadline=None)
+FUZZ = settings(max_examples=examples(400), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # What XML 1.0 cannot carry (the renderer strips it) and what parsers normalise (\r, \r\n).
@@ -121,7 +121,7 @@ def flattish(draw: st.DrawFn) -> bytes:
     return doc.encode(pick(["utf-8"], ["utf-16", "latin-1"]), "replace")
 
 
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=examples(1000))
 @given(body=flattish())
 @example(body=b"<xml><a><![CDATA[x\ry]]></a></xml>")       # lxml reads \r as \n
 @example(body=b"<xml><a>x\r\ny</a></xml>")
@@ -312,7 +312,7 @@ def test_fuzz_decryptor_with_mutated_ciphertexts(encrypt: bytes) -> None:
 
 # -- the whole route: any signed body is answered 200 or 4xx, never 5xx --------------------------
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=examples(150), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=mutated(_SEED_PUSHES) | st.binary(max_size=600) | xmlish())
 async def test_fuzz_the_route_never_answers_5xx(client, body: bytes) -> None:

@@ -269,7 +269,7 @@ async def test_reply_all_stops_and_counts_when_wechat_refuses(rclient, rules_app
 @pytest.mark.redis
 async def test_default_once_per_follower_across_instances(redis_url, make_app, make_settings,
                                                           rules_file, make_push, crypto):
-    from service.observability import Metrics
+    from service.metrics import Metrics
     from service.store.redis import RedisStore
 
     settings = make_settings(WXHOOK_RULES=str(rules_file))

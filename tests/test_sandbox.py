@@ -388,20 +388,22 @@ async def test_fault_first_match_wins_and_clear(client: httpx.AsyncClient,
     assert await errcode(client, token) == 0
 
 
-async def test_fault_latency(client: httpx.AsyncClient, state: SandboxState,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_fault_latency() -> None:
     slept: list[float] = []
 
     async def fake_sleep(delay: float) -> None:
         slept.append(delay)
 
-    monkeypatch.setattr("service.sandbox.asyncio.sleep", fake_sleep)
-    token = await get_token(client)
-    assert slept == []
-    state.latency = 0.03
-    state.add_fault(Fault(path="/cgi-bin/user/info", latency=2.0, times=1))
-    assert await errcode(client, token) == 0
-    assert await errcode(client, token) == 0
+    app = create_sandbox(appid=APPID, secret=SECRET, sleep=fake_sleep)
+    state: SandboxState = app.state.sandbox
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://sandbox") as client:
+        token = await get_token(client)
+        assert slept == []
+        state.latency = 0.03
+        state.add_fault(Fault(path="/cgi-bin/user/info", latency=2.0, times=1))
+        assert await errcode(client, token) == 0
+        assert await errcode(client, token) == 0
     assert slept == [pytest.approx(2.03), pytest.approx(0.03)]
 
 

@@ -41,7 +41,7 @@ def main() -> None:
     from handlers.defaults import default_router
     from handlers.router import Router
     from service.config import load_settings
-    from service.observability import configure_logging
+    from service.logs import configure_logging
     from service.replies import TextReply
 
     if os.environ.get("TEST_SHUTDOWN_GRACE"):

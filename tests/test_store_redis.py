@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from service.app import create_app
 from service.config import Settings
 from service.dedup import Dedup
-from service.observability import Metrics
+from service.metrics import Metrics
 from service.replies import SUCCESS
 from service.store.memory import MemoryStore
 from service.store.redis import RedisStore, StoreUnavailable

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from service.errors import ConfigurationError, UpstreamUnavailable
-from service.observability import Metrics
+from service.metrics import Metrics
 from service.store.memory import MemoryStore
 from service.tokens import TokenManager
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.observability import Metrics
+from service.metrics import Metrics
 from service.sandbox import DEMO_OPENID, Fault
 from service.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN, free_port

@@ -42,13 +42,14 @@ _API: list[tuple[str, str, Callable[[Request, SandboxState], Awaitable[Response]
 
 
 def _api_route(st: SandboxState, method: str, path: str,
-               handler: Callable[[Request, SandboxState], Awaitable[Response]]) -> Route:
+               handler: Callable[[Request, SandboxState], Awaitable[Response]],
+               sleep: Callable[[float], Awaitable[None]]) -> Route:
     async def endpoint(request: Request) -> Response:
         st.calls[path] += 1
         fault = st._take_fault(path)
         delay = st.latency + (fault.latency if fault is not None else 0.0)
         if delay > 0:
-            await asyncio.sleep(delay)
+            await sleep(delay)
         if fault is not None and fault.errcode is not None:
             return _err(fault.errcode)
         if fault is not None and fault.http_status is not None:
@@ -79,8 +80,9 @@ Control (JSON, not counted in calls):
 def create_sandbox(*, appid: str, secret: str, token_ttl: int = 7200, grace: float = 300.0,
                    empty_nicknames: bool = False, latency: float = 0.0,
                    clock: Callable[[], float] = time.time,
-                   callback_ips: list[str] | None = None) -> Starlette:
-    """Build the sandbox app; `app.state.sandbox` is its SandboxState."""
+                   callback_ips: list[str] | None = None,
+                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Starlette:
+    """Build the sandbox app; `app.state.sandbox` is its SandboxState; `sleep` waits latency."""
     st = SandboxState(appid=appid, secret=secret, token_ttl=token_ttl, grace=grace,
                       empty_nicknames=empty_nicknames, latency=latency, clock=clock,
                       callback_ips=callback_ips)
@@ -90,7 +92,7 @@ def create_sandbox(*, appid: str, secret: str, token_ttl: int = 7200, grace: flo
         return PlainTextResponse(index_text)
 
     routes = [Route("/", index, methods=["GET"])]
-    routes += [_api_route(st, method, path, handler) for method, path, handler in _API]
+    routes += [_api_route(st, method, path, handler, sleep) for method, path, handler in _API]
     routes += _control_routes(st)
     app = Starlette(routes=routes)
     app.state.sandbox = st

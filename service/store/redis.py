@@ -22,7 +22,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..observability import Metrics, get_logger
+from ..logs import get_logger
+from ..metrics import Metrics
 from .memory import MemoryStore
 
 T = TypeVar("T")
