@@ -17,11 +17,12 @@ from .config import Settings
 from .crypto import MessageCrypto
 from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
 from .logs import get_logger
-from .messages import InboundMessage, build_message, parse_fields, safe_mode_encrypt
+from .messages import InboundMessage, build_message
 from .metrics import Metrics
 from .signature import LocalNonces, SharedNonces, check_fresh, verify
 from .store.base import Store
 from .waiting import within
+from .xmldoc import parse_fields, safe_mode_encrypt
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -112,3 +112,88 @@ def parse(body: bytes) -> etree._Element:
     if any(isinstance(el.tag, str) and el.tag.startswith("{") for el in root.iter()):
         raise XMLError("namespaces (XInclude) are not accepted")
     return root
+
+
+# -- the fields of a push ---------------------------------------------------------------
+
+# A safe-mode body has exactly this shape; everything else goes through the parser. Only
+# base64 can be captured, and msg_signature then vouches for it, so nothing is trusted
+# that the parser would have rejected.
+_SAFE_ENVELOPE = re.compile(
+    rb"\s*<xml>\s*<ToUserName><!\[CDATA\[[A-Za-z0-9_-]{0,64}\]\]></ToUserName>\s*"
+    rb"<Encrypt><!\[CDATA\[([A-Za-z0-9+/=]{16,})\]\]></Encrypt>\s*</xml>\s*")
+
+
+def safe_mode_encrypt(body: bytes) -> str | None:
+    """The Encrypt of a plain safe-mode envelope, or None when the body is anything else."""
+    m = _SAFE_ENVELOPE.fullmatch(body)
+    return m.group(1).decode("ascii") if m else None
+
+
+# What WeChat sends is flat: <xml>, then leaves whose text is one CDATA section or plain
+# characters. Such a document means the same to every XML parser, so it is read with two
+# regular expressions, faster than lxml builds a tree. Anything else (a declaration, a DTD,
+# nesting, attributes, entities, comments, a BOM, \r, characters XML forbids, invalid
+# UTF-8) goes to lxml. tests/test_properties.py checks that both readings agree on every
+# document this one accepts.
+_TAG = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
+_BAD = "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\r\\ufffe\\uffff"  # not XML, or normalised (\r)
+# A CDATA section's text cannot contain "]]>", and saying so keeps the match linear: with a
+# lazy ".*?" one section could swallow the next ones, 2^n ways to fail on a hostile body.
+_LEAF = rf"(?:<!\[CDATA\[([^\]{_BAD}]*(?:\](?!\]>)[^\]{_BAD}]*)*)\]\]>|([^<&\]{_BAD}]*))"
+_FLAT_DOC = re.compile(rf"[ \t\n]*<xml>((?:[ \t\n]*<({_TAG})>{_LEAF}</\2>)*)[ \t\n]*</xml>[ \t\n]*")
+_FLAT_LEAF = re.compile(rf"<({_TAG})>{_LEAF}</\1>")
+
+
+def parse_fields(body: bytes) -> dict[str, str]:
+    """Flatten `<xml>` into {tag: text}; nested leaves keep their own tag, lists are joined."""
+    fields = flat_fields(body)
+    return fields if fields is not None else tree_fields(body)
+
+
+def flat_fields(body: bytes) -> dict[str, str] | None:
+    """The fields of a flat push, or None when the document needs a real parser."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    doc = _FLAT_DOC.fullmatch(text)
+    if doc is None:
+        return None
+    fields: dict[str, str] = {}
+    for tag, cdata, chars in _FLAT_LEAF.findall(doc.group(1)):
+        _put(fields, tag, cdata or chars)
+    return fields
+
+
+def tree_fields(body: bytes) -> dict[str, str]:
+    """Flatten a document that needs a real parser (nesting, entities, any encoding)."""
+    # No DTD, entities, network, files or huge trees: a push is a few flat fields, and
+    # anything cleverer is an attack (XXE reads local files, billion-laughs eats memory).
+    root = parse(body)
+    if root.tag != "xml":
+        raise XMLError("the root element must be <xml>")
+    fields: dict[str, str] = {}
+    _flatten(root, fields)
+    return fields
+
+
+def _flatten(node: etree._Element, out: dict[str, str]) -> None:
+    for child in node:
+        tag = child.tag
+        if not isinstance(tag, str):
+            continue
+        if len(child):
+            _flatten(child, out)
+        else:
+            _put(out, tag, child.text or "")
+
+
+def _put(out: dict[str, str], tag: str, text: str) -> None:
+    if tag in out and tag == "PicMd5Sum":
+        out[tag] += "\n" + text
+    else:
+        out[tag] = text.strip() if tag in _NUMERIC else text
+
+
+_NUMERIC = frozenset({"CreateTime", "MsgId", "MsgID", "Count", "Scale", "Idx", "MsgDataId"})

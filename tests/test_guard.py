@@ -16,12 +16,13 @@ from service.config import Settings
 from service.crypto import MessageCrypto
 from service.errors import FreshnessError
 from service.guard import Admission, Guard
-from service.messages import InboundMessage, TextMessage, parse_fields
+from service.messages import InboundMessage, TextMessage
 from service.metrics import Metrics
 from service.replies import TextReply
 from service.signature import sign
 from service.simulate import decode_reply, push_xml, sign_push
 from service.store.memory import MemoryStore
+from service.xmldoc import parse_fields
 from tests.conftest import OPENID
 from tests.support import AES_KEY, TOKEN
 

@@ -257,7 +257,7 @@ async def test_entities_dtds_and_includes_touch_nothing_in_any_encoding(
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_a_document_in_any_encoding_still_parses(encoding):
     # The decoding that keeps DTDs out keeps ordinary documents in, whatever their encoding.
-    from service.messages import parse_fields
+    from service.xmldoc import parse_fields
 
     doc = f"<xml>{_FIELDS}<Content><![CDATA[你好 <!DOCTYPE> ]]]]></Content></xml>"
     fields = parse_fields(_in(encoding, doc))
@@ -268,10 +268,10 @@ def test_a_document_in_any_encoding_still_parses(encoding):
 def test_the_fast_reader_never_takes_a_hostile_document(encoding, secret_file):
     # The regular-expression reader only takes flat UTF-8 <xml> documents: every attack
     # falls through to the decoding parser.
-    from service.messages import _flat_fields
+    from service.xmldoc import flat_fields
 
     for doc in _attacks(f"file://{secret_file}").values():
-        assert _flat_fields(_in(encoding, doc)) is None
+        assert flat_fields(_in(encoding, doc)) is None
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from service import xmldoc
 from service.errors import XMLError
 from service.messages import (
     EventMessage,
@@ -143,7 +144,7 @@ def test_malformed_bodies_raise_xml_error(body):
 
 
 def test_safe_mode_envelope_fast_path_takes_only_the_exact_shape():
-    from service.messages import safe_mode_encrypt
+    from service.xmldoc import safe_mode_encrypt
     enc = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655Hu+/=="
     good = (f"<xml>\n  <ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n"
             f"  <Encrypt><![CDATA[{enc}]]></Encrypt>\n</xml>\n").encode()
@@ -160,22 +161,23 @@ def test_safe_mode_envelope_fast_path_takes_only_the_exact_shape():
 
 # -- the flat reader (the common push without lxml) -------------------------------------------
 
-def test_flat_pushes_are_read_without_lxml(monkeypatch):
-    from service import messages
+def test_flat_pushes_are_read_without_lxml():
     from service.simulate import push_xml
 
-    def no_lxml(*_a, **_k):
-        raise AssertionError("a flat push went to lxml")
-
-    monkeypatch.setattr(messages.etree, "fromstring", no_lxml)
+    # parse_fields takes the flat reader's answer whenever it gives one: lxml is not asked.
+    for body in (push_xml("text", openid="oFollower", text="x"),
+                 push_xml("subscribe", openid="oFollower", event_key="qrscene_7")):
+        assert xmldoc.flat_fields(body) is not None
     text = parse_message(push_xml("text", openid="oFollower", text="你好 <b>&amp; ]] >"))
     assert isinstance(text, TextMessage) and text.content == "你好 <b>&amp; ]] >"
     sub = parse_message(push_xml("subscribe", openid="oFollower", event_key="qrscene_7"))
     assert isinstance(sub, SubscribeEvent) and sub.scene == "7"
     # The official sample's layout: newlines and indentation between the fields.
-    loc = parse_message(xml("\n <MsgType><![CDATA[event]]></MsgType>\n <Event>LOCATION</Event>"
-                            "<Latitude>23.137466</Latitude><Longitude>113.352425</Longitude>"
-                            "<Precision>119.385040</Precision>\n"))
+    sample = xml("\n <MsgType><![CDATA[event]]></MsgType>\n <Event>LOCATION</Event>"
+                 "<Latitude>23.137466</Latitude><Longitude>113.352425</Longitude>"
+                 "<Precision>119.385040</Precision>\n")
+    assert xmldoc.flat_fields(sample) is not None
+    loc = parse_message(sample)
     assert isinstance(loc, LocationEvent) and loc.latitude == pytest.approx(23.137466)
 
 
@@ -197,22 +199,18 @@ def test_a_followers_text_may_mention_doctype_and_entities():
     xml("<MsgType>event</MsgType><Event>x</Event><ScanCodeInfo><ScanType>q</ScanType>"
         "</ScanCodeInfo>"),                                                       # nesting
 ])
-def test_anything_but_a_flat_push_goes_to_lxml_and_reads_the_same(body, monkeypatch):
-    from service import messages
-
-    assert messages._flat_fields(body) is None
-    expected = messages._parse_tree(body)
-    assert messages.parse_fields(body) == expected and expected["ToUserName"] == "gh_123"
+def test_anything_but_a_flat_push_goes_to_lxml_and_reads_the_same(body):
+    assert xmldoc.flat_fields(body) is None
+    expected = xmldoc.tree_fields(body)
+    assert xmldoc.parse_fields(body) == expected and expected["ToUserName"] == "gh_123"
 
 
 def test_the_flat_reader_stays_linear_on_hostile_bodies():
-    from service import messages
-
     # With a lazy CDATA pattern each section could swallow the next: 2^40 ways to fail.
     for body in (b"<xml>" + b"<a><![CDATA[x]]></a>" * 40 + b"<b>",
                  b"<xml><a><![CDATA[" + b"x]" * 100_000,
                  b"<xml>" + b"<a>" * 60_000):
-        assert messages._flat_fields(body) is None
+        assert xmldoc.flat_fields(body) is None
     with pytest.raises(XMLError):
         parse_message(b"<xml>" + b"<a><![CDATA[x]]></a>" * 40 + b"<b>")
 
@@ -262,11 +260,9 @@ def test_messages_keep_msgid_with_a_small_d():
 def test_the_tree_reader_stays_linear_on_unclosed_cdata():
     import time
 
-    from service import messages
-
     for body in (b"\xef\xbb\xbf<xml>" + b"<![CDATA[" * 25_000,
                  b"\xef\xbb\xbf<xml>" + b"<a><![CDATA[x]]" * 15_000):
         started = time.monotonic()
         with pytest.raises(XMLError):
-            messages._parse_tree(body)
+            xmldoc.tree_fields(body)
         assert time.monotonic() - started < 0.5

@@ -18,16 +18,10 @@ from wechatpy.crypto import PrpCrypto, WeChatCrypto
 
 from service.crypto import MessageCrypto
 from service.errors import DecryptError, XMLError
-from service.messages import (
-    InboundMessage,
-    TextMessage,
-    _flat_fields,
-    _parse_tree,
-    parse_fields,
-    parse_message,
-)
+from service.messages import InboundMessage, TextMessage, parse_message
 from service.replies import TextReply, render
 from service.simulate import decode_reply, push_xml, sign_push
+from service.xmldoc import flat_fields, parse_fields, tree_fields
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN, examples
 
 OLD_KEY = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut"
@@ -131,10 +125,10 @@ def flattish(draw: st.DrawFn) -> bytes:
 @example(body=b"<xml><PicMd5Sum>a</PicMd5Sum><PicMd5Sum>b</PicMd5Sum><MsgId> 7 </MsgId></xml>")
 def test_the_flat_reader_agrees_with_lxml(body: bytes) -> None:
     # The flat reader only answers when it reads a document exactly as lxml does.
-    flat = _flat_fields(body)
+    flat = flat_fields(body)
     if flat is None:
         return
-    assert flat == _parse_tree(body)
+    assert flat == tree_fields(body)
 
 
 @FAST
@@ -144,10 +138,10 @@ def test_generated_pushes_take_the_flat_reader_unless_their_text_needs_lxml(
     # push_xml drops what XML cannot carry and splits "]]>" over two CDATA sections.
     for text, body in ((content, push_xml("text", openid=OPENID, text=content)),
                        (key, push_xml("subscribe", openid=OPENID, event_key=key))):
-        flat = _flat_fields(body)
+        flat = flat_fields(body)
         assert (flat is not None) == ("\r" not in text and "]]>" not in _XML_INVALID.sub("", text))
         if flat is not None:
-            assert flat == _parse_tree(body)
+            assert flat == tree_fields(body)
 
 
 
