@@ -9,7 +9,7 @@ from .errors import CONFIG_HINTS, WeChatAPIError
 from .observability import Metrics
 from .store.memory import MemoryStore
 from .tokens import TokenManager
-from .wechat_api import WeChatAPI, new_http_client
+from .wechat_api import WeChatAPI, WeChatHTTP, new_http_client
 
 
 def _line(ok: bool, what: str, detail: str = "") -> None:
@@ -30,11 +30,12 @@ async def run_check(settings: Settings | None = None) -> int:
           f"{', ' + str(len(settings.aes_keys)) + ' AES keys' if len(settings.aes_keys) > 1 else ''}")
     failed = False
     async with new_http_client(timeout=settings.http_timeout) as http:
-        api = WeChatAPI(http, settings, metrics=Metrics())
-        api.tokens = TokenManager(MemoryStore(), api.fetch_token,
-                                  namespace="check:", metrics=api.metrics)
+        metrics = Metrics()
+        tokens = TokenManager(MemoryStore(), WeChatHTTP(http, settings, metrics=metrics).fetch_token,
+                              namespace="check:", metrics=metrics)
+        api = WeChatAPI(http, settings, metrics=metrics, tokens=tokens)
         try:
-            await api.tokens.get()
+            await tokens.get()
             _line(True, "access token", f"obtained through {settings.token_endpoint} endpoint")
         except WeChatAPIError as exc:
             failed = True

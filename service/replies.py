@@ -153,18 +153,13 @@ class TransferCustomerService(Reply):
         return f"<TransInfo><KfAccount>{cdata(self.kf_account)}</KfAccount></TransInfo>"
 
 
-def envelope(*, to_user: str, from_user: str, create_time: int) -> str:
-    """The head of a reply: addressed back to the sender, from the account."""
-    return (f"<xml><ToUserName>{cdata(to_user)}</ToUserName><FromUserName>{cdata(from_user)}"
-            f"</FromUserName><CreateTime>{create_time}</CreateTime>")
-
-
-def tail(reply: Reply) -> str:
-    """The rest of a reply after the head: its type and fields."""
-    return f"<MsgType>{cdata(reply.msg_type)}</MsgType>{reply.body()}</xml>"
-
-
 def render(reply: Reply, *, to_user: str, from_user: str, create_time: int | None = None) -> bytes:
-    """The whole reply XML."""
+    """The whole reply XML, addressed back to the sender from the account.
+
+    These bytes are the reply's one form: the dedup record keeps them (sealed, when the push
+    was encrypted) and every retry gets them again as they are.
+    """
     ct = int(time.time()) if create_time is None else create_time
-    return (envelope(to_user=to_user, from_user=from_user, create_time=ct) + tail(reply)).encode()
+    return (f"<xml><ToUserName>{cdata(to_user)}</ToUserName><FromUserName>{cdata(from_user)}"
+            f"</FromUserName><CreateTime>{ct}</CreateTime><MsgType>{cdata(reply.msg_type)}"
+            f"</MsgType>{reply.body()}</xml>").encode()
