@@ -161,3 +161,29 @@ async def test_stable_token_errors_other_than_404_are_not_papered_over(settings)
         api = WeChatHTTP(http, settings, metrics=Metrics())
         with pytest.raises(UpstreamUnavailable):
             await api.fetch_token()
+
+
+async def test_a_token_rejected_right_after_a_refresh_backs_off_and_the_pause_doubles():
+    from service.errors import TokenInvalid
+
+    now = [1_000_000.0]
+    up = Upstream()
+    tm = manager(up, clock=lambda: now[0], reject_backoff=0.2)
+    first = await tm.get()
+    now[0] += 3600  # an hour-old token dies: refresh at once
+    assert await tm.invalidate(first)
+    second = await tm.get()
+    assert await tm.invalidate(second) is False  # its successor is rejected at once: pause
+    with pytest.raises(TokenInvalid):
+        await tm.get()
+    assert up.calls == 2 and 0.1 <= tm.status()["retry_in_s"] <= 0.2
+    await asyncio.sleep(0.21)
+    third = await tm.get()
+    assert up.calls == 3
+    assert await tm.invalidate(third) is False
+    assert 0.3 <= tm.status()["retry_in_s"] <= 0.4  # doubled
+    await asyncio.sleep(0.41)
+    fourth = await tm.get()
+    now[0] += 120  # this one lived past the window: its death is an ordinary one
+    assert await tm.invalidate(fourth)
+    assert await tm.get() == "token-5"
