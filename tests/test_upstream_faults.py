@@ -203,7 +203,7 @@ async def test_a_token_rejected_right_after_a_refresh_backs_off_instead_of_loopi
     # WeChat answers 40001 for every token, fresh ones included (another system replacing
     # it, a stale copy upstream): refreshing again at once would spend the account's token
     # quota two calls a push.
-    app, client = serve()
+    _, client = serve()
     sandbox.add_fault(Fault(USER_INFO, errcode=40001))
     sandbox.add_fault(Fault(USER_INFO + "/batchget", errcode=40001))
     results = await asyncio.gather(*(greet(client) for _ in range(20)))
