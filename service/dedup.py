@@ -20,11 +20,10 @@ import os
 import time
 from collections.abc import Callable
 
-from cachetools import TTLCache
-
 from .observability import get_logger
 from .replies import SUCCESS
 from .store.base import Store
+from .store.fifo import FifoMemory, digest
 from .waiting import settle_quietly, wait_done
 
 _PENDING = b"\x00pending:"  # + the holder's fencing value (no reply starts with a NUL)
@@ -36,19 +35,18 @@ class Dedup:
     """claim() once per push; retries replay() what the claimant settle()s."""
 
     def __init__(self, store: Store, *, namespace: str, ttl: float = 60.0,
-                 lease: float = LEASE, maxsize: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 lease: float = LEASE, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.prefix = namespace + "dedup:"
         self.ttl = ttl
         self.lease = lease
         self.log = get_logger("wxhook.dedup")
-        # Without a shared store the replies stay in this process: key -> the reply's bytes.
-        self.local: TTLCache[str, bytes] | None = (
-            None if store.shared else TTLCache(maxsize, ttl, timer=clock))
-        # Claims held by this process (key -> its fencing value in the store; b"" locally)
-        # and, once a local retry waits, its future.
-        self._claims: dict[str, bytes] = {}
+        # Without a shared store the replies stay in this process, in a memory made for
+        # hundreds of thousands of them (every push leaves one for the whole TTL).
+        self.local = None if store.shared else FifoMemory(ttl=ttl, clock=clock)
+        # Claims held by this process (key -> its fencing value in the store, or its digest
+        # in the local memory) and, once a local retry waits, its future.
+        self._claims: dict[str, bytes | int] = {}
         self._waiters: dict[str, asyncio.Future[bytes]] = {}
         self._renewer: asyncio.Task[None] | None = None
 
@@ -59,9 +57,10 @@ class Dedup:
         if self.local is not None:
             # Only this process reads it: _claims is the pending marker, and the memory
             # keeps settled replies only.
-            if key in self.local:
+            where = digest(key)
+            if self.local.get(where) is not None:
                 return False
-            self._claims[key] = b""
+            self._claims[key] = where
             return True
         return await self._claim_shared(key)
 
@@ -77,7 +76,7 @@ class Dedup:
                 return fut.result()
             return SUCCESS
         if self.local is not None:
-            return self.local.get(key, SUCCESS)
+            return self.local.get(digest(key)) or SUCCESS
         return await self._wait_stored(key, deadline)
 
     async def settle(self, key: str, reply: bytes) -> None:
@@ -85,8 +84,8 @@ class Dedup:
         mine = self._claims.get(key)
         try:
             if self.local is not None:
-                self.local[key] = reply
-            elif mine is not None and not await self.store.replace_if(
+                self.local.put(mine if isinstance(mine, int) else digest(key), reply)
+            elif isinstance(mine, bytes) and not await self.store.replace_if(
                     self.prefix + key, mine, reply, ttl=self.ttl):
                 # Our lease ran out (a stalled loop) and another try took the push over:
                 # its reply stands.
@@ -118,7 +117,7 @@ class Dedup:
         # per push would cost every push, and most are settled long before the first turn.
         while self._claims:
             await asyncio.sleep(self.lease / 4)
-            held = list(self._claims.items())
+            held = [(key, mine) for key, mine in self._claims.items() if isinstance(mine, bytes)]
             await asyncio.gather(*(self.store.replace_if(self.prefix + key, mine, mine,
                                                          ttl=self.lease)
                                    for key, mine in held), return_exceptions=True)

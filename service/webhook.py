@@ -23,7 +23,7 @@ from .guard import ClientGone, Guard, parse_query
 from .messages import InboundMessage
 from .observability import Metrics, get_logger, log_info, mask_openid, upstream_trace
 from .profiles import Profiles
-from .replies import SUCCESS, Reply, render
+from .replies import SUCCESS, Reply, decode, encode
 from .store.base import Store
 from .wechat_api import WeChatAPI
 
@@ -133,7 +133,7 @@ class Webhook:
             retried = not await self.dedup.claim(key)
             stored = await self.dedup.replay(key, deadline) if retried else None
             if stored is not None:
-                reply = stored
+                reply = self._replayed(stored, msg, crypto)
             else:  # the first try, or a retry that took over from a holder that died
                 retried = False
                 reply = await self._first_try(key, msg, crypto, deadline, started, rec)
@@ -219,10 +219,9 @@ class Webhook:
             rec["handler"] = ctx.handler or None
             if reply is not None:
                 rec["reply_type"] = reply.msg_type
-                # Retries get these very bytes (AES included): the record is the reply.
-                record = render(reply, to_user=msg.from_user, from_user=msg.to_user)
-                if crypto is not None:
-                    record = crypto.wrap_reply(record)
+                xml, record = encode(reply, to_user=msg.from_user, from_user=msg.to_user,
+                                     crypto=crypto)
+                run.answer(xml)
         except Exception as exc:
             self.log.error("reply_failed", exc_info=exc, **rec)
             rec["outcome"] = "no_reply"
@@ -233,6 +232,15 @@ class Webhook:
             if run.late is None:
                 run.answer(record)
                 await self.dedup.settle(key, record)
+
+    def _replayed(self, stored: bytes, msg: InboundMessage,
+                  crypto: MessageCrypto | None) -> bytes:
+        """The first try's reply, byte for byte, from its dedup record."""
+        try:
+            return decode(stored, to_user=msg.from_user, from_user=msg.to_user, crypto=crypto)
+        except ValueError as exc:  # a record from an incompatible version
+            self.log.warning("dedup_record_unreadable", error=str(exc))
+            return SUCCESS
 
     def _count(self, msg_type: str, event: str, outcome: str) -> None:
         labels = (msg_type if msg_type in _MSG_TYPES else "other",

@@ -3,6 +3,7 @@
 import asyncio
 import time
 
+import orjson
 import pytest
 from wechatpy.crypto import WeChatCrypto
 
@@ -284,6 +285,26 @@ async def test_unknown_types_are_counted_as_other(app, client):
     assert re.search(r'wxhook_pushes_total\{event="",msg_type="other",outcome="no_reply"\} 1', text)
 
 
+async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
+    # Replies are kept for retries as a record, not whole: a busy minute holds many.
+    from service.store.fifo import digest
+
+    kept = app.state.webhook.dedup.local
+    for aes in (False, True):
+        msg_id = 6054768590064713700 + int(aes)
+        push = make_push("text", text="help", aes=aes, msg_id=msg_id,
+                         openid=f"oRecord{int(aes)}" + "0" * 20)
+        first = await client.post("/wechat", params=push.params, content=push.body)
+        again = await client.post("/wechat", params=push.params, content=push.body)
+        assert first.content == again.content
+        record = kept.get(digest(f"m:{msg_id}"))
+        # A text reply's record starts with [its text]: the version before this shape read
+        # [time, tail], and int([...]) makes it answer "success" instead of garbage.
+        assert isinstance(orjson.loads(record)[0], list)
+        saved = len(first.content) - len(record)
+        assert saved > (320 if aes else 120), (len(first.content), len(record))
+
+
 async def test_retries_replay_any_reply_type_byte_for_byte(make_app, make_push, crypto):
     import httpx
 
@@ -311,6 +332,29 @@ async def test_retries_replay_any_reply_type_byte_for_byte(make_app, make_push, 
             fields = decode_reply(tries[0].content, crypto=crypto if aes
                                   else None)
             assert fields["MsgType"] == ("news" if text == "news" else "text")
+
+
+async def test_a_record_kept_whole_by_an_earlier_version_still_replays(make_app, make_push,
+                                                                        redis_url):
+    # Before text replies were kept as their text, every record held the reply's XML tail;
+    # instances of both versions share Redis during a rolling deploy.
+    import httpx
+
+    from service.store.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    app = make_app(store=store)
+    push = make_push("text", text="hi", openid="oEarlierVersion000000000001")
+    msg_id = push.body.split(b"<MsgId>")[1].split(b"</MsgId>")[0].decode()
+    tail = "<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[kept whole]]></Content></xml>"
+    await store.set(app.state.webhook.dedup.prefix + f"m:{msg_id}",
+                    orjson.dumps([1700000000, tail]), ttl=60)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as client:
+        r = await client.post("/wechat", params=push.params, content=push.body)
+    await store.aclose()
+    fields = decode_reply(r.content, crypto=None)
+    assert fields["Content"] == "kept whole" and fields["CreateTime"] == "1700000000"
 
 
 class _FailingStore:
