@@ -6,7 +6,6 @@ that the route answers with a 4xx: a malformed or hostile push never becomes a 5
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from .messages import InboundMessage, build_message, parse_fields, safe_mode_enc
 from .observability import Metrics, get_logger
 from .signature import LocalNonces, SharedNonces, check_fresh, verify
 from .store.base import Store
+from .waiting import within
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -129,8 +129,7 @@ class Guard:
         while True:
             try:
                 # A sender that stalls mid-body must not hold the request open forever.
-                async with asyncio.timeout(deadline - time.monotonic()):
-                    message = await receive()
+                message = await within(receive(), deadline - time.monotonic())
             except TimeoutError:
                 raise GuardError("the body did not arrive before the deadline", status=408,
                                  reason="slow_body") from None
