@@ -142,6 +142,26 @@ async def test_an_instance_killed_mid_push_loses_no_reply(isolated_redis_url: st
         assert again == body and lookups(await stats(sb)) == 2
 
 
+async def test_a_live_holder_slower_than_its_lease_keeps_its_push(
+        isolated_redis_url: str) -> None:
+    # The first try's lookup takes 2.6 s, longer than the claim's 2-s lease: the holder renews
+    # it, so the retry on B waits and replays A's reply instead of running the handler.
+    url = isolated_redis_url
+    with sandbox_process() as sb, \
+            server_process(sb, REDIS_URL=url) as a, \
+            server_process(sb, REDIS_URL=url) as b:
+        async with httpx.AsyncClient(timeout=10) as c:
+            await c.post(sb + "/_sandbox/faults",
+                         json={"path": "/cgi-bin/user/info", "latency": 2.6, "times": 1})
+        push = subscribe("oSlowLiveHolder0000000000001")
+        first = asyncio.ensure_future(send_all([(a, push)]))
+        await asyncio.sleep(0.5)
+        (_, retried, _), = await send_all([(b, push)])
+        (_, answered, _), = await first
+        assert b"Welcome, Follower-000001!" in answered and retried == answered
+        assert lookups(await stats(sb)) == 1
+
+
 async def test_fresh_single_instance_cold_burst() -> None:
     with sandbox_process(latency="0.03") as sb, server_process(sb) as a:
         results = await send_all([(a, subscribe(f"oColdBurstFollower{i:010d}"))
