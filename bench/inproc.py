@@ -1,6 +1,7 @@
 """CPU per push without HTTP: the /wechat ASGI callable driven directly, 64 pushes at a time.
 
     .venv/bin/python bench/inproc.py [plain|aes|subscribe|rules] [--pushes 60000] [--runs 5]
+    .venv/bin/python bench/inproc.py plain --pushes 600000 --runs 1   # a long flood's peak RSS
 
 uvicorn, the network and wrk are out of the picture, so this measures wxhook's own work per
 push (guard, parse, nonce, dedup, route, render, log line, metrics) in process CPU time, far
@@ -10,12 +11,15 @@ production they go to a file or a pipe. subscribe's lookups go to an httpx.MockT
 that answers at once (token, user/info, batchget: a few us a call of its own), so that
 figure is the greeting's whole path with its share of batched lookups. rules: the plain
 pushes answered by a rules file of 500 keyword rules and a default reply (bench/rules.py).
+Pushes are generated in chunks outside the timed part, so the peak RSS printed (VmHWM) is
+the server's, not the pool's: with --pushes large it is the memory a long flood holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -79,8 +83,8 @@ def child(scenario: str, n: int) -> None:
     own = scenario in ("subscribe", "rules")
     app = create_app(Settings(), router=None if own else router, http=http)
     warm = 1000
-    pushes = list(gen.pushes("plain" if scenario == "rules" else scenario, n + warm, creds,
-                             gen.Sequence()))
+    pushes = gen.pushes("plain" if scenario == "rules" else scenario, n + warm, creds,
+                        gen.Sequence())
 
     async def one(push: gen.Push) -> None:
         scope = {"type": "http", "method": "POST", "path": "/wechat",
@@ -101,15 +105,24 @@ def child(scenario: str, n: int) -> None:
 
     async def main() -> None:
         async with app.router.lifespan_context(app):
-            for push in pushes[:warm]:
+            for push in itertools.islice(pushes, warm):
                 await one(push)
-            started = time.process_time()
-            for i in range(warm, len(pushes), 64):
-                await asyncio.gather(*(one(p) for p in pushes[i:i + 64]))
-            per_push = (time.process_time() - started) / n * 1e6
-            print(f"{per_push:.1f}", file=sys.stderr)
+            spent = 0.0
+            while chunk := list(itertools.islice(pushes, 8192)):
+                started = time.process_time()
+                for i in range(0, len(chunk), 64):
+                    await asyncio.gather(*(one(p) for p in chunk[i:i + 64]))
+                spent += time.process_time() - started
+            print(f"{spent / n * 1e6:.1f} {_peak_rss_mb():.1f}", file=sys.stderr)
 
     uvloop.run(main())
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main() -> int:
@@ -123,7 +136,8 @@ def main() -> int:
     if a.child:
         child(a.scenario, a.pushes)
         return 0
-    figures = []
+    figures: list[float] = []
+    peaks: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, BENCH_PROFILE_DB=str(Path(tmp) / "profiles.db"))
         for _ in range(a.runs):
@@ -135,9 +149,11 @@ def main() -> int:
             if done.returncode:
                 print(done.stderr.decode(), file=sys.stderr)
                 return 1
-            figures.append(float(done.stderr.decode().split()[-1]))
+            cpu, rss = done.stderr.decode().split()[-2:]
+            figures.append(float(cpu))
+            peaks.append(float(rss))
     print(f"{a.scenario}: {min(figures):.1f} us of CPU a push (min of {a.runs}; all: "
-          + ", ".join(f"{f:.1f}" for f in sorted(figures)) + ")")
+          + ", ".join(f"{f:.1f}" for f in sorted(figures)) + f"); peak RSS {max(peaks):.1f} MB")
     return 0
 
 

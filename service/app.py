@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,9 +29,9 @@ from .profiles import ProfileRepo, Profiles, StoreProfileRepo
 from .store.base import Store
 from .store.memory import MemoryStore
 from .store.sqlite import SqliteProfileRepo
-from .tokens import TokenManager
+from .tokens import api_with_tokens
 from .webhook import Webhook
-from .wechat_api import WeChatAPI, new_http_client
+from .wechat_api import new_http_client
 
 GC_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 SHUTDOWN_GRACE = 10.0  # seconds given to late deliveries after the last push was answered
@@ -68,9 +68,9 @@ def settle_heap() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
-def _default_store(settings: Settings, metrics: Metrics) -> Store:
+def _default_store(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> Store:
     if settings.redis_url is None:
-        return MemoryStore()
+        return MemoryStore(clock=clock)
     from .store.redis import RedisStore
 
     return RedisStore(settings.redis_url.get_secret_value(), metrics=metrics)
@@ -78,15 +78,17 @@ def _default_store(settings: Settings, metrics: Metrics) -> Store:
 
 def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                store: Store | None = None, router: Router | None = None,
-               profile_repo: ProfileRepo | None = None, metrics: Metrics | None = None) -> FastAPI:
-    """Build the ASGI app for one account."""
+               profile_repo: ProfileRepo | None = None, metrics: Metrics | None = None,
+               clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """Build the ASGI app for one account; `clock` is the monotonic clock of its TTL
+    memories (tests pass virtual time)."""
     metrics = Metrics() if metrics is None else metrics
     own_http = http is None
     http = new_http_client(timeout=settings.http_timeout) if http is None else http
-    store = _default_store(settings, metrics) if store is None else store
+    store = _default_store(settings, metrics, clock) if store is None else store
     namespace = f"wxhook:{settings.app_id}:"
-    api = WeChatAPI(http, settings, metrics=metrics)
-    api.tokens = TokenManager(store, api.fetch_token, namespace=namespace, metrics=metrics)
+    api, tokens = api_with_tokens(http, settings, store=store, namespace=namespace,
+                                  metrics=metrics)
     # Profiles must survive a restart: Redis when shared, else an embedded SQLite file.
     own_repo = None if profile_repo is not None or store.shared else SqliteProfileRepo(
         settings.profile_db, appid=settings.app_id, sandbox_appid=SANDBOX_APP_ID)
@@ -102,7 +104,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
             rules.current, store=store, namespace=namespace, follow_up=delivery.follow_up)
         router = default_router(settings.handlers, rules=answerer)
     webhook = Webhook(settings, store=store, router=router, api=api, profiles=profiles,
-                      delivery=delivery, metrics=metrics)
+                      delivery=delivery, metrics=metrics, clock=clock)
     oauth = OAuth(settings, api=api, store=store, repo=repo, profiles=profiles,
                   namespace=namespace)
     log = get_logger("wxhook")
@@ -129,6 +131,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     app.router.routes.extend(oauth.routes())
     app.state.settings = settings
     app.state.api = api
+    app.state.tokens = tokens
     app.state.store = store
     app.state.profiles = profiles
     app.state.oauth = oauth
@@ -144,15 +147,15 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         checks: dict[str, Any] = {"settings": {"ok": True}}
-        status = api.tokens.status()
+        status = tokens.status()
         if not status["cached"]:
             try:
-                await api.tokens.get(deadline=time.monotonic() + 2.0)
-                status = api.tokens.status()
+                await tokens.get(deadline=time.monotonic() + 2.0)
+                status = tokens.status()
             except WeChatAPIError:
-                status = api.tokens.status()
+                status = tokens.status()
             except Exception as exc:  # noqa: BLE001 - e.g. the store failing: not ready, not 500
-                status = {**api.tokens.status(), "error": {"store": type(exc).__name__}}
+                status = {**tokens.status(), "error": {"store": type(exc).__name__}}
         checks["token"] = {"ok": bool(status["cached"]), **status}
         if store.shared:
             try:

@@ -13,8 +13,8 @@ from .config import Settings, SettingsError, load_settings, mask_url
 from .errors import CONFIG_HINTS, WeChatAPIError
 from .metrics import Metrics
 from .store.memory import MemoryStore
-from .tokens import TokenManager
-from .wechat_api import WeChatAPI, new_http_client
+from .tokens import api_with_tokens
+from .wechat_api import new_http_client
 
 WECHAT_API_BASE = "https://api.weixin.qq.com"
 _TRANSPORT_MEANS = {
@@ -121,11 +121,11 @@ async def run_check(settings: Settings | None = None, *,
         _more("next", "before production, unset WECHAT_API_BASE and run check again")
     failed = False
     async with new_http_client(timeout=settings.http_timeout) as http:
-        api = WeChatAPI(http, settings, metrics=Metrics())
-        api.tokens = TokenManager(MemoryStore(), api.fetch_token,
-                                  namespace="check:", metrics=api.metrics)
+        metrics = Metrics()
+        api, tokens = api_with_tokens(http, settings, store=MemoryStore(), namespace="check:",
+                                      metrics=metrics)
         try:
-            await api.tokens.get()
+            await tokens.get()
             _line(True, "access token", f"obtained through {settings.token_endpoint} endpoint")
         except WeChatAPIError as exc:
             failed = True

@@ -18,7 +18,7 @@ from .logs import configure_logging
 from .menu import MENU_ERRORS
 from .metrics import Metrics
 from .store.memory import MemoryStore
-from .tokens import TokenManager
+from .tokens import api_with_tokens
 from .wechat_api import WeChatAPI, new_http_client
 
 T = TypeVar("T")
@@ -182,9 +182,8 @@ def _with_api(action: Callable[[WeChatAPI], Awaitable[T]], what: str) -> T | Non
 
     async def run() -> T:
         async with new_http_client(timeout=settings.http_timeout) as http:
-            api = WeChatAPI(http, settings, metrics=Metrics())
-            api.tokens = TokenManager(MemoryStore(), api.fetch_token,
-                                      namespace=f"wxhook:{settings.app_id}:", metrics=Metrics())
+            api, _ = api_with_tokens(http, settings, store=MemoryStore(),
+                                     namespace=f"wxhook:{settings.app_id}:", metrics=Metrics())
             return await action(api)
 
     try:

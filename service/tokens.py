@@ -4,6 +4,12 @@ Two processes that each fetch a token kill each other's (40001): the first cause
 "works on my laptop, breaks in production" in every WeChat SDK. So the token lives in the
 store, one process at a time refreshes it under a lock, the others wait and read it, and a
 token that failed is expired only if it is still the current one.
+
+A token rejected again right after a refresh (40001 for a token fetched seconds ago: its
+calls carry a stale copy, or another system keeps replacing it) is not fetched again at
+once: the quota is the account's, shared with every other system using the appid. The
+manager backs off, doubling the pause while it goes on, and says so in the log, /readyz
+and wxhook_token_refreshes_total{reason="rejected_again"}.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .errors import (
     CONFIG_HINTS,
     ConfigurationError,
     QuotaExceeded,
+    TokenInvalid,
     UpstreamUnavailable,
     WeChatAPIError,
 )
@@ -24,6 +32,12 @@ from .logs import get_logger
 from .metrics import Metrics
 from .store.base import Store
 from .waiting import settle_quietly
+from .wechat_api import WeChatAPI, WeChatHTTP
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .config import Settings
 
 Fetch = Callable[[], Awaitable[tuple[str, int]]]
 
@@ -34,6 +48,8 @@ class TokenManager:
     def __init__(self, store: Store, fetch: Fetch, *, namespace: str, metrics: Metrics,
                  refresh_ahead: float = 300.0, config_backoff: float = 20.0,
                  failure_backoff: float = 1.0, lock_ttl: float = 10.0,
+                 reject_window: float = 60.0, reject_backoff: float = 30.0,
+                 max_reject_backoff: float = 900.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._fetch = fetch
@@ -44,6 +60,9 @@ class TokenManager:
         self.config_backoff = config_backoff
         self.failure_backoff = failure_backoff
         self.lock_ttl = lock_ttl
+        self.reject_window = reject_window  # a token rejected this young was just fetched
+        self.reject_backoff = reject_backoff
+        self.max_reject_backoff = max_reject_backoff
         self.clock = clock
         self.log = get_logger("wxhook.tokens")
         self._token: str | None = None
@@ -54,6 +73,7 @@ class TokenManager:
         self._flight: asyncio.Task[str] | None = None
         self.last_error: WeChatAPIError | None = None
         self._error_until = 0.0
+        self._rejections = 0                 # tokens rejected in a row, each young
         self.fetches = 0                     # upstream token requests made by this process
 
     async def get(self, *, deadline: float | None = None) -> str:
@@ -74,14 +94,33 @@ class TokenManager:
             raise UpstreamUnavailable(None, "token refresh still running at the deadline",
                                       api="token") from None
 
-    async def invalidate(self, failed: str) -> None:
-        """Expire `failed` locally and in the store, but only if it is still the current one."""
+    async def invalidate(self, failed: str) -> bool:
+        """Expire `failed` locally and in the store, but only if it is still the current one.
+
+        False when a fresh token would only be rejected again (this one was fetched moments
+        ago, right after the one before it was rejected): the manager backs off instead.
+        """
         self._bad = failed
-        if self._token == failed:
-            raw = self._raw
-            self._token, self._raw, self._expires_at = None, None, 0.0
-            if raw is not None:
-                await self.store.delete_if(self._key, raw)
+        if self._token != failed:
+            return True  # an older token (or a peer's): the current one may well work
+        young = self.clock() - self._fetched_at < self.reject_window
+        self._rejections = self._rejections + 1 if young else 1
+        raw = self._raw
+        self._token, self._raw, self._expires_at = None, None, 0.0
+        if raw is not None:
+            await self.store.delete_if(self._key, raw)
+        if self._rejections < 2:
+            return True
+        pause = min(self.reject_backoff * 2 ** (self._rejections - 2), self.max_reject_backoff)
+        self.last_error = TokenInvalid(40001, "the access token was rejected right after a "
+                                       f"refresh; the next refresh in {pause:.0f} s", api="token")
+        self._error_until = time.monotonic() + pause
+        self.metrics.token_refreshes.labels("rejected_again", "backoff").inc()
+        self.log.error("token_rejected_after_refresh", rejections=self._rejections,
+                       retry_in_s=pause, fix="check that no other system refreshes this "
+                       "appid's token with force_refresh, and that the appid and secret "
+                       "belong to the account WeChat pushes for")
+        return False
 
     def status(self) -> dict[str, object]:
         """For /readyz and `wxhook check`: is a token cached, and what failed last."""
@@ -94,6 +133,9 @@ class TokenManager:
             hint = CONFIG_HINTS.get(self.last_error.errcode or 0)
             if hint:
                 out["fix"] = hint
+            wait = self._error_until - time.monotonic()
+            if wait > 0:
+                out["retry_in_s"] = round(wait, 1)
         return out
 
     def _start(self, reason: str) -> asyncio.Task[str]:
@@ -168,3 +210,11 @@ class TokenManager:
         self.metrics.token_age.set(0)
         self.log.info("token_refreshed", reason=reason, expires_in=expires_in)
         return token
+
+
+def api_with_tokens(http: httpx.AsyncClient, settings: Settings, *, store: Store,
+                    namespace: str, metrics: Metrics) -> tuple[WeChatAPI, TokenManager]:
+    """The API client and the token manager it draws its global token from."""
+    tokens = TokenManager(store, WeChatHTTP(http, settings, metrics=metrics).fetch_token,
+                          namespace=namespace, metrics=metrics)
+    return WeChatAPI(http, settings, metrics=metrics, tokens=tokens), tokens

@@ -3,13 +3,12 @@
 asyncio.wait_for(shield(fut)) and asyncio.wait() do this with a task, a shield or a set
 per call; on a path every push takes, a future and a timer are enough, and an await that
 need not wait at all (uvicorn holds the whole body when a push's headers arrive) needs
-neither.
+neither: bench/README.md ("Hand-written structures") has what each costs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
 from typing import Any, Generic, TypeVar
@@ -20,20 +19,22 @@ from .logs import get_logger
 T = TypeVar("T")
 
 
-async def within(aw: Awaitable[T], timeout: float) -> T:
+async def within(aw: Awaitable[T], timeout: float, *,
+                 timer: Callable[[float], asyncio.Timeout] = asyncio.timeout) -> T:
     """Await `aw`, or raise TimeoutError (and cancel it) after `timeout` seconds.
 
-    asyncio.timeout() costs a timer and two context switches of bookkeeping, ~10% of a
-    push; a coroutine's first step runs here first, so only an await that suspends pays it.
+    asyncio.timeout() around a body read that need not wait cost 13-20% of a plaintext push
+    (bench/README.md); a coroutine's first step runs here first, so only an await that
+    suspends pays for the timer.
     """
     if not isinstance(aw, CoroutineType):  # (an ABC check here costs more than it saves)
-        async with asyncio.timeout(timeout):
+        async with timer(timeout):
             return await aw
     try:
         first = aw.send(None)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
-    async with asyncio.timeout(max(0.0, timeout)):
+    async with timer(max(0.0, timeout)):
         return await _Resumed(aw, first)
 
 
@@ -68,81 +69,6 @@ class _Resumed(Generic[T]):
                 pending = coro.send(sent)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
-
-
-class Deadlines:
-    """Call each entry's `expire` at its deadline unless discarded first; one timer for all.
-
-    A timer a push (`loop.call_later` and its cancel) cost ~1.6 us of a ~45 us push under
-    uvloop, and the future wait_done() adds to be woken by either ~3 us more. Deadlines that
-    are arrival + the same allowance come nearly in order: entries kept in that order need
-    one timer, for the oldest; each firing expires those due and waits for the next. An
-    entry added after one with a later deadline (its arrival was held up, say by a slow
-    body) gets a timer of its own, so no deadline waits for another.
-    """
-
-    _EARLY = 0.001  # the loop's clock has millisecond steps: a timer may fire that early
-
-    def __init__(self) -> None:
-        self._due: dict[object, tuple[float, Callable[[], None]]] = {}  # in deadline order
-        self._last = float("-inf")  # the latest deadline in _due's order so far
-        self._strays: dict[object, asyncio.TimerHandle] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def __len__(self) -> int:
-        return len(self._due) + len(self._strays)
-
-    def add(self, key: object, deadline: float, expire: Callable[[], None]) -> None:
-        """Call `expire()` at `deadline` (time.monotonic()) unless `key` is discarded."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new loop (tests, a restart): the old one's are void
-            self._due.clear()
-            self._strays.clear()
-            self._loop, self._timer, self._last = loop, None, float("-inf")
-        if deadline < self._last:
-            self._strays[key] = loop.call_later(max(0.0, deadline - time.monotonic()),
-                                                self._expire_stray, key, expire)
-            return
-        self._last = deadline
-        self._due[key] = (deadline, expire)
-        if self._timer is None:
-            self._arm(deadline)
-
-    def discard(self, key: object) -> None:
-        """Forget an entry (its work finished in time)."""
-        if self._due.pop(key, None) is None and self._strays:
-            timer = self._strays.pop(key, None)
-            if timer is not None:
-                timer.cancel()
-
-    def _arm(self, deadline: float) -> None:
-        assert self._loop is not None
-        self._timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        due, now = self._due, time.monotonic() + self._EARLY
-        expired = []
-        for key, (deadline, _) in due.items():
-            if deadline > now:
-                break
-            expired.append(key)
-        for key in expired:
-            _expire(due.pop(key)[1])
-        if due:
-            self._arm(next(iter(due.values()))[0])
-
-    def _expire_stray(self, key: object, expire: Callable[[], None]) -> None:
-        self._strays.pop(key, None)
-        _expire(expire)
-
-
-def _expire(expire: Callable[[], None]) -> None:
-    try:
-        expire()
-    except Exception as exc:  # noqa: BLE001 - one entry's bug must not stop the others
-        get_logger("wxhook").error("deadline_expire_failed", exc_info=exc)
 
 
 async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
-
-import orjson
 
 from handlers.router import Context, Router
 
@@ -24,9 +23,8 @@ from .logs import get_logger, log_info, mask_openid, upstream_trace
 from .messages import InboundMessage
 from .metrics import Metrics
 from .profiles import Profiles
-from .replies import SUCCESS, Reply, TextReply, envelope, tail
+from .replies import SUCCESS, Reply, decode, encode
 from .store.base import Store
-from .waiting import Deadlines
 from .wechat_api import WeChatAPI
 
 Scope = dict[str, Any]
@@ -48,41 +46,35 @@ _LATE = b"\x00late"  # what `ready` holds when the deadline came first (never a 
 
 
 class _Run:
-    """One first try: its deadline, the reply once ready, and late delivery's future."""
+    """One first try: the passive reply once rendered, or late delivery's future once the
+    deadline passed. Both change in one step of the loop, so the handler sees one or the
+    other."""
 
-    __slots__ = ("deadline", "late", "ready")
+    __slots__ = ("late", "ready")
 
-    def __init__(self, deadline: float, ready: asyncio.Future[bytes]) -> None:
-        self.deadline = deadline
-        self.ready = ready   # the passive reply, set as soon as it is rendered
-        self.late: asyncio.Future[Reply | None] | None = None  # set when the deadline won
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.ready: asyncio.Future[bytes] = loop.create_future()
+        self.late: asyncio.Future[Reply | None] | None = None
 
     def answer(self, reply: bytes) -> None:
         """The passive reply, unless the deadline came first (or the request is gone)."""
         if not self.ready.done():
             self.ready.set_result(reply)
 
-    def time_up(self) -> None:
-        """At the deadline: from now on the handler's reply goes to late delivery. Both
-        futures change in one step of the loop, so the handler sees one or the other."""
-        if not self.ready.done():
-            self.late = self.ready.get_loop().create_future()
-            self.ready.set_result(_LATE)
-
 
 class Webhook:
     """ASGI app for GET (URL verification) and POST (pushes) on /wechat."""
 
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
-                 profiles: Profiles, delivery: LateDelivery, metrics: Metrics) -> None:
+                 profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.store = store
         # Keys in a shared store (Redis) name the appid; without one, nonces and retry
         # replies stay in memories of this process and use no store key.
         namespace = f"wxhook:{settings.app_id}:"
         self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics)
-        self.crypto = self.guard.crypto
-        self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl)
+        self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl, clock=clock)
         self.router = router
         self.api = api
         self.profiles = profiles
@@ -90,7 +82,6 @@ class Webhook:
         self.metrics = metrics
         self.log = get_logger("wxhook.push")
         self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
-        self._deadlines = Deadlines()  # first tries still running, in deadline order
         self._counters: dict[tuple[str, str, str], Any] = {}
         # Request ids: a random prefix per process and a counter (no syscall per push).
         self._rid = os.urandom(4).hex() + "-"
@@ -139,9 +130,11 @@ class Webhook:
         try:
             key = admitted.dedup_key
             retried = not await self.dedup.claim(key)
-            if retried:
-                reply = self._replayed(await self.dedup.replay(key, deadline), admitted)
-            else:
+            stored = await self.dedup.replay(key, deadline) if retried else None
+            if stored is not None:
+                reply = self._replayed(stored, admitted)
+            else:  # the first try, or a retry that took over from a holder that died
+                retried = False
                 reply = await self._first_try(key, admitted, deadline, started, rec)
         except Exception:
             # A bug must not become a 5xx: WeChat would show the follower an error page.
@@ -163,52 +156,51 @@ class Webhook:
                                     "upstream": [f"{api}:{code}" for api, code in trace]})
         return 200, reply, (_TEXT if reply == SUCCESS else _XML)
 
-    async def _first_try(self, key: str, admitted: Admission, deadline: float,
-                         started: float, rec: dict[str, Any]) -> bytes:
+    async def _first_try(self, key: str, admitted: Admission, deadline: float, started: float,
+                         rec: dict[str, Any]) -> bytes:
         # The handler runs in a task of its own, so a dropped connection does not cancel it
         # (the retry gets its reply) and an overrun can be answered while it goes on.
         loop = asyncio.get_running_loop()
-        run = _Run(deadline, loop.create_future())
-        msg = admitted.message
-        self._keep(loop.create_task(self._produce(key, admitted, run, rec)))
-        # Decided on the reply, not on the task: the task may still be recording it.
-        # Awaited as is: if this request is cancelled, so is `ready`, and the handler's
-        # reply still goes to the dedup record for WeChat's retry.
-        self._deadlines.add(run, deadline, run.time_up)
+        run = _Run(loop)
+        self._keep(loop.create_task(self._produce(key, admitted, run, deadline, rec)))
+        timer = loop.call_later(deadline - time.monotonic(), self._time_up, key,
+                                admitted.message, run, started, rec)
         try:
+            # Decided on the reply, not on the task: the task may still be recording it.
+            # If this request is cancelled, so is `ready`, and the handler's reply still
+            # goes to the dedup record for WeChat's retry.
             reply = await run.ready
-        except asyncio.CancelledError:
-            if run.late is not None:  # the deadline came in the step this request was cancelled
-                # (the handler left the late reply and the claim to it)
-                self._keep(loop.create_task(self._overrun(key, msg, run, started, rec)))
-            raise
         finally:
-            self._deadlines.discard(run)
-        if reply is not _LATE:
-            return reply
-        return await self._overrun(key, msg, run, started, rec)
+            timer.cancel()
+        return SUCCESS if reply is _LATE else reply
+
+    def _time_up(self, key: str, msg: InboundMessage, run: _Run, started: float,
+                 rec: dict[str, Any]) -> None:
+        # At the deadline: answer "success" now; the handler goes on and its reply goes out
+        # through custom/send. All of it here, in the timer's own step, so a request
+        # cancelled at the same moment changes nothing.
+        if run.ready.done():
+            return
+        loop = run.ready.get_loop()
+        run.late = loop.create_future()
+        run.ready.set_result(_LATE)
+        self.delivery.hand_over(run.late, openid=msg.openid, started=started)
+        self.metrics.deadline_fallbacks.inc()
+        rec.update(outcome="fallback", deadline_fallback=True)
+        # What this try answered is what retries get.
+        self._keep(loop.create_task(self.dedup.settle(key, SUCCESS)))
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a task until it is done (the loop keeps only a weak reference)."""
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _overrun(self, key: str, msg: InboundMessage, run: _Run, started: float,
-                       rec: dict[str, Any]) -> bytes:
-        # Answer in time; the handler goes on and its reply goes out through custom/send.
-        assert run.late is not None
-        self.delivery.hand_over(run.late, openid=msg.openid, started=started)
-        self.metrics.deadline_fallbacks.inc()
-        rec.update(outcome="fallback", deadline_fallback=True)
-        await self.dedup.settle(key, SUCCESS)  # what this try answered is what retries get
-        return SUCCESS
-
-    async def _produce(self, key: str, admitted: Admission, run: _Run,
+    async def _produce(self, key: str, admitted: Admission, run: _Run, deadline: float,
                        rec: dict[str, Any]) -> None:
         msg = admitted.message
         record = SUCCESS
         try:
-            ctx = Context(deadline=run.deadline, profiles=self.profiles, api=self.api,
+            ctx = Context(deadline=deadline, profiles=self.profiles, api=self.api,
                           settings=self.settings, log=self.log)
             try:
                 reply = await self.router.dispatch(msg, ctx)
@@ -225,60 +217,31 @@ class Webhook:
                     run.late.set_result(reply)
                 return
             rec["handler"] = ctx.handler or None
-            if reply is None:
-                run.answer(SUCCESS)
-                return
-            rec["reply_type"] = reply.msg_type
-            # Retries get these bytes again, rebuilt from a small record rather than kept
-            # whole: the retry carries the same push, the rest is deterministic (AES-CBC
-            # here has a fixed IV), and a busy minute holds hundreds of thousands of replies.
-            # A text reply, nearly every reply, is kept as [its text] without its XML, and
-            # first: an instance of the version before reads [time, tail] and rejects this
-            # shape (a retry it serves during a rolling deploy gets "success", not garbage).
-            now = int(time.time())
-            fields: list[Any] = ([[reply.content], now] if type(reply) is TextReply
-                                 else [now, tail(reply)])
-            prefix = b""
-            if admitted.crypto is not None:
-                seed = os.urandom(20)  # one system call for the AES prefix and the nonce
-                prefix = seed[:16]
-                fields += [str(now), str(int.from_bytes(seed[16:], "big")), prefix.hex()]
-            xml = self._rebuild(fields, admitted, prefix)
-            record = orjson.dumps(fields)
-            run.answer(xml)
+            if reply is not None:
+                rec["reply_type"] = reply.msg_type
+                # Sealed, when the push was, under the key that opened it.
+                xml, record = encode(reply, to_user=msg.from_user, from_user=msg.to_user,
+                                     crypto=admitted.crypto, key=admitted.key)
+                run.answer(xml)
         except Exception as exc:
             self.log.error("reply_failed", exc_info=exc, **rec)
             rec["outcome"] = "no_reply"
             record = SUCCESS
         finally:
-            # Exactly one settle per claim: here, unless the deadline won (then the request
-            # settled "success" itself), so no claim is left pending and no waiter hangs.
+            # Exactly one settle per claim: here, unless the deadline won (then _time_up
+            # settled "success"), so no claim is left pending and no waiter hangs.
             if run.late is None:
-                run.answer(SUCCESS)
+                run.answer(record)
                 await self.dedup.settle(key, record)
 
-    def _rebuild(self, record: list[Any], admitted: Admission, prefix: bytes = b"") -> bytes:
-        msg = admitted.message
-        create_time, body, *sealed = record
-        if isinstance(create_time, list):  # a text reply kept as its text
-            create_time, body = body, tail(TextReply(str(create_time[0])))
-        xml: bytes = (envelope(to_user=msg.from_user, from_user=msg.to_user,
-                               create_time=int(create_time)) + str(body)).encode()
-        if sealed and admitted.crypto is not None:  # under the key that opened the push
-            timestamp, nonce, prefix_hex = sealed
-            xml = admitted.crypto.wrap_reply(xml, timestamp=timestamp, nonce=nonce,
-                                             random_prefix=prefix or bytes.fromhex(prefix_hex),
-                                             key=admitted.key)
-        return xml
-
     def _replayed(self, stored: bytes, admitted: Admission) -> bytes:
-        """The first try's reply, rebuilt from its dedup record."""
-        if stored == SUCCESS:
-            return SUCCESS
+        """The first try's reply, byte for byte, from its dedup record."""
+        msg = admitted.message
         try:
-            return self._rebuild(orjson.loads(stored), admitted)
-        except (ValueError, TypeError) as exc:  # a record from an incompatible version
-            self.log.warning("dedup_record_unreadable", error=repr(exc))
+            return decode(stored, to_user=msg.from_user, from_user=msg.to_user,
+                          crypto=admitted.crypto, key=admitted.key)
+        except ValueError as exc:  # a record from an incompatible version
+            self.log.warning("dedup_record_unreadable", error=str(exc))
             return SUCCESS
 
     def _count(self, msg_type: str, event: str, outcome: str) -> None:

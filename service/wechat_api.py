@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -21,7 +21,6 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .tokens import TokenManager
 
 _BUSY_RETRIES = 2          # errcode -1 "system busy": at most this many extra tries
 _BUSY_BACKOFF = 0.1        # seconds, doubled each try, never past the deadline
@@ -45,10 +44,19 @@ def new_http_client(*, timeout: float = 3.0) -> httpx.AsyncClient:
     )
 
 
-class WeChatAPI:
-    """The API calls wxhook makes; every token-bearing call goes through `call()`."""
+class TokenProvider(Protocol):
+    """Where token-bearing calls get the global access token (tokens.TokenManager)."""
 
-    tokens: TokenManager
+    async def get(self, *, deadline: float | None = None) -> str:
+        """The current token."""
+
+    async def invalidate(self, failed: str) -> bool:
+        """WeChat rejected `failed`; True when a retry with a fresh token is worth it."""
+
+
+class WeChatHTTP:
+    """One HTTP exchange with the WeChat API, and the calls that need no global token
+    (fetching it, OAuth): what the token manager is built on."""
 
     def __init__(self, http: httpx.AsyncClient, settings: Settings, *, metrics: Metrics) -> None:
         self.http = http
@@ -56,7 +64,6 @@ class WeChatAPI:
         self.base = settings.api_base
         self.metrics = metrics
         self.log = get_logger("wxhook.api")
-        self._circuit_until: dict[str, float] = {}
         self._no_stable_token = False
 
     # -- one HTTP exchange -------------------------------------------------------------
@@ -111,57 +118,7 @@ class WeChatAPI:
             if trace is not None:
                 trace.append((api, errcode))
 
-    # -- token-bearing calls -----------------------------------------------------------
-
-    async def call(self, method: str, path: str, *, api: str,
-                   params: dict[str, str] | None = None, json: Any = None,
-                   deadline: float | None = None) -> dict[str, Any]:
-        """A call with the global token: one retry on a dead token, bounded retries on -1."""
-        until = self._circuit_until.get(api, 0.0)
-        if until > time.monotonic():
-            raise UpstreamUnavailable(None, "circuit open after a quota error", api=api)
-        token_retry_done = False
-        busy_tries = 0
-        while True:
-            token = await self.tokens.get(deadline=deadline)
-            try:
-                return await self.request(method, path, api=api,
-                                          params={**(params or {}), "access_token": token},
-                                          json=json, deadline=deadline)
-            except TokenInvalid:
-                await self.tokens.invalidate(token)
-                if token_retry_done:
-                    raise
-                token_retry_done = True
-            except QuotaExceeded as exc:
-                self._open_circuit(api, exc)
-                raise
-            except WeChatAPIError as exc:
-                if exc.errcode != -1 or busy_tries >= _BUSY_RETRIES:
-                    raise
-                pause = _BUSY_BACKOFF * (2 ** busy_tries)
-                if deadline is not None and time.monotonic() + pause >= deadline - 0.05:
-                    raise
-                busy_tries += 1
-                await asyncio.sleep(pause)
-
-    def _open_circuit(self, api: str, exc: WeChatAPIError) -> None:
-        self._circuit_until[api] = time.monotonic() + _CIRCUIT_SECONDS
-        self.metrics.circuit_open.labels(api).set(1)
-        self.log.warning("circuit_open", api=api, errcode=exc.errcode, seconds=_CIRCUIT_SECONDS)
-        asyncio.get_running_loop().call_later(_CIRCUIT_SECONDS, self._maybe_close_circuit, api)
-
-    def _maybe_close_circuit(self, api: str) -> None:
-        # A circuit opened again meanwhile has its own, later timer: leave the gauge up.
-        if self._circuit_until.get(api, 0.0) <= time.monotonic():
-            self.metrics.circuit_open.labels(api).set(0)
-
-    def circuits(self) -> dict[str, float]:
-        """APIs currently suspended, with seconds left."""
-        now = time.monotonic()
-        return {api: round(t - now, 1) for api, t in self._circuit_until.items() if t > now}
-
-    # -- the calls ---------------------------------------------------------------------
+    # -- the global token --------------------------------------------------------------
 
     async def fetch_token(self) -> tuple[str, int]:
         """A global access token and its lifetime, from stable_token (default) or token."""
@@ -194,32 +151,6 @@ class WeChatAPI:
             raise UpstreamUnavailable(None, "token answer without access_token", api="token")
         return token, int(data.get("expires_in") or 7200)
 
-    async def user_info(self, openid: str, *, deadline: float | None = None) -> dict[str, Any]:
-        """cgi-bin/user/info (nickname has come back empty since 2021-12-27)."""
-        return await self.call("GET", "/cgi-bin/user/info", api="user_info",
-                               params={"openid": openid, "lang": "zh_CN"}, deadline=deadline)
-
-    async def user_info_batch(self, openids: list[str], *,
-                              deadline: float | None = None) -> list[dict[str, Any]]:
-        """cgi-bin/user/info/batchget, at most 100 openids."""
-        body = {"user_list": [{"openid": o, "lang": "zh_CN"} for o in openids[:100]]}
-        data = await self.call("POST", "/cgi-bin/user/info/batchget", api="user_info_batch",
-                               json=body, deadline=deadline)
-        infos = data.get("user_info_list")
-        return [i for i in infos if isinstance(i, dict)] if isinstance(infos, list) else []
-
-    async def send_custom(self, payload: dict[str, Any], *,
-                          deadline: float | None = None) -> None:
-        """message/custom/send: a reply outside the passive-reply window."""
-        await self.call("POST", "/cgi-bin/message/custom/send", api="custom_send",
-                        json=payload, deadline=deadline)
-
-    async def callback_ips(self) -> list[str]:
-        """The addresses WeChat pushes from."""
-        data = await self.call("GET", "/cgi-bin/getcallbackip", api="callback_ip")
-        ips = data.get("ip_list")
-        return [str(i) for i in ips] if isinstance(ips, list) else []
-
     # -- OAuth (per-follower web tokens; never the global token) -----------------------
 
     async def oauth_exchange(self, code: str) -> dict[str, Any]:
@@ -250,4 +181,93 @@ class WeChatAPI:
         return True
 
 
-__all__ = ["ConfigurationError", "NotSent", "WeChatAPI", "new_http_client"]
+
+class WeChatAPI(WeChatHTTP):
+    """The API calls wxhook makes; every token-bearing call goes through `call()`."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: Settings, *, metrics: Metrics,
+                 tokens: TokenProvider) -> None:
+        super().__init__(http, settings, metrics=metrics)
+        self.tokens = tokens
+        self._circuit_until: dict[str, float] = {}
+
+    # -- token-bearing calls -----------------------------------------------------------
+
+    async def call(self, method: str, path: str, *, api: str,
+                   params: dict[str, str] | None = None, json: Any = None,
+                   deadline: float | None = None) -> dict[str, Any]:
+        """A call with the global token: one retry on a dead token, bounded retries on -1."""
+        until = self._circuit_until.get(api, 0.0)
+        if until > time.monotonic():
+            raise UpstreamUnavailable(None, "circuit open after a quota error", api=api)
+        token_retry_done = False
+        busy_tries = 0
+        while True:
+            token = await self.tokens.get(deadline=deadline)
+            try:
+                return await self.request(method, path, api=api,
+                                          params={**(params or {}), "access_token": token},
+                                          json=json, deadline=deadline)
+            except TokenInvalid:
+                # Once per call, and not at all when the token manager is backing off
+                # (a token rejected right after a refresh would only be fetched again).
+                if not await self.tokens.invalidate(token) or token_retry_done:
+                    raise
+                token_retry_done = True
+            except QuotaExceeded as exc:
+                self._open_circuit(api, exc)
+                raise
+            except WeChatAPIError as exc:
+                if exc.errcode != -1 or busy_tries >= _BUSY_RETRIES:
+                    raise
+                pause = _BUSY_BACKOFF * (2 ** busy_tries)
+                if deadline is not None and time.monotonic() + pause >= deadline - 0.05:
+                    raise
+                busy_tries += 1
+                await asyncio.sleep(pause)
+
+    def _open_circuit(self, api: str, exc: WeChatAPIError) -> None:
+        self._circuit_until[api] = time.monotonic() + _CIRCUIT_SECONDS
+        self.metrics.circuit_open.labels(api).set(1)
+        self.log.warning("circuit_open", api=api, errcode=exc.errcode, seconds=_CIRCUIT_SECONDS)
+        asyncio.get_running_loop().call_later(_CIRCUIT_SECONDS, self._maybe_close_circuit, api)
+
+    def _maybe_close_circuit(self, api: str) -> None:
+        # A circuit opened again meanwhile has its own, later timer: leave the gauge up.
+        if self._circuit_until.get(api, 0.0) <= time.monotonic():
+            self.metrics.circuit_open.labels(api).set(0)
+
+    def circuits(self) -> dict[str, float]:
+        """APIs currently suspended, with seconds left."""
+        now = time.monotonic()
+        return {api: round(t - now, 1) for api, t in self._circuit_until.items() if t > now}
+
+    async def user_info(self, openid: str, *, deadline: float | None = None) -> dict[str, Any]:
+        """cgi-bin/user/info (nickname has come back empty since 2021-12-27)."""
+        return await self.call("GET", "/cgi-bin/user/info", api="user_info",
+                               params={"openid": openid, "lang": "zh_CN"}, deadline=deadline)
+
+    async def user_info_batch(self, openids: list[str], *,
+                              deadline: float | None = None) -> list[dict[str, Any]]:
+        """cgi-bin/user/info/batchget, at most 100 openids."""
+        body = {"user_list": [{"openid": o, "lang": "zh_CN"} for o in openids[:100]]}
+        data = await self.call("POST", "/cgi-bin/user/info/batchget", api="user_info_batch",
+                               json=body, deadline=deadline)
+        infos = data.get("user_info_list")
+        return [i for i in infos if isinstance(i, dict)] if isinstance(infos, list) else []
+
+    async def send_custom(self, payload: dict[str, Any], *,
+                          deadline: float | None = None) -> None:
+        """message/custom/send: a reply outside the passive-reply window."""
+        await self.call("POST", "/cgi-bin/message/custom/send", api="custom_send",
+                        json=payload, deadline=deadline)
+
+    async def callback_ips(self) -> list[str]:
+        """The addresses WeChat pushes from."""
+        data = await self.call("GET", "/cgi-bin/getcallbackip", api="callback_ip")
+        ips = data.get("ip_list")
+        return [str(i) for i in ips] if isinstance(ips, list) else []
+
+
+__all__ = ["ConfigurationError", "NotSent", "TokenProvider", "WeChatAPI", "WeChatHTTP",
+           "new_http_client"]

@@ -9,13 +9,14 @@ from service.metrics import Metrics
 from service.profiles import Profiles, StoreProfileRepo
 from service.store.memory import MemoryStore
 from service.tokens import TokenManager
-from service.wechat_api import WeChatAPI
+from service.wechat_api import WeChatAPI, WeChatHTTP
 
 
 def build(upstream, settings, **kw):
-    api = WeChatAPI(upstream, settings, metrics=Metrics())
-    store = MemoryStore()
-    api.tokens = TokenManager(store, api.fetch_token, namespace="p:", metrics=api.metrics)
+    metrics, store = Metrics(), MemoryStore()
+    tokens = TokenManager(store, WeChatHTTP(upstream, settings, metrics=metrics).fetch_token,
+                          namespace="p:", metrics=metrics)
+    api = WeChatAPI(upstream, settings, metrics=metrics, tokens=tokens)
     repo = StoreProfileRepo(store, namespace="p:")
     return Profiles(api, repo, **kw), repo
 

@@ -19,9 +19,13 @@ from service.simulate import Push, push_xml, sign_push
 from tests.support import (
     SANDBOX_APP_ID,
     TOKEN,
+    WXHOOK,
+    free_port,
     isolated_redis,
+    process,
     redis_server,
     sandbox_process,
+    server_env,
     server_process,
 )
 
@@ -106,6 +110,56 @@ async def test_push_on_both_instances_is_answered_once(isolated_redis_url: str) 
         seq = [(await send_all([(base, push)]))[0][1] for base in (b, a, b)]
         assert len(set(seq)) == 1 and b"Welcome, Follower-000002!" in seq[0]
         assert lookups(await stats(sb)) == 2
+
+
+async def test_an_instance_killed_mid_push_loses_no_reply(isolated_redis_url: str) -> None:
+    # Instance A claims a push and dies (SIGKILL) while its user/info lookup hangs; WeChat's
+    # retry reaches B at once, while A's claim still looks held. B must take the push over
+    # and greet the follower in time, not wait out its deadline and answer "success".
+    url = isolated_redis_url
+    with sandbox_process() as sb, server_process(sb, REDIS_URL=url) as b:
+        port = free_port()
+        with process([WXHOOK, "serve", "--port", str(port)], env=server_env(sb, REDIS_URL=url),
+                     ready_url=f"http://127.0.0.1:{port}/healthz") as proc_a:
+            async with httpx.AsyncClient(timeout=10) as c:
+                await c.post(sb + "/_sandbox/faults",
+                             json={"path": "/cgi-bin/user/info", "latency": 6, "times": 1})
+                push = subscribe("oKilledMidLookup000000000001")
+                first = asyncio.ensure_future(c.post(f"http://127.0.0.1:{port}/wechat",
+                                                     params=push.params, content=push.body))
+                end = time.monotonic() + 5
+                while lookups(await stats(sb)) == 0 and time.monotonic() < end:
+                    await asyncio.sleep(0.02)
+                assert lookups(await stats(sb)) == 1  # A is waiting for user/info
+                os.killpg(proc_a.pid, signal.SIGKILL)
+                with pytest.raises(httpx.TransportError):
+                    await first
+        (status, body, took), = await send_all([(b, push)])
+        assert status == 200 and b"Welcome, Follower-000001!" in body, body
+        assert took < 4.5
+        # ... and B's answer is the push's answer from now on.
+        (_, again, _), = await send_all([(b, push)])
+        assert again == body and lookups(await stats(sb)) == 2
+
+
+async def test_a_live_holder_slower_than_its_lease_keeps_its_push(
+        isolated_redis_url: str) -> None:
+    # The first try's lookup takes 2.6 s, longer than the claim's 2-s lease: the holder renews
+    # it, so the retry on B waits and replays A's reply instead of running the handler.
+    url = isolated_redis_url
+    with sandbox_process() as sb, \
+            server_process(sb, REDIS_URL=url) as a, \
+            server_process(sb, REDIS_URL=url) as b:
+        async with httpx.AsyncClient(timeout=10) as c:
+            await c.post(sb + "/_sandbox/faults",
+                         json={"path": "/cgi-bin/user/info", "latency": 2.6, "times": 1})
+        push = subscribe("oSlowLiveHolder0000000000001")
+        first = asyncio.ensure_future(send_all([(a, push)]))
+        await asyncio.sleep(0.5)
+        (_, retried, _), = await send_all([(b, push)])
+        (_, answered, _), = await first
+        assert b"Welcome, Follower-000001!" in answered and retried == answered
+        assert lookups(await stats(sb)) == 1
 
 
 async def test_fresh_single_instance_cold_burst() -> None:

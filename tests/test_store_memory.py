@@ -48,17 +48,34 @@ async def test_expired_keys_are_swept_not_kept():
     assert s.size == 2 and await s.get("forever") == b"t"
 
 
-async def test_bound_drops_soonest_to_expire_first_and_keeps_untimed_keys():
+async def test_bound_drops_least_recently_used_and_never_untimed_keys():
     clock = Clock()
     s = MemoryStore(maxsize=100, clock=clock)
     await s.set("token", b"t")
     for i in range(100):
-        await s.set(f"short{i}", b"x", ttl=10)
+        await s.set(f"old{i}", b"x", ttl=10)
     for i in range(50):
-        await s.set(f"long{i}", b"x", ttl=600)
-    assert s.size == 100
+        await s.set(f"new{i}", b"x", ttl=600)
+    assert s.size == 101  # the bound, plus the key without a TTL
     assert await s.get("token") == b"t"
-    assert all([await s.get(f"long{i}") == b"x" for i in range(50)])
+    assert all([await s.get(f"new{i}") == b"x" for i in range(50)])
+    assert not any([await s.get(f"old{i}") for i in range(50)])
+
+
+async def test_replace_if_compares_value_and_life():
+    clock = Clock()
+    s = MemoryStore(clock=clock)
+    await s.set("k", b"claim-a", ttl=2)
+    assert not await s.replace_if("k", b"claim-b", b"reply-b", ttl=60)
+    assert await s.replace_if("k", b"claim-a", b"claim-a", ttl=2)  # renewed
+    clock.now += 1.5
+    assert await s.replace_if("k", b"claim-a", b"reply-a", ttl=60)
+    clock.now += 30
+    assert await s.get("k") == b"reply-a"
+    await s.set("gone", b"claim", ttl=1)
+    clock.now += 1
+    assert not await s.replace_if("gone", b"claim", b"late", ttl=60)
+    assert await s.get("gone") is None
 
 
 async def test_hashes():

@@ -79,6 +79,16 @@ async def test_store_contract(any_store: Any) -> None:
     await s.hset(NS + "h", {"nickname": "刺猬宝宝", "headimgurl": "u"})
     await s.hset(NS + "h", {"nickname": "新"})
     assert await s.hgetall(NS + "h") == {"nickname": "新", "headimgurl": "u"}
+    # compare-and-set: renews or replaces only while the key holds the expected value
+    await s.set(NS + "d", b"\x00claim:a", ttl=0.2)
+    assert await s.replace_if(NS + "d", b"\x00claim:b", b"theirs", ttl=30) is False
+    assert await s.replace_if(NS + "d", b"\x00claim:a", b"\x00claim:a", ttl=0.4) is True
+    await asyncio.sleep(0.25)
+    assert await s.get(NS + "d") == b"\x00claim:a"  # renewed past its first TTL
+    assert await s.replace_if(NS + "d", b"\x00claim:a", b"reply \xe5", ttl=30) is True
+    assert await s.get(NS + "d") == b"reply \xe5"
+    assert await s.replace_if(NS + "gone", b"x", b"y", ttl=30) is False
+    assert await s.get(NS + "gone") is None
     await s.ping()
 
 

@@ -114,7 +114,7 @@ async def test_deadline_bounds_the_wait():
 
 
 async def test_stable_token_request_shape(settings):
-    from service.wechat_api import WeChatAPI
+    from service.wechat_api import WeChatHTTP
 
     seen = []
 
@@ -123,7 +123,7 @@ async def test_stable_token_request_shape(settings):
         return httpx.Response(200, json={"access_token": "ACCESS", "expires_in": 7200})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        api = WeChatAPI(http, settings, metrics=Metrics())
+        api = WeChatHTTP(http, settings, metrics=Metrics())
         assert await api.fetch_token() == ("ACCESS", 7200)
     req = seen[0]
     assert req.method == "POST" and req.url.path == "/cgi-bin/stable_token"
@@ -133,7 +133,7 @@ async def test_stable_token_request_shape(settings):
 
 
 async def test_an_api_without_stable_token_falls_back_to_the_classic_endpoint(settings):
-    from service.wechat_api import WeChatAPI
+    from service.wechat_api import WeChatHTTP
 
     paths = []
 
@@ -144,7 +144,7 @@ async def test_an_api_without_stable_token_falls_back_to_the_classic_endpoint(se
         return httpx.Response(200, json={"access_token": "CLASSIC", "expires_in": 7200})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        api = WeChatAPI(http, settings, metrics=Metrics())
+        api = WeChatHTTP(http, settings, metrics=Metrics())
         assert await api.fetch_token() == ("CLASSIC", 7200)
         assert await api.fetch_token() == ("CLASSIC", 7200)
     assert paths == ["/cgi-bin/stable_token", "/cgi-bin/token", "/cgi-bin/token"]
@@ -152,12 +152,38 @@ async def test_an_api_without_stable_token_falls_back_to_the_classic_endpoint(se
 
 async def test_stable_token_errors_other_than_404_are_not_papered_over(settings):
     from service.errors import UpstreamUnavailable
-    from service.wechat_api import WeChatAPI
+    from service.wechat_api import WeChatHTTP
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503, text="busy")
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        api = WeChatAPI(http, settings, metrics=Metrics())
+        api = WeChatHTTP(http, settings, metrics=Metrics())
         with pytest.raises(UpstreamUnavailable):
             await api.fetch_token()
+
+
+async def test_a_token_rejected_right_after_a_refresh_backs_off_and_the_pause_doubles():
+    from service.errors import TokenInvalid
+
+    now = [1_000_000.0]
+    up = Upstream()
+    tm = manager(up, clock=lambda: now[0], reject_backoff=0.2)
+    first = await tm.get()
+    now[0] += 3600  # an hour-old token dies: refresh at once
+    assert await tm.invalidate(first)
+    second = await tm.get()
+    assert await tm.invalidate(second) is False  # its successor is rejected at once: pause
+    with pytest.raises(TokenInvalid):
+        await tm.get()
+    assert up.calls == 2 and 0.1 <= tm.status()["retry_in_s"] <= 0.2
+    await asyncio.sleep(0.21)
+    third = await tm.get()
+    assert up.calls == 3
+    assert await tm.invalidate(third) is False
+    assert 0.3 <= tm.status()["retry_in_s"] <= 0.4  # doubled
+    await asyncio.sleep(0.41)
+    fourth = await tm.get()
+    now[0] += 120  # this one lived past the window: its death is an ordinary one
+    assert await tm.invalidate(fourth)
+    assert await tm.get() == "token-5"

@@ -198,6 +198,41 @@ async def test_the_upstream_cost_of_one_push_is_bounded(serve, sandbox, faults):
     assert total_calls(sandbox) <= 6
 
 
+async def test_a_token_rejected_right_after_a_refresh_backs_off_instead_of_looping(
+        serve, sandbox, metrics):
+    # WeChat answers 40001 for every token, fresh ones included (another system replacing
+    # it, a stale copy upstream): refreshing again at once would spend the account's token
+    # quota two calls a push.
+    _, client = serve()
+    sandbox.add_fault(Fault(USER_INFO, errcode=40001))
+    sandbox.add_fault(Fault(USER_INFO + "/batchget", errcode=40001))
+    results = await asyncio.gather(*(greet(client) for _ in range(20)))
+    results += [await greet(client) for _ in range(20)]
+    assert all(text == "Welcome!" and took < 1.0 for text, took in results), results
+    # The cold fetch, one refresh after its token was rejected, then the back-off.
+    assert sandbox.calls["/cgi-bin/stable_token"] == 2
+    assert sandbox.calls[USER_INFO] + sandbox.calls[USER_INFO + "/batchget"] == 2
+    assert metrics.registry.get_sample_value(
+        "wxhook_token_refreshes_total", {"reason": "rejected_again", "result": "backoff"}) == 1
+    ready = await client.get("/readyz")
+    token = ready.json()["checks"]["token"]
+    assert ready.status_code == 503 and token["ok"] is False
+    assert token["error"]["errcode"] == 40001 and 0 < token["retry_in_s"] <= 30
+    assert sandbox.calls["/cgi-bin/stable_token"] == 2  # /readyz did not refresh either
+
+
+async def test_the_back_off_ends_and_a_token_that_works_clears_it(serve, sandbox):
+    app, client = serve()
+    app.state.tokens.reject_backoff = 0.2
+    sandbox.add_fault(Fault(USER_INFO, errcode=40001, times=2))
+    assert (await greet(client))[0] == "Welcome!"
+    await asyncio.sleep(0.25)
+    text, _ = await greet(client, DEMO_OPENID)
+    assert text == "Welcome, 刺猬宝宝!"
+    assert sandbox.calls["/cgi-bin/stable_token"] == 3
+    assert "error" not in app.state.tokens.status()
+
+
 # -- wrong credentials, IP not whitelisted --------------------------------------------------
 
 @pytest.mark.parametrize("setup, errcode, hint", [

@@ -1,12 +1,11 @@
-"""wait_done: a deadline on waiting, never on the work; within: a deadline on the work;
-Deadlines: many deadlines on one timer."""
+"""wait_done: a deadline on waiting, never on the work; within: a deadline on the work."""
 
 import asyncio
 import time
 
 import pytest
 
-from service.waiting import Deadlines, wait_done, within
+from service.waiting import wait_done, within
 
 
 async def test_done_in_time():
@@ -40,7 +39,18 @@ async def test_zero_timeout_does_not_wait():
 # -- within ------------------------------------------------------------------------------
 
 
-async def test_within_an_await_that_need_not_wait_arms_no_timer(monkeypatch):
+class Timers:
+    """asyncio.timeout, counting the timers armed."""
+
+    def __init__(self) -> None:
+        self.armed = 0
+
+    def __call__(self, delay: float) -> asyncio.Timeout:
+        self.armed += 1
+        return asyncio.timeout(delay)
+
+
+async def test_within_arms_a_timer_only_for_an_await_that_waits():
     event = asyncio.Event()
     event.set()
 
@@ -48,11 +58,15 @@ async def test_within_an_await_that_need_not_wait_arms_no_timer(monkeypatch):
         await event.wait()  # set already: completes without suspending
         return "body"
 
-    def no_timeout(*_a, **_k):
-        raise AssertionError("asyncio.timeout armed for an await that did not wait")
+    async def later():
+        await asyncio.sleep(0)
+        return "late body"
 
-    monkeypatch.setattr(asyncio, "timeout", no_timeout)
-    assert await within(ready(), 0) == "body"
+    timers = Timers()
+    assert await within(ready(), 0, timer=timers) == "body"
+    assert timers.armed == 0
+    assert await within(later(), 1.0, timer=timers) == "late body"
+    assert timers.armed == 1
 
 
 async def test_within_an_await_that_suspends_gets_its_result():
@@ -124,61 +138,3 @@ async def test_within_accepts_awaitables_that_are_not_coroutines():
     assert await within(fut, 1) == 3
     with pytest.raises(TimeoutError):
         await within(asyncio.get_running_loop().create_future(), 0.01)
-
-
-# -- Deadlines --------------------------------------------------------------------------------
-
-def _recorder(fired: list[tuple[str, float]], name: str, start: float):
-    return lambda: fired.append((name, time.monotonic() - start))
-
-
-async def test_deadlines_fire_in_order_and_never_once_discarded():
-    d, fired, start = Deadlines(), [], time.monotonic()
-    for name, after in [("a", 0.05), ("b", 0.05), ("c", 0.10), ("d", 0.15), ("e", 0.20)]:
-        d.add(name, start + after, _recorder(fired, name, start))
-    d.discard("b")
-    d.discard("d")
-    await asyncio.sleep(0.3)
-    assert [n for n, _ in fired] == ["a", "c", "e"]
-    for (_, at), due in zip(fired, (0.05, 0.10, 0.20), strict=True):
-        assert due - 0.002 <= at < due + 0.05
-    assert len(d) == 0
-
-
-async def test_a_deadline_added_after_a_later_one_is_not_held_up_by_it():
-    # A push whose arrival was held up (a slow body) comes after one with a later deadline.
-    d, fired, start = Deadlines(), [], time.monotonic()
-    d.add("later", start + 0.30, _recorder(fired, "later", start))
-    d.add("earlier", start + 0.05, _recorder(fired, "earlier", start))
-    d.add("gone", start + 0.06, _recorder(fired, "gone", start))
-    d.discard("gone")
-    await asyncio.sleep(0.1)
-    assert [n for n, _ in fired] == ["earlier"] and fired[0][1] < 0.09
-    await asyncio.sleep(0.25)
-    assert [n for n, _ in fired] == ["earlier", "later"]
-
-
-async def test_a_failing_expiry_does_not_stop_the_others():
-    d, fired, start = Deadlines(), [], time.monotonic()
-
-    def broken():
-        raise RuntimeError("bug")
-
-    d.add("broken", start + 0.02, broken)
-    d.add("fine", start + 0.02, _recorder(fired, "fine", start))
-    await asyncio.sleep(0.08)
-    assert [n for n, _ in fired] == ["fine"]
-
-
-def test_deadlines_of_a_closed_loop_do_not_block_a_new_one():
-    d, fired = Deadlines(), []
-
-    async def add(name: str, after: float, wait: float) -> None:
-        start = time.monotonic()
-        d.add(name, start + after, _recorder(fired, name, start))
-        await asyncio.sleep(wait)
-
-    asyncio.run(add("never", 0.01, 0))  # its loop closes with the timer pending
-    time.sleep(0.02)
-    asyncio.run(add("next loop", 0.02, 0.08))
-    assert [n for n, _ in fired] == ["next loop"]

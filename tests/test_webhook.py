@@ -370,7 +370,7 @@ async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
         assert saved > (320 if aes else 120), (len(first.content), len(record))
 
 
-async def test_retries_replay_any_reply_type_byte_for_byte(make_app, make_push):
+async def test_retries_replay_any_reply_type_byte_for_byte(make_app, make_push, crypto):
     import httpx
 
     from handlers.router import Router
@@ -394,7 +394,7 @@ async def test_retries_replay_any_reply_type_byte_for_byte(make_app, make_push):
             tries = [await client.post("/wechat", params=push.params, content=push.body)
                      for _ in range(3)]
             assert len({t.content for t in tries}) == 1
-            fields = decode_reply(tries[0].content, crypto=app.state.webhook.crypto if aes
+            fields = decode_reply(tries[0].content, crypto=crypto if aes
                                   else None)
             assert fields["MsgType"] == ("news" if text == "news" else "text")
 
@@ -430,7 +430,7 @@ class _FailingStore:
     async def _fail(self, *a, **k):
         raise RuntimeError("READONLY You can't write against a read only replica.")
 
-    get = set = delete = delete_if = hgetall = hset = ping = _fail
+    get = set = delete = delete_if = replace_if = hgetall = hset = ping = _fail
 
     async def aclose(self):
         return None

@@ -23,6 +23,9 @@ class Store(Protocol):
     async def delete_if(self, key: str, expected: bytes) -> bool:
         """Atomically remove the key only while it still holds `expected`."""
 
+    async def replace_if(self, key: str, expected: bytes, value: bytes, *, ttl: float) -> bool:
+        """Atomically set `value` (with a new TTL) only while the key still holds `expected`."""
+
     async def hgetall(self, key: str) -> dict[str, str]:
         """All fields of a hash ({} when absent)."""
 

@@ -34,6 +34,14 @@ _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Compare-and-set in one step: a dedup claim is renewed, or replaced by its reply, only by
+# the holder whose fencing value it still holds (not after another instance took it over).
+_REPLACE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1
+end
+return 0
+"""
 # Unreachable, timed out, still loading its dataset, wrong password (AuthenticationError
 # is a ConnectionError): all mean "answer locally", never "fail the push".
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -100,6 +108,17 @@ class RedisStore:
             return bool(await self._delete_if(keys=[key], args=[expected]))
 
         return await self._call(remote, lambda m: m.delete_if(key, expected))
+
+    async def replace_if(self, key: str, expected: bytes, value: bytes, *, ttl: float) -> bool:
+        px = max(1, int(ttl * 1000))
+
+        async def remote(_: aioredis.Redis) -> bool:
+            # EVAL rather than EVALSHA: it rides the pipeline (every push settles its claim),
+            # and the script is compiled once by Redis, whatever the text costs to send.
+            return bool(await self._batch.submit(
+                lambda p: p.eval(_REPLACE_IF, 1, key, expected, value, px)))
+
+        return await self._call(remote, lambda m: m.replace_if(key, expected, value, ttl=ttl))
 
     async def hgetall(self, key: str) -> dict[str, str]:
         async def remote(r: aioredis.Redis) -> dict[str, str]:
