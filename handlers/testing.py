@@ -17,9 +17,9 @@ from service.app import create_app
 from service.config import SANDBOX_AES_KEY, SANDBOX_APP_ID, SANDBOX_APP_SECRET, load_settings
 from service.crypto import MessageCrypto
 from service.profiles import StoreProfileRepo
-from service.sandbox import DEMO_OPENID, SandboxState, create_sandbox
-from service.simulate import decode_reply, push_xml, sign_push
 from service.store.memory import MemoryStore
+from service.tools.sandbox import DEMO_OPENID, SandboxState, create_sandbox
+from service.tools.simulate import decode_reply, push_xml, sign_push
 
 from .router import Router
 

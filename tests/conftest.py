@@ -15,9 +15,9 @@ from service.app import create_app
 from service.config import Settings, load_settings
 from service.crypto import MessageCrypto
 from service.metrics import Metrics
-from service.sandbox import SandboxState, create_sandbox
-from service.simulate import Push, push_xml, sign_push
 from service.store.memory import MemoryStore
+from service.tools.sandbox import SandboxState, create_sandbox
+from service.tools.simulate import Push, push_xml, sign_push
 from tests.support import AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, redis_server
 
 OPENID = "oSandboxDemoFollower00000001"   # the sandbox's demo follower, "刺猬宝宝"

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.simulate import push_xml, sign_push
+from service.tools.simulate import push_xml, sign_push
 from tests.support import ROOT, TOKEN, WXHOOK, free_port, process, sandbox_process, server_env
 
 pytestmark = pytest.mark.slow

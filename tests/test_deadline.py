@@ -20,8 +20,8 @@ from handlers.router import Context, Router
 from service.messages import InboundMessage
 from service.metrics import Metrics
 from service.replies import SUCCESS, Reply, TextReply, TransferCustomerService
-from service.sandbox import Fault
-from service.simulate import Push, decode_reply, push_xml, sign_push
+from service.tools.sandbox import Fault
+from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN
 
 DEADLINE = 0.5

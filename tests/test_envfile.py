@@ -1,4 +1,4 @@
-"""service.envfile reads a file as systemd's EnvironmentFile= does; .env.example reads the
+"""service.tools.envfile reads a file as systemd's EnvironmentFile= does; .env.example reads the
 same under it and under python-dotenv (pydantic-settings' .env reader)."""
 
 import re
@@ -6,7 +6,7 @@ import re
 import pytest
 from dotenv import dotenv_values
 
-from service.envfile import parse_env_file
+from service.tools.envfile import parse_env_file
 from tests.support import ROOT
 
 # Cases from systemd.exec(5) ("EnvironmentFile=") and systemd's env-file parser.

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.simulate import Push, decode_reply, push_xml, sign_push
+from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN, free_port, sandbox_process, server_process
 
 pytestmark = pytest.mark.slow

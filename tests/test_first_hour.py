@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.simulate import decode_reply, push_xml, sign_push
+from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import ROOT, WXHOOK, free_port, process, sandbox_process
 
 pytestmark = pytest.mark.slow

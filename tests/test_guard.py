@@ -20,8 +20,8 @@ from service.messages import InboundMessage, TextMessage
 from service.metrics import Metrics
 from service.replies import TextReply
 from service.signature import sign
-from service.simulate import decode_reply, push_xml, sign_push
 from service.store.memory import MemoryStore
+from service.tools.simulate import decode_reply, push_xml, sign_push
 from service.xmldoc import parse_fields
 from tests.conftest import OPENID
 from tests.support import AES_KEY, TOKEN

@@ -13,7 +13,7 @@ import pytest
 
 from handlers.defaults import default_router
 from service.config import SettingsError
-from service.simulate import decode_reply, push_xml, sign_push
+from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import TOKEN, WXHOOK, sandbox_process, server_process
 
 ECHO = """

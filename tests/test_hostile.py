@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from service.crypto import MessageCrypto
 from service.signature import sign
-from service.simulate import Push, decode_reply, push_xml, sign_push
+from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
 

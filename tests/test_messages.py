@@ -162,7 +162,7 @@ def test_safe_mode_envelope_fast_path_takes_only_the_exact_shape():
 # -- the flat reader (the common push without lxml) -------------------------------------------
 
 def test_flat_pushes_are_read_without_lxml():
-    from service.simulate import push_xml
+    from service.tools.simulate import push_xml
 
     # parse_fields takes the flat reader's answer whenever it gives one: lxml is not asked.
     for body in (push_xml("text", openid="oFollower", text="x"),

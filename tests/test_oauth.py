@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from structlog.testing import capture_logs
 
 from service.oauth import DEFAULT_NEXT, REFRESH_TTL, SESSION_COOKIE, safe_next
-from service.sandbox import Fault
 from service.store.memory import MemoryStore
+from service.tools.sandbox import Fault
 from tests.conftest import OPENID
 
 OTHER = "oOAuthTestFollower0000000001"   # a follower whose name only sns/userinfo knows

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from service.signature import sign
-from service.simulate import push_xml, sign_push
+from service.tools.simulate import push_xml, sign_push
 from tests.support import (
     AES_KEY,
     SANDBOX_APP_ID,

@@ -63,7 +63,7 @@ async def test_empty_user_info_falls_back_to_the_oauth_profile(upstream, setting
 
 
 async def test_upstream_failure_degrades_to_none(upstream, settings, sandbox):
-    from service.sandbox import Fault
+    from service.tools.sandbox import Fault
     sandbox.add_fault(Fault(path="*", http_status=500))
     profiles, _ = build(upstream, settings)
     assert await profiles.nickname("oFailing000000000000000000001") is None
@@ -78,7 +78,7 @@ async def test_an_empty_nickname_is_cached_too(upstream, settings, sandbox):
 
 
 async def test_an_api_without_batchget_still_greets_by_name(upstream, settings, sandbox):
-    from service.sandbox import Fault
+    from service.tools.sandbox import Fault
     sandbox.add_fault(Fault(path="/cgi-bin/user/info/batchget", http_status=404))
     profiles, _ = build(upstream, settings)
     for burst in range(2):

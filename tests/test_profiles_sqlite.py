@@ -145,7 +145,7 @@ async def test_a_sandbox_oauth_nickname_never_greets_in_production(make_app, mak
                                                                    tmp_path):
     """The issue's path: the sandbox's OAuth flow, then production (another appid) with the
     same default profile file; production's user/info gives no nickname."""
-    from service.sandbox import create_sandbox
+    from service.tools.sandbox import create_sandbox
     from tests.support import SANDBOX_SECRET
     from tests.test_oauth import client_for, sign_in
 

@@ -20,7 +20,7 @@ from service.crypto import MessageCrypto
 from service.errors import DecryptError, XMLError
 from service.messages import InboundMessage, TextMessage, parse_message
 from service.replies import TextReply, render
-from service.simulate import decode_reply, push_xml, sign_push
+from service.tools.simulate import decode_reply, push_xml, sign_push
 from service.xmldoc import flat_fields, parse_fields, tree_fields
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN, examples
 

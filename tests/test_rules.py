@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handlers.rules import RulesError, load_rules, parse_rules
-from service.cli import main
 from service.menu import MENU_ERRORS
 from service.replies import ImageReply, MusicReply, NewsReply, TextReply, VideoReply, VoiceReply
+from service.tools.cli import main
 
 
 def _problems(text):

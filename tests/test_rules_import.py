@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from handlers.rules import parse_rules
 from handlers.rules_import import console_to_rules
-from service.sandbox.samples import (
+from service.tools.sandbox.samples import (
     AUTOREPLY_SAMPLE,
     SELFMENU_API_SAMPLE,
     SELFMENU_CONSOLE_SAMPLE,
 )
-from service.simulate import decode_reply
+from service.tools.simulate import decode_reply
 from tests.support import SANDBOX_APP_ID, SANDBOX_SECRET, WXHOOK, sandbox_process, server_env
 
 

@@ -5,7 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from service.simulate import decode_reply
+from service.tools.simulate import decode_reply
 from tests.conftest import OPENID
 
 RULES = """\
@@ -253,7 +253,7 @@ async def test_readyz_shows_the_rules_in_force(rclient, rules_app):
 
 async def test_reply_all_stops_and_counts_when_wechat_refuses(rclient, rules_app, make_push,
                                                               crypto, sandbox, capsys):
-    from service.sandbox import Fault
+    from service.tools.sandbox import Fault
 
     sandbox.add_fault(Fault(path="/cgi-bin/message/custom/send", errcode=45047))
     f = await _send(rclient, make_push, crypto, "text", aes=False, text="all")

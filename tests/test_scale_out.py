@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from service.simulate import Push, push_xml, sign_push
+from service.tools.simulate import Push, push_xml, sign_push
 from tests.support import (
     SANDBOX_APP_ID,
     TOKEN,

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.simulate import decode_reply, push_xml, sign_push
+from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import TOKEN, free_port, process, sandbox_process, server_env
 
 pytestmark = pytest.mark.slow
@@ -57,8 +57,8 @@ def main() -> None:
     settings = load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
-        from service.cli import _uvicorn_kwargs
-        options = _uvicorn_kwargs()
+        from service.serving import uvicorn_kwargs
+        options = uvicorn_kwargs()
     except ImportError:  # keep the test independent of the CLI's internals
         options = {"access_log": False, "log_config": None, "timeout_graceful_shutdown": 15}
     uvicorn.run(service.app.create_app(settings, router=router), host="127.0.0.1",

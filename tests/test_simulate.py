@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from service.simulate import simulate
+from service.tools.simulate import simulate
 from tests.support import TOKEN, sandbox_process, server_process
 
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from service.metrics import Metrics
-from service.sandbox import DEMO_OPENID, Fault
-from service.simulate import Push, decode_reply, push_xml, sign_push
+from service.tools.sandbox import DEMO_OPENID, Fault
+from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN, free_port
 
 USER_INFO = "/cgi-bin/user/info"

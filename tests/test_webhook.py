@@ -12,7 +12,7 @@ from service.crypto import MessageCrypto
 from service.errors import DecryptError
 from service.replies import SUCCESS
 from service.signature import sign
-from service.simulate import decode_reply, push_xml, sign_push
+from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from .config import SANDBOX_APP_ID, Settings
-from .crypto import MessageCrypto
-from .errors import WeChatError
-from .replies import cdata
-from .signature import sign
-from .xmldoc import parse_fields
+from ..config import SANDBOX_APP_ID, Settings
+from ..crypto import MessageCrypto
+from ..errors import WeChatError
+from ..replies import cdata
+from ..signature import sign
+from ..xmldoc import parse_fields
 
 _MESSAGE_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link"}
 

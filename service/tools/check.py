@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .config import Settings, SettingsError, load_settings, mask_url
-from .errors import CONFIG_HINTS, WeChatAPIError
-from .metrics import Metrics
-from .store.memory import MemoryStore
-from .tokens import api_with_tokens
-from .wechat_api import new_http_client
+from ..config import Settings, SettingsError, load_settings, mask_url
+from ..errors import CONFIG_HINTS, WeChatAPIError
+from ..metrics import Metrics
+from ..store.memory import MemoryStore
+from ..tokens import api_with_tokens
+from ..wechat_api import new_http_client
 
 WECHAT_API_BASE = "https://api.weixin.qq.com"
 _TRANSPORT_MEANS = {
@@ -98,7 +98,7 @@ async def run_check(settings: Settings | None = None, *,
                     env_file: dict[str, str] | None = None) -> int:
     """Print a report; return 0 when everything needed to serve works.
 
-    With `env_file` (systemd's EnvironmentFile= read by service.envfile) those values are
+    With `env_file` (systemd's EnvironmentFile= read by service.tools.envfile) those values are
     the settings, over the environment, and .env is not read.
     """
     print("wxhook check")
@@ -138,7 +138,7 @@ async def run_check(settings: Settings | None = None, *,
                 failed = True
                 _api_failure(settings, "callback IPs", exc)
     if settings.redis_url is not None:
-        from .store.redis import RedisStore
+        from ..store.redis import RedisStore
 
         store = RedisStore(settings.redis_url.get_secret_value(), metrics=Metrics())
         try:

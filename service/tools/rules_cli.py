@@ -12,14 +12,14 @@ from typing import Any, TypeVar
 
 from handlers.rules import RulesError, load_rules
 
-from .config import SANDBOX_APP_ID, Settings, SettingsError, load_settings
-from .errors import WeChatAPIError
-from .logs import configure_logging
-from .menu import MENU_ERRORS
-from .metrics import Metrics
-from .store.memory import MemoryStore
-from .tokens import api_with_tokens
-from .wechat_api import WeChatAPI, new_http_client
+from ..config import SANDBOX_APP_ID, Settings, SettingsError, load_settings
+from ..errors import WeChatAPIError
+from ..logs import configure_logging
+from ..menu import MENU_ERRORS
+from ..metrics import Metrics
+from ..store.memory import MemoryStore
+from ..tokens import api_with_tokens
+from ..wechat_api import WeChatAPI, new_http_client
 
 T = TypeVar("T")
 WECHAT_API = "https://api.weixin.qq.com"

@@ -1,4 +1,4 @@
-"""wxhook serve | dev | sandbox | simulate | check."""
+"""wxhook serve | dev | sandbox | simulate | check | rules | menu: the command line."""
 
 from __future__ import annotations
 
@@ -9,20 +9,13 @@ import shutil
 import sys
 from typing import Any
 
-from .config import Settings, SettingsError, load_settings
+from ..config import Settings, SettingsError
+from ..serving import app_or_exit, settings_or_exit, uvicorn_kwargs
 from .rules_cli import add_commands, rules_or_exit
 
 EXAMPLE_RULES = "rules.example.yaml"
 
 SANDBOX_PROFILE_DB = "var/profiles-sandbox.sqlite3"
-
-
-def _settings_or_exit(**overrides: Any) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except SettingsError as exc:
-        print(f"wxhook: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _handlers_or_exit(settings: Settings) -> None:
@@ -36,69 +29,11 @@ def _handlers_or_exit(settings: Settings) -> None:
         sys.exit(2)
 
 
-def _app_or_exit(settings: Settings) -> Any:
-    """create_app(), or the one-line reason it cannot be built (WXHOOK_HANDLERS) and exit 2."""
-    from .app import create_app
-
-    try:
-        app = create_app(settings)
-    except SettingsError as exc:
-        print(f"wxhook: {exc}", file=sys.stderr)
-        sys.exit(2)
-    return _BehindProxy(app, settings.forwarded_allow_ips)
-
-
-class _BehindProxy:
-    """uvicorn's X-Forwarded-* handling for every route but /wechat.
-
-    The client address matters to the OAuth routes (their per-client limits, the logs);
-    behind nginx it is nginx's unless the proxy is trusted. /wechat authenticates by
-    signature and never reads it, so the push path skips the middleware's cost.
-    """
-
-    def __init__(self, app: Any, trusted: str) -> None:
-        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-        self.app = app
-        self.proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/wechat":
-            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
-        return await self.proxied(scope, receive, send)
-
-
-def app_factory() -> Any:
-    """The ASGI app from the environment (uvicorn --factory, one per worker)."""
-    from .logs import configure_logging
-
-    settings = _settings_or_exit()
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
-    app = _app_or_exit(settings)
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not metrics_dir:
-        return app
-    from .multiproc import worker_app
-
-    return worker_app(app, metrics_dir)
-
-
-def _uvicorn_kwargs() -> dict[str, Any]:
-    # proxy_headers off here: uvicorn's middleware would wrap /wechat too (~5% of a push);
-    # _BehindProxy applies it, from WXHOOK_FORWARDED_ALLOW_IPS, to the other routes only.
-    return {"loop": "uvloop", "http": "httptools", "access_log": False, "log_config": None,
-            "server_header": False, "timeout_graceful_shutdown": 15, "backlog": 4096,
-            "proxy_headers": False}
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """The production server."""
-    from .supervisor import serve
+    from ..supervisor import serve
 
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     _handlers_or_exit(settings)
     if args.workers > 1 and settings.redis_url is None:
         print("wxhook: --workers N > 1 needs REDIS_URL: without shared state each worker "
@@ -107,16 +42,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     rules_or_exit(settings)
-    from .multiproc import prepare_metrics_dir
+    from ..multiproc import prepare_metrics_dir
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
-    from .logs import configure_logging
+    from ..logs import configure_logging
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
-        serve("service.cli:app_factory", factory=True, host=args.host, port=args.port,
-              workers=args.workers, **_uvicorn_kwargs())
+        serve("service.serving:app_factory", factory=True, host=args.host, port=args.port,
+              workers=args.workers, **uvicorn_kwargs())
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)
@@ -125,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def dev_settings(*, port: int, sandbox_base: str) -> Settings:
     """`wxhook dev`'s settings: the environment and .env, pointed at the local sandbox."""
-    settings = _settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=sandbox_base,
+    settings = settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=sandbox_base,
                                  WECHAT_OAUTH_BASE=sandbox_base,
                                  PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
     if "profile_db" not in settings.model_fields_set:
@@ -139,7 +74,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """The server plus the built-in sandbox WeChat API, no credentials needed."""
     import uvicorn
 
-    from .logs import configure_logging
+    from ..logs import configure_logging
     from .sandbox import create_sandbox
 
     sb_port = args.sandbox_port or args.port + 1
@@ -152,10 +87,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     sandbox = create_sandbox(appid=settings.app_id,
                              secret=settings.app_secret.get_secret_value())
     servers = [
-        uvicorn.Server(uvicorn.Config(_app_or_exit(settings), host=args.host, port=args.port,
-                                      **_uvicorn_kwargs())),
+        uvicorn.Server(uvicorn.Config(app_or_exit(settings), host=args.host, port=args.port,
+                                      **uvicorn_kwargs())),
         uvicorn.Server(uvicorn.Config(sandbox, host="127.0.0.1", port=sb_port,
-                                      **_uvicorn_kwargs())),
+                                      **uvicorn_kwargs())),
     ]
     url = f"http://127.0.0.1:{args.port}"
     print(f"""
@@ -184,14 +119,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     # The same settings as serve and check (environment, then .env), so a `check` pointed
     # here finds the account it was configured with; none set: the sandbox's own.
-    settings = _settings_or_exit(WXHOOK_SANDBOX=True)
+    settings = settings_or_exit(WXHOOK_SANDBOX=True)
     appid = args.appid or settings.app_id
     app = create_sandbox(appid=appid,
                          secret=args.secret or settings.app_secret.get_secret_value(),
                          latency=args.latency, empty_nicknames=args.empty_nicknames)
     print(f"wxhook sandbox on http://{args.host}:{args.port} for appid {appid} "
           "(control API under /_sandbox/)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, **_uvicorn_kwargs())
+    uvicorn.run(app, host=args.host, port=args.port, **uvicorn_kwargs())
     return 0
 
 
@@ -199,7 +134,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Sign (and encrypt) a push exactly as WeChat does, send it, print the decoded reply."""
     from .simulate import simulate
 
-    settings = _settings_or_exit(WXHOOK_SANDBOX=True)
+    settings = settings_or_exit(WXHOOK_SANDBOX=True)
     return asyncio.run(simulate(settings, kind=args.kind, url=args.url, openid=args.openid,
                                 text=args.text, event_key=args.event_key, aes=args.aes,
                                 repeat=args.repeat, insecure=args.insecure))
@@ -207,8 +142,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate settings and reach the WeChat API; non-zero exit on failure."""
+    from ..logs import configure_logging
     from .check import run_check
-    from .logs import configure_logging
 
     # The report is the output: a token refresh or Redis warning line must not cut into it.
     configure_logging(level="CRITICAL", fmt="console")

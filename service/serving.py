@@ -1,0 +1,80 @@
+"""The production server's pieces: the ASGI app each uvicorn worker builds, and its options.
+
+`wxhook serve` (service/tools/cli.py) starts uvicorn with `service.serving:app_factory`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from .config import Settings, SettingsError, load_settings
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """Settings from the environment, or their one-line fault on stderr and exit 2."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"wxhook: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def app_or_exit(settings: Settings) -> Any:
+    """create_app(), or the one-line reason it cannot be built (WXHOOK_HANDLERS) and exit 2."""
+    from .app import create_app
+
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        print(f"wxhook: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return _BehindProxy(app, settings.forwarded_allow_ips)
+
+
+class _BehindProxy:
+    """uvicorn's X-Forwarded-* handling for every route but /wechat.
+
+    The client address matters to the OAuth routes (their per-client limits, the logs);
+    behind nginx it is nginx's unless the proxy is trusted. /wechat authenticates by
+    signature and never reads it, so the push path skips the middleware's cost.
+    """
+
+    def __init__(self, app: Any, trusted: str) -> None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        self.app = app
+        self.proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/wechat":
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+        return await self.proxied(scope, receive, send)
+
+
+def app_factory() -> Any:
+    """The ASGI app from the environment (uvicorn --factory, one per worker)."""
+    from .logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    app = app_or_exit(settings)
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        return app
+    from .multiproc import worker_app
+
+    return worker_app(app, metrics_dir)
+
+
+def uvicorn_kwargs() -> dict[str, Any]:
+    """uvicorn's options for wxhook (serve and dev alike)."""
+    # proxy_headers off here: uvicorn's middleware would wrap /wechat too (~5% of a push);
+    # _BehindProxy applies it, from WXHOOK_FORWARDED_ALLOW_IPS, to the other routes only.
+    return {"loop": "uvloop", "http": "httptools", "access_log": False, "log_config": None,
+            "server_header": False, "timeout_graceful_shutdown": 15, "backlog": 4096,
+            "proxy_headers": False}
