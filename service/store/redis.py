@@ -20,11 +20,11 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..logs import get_logger
 from ..metrics import Metrics
 from .memory import MemoryStore
+from .pipeline import UNREACHABLE, AutoPipeline
 
 T = TypeVar("T")
 
@@ -42,9 +42,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Unreachable, timed out, still loading its dataset, wrong password (AuthenticationError
-# is a ConnectionError): all mean "answer locally", never "fail the push".
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class StoreUnavailable(Exception):
@@ -67,7 +64,7 @@ class RedisStore:
                                 "health_check_interval": 0}
         self._redis, self._sentinels = _connect(url, opts)
         self._delete_if = self._redis.register_script(_DELETE_IF)  # EVALSHA, reloads on NOSCRIPT
-        self._batch = _AutoPipeline(self._redis)
+        self._batch = AutoPipeline(self._redis)
         self.where = _describe(url)
         self.metrics = metrics
         self.probe_interval = probe_interval
@@ -143,7 +140,7 @@ class RedisStore:
         """
         try:
             await self._redis.ping()
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             if self.down_since is None:
                 self._trip(exc)
             if not self.reached:
@@ -175,7 +172,7 @@ class RedisStore:
         if self.down_since is None:
             try:
                 result = await remote(self._redis)
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 self._trip(exc)
             else:
                 self.reached = True
@@ -210,93 +207,10 @@ class RedisStore:
             try:
                 await self._redis.connection_pool.disconnect()  # drop sockets of the old server
                 await self._redis.ping()
-            except _UNREACHABLE:
+            except UNREACHABLE:
                 continue
             self._recover()
         self._probe = None
-
-
-class _AutoPipeline:
-    """GETs and SETs issued in one turn of the event loop go to Redis as one pipeline.
-
-    Every push makes two or three of them (nonce, dedup claim, dedup record), and redis-py
-    spends ~45 us of CPU on a command sent alone, ~15 us on one among 64 in a pipeline
-    (bench --workers 2: 6,300 -> 11,600 plain pushes/s). A command waits for at most
-    the rest of the current loop turn, not for a timer. An error of one command (WRONGTYPE,
-    say) is that command's alone; a malformed one (the Store API takes bytes: a bug) fails
-    its whole pipeline, as a RuntimeError.
-    """
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
-        self._queue: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]] = []
-        self._sender: asyncio.Task[None] | None = None  # takes the queue when it runs
-        self._flushing: set[asyncio.Task[None]] = set()
-
-    def submit(self, command: Callable[[Any], Any]) -> asyncio.Future[Any]:
-        """Queue `command(pipeline)`; the future gets its reply or its error."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        sender = self._sender
-        if sender is None or sender.done() or sender.get_loop() is not loop:
-            # The first command of this turn: a task sends the lot once the turn is done.
-            # (Commands queued for a sender of a loop since closed went with their callers.)
-            self._queue = []
-            sender = self._sender = loop.create_task(self._flush())
-            self._flushing.add(sender)  # (the loop keeps only a weak reference)
-            sender.add_done_callback(self._sent)
-        self._queue.append((command, fut))
-        return fut
-
-    def _sent(self, sender: asyncio.Task[None]) -> None:
-        self._flushing.discard(sender)
-        if self._sender is sender:  # cancelled before it ran: its commands were never sent
-            batch, self._queue, self._sender = self._queue, [], None
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(RedisConnectionError("the pipeline was cancelled"))
-
-    async def _flush(self) -> None:
-        queued, self._queue, self._sender = self._queue, [], None
-        sent: list[asyncio.Future[Any]] = []
-        replies: list[Any] = []
-        error: BaseException | None = None
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for command, fut in queued:
-                    if not fut.done():  # (done: its caller gave up before it was sent)
-                        command(pipe)
-                        sent.append(fut)
-                replies = await pipe.execute(raise_on_error=False) if sent else []
-        except BaseException as exc:
-            error = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            # Whatever happened, every caller hears back: a future left pending would hang
-            # a push until WeChat gives up on it. (replies is empty when the pipeline failed.)
-            for fut, reply in zip(sent, replies, strict=False):
-                if fut.done():  # its caller gave up waiting
-                    continue
-                if isinstance(reply, Exception):
-                    fut.set_exception(reply)
-                else:
-                    fut.set_result(reply)
-            for _, fut in queued:
-                if not fut.done():
-                    # A fresh error each: one object raised in many tasks piles up tracebacks.
-                    fut.set_exception(_fresh(error))
-
-
-def _fresh(exc: BaseException | None) -> Exception:
-    """An error of the same meaning for each command of a pipeline that failed whole."""
-    if isinstance(exc, RedisTimeoutError):
-        return RedisTimeoutError(str(exc))
-    if isinstance(exc, RedisConnectionError):
-        return RedisConnectionError(str(exc))
-    if exc is None or isinstance(exc, (*_UNREACHABLE, asyncio.CancelledError)):
-        return RedisConnectionError(f"{type(exc).__name__}: {exc}")
-    return RuntimeError(f"Redis pipeline failed: {type(exc).__name__}: {exc}")
 
 
 def _connect(url: str, opts: dict[str, Any]) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
