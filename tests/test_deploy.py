@@ -567,14 +567,15 @@ def test_nginx_limits_timeouts_and_locations() -> None:
             found = re.search(rf"{timeout}\s+(\S+);", body)
             assert found and nginx_seconds(found.group(1)) <= 5, timeout
         assert re.search(r"large_client_header_buffers\s+\d+\s+(\d+)k;", body)
-        assert re.search(r"location\s+=?\s*/wechat\s*\{[^}]*proxy_pass\s+http://", body)
         read = re.search(r"proxy_read_timeout\s+(\S+);", body)
         connect = re.search(r"proxy_connect_timeout\s+(\S+);", body)
         assert read and nginx_seconds(read.group(1)) < 5
         assert connect and nginx_seconds(connect.group(1)) <= 1
         for header in ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto"):
             assert f"proxy_set_header {header}" in body
-    # Port 80 serves /wechat but sends the rest to https.
+    # /wechat only over TLS; port 80 sends everything but the ACME challenge to https.
+    assert re.search(r"location\s+=?\s*/wechat\s*\{[^}]*proxy_pass\s+http://", tls)
+    assert "/wechat" not in plain
     assert "return 301 https://" in plain
     # TLS server: modern protocols, OAuth proxied, metrics restricted.
     assert re.search(r"ssl_protocols\s+TLSv1\.2\s+TLSv1\.3;", tls)
@@ -583,6 +584,26 @@ def test_nginx_limits_timeouts_and_locations() -> None:
     assert metrics and "deny all;" in metrics.group(1)
     plain_metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", plain)
     assert plain_metrics and "deny all;" in plain_metrics.group(1)
+
+
+def test_nginx_access_log_leaves_out_query_strings() -> None:
+    # Query strings carry signatures, openids and OAuth codes: every access log of the site
+    # uses a format of its own that has the path ($uri) and nothing with the query in it.
+    text = re.sub(r"#[^\n]*", "", NGINX.read_text(encoding="utf-8"))
+    formats = dict(re.findall(r"log_format\s+(\S+)\s+((?:'[^']*'\s*)+);", text))
+    assert formats, "no log_format in the site"
+    logs = re.findall(r"access_log\s+([^;]+);", text)
+    assert logs
+    for spec in logs:
+        words = spec.split()
+        if words == ["off"]:
+            continue
+        assert len(words) >= 2 and words[1] in formats, f"access_log {spec}: no safe format"
+        fmt = formats[words[1]]
+        assert "$uri" in fmt
+        for leak in ("$request ", "$request\"", "$request_uri", "$args", "$query_string",
+                     "$arg_", "$http_referer", "$is_args"):
+            assert leak not in fmt, f"log_format {words[1]} logs {leak.strip()}"
 
 
 def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
