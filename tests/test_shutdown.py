@@ -22,7 +22,15 @@ import httpx
 import pytest
 
 from service.tools.simulate import decode_reply, push_xml, sign_push
-from tests.support import TOKEN, free_port, process, sandbox_process, server_env
+from tests.support import (
+    TOKEN,
+    WXHOOK,
+    free_port,
+    isolated_redis,
+    process,
+    sandbox_process,
+    server_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +178,49 @@ def test_late_replies_past_the_grace_period_are_logged_not_lost_silently(tmp_pat
     assert abandoned[0]["openid"].endswith(openid[-4:])
     assert any(e.get("event") == "shutdown" and e.get("late_deliveries_abandoned") == 1
                for e in events)
+
+
+SLOW_HANDLERS = """
+import asyncio
+
+from handlers.router import Router
+from service.replies import TextReply
+
+router = Router()
+
+
+async def slow(msg, ctx):
+    await asyncio.sleep(float(msg.content.split(":", 1)[1]))
+    return TextReply(f"done {msg.content}")
+
+
+router.register(slow, msg_types=("text",), match=lambda m: m.content.startswith("slow:"))
+"""
+
+
+def test_sigterm_with_workers_refuses_new_connections_and_finishes_in_flight(tmp_path):
+    # `wxhook serve --workers 2`: uvicorn's supervisor holds the listening socket too, so
+    # unless it lets go at SIGTERM the kernel keeps queueing connections nobody will accept.
+    (tmp_path / "acct_slow").mkdir()
+    (tmp_path / "acct_slow" / "__init__.py").write_text("")
+    (tmp_path / "acct_slow" / "handlers.py").write_text(SLOW_HANDLERS)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with isolated_redis(tmp_path) as redis_url, sandbox_process() as api:
+        env = server_env(api, REDIS_URL=redis_url, WXHOOK_HANDLERS="acct_slow.handlers:router")
+        args = [WXHOOK, "serve", "--port", str(port), "--workers", "2"]
+        with process(args, env=env, ready_url=url + "/healthz", cwd=tmp_path,
+                     log_path=tmp_path / "server.log") as proc:
+            openid = new_openid()
+            push = in_thread(send, url, slow_push(openid, 2.0))
+            time.sleep(0.3)
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.3)
+            started = time.monotonic()
+            with pytest.raises(httpx.ConnectError):  # refused at once, not queued
+                httpx.get(url + "/healthz", timeout=3)
+            assert time.monotonic() - started < 0.5
+            push["thread"].join(10)
+            assert proc.wait(timeout=20) in CLEAN_EXIT
+    assert "error" not in push, push.get("error")
+    assert decode_reply(push["response"].content, crypto=None)["Content"] == "done slow:2.0"
