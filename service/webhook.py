@@ -30,6 +30,8 @@ from .wechat_api import WeChatAPI
 Scope = dict[str, Any]
 _XML = [(b"content-type", b"application/xml; charset=utf-8")]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+# The echo is the caller's own text: no browser may sniff it into HTML.
+_ECHO = [*_TEXT, (b"x-content-type-options", b"nosniff")]
 
 
 # Label values come from pushes: unknown types map to "other" so a new MsgType (or a
@@ -93,7 +95,7 @@ class Webhook:
             status, body, headers = await self._push(scope, receive, query)
         elif scope["method"] in ("GET", "HEAD"):
             try:
-                status, body, headers = 200, self.guard.verify_url(query), _TEXT
+                status, body, headers = 200, self.guard.verify_url(query), _ECHO
                 self.log.info("url_verified")
             except GuardError as exc:
                 status, body, headers = self._refuse(exc, {"method": "GET"})

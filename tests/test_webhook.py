@@ -31,6 +31,13 @@ async def test_get_echoes_echostr_exactly(client):
     assert r.headers["content-type"].startswith("text/plain")
 
 
+async def test_get_echo_is_never_sniffed_as_html(client):
+    r = await client.get("/wechat", params=_q(echostr="<html><script>alert(1)</script>"))
+    assert r.status_code == 200 and r.content == b"<html><script>alert(1)</script>"
+    assert r.headers["content-type"].startswith("text/plain")
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
 @pytest.mark.parametrize("params", [
     {**_q(echostr="123"), "signature": "0" * 40},
     {k: v for k, v in _q(echostr="123").items() if k != "signature"},
