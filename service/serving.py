@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import Settings, SettingsError, load_settings
 
@@ -19,6 +21,29 @@ def settings_or_exit(**overrides: Any) -> Settings:
     except SettingsError as exc:
         print(f"wxhook: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def insecure_base_url(url: str) -> bool:
+    """True when `url` is plain http to a host other than this machine's loopback."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return True
+
+
+def warn_if_insecure(settings: Settings, log: Any) -> None:
+    """One warning line when PUBLIC_BASE_URL would send cookies without Secure."""
+    if insecure_base_url(settings.public_base_url):
+        log.warning("public_base_url_not_https", setting="PUBLIC_BASE_URL",
+                    value=settings.public_base_url,
+                    why="the OAuth and session cookies go without Secure, readable on the way",
+                    fix="set PUBLIC_BASE_URL to the https:// origin the TLS proxy serves")
 
 
 def app_or_exit(settings: Settings) -> Any:

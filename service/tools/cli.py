@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from ..config import Settings, SettingsError
-from ..serving import app_or_exit, settings_or_exit, uvicorn_kwargs
+from ..serving import app_or_exit, settings_or_exit, uvicorn_kwargs, warn_if_insecure
 from .rules_cli import add_commands, rules_or_exit
 
 EXAMPLE_RULES = "rules.example.yaml"
@@ -46,9 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
-    from ..logs import configure_logging
+    from ..logs import configure_logging, get_logger
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    warn_if_insecure(settings, get_logger("wxhook.serve"))
     try:
         serve("service.serving:app_factory", factory=True, host=args.host, port=args.port,
               workers=args.workers, **uvicorn_kwargs())
