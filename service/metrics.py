@@ -51,4 +51,7 @@ class Metrics:
                                      ["result"], registry=r)
         self.follow_ups = Counter("wxhook_follow_ups", "reply_all replies after the first, "
                                   "sent by customer-service message", ["result"], registry=r)
+        self.log_lines_suppressed = Counter(
+            "wxhook_log_lines_suppressed", "Warning lines left out by the per-second bound "
+            "(a flood of refused pushes)", ["event"], registry=r)
         self.multiprocess = multiproc

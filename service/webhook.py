@@ -19,6 +19,7 @@ from .dedup import Dedup
 from .delivery import LateDelivery
 from .errors import GuardError
 from .guard import Admission, ClientGone, Guard, parse_query
+from .loglimit import LimitedLog
 from .logs import get_logger, log_info, mask_openid, upstream_trace
 from .messages import InboundMessage
 from .metrics import Metrics
@@ -83,6 +84,7 @@ class Webhook:
         self.delivery = delivery
         self.metrics = metrics
         self.log = get_logger("wxhook.push")
+        self.refusals = LimitedLog(self.log, metrics=metrics, clock=clock)  # a flood's lines
         self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
         self._counters: dict[tuple[str, str, str], Any] = {}
         # Request ids: a random prefix per process and a counter (no syscall per push).
@@ -259,6 +261,7 @@ class Webhook:
         self.metrics.guard_failures.labels(exc.reason).inc()
         if scope_is_push := rec.get("method") != "GET":
             self._count("", "", "rejected")
-        self.log.warning("push_refused" if scope_is_push else "url_verification_refused",
-                         **rec, status=exc.status, reason=exc.reason, why=str(exc))
+        self.refusals.warning(exc.reason,
+                              "push_refused" if scope_is_push else "url_verification_refused",
+                              **rec, status=exc.status, reason=exc.reason, why=str(exc))
         return exc.status, f"{exc.reason}: {exc}".encode(), _TEXT

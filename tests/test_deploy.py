@@ -35,6 +35,7 @@ KNOWN_METRICS = frozenset(
         "wxhook_circuit_open",
         "wxhook_store_fallbacks_total",
         "wxhook_ready",
+        "wxhook_log_lines_suppressed_total",
     }
 )
 HISTOGRAMS = frozenset({"wxhook_push_latency_seconds", "wxhook_upstream_latency_seconds"})
