@@ -106,7 +106,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     webhook = Webhook(settings, store=store, router=router, api=api, profiles=profiles,
                       delivery=delivery, metrics=metrics, clock=clock)
     oauth = OAuth(settings, api=api, store=store, repo=repo, profiles=profiles,
-                  namespace=namespace)
+                  namespace=namespace, metrics=metrics)
     log = get_logger("wxhook")
 
     @asynccontextmanager

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     rules: str = Field("", alias="WXHOOK_RULES")  # the rules file (YAML): handlers/rules.py
     # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's syntax: IPs, CIDRs, "*").
     forwarded_allow_ips: str = Field("127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS")
+    # OAuth callbacks that spend a code exchange, a minute: per client address, per instance.
+    oauth_limit_per_client: int = Field(20, ge=1, alias="WXHOOK_OAUTH_LIMIT_PER_CLIENT")
+    oauth_limit_total: int = Field(300, ge=1, alias="WXHOOK_OAUTH_LIMIT_TOTAL")
 
     @model_validator(mode="before")
     @classmethod

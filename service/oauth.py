@@ -31,9 +31,12 @@ from starlette.routing import Route
 
 from .config import Settings
 from .errors import UpstreamUnavailable, WeChatAPIError
+from .loglimit import LimitedLog
 from .logs import get_logger, mask_openid
+from .metrics import Metrics
 from .pages import me_page, problem_page
 from .profiles import ProfileRepo, Profiles
+from .ratelimit import WindowLimit
 from .store.base import Store
 from .wechat_api import WeChatAPI
 
@@ -80,8 +83,9 @@ class OAuth:
     """The web-authorization flow for one account, and refresh of what it captured."""
 
     def __init__(self, settings: Settings, *, api: WeChatAPI, store: Store, repo: ProfileRepo,
-                 profiles: Profiles, namespace: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 profiles: Profiles, namespace: str, metrics: Metrics,
+                 clock: Callable[[], float] = time.time,
+                 limit: WindowLimit | None = None) -> None:
         self.settings = settings
         self.api = api
         self.store = store
@@ -92,6 +96,10 @@ class OAuth:
         self.secure = settings.public_base_url.startswith("https://")
         self._key = settings.session_secret.get_secret_value().encode()
         self.log = get_logger("wxhook.oauth")
+        self.refusals = LimitedLog(self.log, metrics=metrics)
+        # Each fresh signed state costs an exchange with the app secret (README: Security).
+        self.limit = limit or WindowLimit(per_client=settings.oauth_limit_per_client,
+                                          total=settings.oauth_limit_total)
 
     def routes(self) -> list[Route]:
         """/oauth/login, /oauth/callback and /me."""
@@ -178,6 +186,14 @@ class OAuth:
         if not code:
             # The follower tapped "refuse" (or the link was cut short).
             return problem_page("cancelled", retry_next=next_path)
+        client = request.client.host if request.client else ""
+        if started is not None and not self.limit.allow(client):
+            # Counted before the Store is asked: a callback with a signed state may spend a
+            # code exchange (WeChat's repeated redirect counts too; it is no more than two).
+            self.refusals.warning("limit", "oauth_rate_limited", client=client)
+            resp = problem_page("busy", retry_next=next_path)
+            resp.headers["retry-after"] = str(int(self.limit.window))
+            return resp
         key = self.prefix + state
         record = {"status": "pending", "code": _digest(code)}
         if started is not None and await self.store.set(key, json.dumps(record).encode(),

@@ -95,6 +95,8 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
              "WeChat says this sign-in has expired or was already used. Please try again."),
     "permission": (403, "Permission needed", ("WeChat did not let this page read your "
                    "profile. Try again and allow access to your name and photo.")),
+    "busy": (429, "Too many sign-ins", ("Too many sign-ins are being made from your "
+             "network right now. Please wait a minute and try again.")),
     "upstream": (200, "WeChat is not answering",
                  "WeChat did not answer in time. Please try again in a moment."),
     "failed": (400, "Sign-in failed", "WeChat could not complete the sign-in. Please try again."),

@@ -426,3 +426,63 @@ async def test_refresh_profile_upstream_down_raises(make_app, upstream, sandbox)
         await app.state.oauth.refresh_profile(OPENID)
     assert (await app.state.profiles.repo.get(OPENID))["refresh_token"]  # kept for next time
 
+
+
+# -- limits on callbacks that spend a code exchange -----------------------------------------
+
+def browser_behind_proxy(app: FastAPI, address: str) -> httpx.AsyncClient:
+    """A follower at `address`, reaching the app through nginx on the same host."""
+    from service.serving import _BehindProxy
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=_BehindProxy(app, "127.0.0.1")),
+                             base_url="http://testserver",
+                             headers={"x-forwarded-for": address})
+
+
+async def fresh_callback(client: httpx.AsyncClient) -> httpx.Response:
+    """What an attacker can repeat at will: a new signed state, any code."""
+    state = (await start(client)).params["state"]
+    return await client.get("/oauth/callback", params={"code": "anything", "state": state})
+
+
+async def test_callbacks_are_limited_per_client_address(make_app, make_settings, sandbox,
+                                                        upstream):
+    app = make_app(settings=make_settings(WXHOOK_OAUTH_LIMIT_PER_CLIENT="3"))
+    exchanges = "/sns/oauth2/access_token"
+    async with browser_behind_proxy(app, "203.0.113.9") as attacker, \
+            browser_behind_proxy(app, "198.51.100.7") as follower:
+        for _ in range(3):
+            assert_friendly(await fresh_callback(attacker), status=400)  # 40029 from WeChat
+        assert sandbox.calls[exchanges] == 3
+        with capture_logs() as logs:
+            for _ in range(5):
+                r = await fresh_callback(attacker)
+                assert_friendly(r, status=429)
+                assert "Too many sign-ins" in r.text and r.headers["retry-after"] == "60"
+        assert sandbox.calls[exchanges] == 3          # the limited ones never reached WeChat
+        assert [e["client"] for e in logs if e["event"] == "oauth_rate_limited"] \
+            == ["203.0.113.9"] * 5
+        r, _ = await sign_in(follower, upstream)  # someone else: unaffected
+        assert r.status_code == 303, r.text
+        assert sandbox.calls[exchanges] == 4
+
+
+async def test_callbacks_are_limited_overall(make_app, make_settings, sandbox):
+    app = make_app(settings=make_settings(WXHOOK_OAUTH_LIMIT_PER_CLIENT="100",
+                                          WXHOOK_OAUTH_LIMIT_TOTAL="4"))
+    for i in range(4):
+        async with browser_behind_proxy(app, f"203.0.113.{i + 1}") as client:
+            assert_friendly(await fresh_callback(client), status=400)
+    async with browser_behind_proxy(app, "198.51.100.7") as client:
+        assert_friendly(await fresh_callback(client), status=429)
+    assert sandbox.calls["/sns/oauth2/access_token"] == 4
+
+
+async def test_forged_callbacks_cost_no_budget(make_app, make_settings, sandbox):
+    # Without a signed state nothing is exchanged, so nothing is counted either.
+    app = make_app(settings=make_settings(WXHOOK_OAUTH_LIMIT_PER_CLIENT="2"))
+    async with browser_behind_proxy(app, "203.0.113.9") as client:
+        for _ in range(10):
+            r = await client.get("/oauth/callback", params={"code": "c", "state": "forged123"})
+            assert r.status_code == 403
+        assert_friendly(await fresh_callback(client), status=400)
