@@ -198,9 +198,13 @@ router.register(slow, msg_types=("text",), match=lambda m: m.content.startswith(
 """
 
 
-def test_sigterm_with_workers_refuses_new_connections_and_finishes_in_flight(tmp_path):
+@pytest.mark.parametrize("to_group", [True, False], ids=["process-group", "supervisor-only"])
+def test_sigterm_with_workers_refuses_new_connections_and_finishes_in_flight(tmp_path,
+                                                                             to_group):
     # `wxhook serve --workers 2`: uvicorn's supervisor holds the listening socket too, so
     # unless it lets go at SIGTERM the kernel keeps queueing connections nobody will accept.
+    # systemd's KillMode=mixed (deploy/systemd) signals the supervisor only; docker and
+    # Ctrl-C reach the whole group.
     (tmp_path / "acct_slow").mkdir()
     (tmp_path / "acct_slow" / "__init__.py").write_text("")
     (tmp_path / "acct_slow" / "handlers.py").write_text(SLOW_HANDLERS)
@@ -212,10 +216,13 @@ def test_sigterm_with_workers_refuses_new_connections_and_finishes_in_flight(tmp
         with process(args, env=env, ready_url=url + "/healthz", cwd=tmp_path,
                      log_path=tmp_path / "server.log") as proc:
             openid = new_openid()
-            push = in_thread(send, url, slow_push(openid, 2.0))
+            push = in_thread(send, url, slow_push(openid, 3.0))
             time.sleep(0.3)
-            os.killpg(proc.pid, signal.SIGTERM)
-            time.sleep(0.3)
+            if to_group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                os.kill(proc.pid, signal.SIGTERM)  # passed on to the workers within 0.5 s
+            time.sleep(1.0)
             started = time.monotonic()
             with pytest.raises(httpx.ConnectError):  # refused at once, not queued
                 httpx.get(url + "/healthz", timeout=3)
@@ -223,4 +230,4 @@ def test_sigterm_with_workers_refuses_new_connections_and_finishes_in_flight(tmp
             push["thread"].join(10)
             assert proc.wait(timeout=20) in CLEAN_EXIT
     assert "error" not in push, push.get("error")
-    assert decode_reply(push["response"].content, crypto=None)["Content"] == "done slow:2.0"
+    assert decode_reply(push["response"].content, crypto=None)["Content"] == "done slow:3.0"
