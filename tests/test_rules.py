@@ -146,6 +146,17 @@ def test_check_command_good_missing_broken(tmp_path, capsys):
     assert lines[1].startswith(f"{broken}:4: keywords[0] (hours).replies[0].gif: unknown reply")
 
 
+def test_check_command_reports_a_file_that_breaks_the_parser_in_one_line(tmp_path, capsys):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000)
+    with pytest.raises(SystemExit) as done:
+        main(["rules", "check", str(deep)])
+    assert done.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"{deep}:1: cannot be read as rules: RecursionError"]
+    assert "Traceback" not in captured.err
+
+
 def test_load_rules_raises_with_every_problem(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("keywords:\n  - {regex: ['(']}\n  - {equal: a, replies: []}\n")
