@@ -33,6 +33,9 @@ class Context:
     settings: Settings
     log: FilteringBoundLogger
     handler: str = ""                    # who answered: set by the router (or by the handler)
+    # Sent by customer-service message, in order, only once the reply has gone out (rendered
+    # in time, or delivered late): never replies 2..n without reply 1.
+    after_reply: tuple[Reply, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)
 
     def remaining(self) -> float:

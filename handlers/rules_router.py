@@ -103,18 +103,13 @@ def fill(reply: Reply, name: str | None) -> Reply:
     return reply
 
 
-FollowUp = Callable[[list[Reply], str], None]  # (replies after the first, openid)
-
-
 class RulesAnswerer:
     """The rules as a Router; `book` is swapped whole on reload, so a push sees one version."""
 
-    def __init__(self, book: Callable[[], RuleBook], *, store: Store, namespace: str,
-                 follow_up: FollowUp) -> None:
+    def __init__(self, book: Callable[[], RuleBook], *, store: Store, namespace: str) -> None:
         self.book = book
         self.store = store
         self.namespace = namespace
-        self.follow_up = follow_up
         self.router = Router()
         self.router.register(self.on_message, msg_types=(
             "text", "image", "voice", "video", "shortvideo", "location", "link"))
@@ -162,7 +157,7 @@ class RulesAnswerer:
 
     async def answer(self, answer: Answer, msg: InboundMessage, ctx: Context, name: str, *,
                      anonymous: str | None = None) -> Reply:
-        """The passive reply; with reply_all the others follow by customer-service message."""
+        """The passive reply; with reply_all the others follow it (`ctx.after_reply`)."""
         ctx.handler = name
         if answer.mode == "reply_all":
             chosen = list(answer.replies)
@@ -175,8 +170,7 @@ class RulesAnswerer:
             if not (nickname or "").strip() and anonymous is not None and _uses_name(chosen[:1]):
                 chosen = [TextReply(anonymous), *chosen[1:]]
         filled = [fill(r, nickname) for r in chosen]
-        if len(filled) > 1:
-            self.follow_up(filled[1:], msg.openid)
+        ctx.after_reply = tuple(filled[1:])
         return filled[0]
 
     async def _first_in_window(self, openid: str, seconds: int) -> bool:

@@ -101,7 +101,7 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
              if settings.rules else None)
     if router is None:
         answerer = None if rules is None else RulesAnswerer(
-            rules.current, store=store, namespace=namespace, follow_up=delivery.follow_up)
+            rules.current, store=store, namespace=namespace)
         router = default_router(settings.handlers, rules=answerer)
     webhook = Webhook(settings, store=store, router=router, api=api, profiles=profiles,
                       delivery=delivery, metrics=metrics, clock=clock)
