@@ -67,13 +67,15 @@ class Webhook:
 
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
         # Keys in a shared store (Redis) name the appid; without one, nonces and retry
         # replies stay in memories of this process and use no store key.
         namespace = f"wxhook:{settings.app_id}:"
-        self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics)
+        self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics,
+                           clock=wall_clock)
         self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl, clock=clock)
         self.router = router
         self.api = api

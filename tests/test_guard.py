@@ -135,10 +135,7 @@ async def test_a_replay_after_the_dedup_ttl_does_not_run_the_handler_again(
     router.register(count, msg_types=("text",))
     settings = make_settings(WXHOOK_DEDUP_TTL="30")
     store = SharedMemory(clock=lambda: now[0])  # dedup records expire on the same clock
-    app = make_app(settings=settings, store=store, router=router)
-    webhook = app.state.webhook
-    webhook.guard = Guard(settings, store=store, namespace=f"wxhook:{settings.app_id}:",
-                          metrics=Metrics(), clock=lambda: now[0])
+    app = make_app(settings=settings, store=store, router=router, wall_clock=lambda: now[0])
     push = sign_push(push_xml("text", openid=OPENID), token=TOKEN, openid=OPENID,
                      timestamp=int(now[0]))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
