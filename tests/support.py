@@ -24,6 +24,31 @@ SANDBOX_SECRET = "sandbox-app-secret-not-real"
 TOKEN = "wxhookTestToken"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
+# Published vectors (/work/shared/wechat-protocol.md), both under AES_KEY.
+# V2 (official Python sample): a push, encrypted and signed.
+V2_APPID, V2_TOKEN, V2_TS, V2_NONCE = "wx2c2769f8efd9abc2", "spamtest", "1409735669", "1320562132"
+V2_MSG_SIGNATURE = "5d197aaffba7e9b25a30732f161a50dee96bd5fa"
+V2_ENCRYPT = (
+    "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PG"
+    "HQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6"
+    "tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp"
+    "3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhv"
+    "Ql+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE="
+)
+V2_PLAIN = "\n".join([
+    "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>",
+    "<FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>",
+    "<CreateTime>1409735668</CreateTime>",
+    "<MsgType><![CDATA[text]]></MsgType>",
+    "<Content><![CDATA[abcdteT]]></Content>",
+    "<MsgId>6054768590064713728</MsgId>",
+    "</xml>",
+])
+# V3 (official Java sample): an encryption with a fixed random prefix.
+V3_APPID, V3_TOKEN, V3_RANDOM = "wxb11529c136998cb6", "t", b"aaaabbbbccccdddd"
+V3_PLAIN = "我是中文abcd123".encode()
+V3_ENCRYPT = "jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZGMhkP72vVOfg=="
+
 
 def examples(n: int) -> int:
     """A property test's example count: n, or WXHOOK_FUZZ_SCALE (20) times n in `make fuzz`."""

@@ -9,24 +9,22 @@ from wechatpy.crypto import WeChatCrypto
 
 from service.crypto import MessageCrypto
 from service.errors import DecryptError, SignatureError
-
-KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-V2_ENCRYPT = (
-    "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PG"
-    "HQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6"
-    "tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp"
-    "3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhv"
-    "Ql+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE="
+from tests.support import AES_KEY as KEY
+from tests.support import (
+    V2_APPID,
+    V2_ENCRYPT,
+    V2_MSG_SIGNATURE,
+    V2_NONCE,
+    V2_PLAIN,
+    V2_TOKEN,
+    V2_TS,
+    V3_APPID,
+    V3_ENCRYPT,
+    V3_PLAIN,
+    V3_RANDOM,
+    V3_TOKEN,
 )
-V2_PLAIN = "\n".join([
-    "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>",
-    "<FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>",
-    "<CreateTime>1409735668</CreateTime>",
-    "<MsgType><![CDATA[text]]></MsgType>",
-    "<Content><![CDATA[abcdteT]]></Content>",
-    "<MsgId>6054768590064713728</MsgId>",
-    "</xml>",
-])
+
 V4_ENCRYPT = (
     "D7yzvUNAL930rd28wf21s4hvXhz0L6Uit/p2Di6C5DHyYGpEgdBRnKjBec34JwoQXicwaZC7fOVihW80F4VtsdvE//1v"
     "r7oAbqjDv8KenVp+ajKYpJnyQ4zMRhIC+a31fCVOMC03FfzV/QuC94kBP55a+Za3sJgvAn+ZbsNqZI5DkyuzkhQN8OBq"
@@ -38,24 +36,20 @@ V4_ENCRYPT = (
 
 
 def test_v2_official_decrypt_and_msg_signature():
-    c = MessageCrypto("spamtest", [KEY], "wx2c2769f8efd9abc2")
-    c.check_signature("1409735669", "1320562132", V2_ENCRYPT,
-                      "5d197aaffba7e9b25a30732f161a50dee96bd5fa")
+    c = MessageCrypto(V2_TOKEN, [KEY], V2_APPID)
+    c.check_signature(V2_TS, V2_NONCE, V2_ENCRYPT, V2_MSG_SIGNATURE)
     assert c.decrypt(V2_ENCRYPT).decode() == V2_PLAIN
 
 
 def test_v2_wrong_msg_signature_is_refused():
-    c = MessageCrypto("spamtest", [KEY], "wx2c2769f8efd9abc2")
+    c = MessageCrypto(V2_TOKEN, [KEY], V2_APPID)
     with pytest.raises(SignatureError):
-        c.check_signature("1409735669", "1320562133", V2_ENCRYPT,
-                          "5d197aaffba7e9b25a30732f161a50dee96bd5fa")
+        c.check_signature(V2_TS, "1320562133", V2_ENCRYPT, V2_MSG_SIGNATURE)
 
 
 def test_v3_java_sample_encrypt_with_fixed_random():
-    c = MessageCrypto("t", [KEY], "wxb11529c136998cb6")
-    out = c.encrypt("我是中文abcd123".encode(), random_prefix=b"aaaabbbbccccdddd")
-    assert out == ("jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZ"
-                   "GMhkP72vVOfg==")
+    c = MessageCrypto(V3_TOKEN, [KEY], V3_APPID)
+    assert c.encrypt(V3_PLAIN, random_prefix=V3_RANDOM) == V3_ENCRYPT
 
 
 def test_v4_official_end_to_end_example():

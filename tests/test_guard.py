@@ -24,18 +24,22 @@ from service.store.memory import MemoryStore
 from service.tools.simulate import decode_reply, push_xml, sign_push
 from service.xmldoc import parse_fields
 from tests.conftest import OPENID
-from tests.support import AES_KEY, TOKEN
-
-# Published vector V2 (official Python sample): a push encrypted with AES_KEY.
-V2_APPID, V2_TOKEN, V2_TS, V2_NONCE = "wx2c2769f8efd9abc2", "spamtest", "1409735669", "1320562132"
-V2_MSG_SIGNATURE = "5d197aaffba7e9b25a30732f161a50dee96bd5fa"
-V2_ENCRYPT = (
-    "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PG"
-    "HQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6"
-    "tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp"
-    "3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhv"
-    "Ql+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE="
+from tests.support import (
+    AES_KEY,
+    TOKEN,
+    V2_APPID,
+    V2_ENCRYPT,
+    V2_MSG_SIGNATURE,
+    V2_NONCE,
+    V2_TOKEN,
+    V2_TS,
+    V3_APPID,
+    V3_ENCRYPT,
+    V3_PLAIN,
+    V3_RANDOM,
+    V3_TOKEN,
 )
+
 NEW_KEY = "B" * 43  # the key the console changed to; AES_KEY is the previous one
 
 
@@ -87,12 +91,10 @@ async def test_a_push_under_the_old_key_is_answered_under_the_old_key(make_setti
 
 def test_the_published_encryption_vector_under_the_second_key():
     # V3 (official Java sample) with the vector's key listed second: key=1 picks it.
-    v3 = "jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZGMhkP72vVOfg=="
-    c = MessageCrypto("t", [NEW_KEY, AES_KEY], "wxb11529c136998cb6")
-    plain = "我是中文abcd123".encode()
-    assert c.encrypt(plain, random_prefix=b"aaaabbbbccccdddd", key=1) == v3
-    assert c.encrypt(plain, random_prefix=b"aaaabbbbccccdddd") != v3
-    assert c.decrypt_with_key(v3) == (plain, 1)
+    c = MessageCrypto(V3_TOKEN, [NEW_KEY, AES_KEY], V3_APPID)
+    assert c.encrypt(V3_PLAIN, random_prefix=V3_RANDOM, key=1) == V3_ENCRYPT
+    assert c.encrypt(V3_PLAIN, random_prefix=V3_RANDOM) != V3_ENCRYPT
+    assert c.decrypt_with_key(V3_ENCRYPT) == (V3_PLAIN, 1)
 
 
 # -- the modes -----------------------------------------------------------------------------------
