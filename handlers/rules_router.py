@@ -20,12 +20,12 @@ from service.messages import (
     SubscribeEvent,
     TextMessage,
 )
-from service.replies import MusicReply, NewsReply, Reply, TextReply, VideoReply
+from service.replies import Reply, TextReply
 from service.store.base import Store
 
 from .router import Context, Router
 from .rules import Keyword, Rules
-from .rules_replies import NICKNAME, Answer
+from .rules_replies import NICKNAME, TEXT_FIELDS, Answer, texts
 
 # An unknown name takes its separator with it: "Hi {nickname}, ..." -> "Hi, ...",
 # "Thanks, {nickname}!" -> "Thanks!".
@@ -95,12 +95,9 @@ def fill(reply: Reply, name: str | None) -> Reply:
             return text.replace(NICKNAME, name)
         return _NAME_GAP.sub("", text).lstrip(" ,，:：").strip()
 
-    if isinstance(reply, TextReply):
-        return TextReply(put(reply.content))
-    if isinstance(reply, NewsReply | VideoReply | MusicReply):
-        return dataclasses.replace(reply, title=put(reply.title),
-                                   description=put(reply.description))
-    return reply
+    fields = TEXT_FIELDS.get(type(reply), ())
+    return dataclasses.replace(reply, **{f: put(getattr(reply, f)) for f in fields}) \
+        if fields else reply
 
 
 class RulesAnswerer:
@@ -182,6 +179,5 @@ class RulesAnswerer:
 
 
 def _uses_name(replies: list[Reply]) -> bool:
-    return any(NICKNAME in getattr(r, f, "") for r in replies
-               for f in ("content", "title", "description"))
+    return any(NICKNAME in text for r in replies for text in texts(r))
 
