@@ -10,20 +10,7 @@ from wechatpy.crypto import WeChatCrypto
 from service.crypto import MessageCrypto
 from service.errors import DecryptError, SignatureError
 from tests.support import AES_KEY as KEY
-from tests.support import (
-    V2_APPID,
-    V2_ENCRYPT,
-    V2_MSG_SIGNATURE,
-    V2_NONCE,
-    V2_PLAIN,
-    V2_TOKEN,
-    V2_TS,
-    V3_APPID,
-    V3_ENCRYPT,
-    V3_PLAIN,
-    V3_RANDOM,
-    V3_TOKEN,
-)
+from tests.support import V2, V3
 
 V4_ENCRYPT = (
     "D7yzvUNAL930rd28wf21s4hvXhz0L6Uit/p2Di6C5DHyYGpEgdBRnKjBec34JwoQXicwaZC7fOVihW80F4VtsdvE//1v"
@@ -36,20 +23,20 @@ V4_ENCRYPT = (
 
 
 def test_v2_official_decrypt_and_msg_signature():
-    c = MessageCrypto(V2_TOKEN, [KEY], V2_APPID)
-    c.check_signature(V2_TS, V2_NONCE, V2_ENCRYPT, V2_MSG_SIGNATURE)
-    assert c.decrypt(V2_ENCRYPT).decode() == V2_PLAIN
+    c = MessageCrypto(V2.token, [KEY], V2.appid)
+    c.check_signature(V2.timestamp, V2.nonce, V2.encrypt, V2.msg_signature)
+    assert c.decrypt(V2.encrypt) == V2.plain
 
 
 def test_v2_wrong_msg_signature_is_refused():
-    c = MessageCrypto(V2_TOKEN, [KEY], V2_APPID)
+    c = MessageCrypto(V2.token, [KEY], V2.appid)
     with pytest.raises(SignatureError):
-        c.check_signature(V2_TS, "1320562133", V2_ENCRYPT, V2_MSG_SIGNATURE)
+        c.check_signature(V2.timestamp, "1320562133", V2.encrypt, V2.msg_signature)
 
 
 def test_v3_java_sample_encrypt_with_fixed_random():
-    c = MessageCrypto(V3_TOKEN, [KEY], V3_APPID)
-    assert c.encrypt(V3_PLAIN, random_prefix=V3_RANDOM) == V3_ENCRYPT
+    c = MessageCrypto(V3.token, [KEY], V3.appid)
+    assert c.encrypt(V3.plain, random_prefix=V3.random) == V3.encrypt
 
 
 def test_v4_official_end_to_end_example():
@@ -89,17 +76,17 @@ def test_key_rotation_accepts_old_key_and_encrypts_with_new():
     new = "B" * 43
     old = KEY
     rotating = MessageCrypto("t", [new, old], "wx2c2769f8efd9abc2")
-    assert rotating.decrypt(V2_ENCRYPT).decode() == V2_PLAIN           # old key still read
+    assert rotating.decrypt(V2.encrypt) == V2.plain           # old key still read
     only_new = MessageCrypto("t", [new], "wx2c2769f8efd9abc2")
     assert only_new.decrypt(rotating.encrypt(b"x")) == b"x"          # replies use the new key
     with pytest.raises(DecryptError):
-        only_new.decrypt(V2_ENCRYPT)
+        only_new.decrypt(V2.encrypt)
 
 
 def test_wrong_appid_inside_ciphertext_is_refused():
     c = MessageCrypto("spamtest", [KEY], "wxSomeoneElse00000")
     with pytest.raises(DecryptError, match="another appid"):
-        c.decrypt(V2_ENCRYPT)
+        c.decrypt(V2.encrypt)
 
 
 def _raw_encrypt(plain: bytes) -> str:
