@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import sys
 
 import pytest
 
@@ -48,9 +49,9 @@ def _remove(path):
 
 
 def _nest_too_deep(path):
-    # '[' * 5000 makes PyYAML recurse past the interpreter's limit (RecursionError, not a
-    # RulesError): it must not end the watcher.
-    path.write_text("[" * 5000)
+    # Nested deeper than the interpreter's recursion limit (whatever it is now: mypy's API
+    # raises it in-process), PyYAML raises RecursionError, not a RulesError.
+    path.write_text("[" * (sys.getrecursionlimit() + 100))
 
 
 @pytest.mark.parametrize(("spoil", "why"), [
@@ -85,7 +86,7 @@ def test_a_bad_file_at_start_is_refused(tmp_path):
 
 def test_a_file_that_breaks_the_parser_is_refused_at_start_in_one_line(tmp_path):
     path = tmp_path / "rules.yaml"
-    path.write_text("[" * 5000)
+    _nest_too_deep(path)
     with pytest.raises(RulesError) as err:
         RulesSource(str(path))
     assert err.value.problems == [f"{path}:1: cannot be read as rules: RecursionError"]
