@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from service.messages import InboundMessage, MenuEvent, ScanEvent, SubscribeEvent, TextMessage
 from service.replies import Reply
 
+from .keywords import Keywords
+
 if TYPE_CHECKING:  # service imports this module: only the type checker follows these
     from structlog.typing import FilteringBoundLogger
 
@@ -33,6 +35,9 @@ class Context:
     settings: Settings
     log: FilteringBoundLogger
     handler: str = ""                    # who answered: set by the router (or by the handler)
+    # Sent by customer-service message, in order, only once the reply has gone out (rendered
+    # in time, or delivered late): never replies 2..n without reply 1.
+    after_reply: tuple[Reply, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)
 
     def remaining(self) -> float:
@@ -120,17 +125,14 @@ class Router:
                                                           HandlerOf[TextMessage]]:
         """Decorator for text messages: whole text (trimmed), a word in it, or a regex; all
         case-insensitive; no condition = every text. The handler takes a TextMessage."""
-        exact = {w.strip().casefold() for w in _listed(equal)}
-        words = [w.casefold() for w in _listed(contain)]
         patterns = [re.compile(p, re.IGNORECASE) for p in _listed(regex)]
+        words = Keywords([(_listed(equal), _listed(contain), patterns)])
+        any_text = not (_listed(equal) or _listed(contain) or patterns)
 
         def match(msg: InboundMessage) -> bool:
-            if not (exact or words or patterns):
+            if any_text:
                 return True
-            text = msg.content.strip() if isinstance(msg, TextMessage) else ""
-            folded = text.casefold()
-            return (folded in exact or any(w in folded for w in words)
-                    or any(p.search(text) for p in patterns))
+            return words.first(msg.content if isinstance(msg, TextMessage) else "") is not None
 
         return lambda h: self.register(h, msg_types=("text",), match=match, kinds=(TextMessage,))
 

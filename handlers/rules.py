@@ -89,7 +89,16 @@ def load_rules(path: str | Path) -> Rules:
 
 
 def parse_rules(data: bytes, *, name: str = "rules.yaml") -> tuple[Rules | None, list[str]]:
-    """The rules in `data`, or None and one line per problem."""
+    """The rules in `data`, or None and one line per problem (never an exception)."""
+    try:
+        return _parse_rules(data, name=name)
+    except Exception as exc:  # noqa: BLE001 - e.g. RecursionError from '[' * 5000
+        # Whatever a file makes the parser or checker raise is one more thing wrong with it:
+        # `rules check`, start-up and reloads all report it as a problem, never a traceback.
+        return None, [f"{name}:1: cannot be read as rules: {type(exc).__name__}"]
+
+
+def _parse_rules(data: bytes, *, name: str) -> tuple[Rules | None, list[str]]:
     version = hashlib.sha256(data).hexdigest()[:12]
     try:
         doc = parse_yaml(data)

@@ -3,6 +3,7 @@ rules file; what has no equivalent is written as a comment saying why."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,6 +14,10 @@ from .rules import CONSOLE_DEFAULT_ONCE_PER
 # The API menu's own button types: copied as they are.
 _FIELDS = ("type", "name", "key", "url", "appid", "pagepath", "media_id", "article_id")
 _CONSOLE_ONLY = ("text", "img", "voice", "video", "news")
+# What a YAML comment (and a line on the terminal) may hold: YAML's printable characters
+# without its line breaks (\n \r \x85 \u2028 \u2029); anything else is written escaped.
+_NOT_IN_A_LINE = re.compile("[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd"
+                            "\U00010000-\U0010ffff]")
 
 
 class _Import:
@@ -21,7 +26,8 @@ class _Import:
         self.clicks: dict[str, Any] = {}
 
     def note(self, section: str, text: str) -> None:
-        self.notes.setdefault(section, []).append(text)
+        # The console's names and texts are the follower-facing owner's: any character at all.
+        self.notes.setdefault(section, []).append(_one_line(text))
 
     def reply(self, raw: Any, section: str, where: str) -> Any | None:
         """One console reply ({type, content} or a menu's {type, value}) as a reply form."""
@@ -80,7 +86,7 @@ class _Import:
 def console_to_rules(autoreply: Any, selfmenu: Any) -> tuple[str, list[str]]:
     """The rules file's text, and what could not be reproduced (one line each)."""
     # Answers from the network: any shape is read as far as it makes sense, never trusted.
-    autoreply, selfmenu = _obj(autoreply), _obj(selfmenu)
+    autoreply, selfmenu = _obj(_whole(autoreply)), _obj(_whole(selfmenu))
     imp = _Import()
     doc: dict[str, Any] = {}
     welcome = autoreply.get("add_friend_autoreply_info")
@@ -129,6 +135,21 @@ def console_to_rules(autoreply: Any, selfmenu: Any) -> tuple[str, list[str]]:
         if text:
             parts.append(text)
     return "\n".join(parts), [n for s in imp.notes.values() for n in s]
+
+
+def _whole(value: Any) -> Any:
+    """`value` with each lone surrogate (JSON allows "\\ud800") as U+FFFD: no text to write."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {_whole(k): _whole(v) for k, v in value.items()}
+    return value
+
+
+def _one_line(text: str) -> str:
+    return _NOT_IN_A_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _kept(items: Iterable[Any]) -> list[Any]:

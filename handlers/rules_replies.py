@@ -23,6 +23,16 @@ Mode = Literal["random_one", "reply_all"]
 MODES = ("random_one", "reply_all")
 REPLY_TYPES = ("text", "news", "image", "voice", "video", "music")
 NICKNAME = "{nickname}"
+# The fields of each reply a follower reads: where {nickname} may appear and is filled in.
+TEXT_FIELDS: dict[type[Reply], tuple[str, ...]] = {
+    TextReply: ("content",), NewsReply: ("title", "description"),
+    VideoReply: ("title", "description"), MusicReply: ("title", "description"),
+}
+
+
+def texts(reply: Reply) -> list[str]:
+    """The texts of `reply` a follower reads (where {nickname} may appear)."""
+    return [getattr(reply, f) for f in TEXT_FIELDS.get(type(reply), ())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +90,7 @@ class ReplyChecker:
             return None
         got = tuple(r for r in replies if r is not None)
         return Answer(got, mode if mode in MODES else "random_one",
-                      any(NICKNAME in text for r in got for text in _texts(r)))
+                      any(NICKNAME in text for r in got for text in texts(r)))
 
     def reply(self, node: Any, line: int, where: str) -> Reply | None:
         """One reply in any of its forms."""
@@ -124,15 +134,6 @@ class ReplyChecker:
             return None
         values = [body.get(f, "") for f in fields]
         return _BUILD[kind](*values)
-
-
-def _texts(reply: Reply) -> list[str]:
-    """The texts of a reply a follower reads (where {nickname} may appear)."""
-    if isinstance(reply, TextReply):
-        return [reply.content]
-    if isinstance(reply, NewsReply | VideoReply | MusicReply):
-        return [reply.title, reply.description]
-    return []
 
 
 # Fields of each reply form, the required one first, named as WeChat's JSON names them.

@@ -1,9 +1,6 @@
 """Answering from the rules file: keywords, default reply, greetings, menu clicks.
 
-Matching stays fast with hundreds of rules (bench/rules.py: 500 rules in 1-20 us instead of
-a few hundred): `equal` is one dict lookup; `contain` words are found all at once by one
-combined pattern, then looked up by what stands at each place it matched; regexes are
-first tried as one pattern, and one by one only when that matches.
+Keywords are matched by handlers.keywords (fast with hundreds of rules).
 """
 
 from __future__ import annotations
@@ -20,12 +17,13 @@ from service.messages import (
     SubscribeEvent,
     TextMessage,
 )
-from service.replies import MusicReply, NewsReply, Reply, TextReply, VideoReply
+from service.replies import Reply, TextReply
 from service.store.base import Store
 
+from .keywords import Keywords
 from .router import Context, Router
 from .rules import Keyword, Rules
-from .rules_replies import NICKNAME, Answer
+from .rules_replies import NICKNAME, TEXT_FIELDS, Answer, texts
 
 # An unknown name takes its separator with it: "Hi {nickname}, ..." -> "Hi, ...",
 # "Thanks, {nickname}!" -> "Thanks!".
@@ -38,52 +36,12 @@ class RuleBook:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self.keywords = rules.keywords
-        self._equal: dict[str, int] = {}
-        self._word: dict[str, int] = {}
-        for i, k in enumerate(rules.keywords):
-            for word in k.equal:
-                self._equal.setdefault(word, i)  # in file order: the first rule wins
-            for word in k.contain:
-                self._word.setdefault(word, i)
-        # A lookahead finds every place where some word starts (even inside another one);
-        # the words there are then the slices of the lengths in use that are known words.
-        self._any_word = (re.compile("(?=" + "|".join(map(re.escape, self._word)) + ")")
-                          if self._word else None)
-        self._lengths = sorted({len(w) for w in self._word})
-        self._regex_rules = [(i, k.regex) for i, k in enumerate(rules.keywords) if k.regex]
-        self._any_regex = _combined([r for _, rs in self._regex_rules for r in rs])
+        self._match = Keywords([(k.equal, k.contain, k.regex) for k in rules.keywords])
 
     def match(self, text: str) -> Keyword | None:
         """The first rule, in file order, that `text` matches."""
-        trimmed = text.strip()
-        folded = trimmed.casefold()
-        best = self._equal.get(folded, len(self.keywords))
-        if self._any_word is not None:
-            for found in self._any_word.finditer(folded):
-                at = found.start()
-                for n in self._lengths:
-                    i = self._word.get(folded[at:at + n])
-                    if i is not None and i < best:
-                        best = i
-        if self._regex_rules and (self._any_regex is None
-                                  or self._any_regex.search(trimmed) is not None):
-            for i, patterns in self._regex_rules:
-                if i >= best:
-                    break
-                if any(p.search(trimmed) for p in patterns):
-                    best = i
-                    break
-        return self.keywords[best] if best < len(self.keywords) else None
-
-
-def _combined(patterns: list[re.Pattern[str]]) -> re.Pattern[str] | None:
-    """One pattern that matches when any does (None: no quick test; try each)."""
-    if not patterns:
-        return re.compile(r"(?!)")  # matches nothing
-    try:
-        return re.compile("|".join(f"(?:{p.pattern})" for p in patterns), re.IGNORECASE)
-    except re.error:  # e.g. numbered back-references or inline flags: no shortcut
-        return None
+        i = self._match.first(text)
+        return None if i is None else self.keywords[i]
 
 
 def fill(reply: Reply, name: str | None) -> Reply:
@@ -95,26 +53,18 @@ def fill(reply: Reply, name: str | None) -> Reply:
             return text.replace(NICKNAME, name)
         return _NAME_GAP.sub("", text).lstrip(" ,，:：").strip()
 
-    if isinstance(reply, TextReply):
-        return TextReply(put(reply.content))
-    if isinstance(reply, NewsReply | VideoReply | MusicReply):
-        return dataclasses.replace(reply, title=put(reply.title),
-                                   description=put(reply.description))
-    return reply
-
-
-FollowUp = Callable[[list[Reply], str], None]  # (replies after the first, openid)
+    fields = TEXT_FIELDS.get(type(reply), ())
+    return dataclasses.replace(reply, **{f: put(getattr(reply, f)) for f in fields}) \
+        if fields else reply
 
 
 class RulesAnswerer:
     """The rules as a Router; `book` is swapped whole on reload, so a push sees one version."""
 
-    def __init__(self, book: Callable[[], RuleBook], *, store: Store, namespace: str,
-                 follow_up: FollowUp) -> None:
+    def __init__(self, book: Callable[[], RuleBook], *, store: Store, namespace: str) -> None:
         self.book = book
         self.store = store
         self.namespace = namespace
-        self.follow_up = follow_up
         self.router = Router()
         self.router.register(self.on_message, msg_types=(
             "text", "image", "voice", "video", "shortvideo", "location", "link"))
@@ -162,7 +112,7 @@ class RulesAnswerer:
 
     async def answer(self, answer: Answer, msg: InboundMessage, ctx: Context, name: str, *,
                      anonymous: str | None = None) -> Reply:
-        """The passive reply; with reply_all the others follow by customer-service message."""
+        """The passive reply; with reply_all the others follow it (`ctx.after_reply`)."""
         ctx.handler = name
         if answer.mode == "reply_all":
             chosen = list(answer.replies)
@@ -175,8 +125,7 @@ class RulesAnswerer:
             if not (nickname or "").strip() and anonymous is not None and _uses_name(chosen[:1]):
                 chosen = [TextReply(anonymous), *chosen[1:]]
         filled = [fill(r, nickname) for r in chosen]
-        if len(filled) > 1:
-            self.follow_up(filled[1:], msg.openid)
+        ctx.after_reply = tuple(filled[1:])
         return filled[0]
 
     async def _first_in_window(self, openid: str, seconds: int) -> bool:
@@ -188,6 +137,5 @@ class RulesAnswerer:
 
 
 def _uses_name(replies: list[Reply]) -> bool:
-    return any(NICKNAME in getattr(r, f, "") for r in replies
-               for f in ("content", "title", "description"))
+    return any(NICKNAME in text for r in replies for text in texts(r))
 

@@ -45,6 +45,13 @@ class RulesSource:
                            problems=exc.problems, kept=self.book.rules.version)
             self.on_result("failed")
             return False
+        except Exception as exc:  # noqa: BLE001 - a bad file must never end the watcher
+            self.last_error = f"{self.path}: cannot load: {type(exc).__name__}"
+            self.log.error("rules_reload_failed", why=why, path=self.path,
+                           problems=[self.last_error], error=str(exc)[:200],
+                           kept=self.book.rules.version)
+            self.on_result("failed")
+            return False
         old, self.book = self.book.rules.version, book
         self.last_error = None
         self.loaded_by = why

@@ -79,16 +79,18 @@ def _default_store(settings: Settings, metrics: Metrics, clock: Callable[[], flo
 def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                store: Store | None = None, router: Router | None = None,
                profile_repo: ProfileRepo | None = None, metrics: Metrics | None = None,
-               clock: Callable[[], float] = time.monotonic) -> FastAPI:
+               clock: Callable[[], float] = time.monotonic,
+               wall_clock: Callable[[], float] = time.time) -> FastAPI:
     """Build the ASGI app for one account; `clock` is the monotonic clock of its TTL
-    memories (tests pass virtual time)."""
+    memories, `wall_clock` the epoch time of push timestamps, nonces and token expiry and
+    back-off (tests pass virtual time for both)."""
     metrics = Metrics() if metrics is None else metrics
     own_http = http is None
     http = new_http_client(timeout=settings.http_timeout) if http is None else http
     store = _default_store(settings, metrics, clock) if store is None else store
     namespace = f"wxhook:{settings.app_id}:"
     api, tokens = api_with_tokens(http, settings, store=store, namespace=namespace,
-                                  metrics=metrics)
+                                  metrics=metrics, clock=wall_clock)
     # Profiles must survive a restart: Redis when shared, else an embedded SQLite file.
     own_repo = None if profile_repo is not None or store.shared else SqliteProfileRepo(
         settings.profile_db, appid=settings.app_id, sandbox_appid=SANDBOX_APP_ID)
@@ -101,10 +103,10 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
              if settings.rules else None)
     if router is None:
         answerer = None if rules is None else RulesAnswerer(
-            rules.current, store=store, namespace=namespace, follow_up=delivery.follow_up)
+            rules.current, store=store, namespace=namespace)
         router = default_router(settings.handlers, rules=answerer)
     webhook = Webhook(settings, store=store, router=router, api=api, profiles=profiles,
-                      delivery=delivery, metrics=metrics, clock=clock)
+                      delivery=delivery, metrics=metrics, clock=clock, wall_clock=wall_clock)
     oauth = OAuth(settings, api=api, store=store, repo=repo, profiles=profiles,
                   namespace=namespace, metrics=metrics)
     log = get_logger("wxhook")

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio.connection import parse_url
 
 # `wxhook dev`, `wxhook simulate` and `make run` share these when no WECHAT_* is set, so a
 # fresh clone can walk the whole path without a real account. They open nothing real.
@@ -20,6 +21,41 @@ SANDBOX_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9]{3,32}")
 _AES_RE = re.compile(r"[A-Za-z0-9]{43}")
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
+def _redis_url_fault(url: str, scheme: str) -> str | None:
+    """What the Redis client would choke on at start-up, said without password or host."""
+    # The same parsing the store does (redis-py's parse_url, our sentinel form), done here
+    # so a bad URL is one line at start-up rather than a traceback from RedisStore().
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the host is neither a name nor a [bracketed] IPv6 address"
+    if scheme.endswith("+sentinel"):
+        netloc = parts.netloc.rpartition("@")[2]
+        hosts = [h for h in netloc.split(",") if h]
+        path = [p for p in parts.path.split("/") if p]
+        if not hosts or not path:
+            return "needs host:port[,host:port]/service_name[/db]"
+        try:
+            for host in hosts:
+                _ = urlsplit(f"//{host}").port
+        except ValueError:
+            return "each sentinel needs host:port with a port from 0 to 65535"
+        if len(path) > 1 and not path[1].isdigit():
+            return "the db after the service name must be a number"
+        return None
+    try:
+        _ = parts.port
+    except ValueError:
+        return "the port must be a number from 0 to 65535"
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        # redis-py's own words name only the option ("Invalid value for 'db' ...").
+        why = str(exc)
+        return why if why.startswith("Invalid value for '") else "redis-py cannot read it"
+    return None
 
 
 class SettingsError(Exception):
@@ -112,6 +148,8 @@ class Settings(BaseSettings):
                 "must be a Redis URL: redis://[:password@]host:6379/0, rediss:// (TLS), "
                 "unix:///path/redis.sock or redis+sentinel://host:26379/master"
                 + (f" (got scheme {scheme}://)" if scheme else ""))
+        if (fault := _redis_url_fault(url, scheme)) is not None:
+            raise ValueError(f"not a usable {scheme}:// URL: {fault}")
         return SecretStr(url)
 
     @field_validator("message_mode", mode="before")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from .errors import WeChatAPIError
 from .logs import get_logger, mask_openid
@@ -24,6 +25,9 @@ LATE_LIMIT = 55.0  # an event opens a 1-minute window for customer-service messa
 _SEND_TRIES = 3
 _SEND_BACKOFF = 0.5
 FOLLOW_UP_DELAY = 0.3  # seconds between the passive reply and a rule's further replies
+
+
+Answered = tuple[Reply | None, Sequence[Reply]]  # a handler's reply, and what follows it
 
 
 class LateDelivery:
@@ -41,7 +45,7 @@ class LateDelivery:
         """Deliveries not finished yet (graceful shutdown waits for them)."""
         return len(self._tasks)
 
-    def hand_over(self, run: asyncio.Future[Reply | None], *, openid: str,
+    def hand_over(self, run: asyncio.Future[Answered], *, openid: str,
                   started: float) -> None:
         """Deliver `run`'s reply through custom/send once it finishes."""
         task = asyncio.get_running_loop().create_task(self._deliver(run, openid, started))
@@ -53,11 +57,11 @@ class LateDelivery:
         self._tasks.discard(task)
         self._who.pop(task, None)
 
-    async def _deliver(self, run: asyncio.Future[Reply | None], openid: str,
+    async def _deliver(self, run: asyncio.Future[Answered], openid: str,
                        started: float) -> None:
         masked = mask_openid(openid)
         try:
-            reply = await asyncio.wait_for(run, max(0.1, started + LATE_LIMIT - time.monotonic()))
+            reply, after = await asyncio.wait_for(run, max(0.1, started + LATE_LIMIT - time.monotonic()))
         except TimeoutError:
             self.metrics.late_deliveries.labels("failed").inc()
             self.log.error("late_delivery_abandoned", openid=masked, why="handler ran past 55 s")
@@ -96,8 +100,10 @@ class LateDelivery:
         self.metrics.late_deliveries.labels("sent").inc()
         self.log.info("late_delivery_sent", openid=masked,
                       late_ms=round((time.monotonic() - started) * 1000))
+        if after:  # the rule's further replies, now that the first one is out
+            self.follow_up(after, openid)
 
-    def follow_up(self, replies: list[Reply], openid: str) -> None:
+    def follow_up(self, replies: Sequence[Reply], openid: str) -> None:
         """Send `replies` in order by customer-service message, after the passive reply."""
         task = asyncio.get_running_loop().create_task(
             self._follow_up(replies, openid, time.monotonic()))
@@ -105,7 +111,7 @@ class LateDelivery:
         self._who[task] = mask_openid(openid)
         task.add_done_callback(self._forget)
 
-    async def _follow_up(self, replies: list[Reply], openid: str, started: float) -> None:
+    async def _follow_up(self, replies: Sequence[Reply], openid: str, started: float) -> None:
         # The passive reply is on its way back through WeChat; a message sent at once could
         # overtake it, and the follower would read the rule's replies out of order.
         await asyncio.sleep(FOLLOW_UP_DELAY)

@@ -73,8 +73,10 @@ class Guard:
     """
 
     def __init__(self, settings: Settings, *, store: Store, namespace: str,
-                 metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+                 metrics: Metrics, clock: Callable[[], float] = time.time,
+                 build: Callable[[dict[str, str]], InboundMessage] = build_message) -> None:
         self.settings = settings
+        self.build = build  # the fields' typing (tests inject a failing one)
         self.mode = settings.mode
         self.token = settings.token.get_secret_value()
         self.crypto = (MessageCrypto(self.token, settings.aes_keys, settings.app_id)
@@ -121,7 +123,7 @@ class Guard:
             fields = self._parse(body)
             if "MsgType" not in fields and "Encrypt" in fields:
                 raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
-            return Admission(self._safely(build_message, fields), "plain")
+            return Admission(self._safely(self.build, fields), "plain")
         mode = "safe"
         encrypt = safe_mode_encrypt(body)  # the common envelope, without a parse
         if encrypt is None:
@@ -135,7 +137,7 @@ class Guard:
             raise SignatureError("missing msg_signature", reason="msg_signature")
         self.crypto.check_signature(ts, nonce, encrypt, msg_sig)
         inner, key = self._safely(self.crypto.decrypt_with_key, encrypt)
-        msg = self._safely(build_message, self._parse(inner))
+        msg = self._safely(self.build, self._parse(inner))
         return Admission(msg, mode, self.crypto, key)
 
     def _parse(self, body: bytes) -> dict[str, str]:

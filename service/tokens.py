@@ -114,7 +114,7 @@ class TokenManager:
         pause = min(self.reject_backoff * 2 ** (self._rejections - 2), self.max_reject_backoff)
         self.last_error = TokenInvalid(40001, "the access token was rejected right after a "
                                        f"refresh; the next refresh in {pause:.0f} s", api="token")
-        self._error_until = time.monotonic() + pause
+        self._error_until = self.clock() + pause
         self.metrics.token_refreshes.labels("rejected_again", "backoff").inc()
         self.log.error("token_rejected_after_refresh", rejections=self._rejections,
                        retry_in_s=pause, fix="check that no other system refreshes this "
@@ -133,7 +133,7 @@ class TokenManager:
             hint = CONFIG_HINTS.get(self.last_error.errcode or 0)
             if hint:
                 out["fix"] = hint
-            wait = self._error_until - time.monotonic()
+            wait = self._error_until - self.clock()
             if wait > 0:
                 out["retry_in_s"] = round(wait, 1)
         return out
@@ -145,7 +145,7 @@ class TokenManager:
         return self._flight
 
     async def _refresh(self, reason: str) -> str:
-        if self.last_error is not None and time.monotonic() < self._error_until:
+        if self.last_error is not None and self.clock() < self._error_until:
             # No retry storm: a wrong secret or whitelist costs a few calls a minute at most.
             # A fresh exception each time: re-raising one object grows its traceback forever.
             e = self.last_error
@@ -194,7 +194,7 @@ class TokenManager:
             # a wrong secret: asking again every second would only burn tomorrow's quota too.
             backoff = self.config_backoff if isinstance(exc, ConfigurationError | QuotaExceeded) \
                 else self.failure_backoff
-            self._error_until = time.monotonic() + backoff
+            self._error_until = self.clock() + backoff
             self.metrics.token_refreshes.labels(reason, "error").inc()
             self.log.error("token_refresh_failed", reason=reason, errcode=exc.errcode,
                            errmsg=exc.errmsg, fix=CONFIG_HINTS.get(exc.errcode or 0),
@@ -213,8 +213,9 @@ class TokenManager:
 
 
 def api_with_tokens(http: httpx.AsyncClient, settings: Settings, *, store: Store,
-                    namespace: str, metrics: Metrics) -> tuple[WeChatAPI, TokenManager]:
+                    namespace: str, metrics: Metrics,
+                    clock: Callable[[], float] = time.time) -> tuple[WeChatAPI, TokenManager]:
     """The API client and the token manager it draws its global token from."""
     tokens = TokenManager(store, WeChatHTTP(http, settings, metrics=metrics).fetch_token,
-                          namespace=namespace, metrics=metrics)
+                          namespace=namespace, metrics=metrics, clock=clock)
     return WeChatAPI(http, settings, metrics=metrics, tokens=tokens), tokens

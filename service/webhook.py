@@ -16,7 +16,7 @@ from handlers.router import Context, Router
 
 from .config import Settings
 from .dedup import Dedup
-from .delivery import LateDelivery
+from .delivery import Answered, LateDelivery
 from .errors import GuardError
 from .guard import Admission, ClientGone, Guard, parse_query
 from .loglimit import LimitedLog
@@ -24,7 +24,7 @@ from .logs import get_logger, log_info, mask_openid, upstream_trace
 from .messages import InboundMessage
 from .metrics import Metrics
 from .profiles import Profiles
-from .replies import SUCCESS, Reply, decode, encode
+from .replies import SUCCESS, decode, encode
 from .store.base import Store
 from .wechat_api import WeChatAPI
 
@@ -57,7 +57,7 @@ class _Run:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.ready: asyncio.Future[bytes] = loop.create_future()
-        self.late: asyncio.Future[Reply | None] | None = None
+        self.late: asyncio.Future[Answered] | None = None
 
     def answer(self, reply: bytes) -> None:
         """The passive reply, unless the deadline came first (or the request is gone)."""
@@ -70,13 +70,15 @@ class Webhook:
 
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
         # Keys in a shared store (Redis) name the appid; without one, nonces and retry
         # replies stay in memories of this process and use no store key.
         namespace = f"wxhook:{settings.app_id}:"
-        self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics)
+        self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics,
+                           clock=wall_clock)
         self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl, clock=clock)
         self.router = router
         self.api = api
@@ -218,7 +220,7 @@ class Webhook:
                 reply = None
             if run.late is not None:  # the deadline passed: late delivery takes it from here
                 if not run.late.done():
-                    run.late.set_result(reply)
+                    run.late.set_result((reply, ctx.after_reply))
                 return
             rec["handler"] = ctx.handler or None
             if reply is not None:
@@ -227,6 +229,8 @@ class Webhook:
                 xml, record = encode(reply, to_user=msg.from_user, from_user=msg.to_user,
                                      crypto=admitted.crypto, key=admitted.key)
                 run.answer(xml)
+                if ctx.after_reply:  # only now: reply 1 is rendered and on its way
+                    self.delivery.follow_up(ctx.after_reply, msg.openid)
         except Exception as exc:
             self.log.error("reply_failed", exc_info=exc, **rec)
             rec["outcome"] = "no_reply"

@@ -1,4 +1,5 @@
-"""Helpers for tests that drive real processes: free ports, servers, readiness waits."""
+"""Helpers for tests that drive real processes (free ports, servers, readiness waits), and the
+published vectors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -189,3 +191,45 @@ def isolated_redis(tmp_path: Path) -> Iterator[str]:
     cannot be disturbed by any other test or test run."""
     with redis_server(tmp_path) as srv:
         yield f"redis://127.0.0.1:{srv.port}/0"
+
+
+@dataclass(frozen=True)
+class Vector:
+    """A published vector (/work/shared/wechat-protocol.md): the account, and what WeChat's
+    own sample code signed, encrypted or decrypted."""
+
+    appid: str
+    token: str
+    encrypt: str
+    plain: bytes
+    timestamp: str = ""
+    nonce: str = ""
+    msg_signature: str = ""
+    random: bytes = b""  # the fixed 16-byte prefix the encryption used
+
+
+_V2_ENCRYPT = (
+    "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PG"
+    "HQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6"
+    "tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp"
+    "3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhv"
+    "Ql+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE="
+)
+_V2_PLAIN = "\n".join([
+    "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>",
+    "<FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>",
+    "<CreateTime>1409735668</CreateTime>",
+    "<MsgType><![CDATA[text]]></MsgType>",
+    "<Content><![CDATA[abcdteT]]></Content>",
+    "<MsgId>6054768590064713728</MsgId>",
+    "</xml>",
+])
+# V2 (official Python sample): a push, encrypted under AES_KEY and signed.
+V2 = Vector(appid="wx2c2769f8efd9abc2", token="spamtest", encrypt=_V2_ENCRYPT,
+            plain=_V2_PLAIN.encode(), timestamp="1409735669", nonce="1320562132",
+            msg_signature="5d197aaffba7e9b25a30732f161a50dee96bd5fa")
+# V3 (official Java sample): an encryption under AES_KEY with a fixed random prefix.
+V3 = Vector(appid="wxb11529c136998cb6", token="t", plain="我是中文abcd123".encode(),
+            random=b"aaaabbbbccccdddd",
+            encrypt="jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZ"
+                    "GMhkP72vVOfg==")

@@ -108,3 +108,14 @@ def test_env_file_reads_a_systemd_environment_file(tmp_path):
     assert missing.returncode == 2
     assert missing.stderr == (f"wxhook: cannot read --env-file {tmp_path / 'nope.env'}: "
                               "No such file or directory\n")
+
+
+@pytest.mark.parametrize("url", ["redis://:pw9@qqhost:abc/0", "redis://:pw9@[qqhost/0",
+                                 "redis://:pw9@qqhost/0?socket_timeout=zz"])
+def test_a_redis_url_the_client_cannot_read_is_one_line_not_a_traceback(tmp_path, url):
+    res = check({"WECHAT_APP_ID": "wx0000000000000001", "WECHAT_APP_SECRET": "s" * 32,
+                 "WECHAT_TOKEN": "token1", "REDIS_URL": url}, tmp_path)
+    assert res.returncode != 0
+    only_its_own_lines(res)  # no traceback: its own lines only, and stderr empty
+    assert "pw9" not in res.stdout and "qqhost" not in res.stdout
+    assert "[FAIL] settings: invalid settings: REDIS_URL: not a usable redis:// URL" in res.stdout

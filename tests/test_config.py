@@ -95,6 +95,25 @@ def test_a_malformed_redis_url_is_one_line_naming_the_variable(url):
     assert "pw9" not in text and "qqhost" not in text
 
 
+@pytest.mark.parametrize(("url", "why"), [
+    ("redis://:pw9@qqhost:abc/0", "the port must be a number"),
+    ("redis://:pw9@qqhost:99999/0", "the port must be a number"),
+    ("redis://:pw9@[qqhost/0", "neither a name nor a [bracketed] IPv6"),
+    ("redis://:pw9@qqhost/0?socket_timeout=zz", "Invalid value for 'socket_timeout'"),
+    ("unix:///run/qqhost.sock?password=pw9&db=x", "Invalid value for 'db'"),
+    ("redis+sentinel://:pw9@qqhost:x/mymaster", "each sentinel needs host:port"),
+    ("redis+sentinel://:pw9@qqhost:26379,/mymaster/zz", "the db after the service name"),
+    ("redis+sentinel://:pw9@qqhost:26379", "needs host:port[,host:port]/service_name"),
+])
+def test_a_redis_url_the_client_cannot_read_is_one_line(url, why):
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_env_file=None, **GOOD, REDIS_URL=url)
+    text = str(exc.value)
+    assert text.startswith("invalid settings: REDIS_URL: not a usable ") and "\n" not in text
+    assert why in text
+    assert "pw9" not in text and "qqhost" not in text
+
+
 @pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:p@h:6380/1",
                                  "unix:///run/redis.sock?db=0",
                                  "redis+sentinel://:p@s1:26379,s2:26379/mymaster/0"])

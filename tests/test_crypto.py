@@ -9,24 +9,9 @@ from wechatpy.crypto import WeChatCrypto
 
 from service.crypto import MessageCrypto
 from service.errors import DecryptError, SignatureError
+from tests.support import AES_KEY as KEY
+from tests.support import V2, V3
 
-KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-V2_ENCRYPT = (
-    "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PG"
-    "HQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6"
-    "tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp"
-    "3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhv"
-    "Ql+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE="
-)
-V2_PLAIN = "\n".join([
-    "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>",
-    "<FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>",
-    "<CreateTime>1409735668</CreateTime>",
-    "<MsgType><![CDATA[text]]></MsgType>",
-    "<Content><![CDATA[abcdteT]]></Content>",
-    "<MsgId>6054768590064713728</MsgId>",
-    "</xml>",
-])
 V4_ENCRYPT = (
     "D7yzvUNAL930rd28wf21s4hvXhz0L6Uit/p2Di6C5DHyYGpEgdBRnKjBec34JwoQXicwaZC7fOVihW80F4VtsdvE//1v"
     "r7oAbqjDv8KenVp+ajKYpJnyQ4zMRhIC+a31fCVOMC03FfzV/QuC94kBP55a+Za3sJgvAn+ZbsNqZI5DkyuzkhQN8OBq"
@@ -38,24 +23,20 @@ V4_ENCRYPT = (
 
 
 def test_v2_official_decrypt_and_msg_signature():
-    c = MessageCrypto("spamtest", [KEY], "wx2c2769f8efd9abc2")
-    c.check_signature("1409735669", "1320562132", V2_ENCRYPT,
-                      "5d197aaffba7e9b25a30732f161a50dee96bd5fa")
-    assert c.decrypt(V2_ENCRYPT).decode() == V2_PLAIN
+    c = MessageCrypto(V2.token, [KEY], V2.appid)
+    c.check_signature(V2.timestamp, V2.nonce, V2.encrypt, V2.msg_signature)
+    assert c.decrypt(V2.encrypt) == V2.plain
 
 
 def test_v2_wrong_msg_signature_is_refused():
-    c = MessageCrypto("spamtest", [KEY], "wx2c2769f8efd9abc2")
+    c = MessageCrypto(V2.token, [KEY], V2.appid)
     with pytest.raises(SignatureError):
-        c.check_signature("1409735669", "1320562133", V2_ENCRYPT,
-                          "5d197aaffba7e9b25a30732f161a50dee96bd5fa")
+        c.check_signature(V2.timestamp, "1320562133", V2.encrypt, V2.msg_signature)
 
 
 def test_v3_java_sample_encrypt_with_fixed_random():
-    c = MessageCrypto("t", [KEY], "wxb11529c136998cb6")
-    out = c.encrypt("我是中文abcd123".encode(), random_prefix=b"aaaabbbbccccdddd")
-    assert out == ("jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZ"
-                   "GMhkP72vVOfg==")
+    c = MessageCrypto(V3.token, [KEY], V3.appid)
+    assert c.encrypt(V3.plain, random_prefix=V3.random) == V3.encrypt
 
 
 def test_v4_official_end_to_end_example():
@@ -95,17 +76,17 @@ def test_key_rotation_accepts_old_key_and_encrypts_with_new():
     new = "B" * 43
     old = KEY
     rotating = MessageCrypto("t", [new, old], "wx2c2769f8efd9abc2")
-    assert rotating.decrypt(V2_ENCRYPT).decode() == V2_PLAIN           # old key still read
+    assert rotating.decrypt(V2.encrypt) == V2.plain           # old key still read
     only_new = MessageCrypto("t", [new], "wx2c2769f8efd9abc2")
     assert only_new.decrypt(rotating.encrypt(b"x")) == b"x"          # replies use the new key
     with pytest.raises(DecryptError):
-        only_new.decrypt(V2_ENCRYPT)
+        only_new.decrypt(V2.encrypt)
 
 
 def test_wrong_appid_inside_ciphertext_is_refused():
     c = MessageCrypto("spamtest", [KEY], "wxSomeoneElse00000")
     with pytest.raises(DecryptError, match="another appid"):
-        c.decrypt(V2_ENCRYPT)
+        c.decrypt(V2.encrypt)
 
 
 def _raw_encrypt(plain: bytes) -> str:

@@ -64,7 +64,11 @@ def build(make_app: Callable[..., Any], make_settings: Callable[..., Any],
     def build(router: Router | None = None, *, clock: Callable[[], float] | None = None,
               **env: str) -> Any:
         env.setdefault("WXHOOK_DEADLINE", str(DEADLINE))
-        extra = {} if clock is None else {"clock": clock}
+        # The wall clock (push timestamps, nonces) moves with the virtual one, from a whole
+        # second: the nonce memory counts in whole seconds.
+        offset = int(time.time()) - clock() if clock is not None else 0.0
+        extra = {} if clock is None else {"clock": clock,
+                                          "wall_clock": lambda: offset + clock()}
         return make_app(settings=make_settings(**env), router=router, metrics=metrics, **extra)
     return build
 
@@ -268,9 +272,10 @@ async def test_dedup_keys_live_at_least_30_seconds(build, connect):
     clock.now += 29.9  # WeChat's third try comes ~10-15 s after the first
     again = await client.post("/wechat", params=push.params, content=push.body)
     assert again.content == first.content and counting.runs == 1
-    clock.now += 0.2  # past the TTL: the push is forgotten (nothing keeps it longer)
-    await client.post("/wechat", params=push.params, content=push.body)
-    assert counting.runs == 2
+    clock.now += 0.2  # past the TTL: the reply is forgotten, so a repeat is a replay
+    late = await client.post("/wechat", params=push.params, content=push.body)
+    assert late.status_code == 403 and late.content.startswith(b"replay")
+    assert counting.runs == 1
 
 
 async def test_retry_after_the_first_connection_dropped_gets_the_first_reply(build, connect):

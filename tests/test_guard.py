@@ -24,18 +24,8 @@ from service.store.memory import MemoryStore
 from service.tools.simulate import decode_reply, push_xml, sign_push
 from service.xmldoc import parse_fields
 from tests.conftest import OPENID
-from tests.support import AES_KEY, TOKEN
+from tests.support import AES_KEY, TOKEN, V2, V3
 
-# Published vector V2 (official Python sample): a push encrypted with AES_KEY.
-V2_APPID, V2_TOKEN, V2_TS, V2_NONCE = "wx2c2769f8efd9abc2", "spamtest", "1409735669", "1320562132"
-V2_MSG_SIGNATURE = "5d197aaffba7e9b25a30732f161a50dee96bd5fa"
-V2_ENCRYPT = (
-    "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PG"
-    "HQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6"
-    "tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp"
-    "3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhv"
-    "Ql+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE="
-)
 NEW_KEY = "B" * 43  # the key the console changed to; AES_KEY is the previous one
 
 
@@ -62,37 +52,35 @@ def guard_of(settings: Settings, clock: Callable[[], float], store: Any = None) 
 # -- key rotation --------------------------------------------------------------------------------
 
 async def test_a_push_under_the_old_key_is_answered_under_the_old_key(make_settings):
-    settings = make_settings(WECHAT_APP_ID=V2_APPID, WECHAT_TOKEN=V2_TOKEN,
+    settings = make_settings(WECHAT_APP_ID=V2.appid, WECHAT_TOKEN=V2.token,
                              WECHAT_ENCODING_AES_KEY=f"{NEW_KEY},{AES_KEY}")
-    guard = guard_of(settings, lambda: float(V2_TS))
-    params = {"signature": sign(V2_TOKEN, V2_TS, V2_NONCE), "timestamp": V2_TS,
-              "nonce": V2_NONCE, "encrypt_type": "aes", "msg_signature": V2_MSG_SIGNATURE}
+    guard = guard_of(settings, lambda: float(V2.timestamp))
+    params = {"signature": sign(V2.token, V2.timestamp, V2.nonce), "timestamp": V2.timestamp,
+              "nonce": V2.nonce, "encrypt_type": "aes", "msg_signature": V2.msg_signature}
     body = (f"<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>"
-            f"<Encrypt><![CDATA[{V2_ENCRYPT}]]></Encrypt></xml>").encode()
+            f"<Encrypt><![CDATA[{V2.encrypt}]]></Encrypt></xml>").encode()
     admitted = await admit(guard, params, body)
     assert isinstance(admitted.message, TextMessage) and admitted.message.content == "abcdteT"
     assert admitted.key == 1 and admitted.crypto is not None
     reply = admitted.crypto.wrap_reply(b"<xml><Content>ok</Content></xml>", key=admitted.key)
-    f = decode_reply(reply, crypto=MessageCrypto(V2_TOKEN, [AES_KEY], V2_APPID))
+    f = decode_reply(reply, crypto=MessageCrypto(V2.token, [AES_KEY], V2.appid))
     assert f["Content"] == "ok"
     # wechatpy, holding the old key only (as WeChat does until the change), reads it too.
     raw, envelope = reply.decode(), parse_fields(reply)
     sig, ts, nonce = envelope["MsgSignature"], envelope["TimeStamp"], envelope["Nonce"]
-    assert "ok" in WeChatCrypto(V2_TOKEN, AES_KEY, V2_APPID).decrypt_message(raw, sig, ts, nonce)
+    assert "ok" in WeChatCrypto(V2.token, AES_KEY, V2.appid).decrypt_message(raw, sig, ts, nonce)
     with pytest.raises(Exception):  # noqa: B017 - any failure: the new key cannot read it
-        decode_reply(reply, crypto=MessageCrypto(V2_TOKEN, [NEW_KEY], V2_APPID))
+        decode_reply(reply, crypto=MessageCrypto(V2.token, [NEW_KEY], V2.appid))
     with pytest.raises(InvalidSignatureException):
-        WeChatCrypto(V2_TOKEN, AES_KEY, V2_APPID).decrypt_message(raw, "0" * 40, ts, nonce)
+        WeChatCrypto(V2.token, AES_KEY, V2.appid).decrypt_message(raw, "0" * 40, ts, nonce)
 
 
 def test_the_published_encryption_vector_under_the_second_key():
     # V3 (official Java sample) with the vector's key listed second: key=1 picks it.
-    v3 = "jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZGMhkP72vVOfg=="
-    c = MessageCrypto("t", [NEW_KEY, AES_KEY], "wxb11529c136998cb6")
-    plain = "我是中文abcd123".encode()
-    assert c.encrypt(plain, random_prefix=b"aaaabbbbccccdddd", key=1) == v3
-    assert c.encrypt(plain, random_prefix=b"aaaabbbbccccdddd") != v3
-    assert c.decrypt_with_key(v3) == (plain, 1)
+    c = MessageCrypto(V3.token, [NEW_KEY, AES_KEY], V3.appid)
+    assert c.encrypt(V3.plain, random_prefix=V3.random, key=1) == V3.encrypt
+    assert c.encrypt(V3.plain, random_prefix=V3.random) != V3.encrypt
+    assert c.decrypt_with_key(V3.encrypt) == (V3.plain, 1)
 
 
 # -- the modes -----------------------------------------------------------------------------------
@@ -135,10 +123,7 @@ async def test_a_replay_after_the_dedup_ttl_does_not_run_the_handler_again(
     router.register(count, msg_types=("text",))
     settings = make_settings(WXHOOK_DEDUP_TTL="30")
     store = SharedMemory(clock=lambda: now[0])  # dedup records expire on the same clock
-    app = make_app(settings=settings, store=store, router=router)
-    webhook = app.state.webhook
-    webhook.guard = Guard(settings, store=store, namespace=f"wxhook:{settings.app_id}:",
-                          metrics=Metrics(), clock=lambda: now[0])
+    app = make_app(settings=settings, store=store, router=router, wall_clock=lambda: now[0])
     push = sign_push(push_xml("text", openid=OPENID), token=TOKEN, openid=OPENID,
                      timestamp=int(now[0]))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

@@ -547,13 +547,24 @@ async def test_a_burst_of_hostile_pushes_leaves_no_5xx(client, make_push, secret
     assert all(a.status_code == 200 for a in answers[-5:])
 
 
-async def test_an_unexpected_parser_error_is_a_400_not_a_5xx(client, make_push, monkeypatch):
-    import service.guard
+@pytest.mark.parametrize("aes", [False, True], ids=["plain", "safe"])
+async def test_an_unexpected_parser_error_is_a_400_not_a_5xx(settings, make_push, aes):
+    from service.errors import GuardError
+    from service.guard import Guard
+    from service.metrics import Metrics
+    from service.store.memory import MemoryStore
 
     def broken(fields: Any) -> Any:
         raise ValueError("a parser bug some odd input found")
 
-    monkeypatch.setattr(service.guard, "build_message", broken)
-    push = make_push("subscribe")
-    r = await post(client, push)
-    assert r.status_code == 400 and b"unreadable" in r.content
+    guard = Guard(settings, store=MemoryStore(), namespace="t:", metrics=Metrics(),
+                  build=broken)
+    push = make_push("subscribe", aes=aes)
+    scope = {"headers": [(b"content-length", str(len(push.body)).encode())]}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": push.body, "more_body": False}
+
+    with pytest.raises(GuardError) as refused:
+        await guard.admit(scope, receive, push.params, time.monotonic() + 5)
+    assert refused.value.status == 400 and "unreadable push (ValueError)" in str(refused.value)

@@ -1,6 +1,7 @@
 """The rules file: what is accepted, and one line per problem with its place."""
 
 import re
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -144,6 +145,17 @@ def test_check_command_good_missing_broken(tmp_path, capsys):
     assert len(lines) == 2
     assert lines[0].startswith(f"{broken}:3: keywords[0] (hours).regex: bad regex")
     assert lines[1].startswith(f"{broken}:4: keywords[0] (hours).replies[0].gif: unknown reply")
+
+
+def test_check_command_reports_a_file_that_breaks_the_parser_in_one_line(tmp_path, capsys):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * (sys.getrecursionlimit() + 100))  # PyYAML: RecursionError
+    with pytest.raises(SystemExit) as done:
+        main(["rules", "check", str(deep)])
+    assert done.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"{deep}:1: cannot be read as rules: RecursionError"]
+    assert "Traceback" not in captured.err
 
 
 def test_load_rules_raises_with_every_problem(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 
 import httpx
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -235,3 +236,37 @@ def test_any_answer_shape_imports_without_crashing(auto, menu):
     _, problems = parse_rules(text.encode())  # what the command reports, if anything
     assert all(isinstance(n, str) for n in notes)
     assert all(isinstance(p, str) for p in problems)
+
+
+# Every string the console sends may hold anything JSON can carry: line breaks of every kind,
+# control characters, lone surrogates.
+_any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12) | \
+    st.sampled_from(["a\nb", "a\rb", "a\x85b", "a\u2028b", "a\u2029b", "\x00", "\ud800",
+                     "\ufffe", "x: [", "#", "'\""])
+_reply = st.fixed_dictionaries({"type": st.sampled_from(["text", "img", "news", "video", "x"]),
+                                "content": _any_text})
+_rule = st.fixed_dictionaries({
+    "rule_name": _any_text,
+    "reply_mode": st.sampled_from(["reply_all", "random_one"]),
+    "keyword_list_info": st.lists(st.fixed_dictionaries(
+        {"type": st.just("text"), "match_mode": st.sampled_from(["equal", "contain"]),
+         "content": _any_text}), max_size=2),
+    "reply_list_info": st.lists(_reply, max_size=2)})
+_button = st.fixed_dictionaries({"type": st.sampled_from(["text", "img", "click", "view"]),
+                                 "name": _any_text, "value": _any_text, "key": _any_text})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_rule, max_size=3), _reply, st.lists(_button, max_size=3))
+def test_any_console_text_gives_a_file_rules_check_reads(rules, welcome, buttons):
+    auto = {"is_add_friend_reply_open": 1, "add_friend_autoreply_info": welcome,
+            "is_autoreply_open": 1, "message_default_autoreply_info": welcome,
+            "keyword_autoreply_info": {"list": rules}}
+    menu = {"is_menu_open": 1, "selfmenu_info": {"button": buttons}}
+    text, notes = console_to_rules(auto, menu)
+    data = text.encode("utf-8")  # what `--output` writes
+    yaml.safe_load(data)  # never invalid YAML, whatever the console held
+    _, problems = parse_rules(data)
+    assert not [p for p in problems if "not valid YAML" in p or "cannot be read" in p]
+    for note in notes:  # one line each on the terminal too
+        assert len(note.splitlines()) == 1 and note.encode("utf-8")

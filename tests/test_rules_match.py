@@ -47,3 +47,19 @@ def test_five_hundred_rules_match_as_plain():
     book = RuleBook(rules)
     for text in texts(500).values():
         assert book.match(text) is plain(rules.keywords, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_rule, st.text(alphabet="abAB 营\n", max_size=12))
+def test_router_text_matches_as_a_one_rule_book(spec, text):
+    from handlers.router import Router
+    from service.messages import TextMessage
+
+    equal, contain, regex = spec
+    router = Router()
+    router.text(equal=equal, contain=contain, regex=regex)(lambda msg, ctx: None)
+    msg = TextMessage(to_user="gh", from_user="o", create_time=0, msg_type="text", msg_id="1",
+                      raw={}, content=text)
+    book, _ = _book([spec])
+    want = book.match(text) is not None or not (equal or contain or regex)
+    assert router.routes[0].accepts(msg) is want

@@ -225,8 +225,7 @@ async def test_code_handlers_come_first_and_builtins_last(make_app, make_setting
         return TextReply("from code")
 
     source = RulesSource(str(path))
-    answerer = RulesAnswerer(source.current, store=MemoryStore(), namespace="t:",
-                             follow_up=lambda replies, openid: None)
+    answerer = RulesAnswerer(source.current, store=MemoryStore(), namespace="t:")
     router = default_router(rules=answerer)
     router.routes.insert(0, mine)
     app = make_app(router=router)
@@ -241,6 +240,56 @@ async def test_code_handlers_come_first_and_builtins_last(make_app, make_setting
         # No `subscribe` in this file: the built-in greeting still answers.
         assert (await _send(c, make_push, crypto, "subscribe", aes=False))[
             "Content"] == "Welcome, 刺猬宝宝!"
+
+
+def _answering_then(then, rules_file):
+    """A router whose handler takes the rules' answer to "all", then does `then`."""
+    from handlers.router import Router
+    from handlers.rules_router import RulesAnswerer
+    from handlers.rules_source import RulesSource
+    from service.store.memory import MemoryStore
+
+    answerer = RulesAnswerer(RulesSource(str(rules_file)).current, store=MemoryStore(),
+                             namespace="t:")
+    router = Router()
+
+    @router.text()
+    async def handler(msg, ctx):
+        reply = await answerer.on_message(msg, ctx)
+        return await then(reply)
+    return router
+
+
+async def test_reply_all_sends_nothing_more_when_the_first_reply_never_goes_out(
+        make_app, rules_file, make_push, crypto, sandbox):
+    async def fail(reply):
+        raise RuntimeError("the handler fails after the rules answered")
+
+    app = make_app(router=_answering_then(fail, rules_file))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        assert await _send(c, make_push, crypto, "text", aes=False, text="all") == {}
+    assert await app.state.delivery.drain(5) == 0
+    assert sandbox.sent == []  # not "two" and the image without "one"
+
+
+async def test_reply_all_late_first_reply_goes_out_before_the_others(
+        make_app, make_settings, rules_file, make_push, crypto, sandbox):
+    async def slow(reply):
+        await asyncio.sleep(0.5)  # past the 0.3 s deadline: delivered late
+        return reply
+
+    app = make_app(settings=make_settings(WXHOOK_DEADLINE="0.3"),
+                   router=_answering_then(slow, rules_file))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        assert await _send(c, make_push, crypto, "text", aes=False, text="all") == {}
+        for _ in range(200):
+            if len(sandbox.sent) >= 3:
+                break
+            await asyncio.sleep(0.02)
+    assert [m.get("text", m.get("image")) for m in sandbox.sent] == [
+        {"content": "one"}, {"content": "two, 刺猬宝宝"}, {"media_id": "IMG3"}]
 
 
 async def test_readyz_shows_the_rules_in_force(rclient, rules_app):

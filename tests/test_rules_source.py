@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import sys
 
 import pytest
 
@@ -43,19 +44,34 @@ async def test_a_configmap_style_symlink_swap_is_noticed(tmp_path):
         watcher.cancel()
 
 
-async def test_a_removed_file_keeps_the_rules_and_says_why(tmp_path):
+def _remove(path):
+    path.unlink()
+
+
+def _nest_too_deep(path):
+    # Nested deeper than the interpreter's recursion limit (whatever it is now: mypy's API
+    # raises it in-process), PyYAML raises RecursionError, not a RulesError.
+    path.write_text("[" * (sys.getrecursionlimit() + 100))
+
+
+@pytest.mark.parametrize(("spoil", "why"), [
+    (_remove, "cannot read"),
+    (_nest_too_deep, ":1: cannot be read as rules: RecursionError"),
+], ids=["removed", "parser-breaking"])
+async def test_a_spoilt_file_keeps_the_rules_says_why_and_the_watch_goes_on(tmp_path, spoil, why):
     path = tmp_path / "rules.yaml"
     path.write_text(GOOD % "one")
     results = []
     source = RulesSource(str(path), on_result=results.append)
     watcher = asyncio.create_task(source.watch(interval=0.01))
     try:
-        path.unlink()
+        spoil(path)
         await _until(lambda: results == ["failed"])
         assert _answer(source) == "one"
-        assert "cannot read" in source.status()["last_error"]
+        assert why in source.status()["last_error"]
         path.write_text(GOOD % "two")
         await _until(lambda: results == ["failed", "ok"])
+        assert not watcher.done()
         assert _answer(source) == "two" and source.status()["last_error"] is None
     finally:
         watcher.cancel()
@@ -66,3 +82,11 @@ def test_a_bad_file_at_start_is_refused(tmp_path):
     path.write_text("keywords: [{equal: x, replies: []}]\n")
     with pytest.raises(RulesError, match="empty"):
         RulesSource(str(path))
+
+
+def test_a_file_that_breaks_the_parser_is_refused_at_start_in_one_line(tmp_path):
+    path = tmp_path / "rules.yaml"
+    _nest_too_deep(path)
+    with pytest.raises(RulesError) as err:
+        RulesSource(str(path))
+    assert err.value.problems == [f"{path}:1: cannot be read as rules: RecursionError"]

@@ -98,10 +98,15 @@ async def test_configuration_error_backs_off_instead_of_storming():
 
 async def test_transient_failure_retries_after_a_short_backoff():
     up = Upstream(answers=[UpstreamUnavailable(None, "HTTP 500", api="token")])
-    tm = manager(up, failure_backoff=0.05)
+    now = [1_000_000.0]
+    tm = manager(up, failure_backoff=0.05, clock=lambda: now[0])
     with pytest.raises(UpstreamUnavailable):
         await tm.get()
-    await asyncio.sleep(0.06)
+    now[0] += 0.04
+    with pytest.raises(UpstreamUnavailable):  # no retry storm: the back-off holds
+        await tm.get()
+    assert up.calls == 1
+    now[0] += 0.02
     assert await tm.get() == "token-2"
 
 
@@ -176,13 +181,16 @@ async def test_a_token_rejected_right_after_a_refresh_backs_off_and_the_pause_do
     assert await tm.invalidate(second) is False  # its successor is rejected at once: pause
     with pytest.raises(TokenInvalid):
         await tm.get()
-    assert up.calls == 2 and 0.1 <= tm.status()["retry_in_s"] <= 0.2
-    await asyncio.sleep(0.21)
+    assert up.calls == 2 and tm.status()["retry_in_s"] == 0.2
+    now[0] += 0.1
+    with pytest.raises(TokenInvalid):  # still inside the pause, on the manager's clock
+        await tm.get()
+    now[0] += 0.11
     third = await tm.get()
     assert up.calls == 3
     assert await tm.invalidate(third) is False
-    assert 0.3 <= tm.status()["retry_in_s"] <= 0.4  # doubled
-    await asyncio.sleep(0.41)
+    assert tm.status()["retry_in_s"] == 0.4  # doubled
+    now[0] += 0.41
     fourth = await tm.get()
     now[0] += 120  # this one lived past the window: its death is an ordinary one
     assert await tm.invalidate(fourth)

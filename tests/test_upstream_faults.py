@@ -42,10 +42,14 @@ async def serve(make_app: Callable[..., Any], make_settings: Callable[..., Any],
     """serve(**env) -> (app, client): an app against the sandbox with env overrides."""
     clients: list[httpx.AsyncClient] = []
 
-    def serve(http: httpx.AsyncClient | None = None, **env: str) -> tuple[Any, httpx.AsyncClient]:
+    def serve(http: httpx.AsyncClient | None = None,
+              wall_clock: Callable[[], float] | None = None,
+              **env: str) -> tuple[Any, httpx.AsyncClient]:
         kw: dict[str, Any] = {"settings": make_settings(**env), "metrics": metrics}
         if http is not None:
             kw["http"] = http
+        if wall_clock is not None:
+            kw["wall_clock"] = wall_clock
         app = make_app(**kw)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
         clients.append(client)
@@ -222,11 +226,12 @@ async def test_a_token_rejected_right_after_a_refresh_backs_off_instead_of_loopi
 
 
 async def test_the_back_off_ends_and_a_token_that_works_clears_it(serve, sandbox):
-    app, client = serve()
-    app.state.tokens.reject_backoff = 0.2
+    now = [time.time()]
+    app, client = serve(wall_clock=lambda: now[0])
     sandbox.add_fault(Fault(USER_INFO, errcode=40001, times=2))
     assert (await greet(client))[0] == "Welcome!"
-    await asyncio.sleep(0.25)
+    assert app.state.tokens.status()["retry_in_s"] == 30  # the default first pause
+    now[0] += 30.1
     text, _ = await greet(client, DEMO_OPENID)
     assert text == "Welcome, 刺猬宝宝!"
     assert sandbox.calls["/cgi-bin/stable_token"] == 3

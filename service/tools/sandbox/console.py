@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.menu import MENU_ERRORS, menu_problems
 
-from .state import SandboxState, _err, _json_body
+from .state import SandboxState, _authorized_body, _err
 
 
 async def _autoreply(request: Request, st: SandboxState) -> Response:
@@ -37,11 +37,9 @@ def _console_shape(button: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _menu_create(request: Request, st: SandboxState) -> Response:
-    if code := st._check_token(request.query_params.get("access_token")):
-        return _err(code)
-    body = await _json_body(request)
-    if body is None:
-        return _err(47001)
+    body = await _authorized_body(request, st)
+    if isinstance(body, Response):
+        return body
     problems = menu_problems(body)
     if problems:  # WeChat names the first fault only
         first = problems[0]

@@ -233,6 +233,14 @@ async def _json_body(request: Request) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+async def _authorized_body(request: Request, st: SandboxState) -> dict[str, Any] | JSONResponse:
+    """A token-bearing call's JSON object; WeChat's error answer for a bad token or body."""
+    if code := st._check_token(request.query_params.get("access_token")):
+        return _err(code)
+    body = await _json_body(request)
+    return _err(47001) if body is None else body
+
+
 def _client_error(st: SandboxState, got: Any, want: str, appid: Any, secret: Any, *,
                   whitelist: bool = True) -> JSONResponse | None:
     """The error WeChat gives for a bad grant_type, appid, secret or caller IP, if any."""

@@ -5,7 +5,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .state import _MSGTYPES, _OPENID, BATCH_LIMIT, SandboxState, _client_error, _err, _json_body
+from .state import (
+    _MSGTYPES,
+    _OPENID,
+    BATCH_LIMIT,
+    SandboxState,
+    _authorized_body,
+    _client_error,
+    _err,
+    _json_body,
+)
 
 
 async def _token(request: Request, st: SandboxState) -> Response:
@@ -38,10 +47,10 @@ async def _user_info(request: Request, st: SandboxState) -> Response:
 
 
 async def _batchget(request: Request, st: SandboxState) -> Response:
-    if code := st._check_token(request.query_params.get("access_token")):
-        return _err(code)
-    body = await _json_body(request)
-    items = body.get("user_list") if body is not None else None
+    body = await _authorized_body(request, st)
+    if isinstance(body, Response):
+        return body
+    items = body.get("user_list")
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         return _err(47001)
     if not 0 < len(items) <= BATCH_LIMIT:
@@ -53,11 +62,9 @@ async def _batchget(request: Request, st: SandboxState) -> Response:
 
 
 async def _custom_send(request: Request, st: SandboxState) -> Response:
-    if code := st._check_token(request.query_params.get("access_token")):
-        return _err(code)
-    body = await _json_body(request)
-    if body is None:
-        return _err(47001)
+    body = await _authorized_body(request, st)
+    if isinstance(body, Response):
+        return body
     if not _OPENID.fullmatch(str(body.get("touser", ""))):
         return _err(40003)
     msgtype = body.get("msgtype")
