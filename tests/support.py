@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -189,3 +190,19 @@ def isolated_redis(tmp_path: Path) -> Iterator[str]:
     cannot be disturbed by any other test or test run."""
     with redis_server(tmp_path) as srv:
         yield f"redis://127.0.0.1:{srv.port}/0"
+
+
+def dirty_json(sandbox_app: Any, replace: dict[str, bytes]) -> httpx.AsyncClient:
+    """The sandbox, with some strings in its JSON answers replaced by raw JSON text: what a
+    JSON encoder in Python refuses to write (a lone surrogate's escape), WeChat may send."""
+    asgi = httpx.ASGITransport(app=sandbox_app)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        resp = await asgi.handle_async_request(request)
+        body = await resp.aread()
+        for placeholder, raw in replace.items():
+            body = body.replace(b'"' + placeholder.encode() + b'"', raw)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+        return httpx.Response(resp.status_code, headers=headers, content=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
