@@ -84,7 +84,8 @@ class ImageReply(Reply):
         return f"<Image><MediaId>{cdata(self.media_id)}</MediaId></Image>"
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
-        return {"touser": openid, "msgtype": "image", "image": {"media_id": xml_safe(self.media_id)}}
+        return {"touser": openid, "msgtype": "image",
+                "image": {"media_id": xml_safe(self.media_id)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,8 @@ class VoiceReply(Reply):
         return f"<Voice><MediaId>{cdata(self.media_id)}</MediaId></Voice>"
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
-        return {"touser": openid, "msgtype": "voice", "voice": {"media_id": xml_safe(self.media_id)}}
+        return {"touser": openid, "msgtype": "voice",
+                "voice": {"media_id": xml_safe(self.media_id)}}
 
 
 @dataclass(frozen=True, slots=True)
