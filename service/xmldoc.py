@@ -191,6 +191,14 @@ def tree_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
+def reply_fields(body: bytes) -> dict[str, str]:
+    """A passive reply's leaves by tag (<Image><MediaId> as MediaId), for the tools and
+    tests that read what wxhook answered: replies nest, pushes' fields do not."""
+    root = parse(body)
+    return {el.tag: el.text or "" for el in root.iterdescendants()
+            if isinstance(el.tag, str) and not len(el)}
+
+
 # The nested containers WeChat documents and the children read from them. Their fields are
 # named by their path, "ScanCodeInfo/ScanType": "/" cannot occur in a tag, so none of them
 # can replace a top-level field, whatever a container holds.
