@@ -167,6 +167,10 @@ def container(draw: st.DrawFn, depth: int = 0) -> str:
     return f"<{name}>{''.join(parts)}</{name}>"
 
 
+def _box_name(box: str) -> str:
+    return box[1:box.index(">")]
+
+
 @settings(FUZZ, max_examples=examples(600))
 @given(flat=flattish(), data=st.data())
 @example(flat=b"<xml><FromUserName>oREAL</FromUserName></xml>", data=None)
@@ -180,14 +184,15 @@ def test_nested_elements_never_change_a_top_level_field(flat: bytes, data: st.Da
         return
     cut = text.rindex("</xml>") if "</xml>" in text else -1
     assume(cut > 0)
-    extra = (data.draw(st.lists(container(), min_size=1, max_size=3)) if data is not None
+    extra = (data.draw(st.lists(container(), min_size=1, max_size=3, unique_by=_box_name))
+             if data is not None
              else ["<Extra><FromUserName>oEVIL</FromUserName><MsgId>9</MsgId></Extra>"])
     nested = (text[:cut] + "".join(extra) + text[cut:]).encode()
     without = reading(tree_fields, flat)
     got = reading(tree_fields, nested)
-    if got == "refused" or without == "refused":
-        # Only a container named as a top-level field, or repeated, or holding a
-        # documented field twice is refused; never a push the flat one could be.
+    # The containers here are distinct and hold each field once: they refuse nothing.
+    assert (got == "refused") == (without == "refused")
+    if without == "refused":
         return
     assert isinstance(got, dict) and isinstance(without, dict)
     assert {k: v for k, v in got.items() if "/" not in k} == without
