@@ -277,11 +277,15 @@ FORGED = ("<FromUserName>oEVIL</FromUserName><ToUserName>gh_evil</ToUserName>"
 
 @pytest.mark.parametrize("box", ["Extra", "ScanCodeInfo", "SendPicsInfo", "SendLocationInfo",
                                  "CopyrightCheckResult"])
-def test_nested_elements_never_replace_a_top_level_field(box):
-    flat = xml("<MsgType>text</MsgType><Content>hi</Content><MsgId>42</MsgId>")
+@pytest.mark.parametrize(("flat", "key"), [
+    (xml("<MsgType>text</MsgType><Content>hi</Content><MsgId>42</MsgId>"), "m:42"),
+    (xml("<MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_7</EventKey>"),
+     "e:oABC:1700000000:subscribe:qrscene_7"),
+], ids=["text", "event"])
+def test_nested_elements_never_replace_a_top_level_field(box, flat, key):
     nested = flat.replace(b"</xml>", f"<{box}>{FORGED}<x>{FORGED}</x></{box}></xml>".encode())
     expected, got = parse_message(flat), parse_message(nested)
-    assert got == expected and got.dedup_key() == expected.dedup_key() == "m:42"
+    assert got == expected and got.dedup_key() == expected.dedup_key() == key
     assert {k for k in got.raw if "/" not in k} == set(expected.raw)
 
 
