@@ -226,17 +226,19 @@ def _event_extras(f: dict[str, str]) -> tuple[type[EventMessage], dict[str, obje
     if e in ("click", "view", "view_miniprogram"):
         return MenuEvent, {"menu_id": f.get("MenuId", "")}
     if e in ("scancode_push", "scancode_waitmsg"):
-        return ScanCodeEvent, {"scan_type": f.get("ScanType", ""),
-                               "scan_result": f.get("ScanResult", "")}
+        return ScanCodeEvent, {"scan_type": f.get("ScanCodeInfo/ScanType", ""),
+                               "scan_result": f.get("ScanCodeInfo/ScanResult", "")}
     if e in ("pic_sysphoto", "pic_photo_or_album", "pic_weixin"):
-        md5s = f.get("PicMd5Sum")
-        return PicEvent, {"count": _int(f.get("Count")),
+        md5s = f.get("SendPicsInfo/PicList")
+        return PicEvent, {"count": _int(f.get("SendPicsInfo/Count")),
                           "pic_md5s": tuple(md5s.split("\n")) if md5s else ()}
     if e == "location_select":
-        return LocationSelectEvent, {"latitude": _float(f.get("Location_X")),
-                                     "longitude": _float(f.get("Location_Y")),
-                                     "scale": _int(f.get("Scale")), "label": f.get("Label", ""),
-                                     "poiname": f.get("Poiname", "")}
+        here = "SendLocationInfo/"
+        return LocationSelectEvent, {"latitude": _float(f.get(here + "Location_X")),
+                                     "longitude": _float(f.get(here + "Location_Y")),
+                                     "scale": _int(f.get(here + "Scale")),
+                                     "label": f.get(here + "Label", ""),
+                                     "poiname": f.get(here + "Poiname", "")}
     if e in ("templatesendjobfinish", "masssendjobfinish"):
         return JobFinishEvent, {"status": f.get("Status", ""),
                                 "total_count": _int(f.get("TotalCount")),
@@ -247,7 +249,8 @@ def _event_extras(f: dict[str, str]) -> tuple[type[EventMessage], dict[str, obje
 
 
 def build_message(f: dict[str, str]) -> InboundMessage:
-    """Type the flat fields; raise XMLError when the envelope fields are missing."""
+    """Type the fields (service.xmldoc: top-level tags and documented nested paths); raise
+    XMLError when the envelope fields are missing."""
     missing = [k for k in ("ToUserName", "FromUserName", "MsgType") if not f.get(k)]
     if missing:
         raise XMLError("missing " + ", ".join(missing))

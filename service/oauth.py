@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .pages import me_page, problem_page
 from .profiles import ProfileRepo, Profiles
 from .ratelimit import WindowLimit
+from .replies import xml_safe
 from .store.base import Store
 from .wechat_api import WeChatAPI
 
@@ -325,7 +326,7 @@ class OAuth:
             profile["unionid"] = str(token["unionid"])
         if "snsapi_userinfo" in scope.split(","):
             info = await self.api.sns_userinfo(str(token["access_token"]), openid)
-            profile["nickname"] = str(info.get("nickname") or "")
+            profile["nickname"] = xml_safe(str(info.get("nickname") or ""))
             profile["headimgurl"] = str(info.get("headimgurl") or "")
             if info.get("unionid"):
                 profile["unionid"] = str(info["unionid"])

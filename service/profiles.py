@@ -17,6 +17,7 @@ from cachetools import TTLCache
 
 from .errors import WeChatAPIError
 from .logs import get_logger
+from .replies import xml_safe
 from .store.base import Store
 from .waiting import settle_quietly, wait_done
 from .wechat_api import WeChatAPI
@@ -180,7 +181,7 @@ class Profiles:
             for info in infos:
                 openid = info.get("openid")
                 if isinstance(openid, str):
-                    results[openid] = str(info.get("nickname") or "")
+                    results[openid] = xml_safe(str(info.get("nickname") or ""))
         except WeChatAPIError as exc:
             self.log.warning("profile_lookup_failed", count=len(batch), errcode=exc.errcode,
                              errmsg=exc.errmsg, api=exc.api)

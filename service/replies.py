@@ -23,14 +23,22 @@ class Sealer(Protocol):
 
 SUCCESS = b"success"  # WeChat's "no reply": anything else invalid shows the follower an error
 
-# Characters XML 1.0 forbids: a handler echoing them would make WeChat reject the reply.
-_INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters XML 1.0 cannot carry: controls, U+FFFE/FFFF and surrogates (alone they are
+# not even UTF-8; user/info and sns/userinfo answer a nickname cut inside an emoji as one).
+_INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot carry, so it encodes as UTF-8 too."""
+    if text.isascii() and text.isprintable():  # the common case: none of them, no scan
+        return text
+    return _INVALID_XML.sub("", text)
 
 
 def cdata(value: str) -> str:
     """Wrap in CDATA; a "]]>" inside is split across two sections so the XML stays valid."""
-    if not (value.isascii() and value.isprintable()):  # (printable ASCII has none of them)
-        value = _INVALID_XML.sub("", value)
+    if not (value.isascii() and value.isprintable()):  # (kept inline: on every push's path)
+        value = xml_safe(value)
     return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
@@ -61,7 +69,7 @@ class TextReply(Reply):
         return f"<Content>{cdata(self.content)}</Content>"
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
-        return {"touser": openid, "msgtype": "text", "text": {"content": self.content}}
+        return {"touser": openid, "msgtype": "text", "text": {"content": xml_safe(self.content)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +84,8 @@ class ImageReply(Reply):
         return f"<Image><MediaId>{cdata(self.media_id)}</MediaId></Image>"
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
-        return {"touser": openid, "msgtype": "image", "image": {"media_id": self.media_id}}
+        return {"touser": openid, "msgtype": "image",
+                "image": {"media_id": xml_safe(self.media_id)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +100,8 @@ class VoiceReply(Reply):
         return f"<Voice><MediaId>{cdata(self.media_id)}</MediaId></Voice>"
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
-        return {"touser": openid, "msgtype": "voice", "voice": {"media_id": self.media_id}}
+        return {"touser": openid, "msgtype": "voice",
+                "voice": {"media_id": xml_safe(self.media_id)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +120,8 @@ class VideoReply(Reply):
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
         return {"touser": openid, "msgtype": "video", "video": {
-            "media_id": self.media_id, "thumb_media_id": "", "title": self.title,
-            "description": self.description}}
+            "media_id": xml_safe(self.media_id), "thumb_media_id": "",
+            "title": xml_safe(self.title), "description": xml_safe(self.description)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +145,9 @@ class MusicReply(Reply):
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
         return {"touser": openid, "msgtype": "music", "music": {
-            "title": self.title, "description": self.description, "musicurl": self.music_url,
-            "hqmusicurl": self.hq_music_url, "thumb_media_id": self.thumb_media_id}}
+            "title": xml_safe(self.title), "description": xml_safe(self.description),
+            "musicurl": xml_safe(self.music_url), "hqmusicurl": xml_safe(self.hq_music_url),
+            "thumb_media_id": xml_safe(self.thumb_media_id)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +168,8 @@ class NewsReply(Reply):
                 f"</Articles>")
 
     def custom_message(self, openid: str) -> dict[str, Any] | None:
-        article = {"title": self.title, "description": self.description,
-                   "url": self.url, "picurl": self.pic_url}
+        article = {"title": xml_safe(self.title), "description": xml_safe(self.description),
+                   "url": xml_safe(self.url), "picurl": xml_safe(self.pic_url)}
         return {"touser": openid, "msgtype": "news", "news": {"articles": [article]}}
 
 
@@ -208,7 +219,9 @@ def encode(reply: Reply, *, to_user: str, from_user: str,
     record."""
     now = int(time.time())
     rest = tail(reply)
-    fields: list[Any] = [[reply.content], now] if type(reply) is TextReply else [now, rest]
+    # The record holds the text as rendered: orjson refuses what XML cannot carry anyway.
+    fields: list[Any] = ([[xml_safe(reply.content)], now] if type(reply) is TextReply
+                         else [now, rest])
     xml = _xml(to_user, from_user, now, rest)
     if crypto is not None:
         seed = os.urandom(20)  # one system call for the AES prefix and the nonce

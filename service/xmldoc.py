@@ -146,7 +146,7 @@ _FLAT_LEAF = re.compile(rf"<({_TAG})>{_LEAF}</\1>")
 
 
 def parse_fields(body: bytes) -> dict[str, str]:
-    """Flatten `<xml>` into {tag: text}; nested leaves keep their own tag, lists are joined."""
+    """The root's direct children as {tag: text}, plus the documented nested fields."""
     fields = flat_fields(body)
     return fields if fields is not None else tree_fields(body)
 
@@ -167,33 +167,71 @@ def flat_fields(body: bytes) -> dict[str, str] | None:
 
 
 def tree_fields(body: bytes) -> dict[str, str]:
-    """Flatten a document that needs a real parser (nesting, entities, any encoding)."""
+    """The fields of a document that needs a real parser (nesting, entities, any encoding)."""
     # No DTD, entities, network, files or huge trees: a push is a few flat fields, and
     # anything cleverer is an attack (XXE reads local files, billion-laughs eats memory).
     root = parse(body)
     if root.tag != "xml":
         raise XMLError("the root element must be <xml>")
     fields: dict[str, str] = {}
-    _flatten(root, fields)
-    return fields
-
-
-def _flatten(node: etree._Element, out: dict[str, str]) -> None:
-    for child in node:
+    seen: set[str] = set()
+    for child in root:
         tag = child.tag
         if not isinstance(tag, str):
             continue
-        if len(child):
-            _flatten(child, out)
+        if tag in seen:
+            raise XMLError(f"repeated field {tag}")
+        seen.add(tag)
+        if not len(child):
+            _put(fields, tag, child.text or "")
+        elif tag in _CONTAINERS:
+            _read_container(child, fields)
+        # Any other element with children is no field: what it holds cannot stand in for
+        # a top-level one (<Extra><FromUserName> must not change the sender).
+    return fields
+
+
+def reply_fields(body: bytes) -> dict[str, str]:
+    """A passive reply's leaves by tag (<Image><MediaId> as MediaId), for the tools and
+    tests that read what wxhook answered: replies nest, pushes' fields do not."""
+    root = parse(body)
+    return {el.tag: el.text or "" for el in root.iterdescendants()
+            if isinstance(el.tag, str) and not len(el)}
+
+
+# The nested containers WeChat documents and the children read from them. Their fields are
+# named by their path, "ScanCodeInfo/ScanType": "/" cannot occur in a tag, so none of them
+# can replace a top-level field, whatever a container holds.
+_CONTAINERS = {
+    "ScanCodeInfo": frozenset({"ScanType", "ScanResult"}),
+    "SendPicsInfo": frozenset({"Count", "PicList"}),
+    "SendLocationInfo": frozenset({"Location_X", "Location_Y", "Scale", "Label", "Poiname"}),
+}
+
+
+def _read_container(node: etree._Element, out: dict[str, str]) -> None:
+    wanted = _CONTAINERS[node.tag]
+    for child in node:
+        tag = child.tag
+        if not isinstance(tag, str) or tag not in wanted:
+            continue
+        key = f"{node.tag}/{tag}"
+        if tag == "PicList":  # <item><PicMd5Sum>..</PicMd5Sum></item> a picture, in order
+            md5s = (item.findtext("PicMd5Sum") for item in child if item.tag == "item")
+            text = "\n".join(m for m in md5s if m is not None)
+        elif len(child):
+            raise XMLError(f"{key} must be text")
         else:
-            _put(out, tag, child.text or "")
+            text = child.text or ""
+        _put(out, key, text, tag)
 
 
-def _put(out: dict[str, str], tag: str, text: str) -> None:
-    if tag in out and tag == "PicMd5Sum":
-        out[tag] += "\n" + text
-    else:
-        out[tag] = text.strip() if tag in _NUMERIC else text
+def _put(out: dict[str, str], key: str, text: str, tag: str | None = None) -> None:
+    if key in out:
+        # WeChat never repeats a field: a second one is a malformed (or forged) push, and
+        # taking either copy would let one reader differ from the other, or a forger win.
+        raise XMLError(f"repeated field {key}")
+    out[key] = text.strip() if (tag or key) in _NUMERIC else text
 
 
 _NUMERIC = frozenset({"CreateTime", "MsgId", "MsgID", "Count", "Scale", "Idx", "MsgDataId"})

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -233,3 +234,19 @@ V3 = Vector(appid="wxb11529c136998cb6", token="t", plain="我是中文abcd123".e
             random=b"aaaabbbbccccdddd",
             encrypt="jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZ"
                     "GMhkP72vVOfg==")
+
+
+def dirty_json(sandbox_app: Any, replace: dict[str, bytes]) -> httpx.AsyncClient:
+    """The sandbox, with some strings in its JSON answers replaced by raw JSON text: what a
+    JSON encoder in Python refuses to write (a lone surrogate's escape), WeChat may send."""
+    asgi = httpx.ASGITransport(app=sandbox_app)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        resp = await asgi.handle_async_request(request)
+        body = await resp.aread()
+        for placeholder, raw in replace.items():
+            body = body.replace(b'"' + placeholder.encode() + b'"', raw)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+        return httpx.Response(resp.status_code, headers=headers, content=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))

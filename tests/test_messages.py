@@ -266,3 +266,43 @@ def test_the_tree_reader_stays_linear_on_unclosed_cdata():
         with pytest.raises(XMLError):
             xmldoc.tree_fields(body)
         assert time.monotonic() - started < 0.5
+
+
+# -- only the root's children are fields; a repeated one is refused -----------------------------
+
+FORGED = ("<FromUserName>oEVIL</FromUserName><ToUserName>gh_evil</ToUserName>"
+          "<MsgType>event</MsgType><MsgId>1</MsgId><Event>unsubscribe</Event>"
+          "<EventKey>evil</EventKey><CreateTime>1</CreateTime><Content>evil</Content>")
+
+
+@pytest.mark.parametrize("box", ["Extra", "ScanCodeInfo", "SendPicsInfo", "SendLocationInfo",
+                                 "CopyrightCheckResult"])
+@pytest.mark.parametrize(("flat", "key"), [
+    (xml("<MsgType>text</MsgType><Content>hi</Content><MsgId>42</MsgId>"), "m:42"),
+    (xml("<MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_7</EventKey>"),
+     "e:oABC:1700000000:subscribe:qrscene_7"),
+], ids=["text", "event"])
+def test_nested_elements_never_replace_a_top_level_field(box, flat, key):
+    nested = flat.replace(b"</xml>", f"<{box}>{FORGED}<x>{FORGED}</x></{box}></xml>".encode())
+    expected, got = parse_message(flat), parse_message(nested)
+    assert got == expected and got.dedup_key() == expected.dedup_key() == key
+    assert {k for k in got.raw if "/" not in k} == set(expected.raw)
+
+
+@pytest.mark.parametrize("body", [
+    xml("<MsgType>text</MsgType><MsgId>1</MsgId><MsgId>2</MsgId>"),
+    xml("<MsgType>text</MsgType><FromUserName>oEVIL</FromUserName>"),
+    xml("<MsgType>event</MsgType><ScanCodeInfo><ScanType>a</ScanType></ScanCodeInfo>"
+        "<ScanCodeInfo><ScanType>b</ScanType></ScanCodeInfo>"),
+    xml("<MsgType>event</MsgType><ScanCodeInfo><ScanType>a</ScanType><ScanType>b</ScanType>"
+        "</ScanCodeInfo>"),
+    xml("<MsgType>event</MsgType><SendPicsInfo><Count>1</Count><Count>2</Count>"
+        "</SendPicsInfo>"),
+])
+def test_a_repeated_field_is_refused_by_both_readers(body):
+    # WeChat never repeats a field: which copy would count is a forger's choice.
+    for document in (body, b"\xef\xbb\xbf" + body):  # the flat reader, then lxml (a BOM)
+        with pytest.raises(XMLError, match="repeated"):
+            parse_message(document)
+    with pytest.raises(XMLError, match="repeated"):
+        xmldoc.tree_fields(body)

@@ -17,7 +17,9 @@ from structlog.testing import capture_logs
 from service.oauth import DEFAULT_NEXT, REFRESH_TTL, SESSION_COOKIE, safe_next
 from service.store.memory import MemoryStore
 from service.tools.sandbox import Fault
+from service.tools.simulate import decode_reply
 from tests.conftest import OPENID
+from tests.support import dirty_json
 
 OTHER = "oOAuthTestFollower0000000001"   # a follower whose name only sns/userinfo knows
 
@@ -486,3 +488,21 @@ async def test_forged_callbacks_cost_no_budget(make_app, make_settings, sandbox)
             r = await client.get("/oauth/callback", params={"code": "c", "state": "forged123"})
             assert r.status_code == 403
         assert_friendly(await fresh_callback(client), status=400)
+
+
+@pytest.mark.parametrize("aes", [False, True], ids=["plain", "safe"])
+async def test_an_oauth_nickname_xml_cannot_carry_is_stored_clean(
+        make_app, make_push, sandbox_app, sandbox, crypto, aes):
+    # sns/userinfo answers a nickname cut inside an emoji (a lone surrogate), a control.
+    sandbox.empty_nicknames = True
+    sandbox.users[OTHER] = {"nickname": "DIRTY-NAME"}
+    async with dirty_json(sandbox_app, {"DIRTY-NAME": rb'"Ann\ud83d\u0001e\udc00"'}) as http:
+        app = make_app(http=http)
+        async with client_for(app) as client:
+            r, _ = await sign_in(client, http, openid=OTHER)
+            assert r.status_code == 303
+            assert (await app.state.oauth.repo.get(OTHER) or {})["nickname"] == "Anne"
+            push = make_push("subscribe", openid=OTHER, aes=aes)
+            r = await client.post("/wechat", params=push.params, content=push.body)
+            f = decode_reply(r.content, crypto=crypto if aes else None)
+            assert f["Content"] == "Welcome, Anne!" and f["ToUserName"] == OTHER

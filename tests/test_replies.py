@@ -1,16 +1,22 @@
 """Reply rendering: every type, CDATA-safe, addressed back to the sender."""
 
+import json
+
+import pytest
 from lxml import etree
 
 from service.replies import (
     ImageReply,
     MusicReply,
     NewsReply,
+    Reply,
     TextReply,
     TransferCustomerService,
     VideoReply,
     VoiceReply,
     cdata,
+    decode,
+    encode,
     render,
 )
 
@@ -81,3 +87,38 @@ def test_video_and_music_have_customer_service_forms():
         "touser": "o1", "msgtype": "music",
         "music": {"title": "t", "description": "d", "musicurl": "https://m",
                   "hqmusicurl": "https://h", "thumb_media_id": "TH"}}
+
+
+# What XML 1.0 cannot carry, lone surrogates included (user/info and sns/userinfo answer a
+# nickname cut inside an emoji as one; a handler may pass it on in any reply).
+DIRTY = "Ann\ud800e\udc00\x01\x0b\ufffe\uffff \ud83d"
+CLEAN = "Anne "
+
+
+def _every_reply(text: str) -> list[Reply]:
+    return [TextReply(text), ImageReply(text), VoiceReply(text), VideoReply(text, text, text),
+            MusicReply(text, text, text, text, text), NewsReply(text, text, text, text),
+            TransferCustomerService(text)]
+
+
+@pytest.mark.parametrize("reply", _every_reply(DIRTY), ids=lambda r: type(r).__name__)
+def test_text_xml_cannot_carry_is_cleaned_in_every_reply_type(reply: Reply) -> None:
+    xml = render(reply, to_user="o\ud800", from_user="g\x00", create_time=1)
+    f = fields(xml)  # lxml parses it back: valid UTF-8, valid XML
+    assert (f["ToUserName"], f["FromUserName"]) == ("o", "g")
+    texts = {v for k, v in f.items() if k not in _HEAD}
+    assert texts == {CLEAN}
+    # The dedup record and what a retry rebuilds from it: the same bytes.
+    sent, record = encode(reply, to_user="o", from_user="g")
+    assert fields(sent)["ToUserName"] == "o"
+    assert decode(record, to_user="o", from_user="g") == sent
+    # Late delivery posts the customer-service form as JSON in UTF-8.
+    payload = reply.custom_message("o1")
+    if payload is not None:
+        form = payload[payload["msgtype"]]
+        form = form["articles"][0] if "articles" in form else form
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        assert {v for v in form.values() if v} == {CLEAN}
+
+
+_HEAD = {"ToUserName", "FromUserName", "CreateTime", "MsgType", "ArticleCount"}

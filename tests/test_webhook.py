@@ -1,6 +1,7 @@
 """The /wechat route as WeChat and a follower see it, against the in-process sandbox."""
 
 import asyncio
+import secrets
 import time
 
 import httpx
@@ -12,9 +13,9 @@ from service.crypto import MessageCrypto
 from service.errors import DecryptError
 from service.replies import SUCCESS
 from service.signature import sign
-from service.tools.simulate import decode_reply, push_xml, sign_push
+from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
-from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
+from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN, dirty_json
 
 
 def _q(ts=None, nonce="4375", **extra):
@@ -456,3 +457,96 @@ async def test_a_failing_store_never_costs_the_reply(make_app, make_push, sandbo
             push = make_push(kind, text="help")
             r = await c.post("/wechat", params=push.params, content=push.body)
             assert r.status_code == 200 and r.content != SUCCESS, r.text
+
+
+# -- text XML cannot carry, in a looked-up nickname ----------------------------------------------
+
+# user/info answers escapes JSON allows and XML does not: a lone surrogate (a nickname cut
+# inside an emoji), controls, U+FFFF. The follower is greeted by what is left.
+DIRTY_NAMES = [(rb'"Ann\ud800e"', "Anne"), (rb'"\udc00Ann\u0001e\uffff"', "Anne"),
+               (rb'"Ann\ud83de\u000b"', "Anne"), (rb'"\ud800"', None)]
+
+
+@pytest.mark.parametrize("aes", [False, True], ids=["plain", "safe"])
+@pytest.mark.parametrize(("raw", "clean"), DIRTY_NAMES)
+async def test_a_nickname_xml_cannot_carry_is_cleaned_not_fatal(
+        make_app, make_push, sandbox_app, sandbox, crypto, aes, raw, clean):
+    openid = "oDirtyNameFollower0000000001"
+    sandbox.users[openid] = {"nickname": "DIRTY-NAME"}
+    async with dirty_json(sandbox_app, {"DIRTY-NAME": raw}) as http:
+        app = make_app(http=http)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as client:
+            push = make_push("subscribe", openid=openid, aes=aes)
+            r = await client.post("/wechat", params=push.params, content=push.body)
+            assert r.status_code == 200
+            f = decode_reply(r.content, crypto=crypto if aes else None)
+            assert f["Content"] == (f"Welcome, {clean}!" if clean else "Welcome!")
+            assert f["ToUserName"] == openid
+            # The cached name is the clean one: no second lookup, nothing to clean again.
+            lookups = sandbox.calls["/cgi-bin/user/info"]
+            assert await app.state.profiles.nickname(openid) == clean
+            assert sandbox.calls["/cgi-bin/user/info"] == lookups == 1
+
+
+# -- only the root's direct children are the push's fields ---------------------------------------
+
+_FORGED = ("<FromUserName>oEVIL</FromUserName><ToUserName>gh_evil</ToUserName>"
+           "<MsgType>text</MsgType><MsgId>1</MsgId><Event>unsubscribe</Event>"
+           "<EventKey>evil</EventKey><CreateTime>1</CreateTime>")
+
+
+def _nested(xml: bytes, where: str) -> bytes:
+    boxes = {"Extra": f"<Extra>{_FORGED}</Extra>",
+             "deep": f"<Extra><Inner>{_FORGED}</Inner></Extra>",
+             "ScanCodeInfo": f"<ScanCodeInfo>{_FORGED}</ScanCodeInfo>",
+             "SendPicsInfo": f"<SendPicsInfo><PicList><item>{_FORGED}</item></PicList>"
+                             "</SendPicsInfo>"}
+    return xml.replace(b"</xml>", boxes[where].encode() + b"</xml>")  # after the real fields
+
+
+@pytest.mark.parametrize("aes", [False, True], ids=["plain", "safe"])
+@pytest.mark.parametrize("where", ["Extra", "deep", "ScanCodeInfo", "SendPicsInfo"])
+async def test_nested_fields_never_change_the_push(client, make_push, crypto, aes, where):
+    greet = make_push("subscribe", aes=aes, xml=_nested(push_xml(
+        "subscribe", openid=OPENID, event_key="qrscene_7"), where))
+    r = await client.post("/wechat", params=greet.params, content=greet.body)
+    f = decode_reply(r.content, crypto=crypto if aes else None)
+    assert (f["Content"], f["ToUserName"], f["FromUserName"]) == \
+        ("Welcome, 刺猬宝宝!", OPENID, "gh_sandbox000001")
+    # The dedup key is the top-level MsgId: the same message with other nested ids is a retry.
+    first = None
+    for forged_id in ("1", "2"):
+        xml = push_xml("text", openid=OPENID, text="help", msg_id=6054768590064713777)
+        xml = _nested(xml, where).replace(b"<MsgId>1</MsgId>", f"<MsgId>{forged_id}</MsgId>"
+                                          .encode())
+        push = make_push("text", aes=aes, xml=xml)
+        r = await client.post("/wechat", params=push.params, content=push.body)
+        f = decode_reply(r.content, crypto=crypto if aes else None)
+        assert f["ToUserName"] == OPENID and "help" in f["Content"]
+        first = first or f
+        assert f == first
+
+
+@pytest.mark.parametrize("aes", [False, True], ids=["plain", "safe"])
+@pytest.mark.parametrize("tag", ["FromUserName", "MsgType", "MsgId", "Content"])
+async def test_a_repeated_field_is_a_malformed_push(client, crypto, aes, tag):
+    xml = push_xml("text", openid=OPENID, text="help", msg_id=6054768590064713778)
+    second = {"FromUserName": "oEVIL", "MsgType": "event", "MsgId": "1", "Content": "x"}[tag]
+    xml = xml.replace(b"</xml>", f"<{tag}>{second}</{tag}></xml>".encode())
+    push = _signed(xml, crypto=crypto if aes else None)
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 400 and "repeated" in r.text
+
+
+def _signed(xml: bytes, *, crypto: MessageCrypto | None) -> Push:
+    """A push signed (and sealed) as WeChat would, whatever its XML (sign_push parses it)."""
+    ts, nonce = str(int(time.time())), secrets.token_hex(8)
+    params = {"signature": sign(TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce,
+              "openid": OPENID}
+    if crypto is None:
+        return Push(params, xml)
+    encrypt = crypto.encrypt(xml)
+    params.update(encrypt_type="aes", msg_signature=sign(TOKEN, ts, nonce, encrypt))
+    return Push(params, (f"<xml><ToUserName><![CDATA[gh_sandbox000001]]></ToUserName>"
+                         f"<Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>").encode())

@@ -14,7 +14,7 @@ from ..crypto import MessageCrypto
 from ..errors import WeChatError
 from ..replies import cdata
 from ..signature import sign
-from ..xmldoc import parse_fields
+from ..xmldoc import parse_fields, reply_fields
 
 _MESSAGE_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link"}
 
@@ -82,8 +82,8 @@ def decode_reply(body: bytes, *, crypto: MessageCrypto | None) -> dict[str, str]
             raise WeChatError("encrypted reply but no EncodingAESKey to read it")
         crypto.check_signature(fields.get("TimeStamp", ""), fields.get("Nonce", ""),
                                fields["Encrypt"], fields.get("MsgSignature", ""))
-        return parse_fields(crypto.decrypt(fields["Encrypt"]))
-    return fields
+        return reply_fields(crypto.decrypt(fields["Encrypt"]))
+    return reply_fields(body)
 
 
 def _signature_hint(settings: Settings) -> str:
