@@ -106,9 +106,13 @@ class Profiles:
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
             self._inflight[openid] = fut
+            # The latest waiter's deadline bounds the call (None: no bound); each waiter gives
+            # up on its own, so one short of time never sinks the others' lookup.
             if not self._pending:
-                # The first waiter's deadline bounds the call; later ones give up on their own.
                 self._pending_deadline = deadline
+            elif self._pending_deadline is not None:
+                self._pending_deadline = None if deadline is None else max(
+                    self._pending_deadline, deadline)
             self._pending.append(openid)
             if len(self._pending) >= _BATCH_MAX:
                 self._close_full()
