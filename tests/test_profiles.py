@@ -250,3 +250,20 @@ async def test_a_waiter_short_of_time_does_not_sink_the_batch_of_others(settings
     held.release()
     assert await others == [f"N-{o[-6:]}" for o in openids[1:]]
     assert held.calls == 1
+
+
+async def test_a_waiter_giving_up_or_cancelled_leaves_the_shared_lookup_to_the_others(settings):
+    held = HeldUpstream()
+    profiles = held_profiles(settings, held)
+    openid = distinct(1, "Shared")[0]
+    hurried = asyncio.ensure_future(
+        profiles.nickname(openid, deadline=time.monotonic() + 0.01))
+    dropped = asyncio.ensure_future(profiles.nickname(openid))
+    patient = asyncio.ensure_future(profiles.nickname(openid))
+    await until(lambda: len(held.held) == 1)
+    assert await hurried is None
+    dropped.cancel()
+    await asyncio.gather(dropped, return_exceptions=True)
+    held.release()
+    assert await patient == f"N-{openid[-6:]}"
+    assert held.calls == 1
