@@ -19,7 +19,7 @@ from .errors import WeChatAPIError
 from .logs import get_logger
 from .replies import xml_safe
 from .store.base import Store
-from .waiting import settle_quietly, wait_done
+from .waiting import settle_quietly
 from .wechat_api import WeChatAPI
 
 _BATCH_MAX = 100  # batchget's limit
@@ -65,7 +65,9 @@ class Profiles:
         self._cache: TTLCache[str, str] | None = (
             TTLCache(maxsize=maxsize, ttl=ttl) if ttl > 0 else None
         )
-        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        # Each waiter has a future of its own, answered by the batch: one waiter's deadline or
+        # cancellation ends only its own wait, never a lookup that others share.
+        self._inflight: dict[str, list[asyncio.Future[str | None]]] = {}
         # Batches overlap: one leaves when full or when its window closes, whatever is still
         # in flight, so a burst waits about one upstream latency, not one per batch ahead of
         # it. The bound keeps a flood from opening a connection per batch: over it, full
@@ -102,23 +104,35 @@ class Profiles:
             self._cache.pop(openid, None)
 
     async def _looked_up(self, openid: str, deadline: float | None) -> str | None:
-        fut = self._inflight.get(openid)
-        if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = loop.create_future()
-            self._inflight[openid] = fut
-            if not self._pending:
-                # The first waiter's deadline bounds the call; later ones give up on their own.
-                self._pending_deadline = deadline
-            self._pending.append(openid)
-            if len(self._pending) >= _BATCH_MAX:
-                self._close_full()
-            elif self._window is None and not self._due:
-                self._window = loop.call_later(self.batch_window, self._window_closed)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str | None] = loop.create_future()
+        waiters = self._inflight.get(openid)
+        if waiters is None:
+            self._inflight[openid] = [fut]
+            self._join(openid, deadline, loop)
+        else:
+            waiters.append(fut)
+            if self._pending:  # (its openid may be in the open batch: let it bound that call)
+                self._pending_deadline = _later(self._pending_deadline, deadline)
         if deadline is None:
-            return await asyncio.shield(fut)
-        # One follower's deadline must not cancel a lookup others share.
-        return fut.result() if await wait_done(fut, deadline - time.monotonic()) else None
+            return await fut
+        timer = loop.call_later(deadline - time.monotonic(), _give_up, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _join(self, openid: str, deadline: float | None, loop: asyncio.AbstractEventLoop) -> None:
+        """Put an openid nobody is waiting for yet in the open batch."""
+        # The latest waiter's deadline bounds the call (None: no bound); each waiter gives up
+        # on its own, so one short of time never sinks the others' lookup.
+        self._pending_deadline = (_later(self._pending_deadline, deadline) if self._pending
+                                  else deadline)
+        self._pending.append(openid)
+        if len(self._pending) >= _BATCH_MAX:
+            self._close_full()
+        elif self._window is None and not self._due:
+            self._window = loop.call_later(self.batch_window, self._window_closed)
 
     def _window_closed(self) -> None:
         self._window = None
@@ -190,12 +204,12 @@ class Profiles:
 
     def _answer(self, batch: list[str], results: dict[str, str]) -> None:
         for openid in batch:
-            fut = self._inflight.pop(openid, None)
             name = results.get(openid)
             if name is not None and self._cache is not None:
                 self._cache[openid] = name
-            if fut is not None and not fut.done():
-                fut.set_result(name or None)
+            for fut in self._inflight.pop(openid, ()):
+                if not fut.done():  # (a waiter that gave up or was cancelled is done)
+                    fut.set_result(name or None)
 
     async def _one_by_one(self, batch: list[str], deadline: float | None) -> list[dict[str, Any]]:
         async def one(openid: str) -> dict[str, Any] | None:
@@ -205,3 +219,14 @@ class Profiles:
                 return None
         found = await asyncio.gather(*(one(o) for o in batch))
         return [f for f in found if f is not None]
+
+
+def _give_up(fut: asyncio.Future[str | None]) -> None:
+    """A waiter's deadline: None for it, whatever its batch still brings the others."""
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _later(a: float | None, b: float | None) -> float | None:
+    """The later of two deadlines, None being no deadline at all."""
+    return None if a is None or b is None else max(a, b)

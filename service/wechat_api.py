@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlencode
 
 import httpx
+import orjson
 
 from .errors import (
     ConfigurationError,
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 _BUSY_RETRIES = 2          # errcode -1 "system busy": at most this many extra tries
 _BUSY_BACKOFF = 0.1        # seconds, doubled each try, never past the deadline
 _CIRCUIT_SECONDS = 60.0    # a spent quota (45009/45011) suspends that API this long
+_JSON_BODY = {"content-type": "application/json"}
 
 
 class NotSent(UpstreamUnavailable):
@@ -82,14 +85,20 @@ class WeChatHTTP:
         try:
             # httpx's timeout is per phase (pool, connect, write, read); bound the whole call.
             async with asyncio.timeout(timeout):
-                resp = await self.http.request(method, self.base + path, params=params,
-                                               json=json, timeout=timeout)
+                # The query encoded here: httpx would parse the URL twice to merge `params`.
+                url = f"{self.base}{path}?{urlencode(params)}" if params else self.base + path
+                resp = await self.http.request(
+                    method, url, timeout=timeout,
+                    content=None if json is None else orjson.dumps(json),
+                    headers=None if json is None else _JSON_BODY)
             if resp.status_code >= 400:
                 errcode = -resp.status_code
                 cls = NotSent if resp.status_code >= 500 else UpstreamUnavailable
                 raise cls(None, f"HTTP {resp.status_code}", api=api)
             try:
-                data = resp.json()
+                # orjson, not resp.json(): a batchget answer of 100 profiles is ~30 KB, and
+                # parsing it with the json module cost ~4 us of CPU a subscribe.
+                data = orjson.loads(resp.content)
             except ValueError:
                 errcode = -1000
                 raise UpstreamUnavailable(None, "answer is not JSON", api=api) from None

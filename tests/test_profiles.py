@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import httpx
 
@@ -233,3 +234,36 @@ async def test_over_the_bound_the_open_batch_fills_up_instead_of_queueing_more_c
     for wave in waves:
         assert all(name and name.startswith("N-") for name in await wave)
     assert held.sizes == [100, 90]  # the waiting batch took every later arrival: one call
+
+
+async def test_a_waiter_short_of_time_does_not_sink_the_batch_of_others(settings):
+    # The batch's call is bounded by its waiters' latest deadline: the first waiter's, with
+    # 10 ms left, would leave "no time left" for the call and None for all six.
+    held = HeldUpstream()
+    profiles = held_profiles(settings, held)
+    openids = distinct(6, "Late")
+    now = time.monotonic()
+    hurried = asyncio.ensure_future(profiles.nickname(openids[0], deadline=now + 0.01))
+    others = asyncio.gather(*(profiles.nickname(o, deadline=now + 3) for o in openids[1:]))
+    await until(lambda: len(held.held) == 1)
+    assert await hurried is None  # it gave up on its own
+    held.release()
+    assert await others == [f"N-{o[-6:]}" for o in openids[1:]]
+    assert held.calls == 1
+
+
+async def test_a_waiter_giving_up_or_cancelled_leaves_the_shared_lookup_to_the_others(settings):
+    held = HeldUpstream()
+    profiles = held_profiles(settings, held)
+    openid = distinct(1, "Shared")[0]
+    hurried = asyncio.ensure_future(
+        profiles.nickname(openid, deadline=time.monotonic() + 0.01))
+    dropped = asyncio.ensure_future(profiles.nickname(openid))
+    patient = asyncio.ensure_future(profiles.nickname(openid))
+    await until(lambda: len(held.held) == 1)
+    assert await hurried is None
+    dropped.cancel()
+    await asyncio.gather(dropped, return_exceptions=True)
+    held.release()
+    assert await patient == f"N-{openid[-6:]}"
+    assert held.calls == 1
