@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
@@ -35,6 +36,17 @@ class NotSent(UpstreamUnavailable):
     # Raised for refused connections, connect/pool timeouts (nothing was sent) and HTTP 5xx
     # (WeChat's front answered instead of the API). A read timeout is NOT this: it may have
     # been processed, and message/custom/send has no idempotency key.
+
+
+def _loads(content: bytes) -> Any:
+    """orjson, not resp.json(): a batchget answer of 100 profiles is ~30 KB, and parsing it
+    with the json module cost ~4 us of CPU a subscribe. orjson refuses a lone surrogate's
+    escape, which WeChat sends in nicknames cut inside an emoji: the json module reads
+    those (replies.xml_safe cleans them later), so the answer is not lost."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
 
 
 def new_http_client(*, timeout: float = 3.0) -> httpx.AsyncClient:
@@ -96,9 +108,7 @@ class WeChatHTTP:
                 cls = NotSent if resp.status_code >= 500 else UpstreamUnavailable
                 raise cls(None, f"HTTP {resp.status_code}", api=api)
             try:
-                # orjson, not resp.json(): a batchget answer of 100 profiles is ~30 KB, and
-                # parsing it with the json module cost ~4 us of CPU a subscribe.
-                data = orjson.loads(resp.content)
+                data = _loads(resp.content)
             except ValueError:
                 errcode = -1000
                 raise UpstreamUnavailable(None, "answer is not JSON", api=api) from None
