@@ -109,8 +109,6 @@ class Webhook:
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    # -- GET: URL verification -----------------------------------------------------------
-
     # -- POST: a push ----------------------------------------------------------------------
 
     async def _push(self, scope: Scope, receive: Any,
