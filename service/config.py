@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     greeting_anonymous: str = Field("Welcome!", alias="WXHOOK_GREETING_ANONYMOUS")
     profile_ttl: int = Field(3600, ge=0, alias="WXHOOK_PROFILE_TTL")
     profile_db: str = Field("var/profiles.sqlite3", alias="WXHOOK_PROFILE_DB")
-    batch_window: float = Field(0.005, ge=0, le=0.5, alias="WXHOOK_BATCH_WINDOW")
+    batch_window: float = Field(0.002, ge=0, le=0.5, alias="WXHOOK_BATCH_WINDOW")
     http_timeout: float = Field(3.0, gt=0, alias="WXHOOK_HTTP_TIMEOUT")
     log_level: str = Field("INFO", alias="WXHOOK_LOG_LEVEL")
     log_format: Literal["json", "console"] = Field("json", alias="WXHOOK_LOG_FORMAT")
