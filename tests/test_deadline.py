@@ -2,6 +2,12 @@
 
 Budgets here are shortened (WXHOOK_DEADLINE=0.5) so the suite stays fast; the logic is the
 same as with the default 4.0 s, which test_faults_e2e.py exercises against a real process.
+
+"In time" is shown by the order of events, not by a wall clock: the deadline's timer and a
+handler's sleep are both timers of one event loop, which fires them in the order they are
+due however busy the machine is. So a push whose handler overruns by JUST_OVER_BY answered
+"success" while that handler had not finished was answered within JUST_OVER_BY of its
+deadline.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN
 
 DEADLINE = 0.5
+JUST_OVER_BY = 0.1
+JUST_OVER = DEADLINE + JUST_OVER_BY  # a handler that overruns the deadline by a little
 SLOW_ANSWER = TextReply("the slow answer")
 
 
@@ -90,10 +98,8 @@ def text_push(openid: str, text: str = "anything") -> Push:
     return sign_push(push_xml("text", openid=openid, text=text), token=TOKEN, openid=openid)
 
 
-async def timed_post(client: httpx.AsyncClient, push: Push) -> tuple[httpx.Response, float]:
-    started = time.monotonic()
-    r = await client.post("/wechat", params=push.params, content=push.body)
-    return r, time.monotonic() - started
+async def post(client: httpx.AsyncClient, push: Push) -> httpx.Response:
+    return await client.post("/wechat", params=push.params, content=push.body)
 
 
 def slow_answer_to(openid: str) -> dict[str, Any]:
@@ -109,13 +115,13 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 async def test_overrun_answers_success_in_time_and_delivers_exactly_once(
         build, connect, sandbox, metrics):
-    slow = Slow(1.0)
+    slow = Slow(JUST_OVER)
     app = build(slow.router)
     client = connect(app)
     openid = new_openid()
-    r, took = await timed_post(client, text_push(openid))
+    r = await post(client, text_push(openid))
     assert r.status_code == 200 and r.content == SUCCESS
-    assert took < DEADLINE + 0.2
+    assert slow.finished == 0  # answered at the deadline, not when the handler was done
     assert sandbox.sent == []  # not yet: the handler is still running
     assert await app.state.delivery.drain(5) == 0
     assert sandbox.sent == [slow_answer_to(openid)]
@@ -126,19 +132,22 @@ async def test_overrun_answers_success_in_time_and_delivers_exactly_once(
 
 async def test_retries_of_an_overrun_push_are_answered_and_never_send_twice(
         build, connect, sandbox):
-    slow = Slow(1.2)
+    slow = Slow(JUST_OVER)
     app = build(slow.router)
     client = connect(app)
     openid = new_openid()
     push = text_push(openid)
-    first = asyncio.create_task(timed_post(client, push))
+    first = asyncio.create_task(post(client, push))
     await asyncio.sleep(0.1)
-    concurrent, _ = await timed_post(client, push)      # while the first try is running
-    (r1, t1) = await first
-    later, t3 = await timed_post(client, push)          # after the first was answered
+    concurrent = await post(client, push)                # while the first try is running
+    r1 = await first
+    started = time.monotonic()
+    later = await post(client, push)                     # after the first was answered
+    waited = time.monotonic() - started
     assert [r1.content, concurrent.content, later.content] == [SUCCESS] * 3
-    # The deadline settled the claim: a later retry is answered at once, not at its deadline.
-    assert t1 < DEADLINE + 0.2 and t3 < 0.2
+    # The deadline settled the claim: a later retry is answered at once. One that waited
+    # for the claim would be answered at its own deadline, never sooner than DEADLINE.
+    assert waited < DEADLINE
     await app.state.delivery.drain(5)
     assert len(sandbox.sent) == 1 and slow.runs == 1
 
@@ -151,8 +160,8 @@ async def test_greeting_with_a_slow_lookup_says_welcome_in_time_and_nothing_late
     client = connect(app)
     openid = new_openid()
     push = sign_push(push_xml("subscribe", openid=openid), token=TOKEN, openid=openid)
-    r, took = await timed_post(client, push)
-    assert took < DEADLINE + 0.1
+    r = await post(client, push)
+    # The handler's own answer, not the deadline's "success": it gave up on the lookup in time.
     assert decode_reply(r.content, crypto=None)["Content"] == "Welcome!"
     assert app.state.delivery.pending == 0
     await asyncio.sleep(0.3)
@@ -162,7 +171,7 @@ async def test_greeting_with_a_slow_lookup_says_welcome_in_time_and_nothing_late
 async def test_handler_that_overruns_and_then_fails_sends_nothing_and_logs(
         build, connect, sandbox, metrics, capsys):
     app = build(Slow(0.8, error=RuntimeError("boom")).router)
-    r, _ = await timed_post(connect(app), text_push(new_openid()))
+    r = await post(connect(app), text_push(new_openid()))
     assert r.status_code == 200 and r.content == SUCCESS
     await app.state.delivery.drain(5)
     assert sandbox.sent == []
@@ -172,7 +181,7 @@ async def test_handler_that_overruns_and_then_fails_sends_nothing_and_logs(
 
 async def test_handler_that_overruns_and_returns_none_sends_nothing(build, connect, sandbox):
     app = build(Slow(0.8, reply=None).router)
-    r, _ = await timed_post(connect(app), text_push(new_openid()))
+    r = await post(connect(app), text_push(new_openid()))
     assert r.content == SUCCESS
     await app.state.delivery.drain(5)
     assert sandbox.calls["/cgi-bin/message/custom/send"] == 0
@@ -181,7 +190,7 @@ async def test_handler_that_overruns_and_returns_none_sends_nothing(build, conne
 async def test_a_late_reply_with_no_customer_service_form_is_logged_not_lost_silently(
         build, connect, sandbox, metrics, capsys):
     app = build(Slow(0.8, reply=TransferCustomerService()).router)
-    await timed_post(connect(app), text_push(new_openid()))
+    await post(connect(app), text_push(new_openid()))
     await app.state.delivery.drain(5)
     assert sandbox.sent == []
     assert sample(metrics, "wxhook_late_deliveries_total", result="failed") == 1
@@ -190,7 +199,7 @@ async def test_a_late_reply_with_no_customer_service_form_is_logged_not_lost_sil
 
 async def test_handler_errors_in_time_are_answered_success_not_5xx(build, connect):
     app = build(Slow(0.0, error=ValueError("bug")).router)
-    r, _ = await timed_post(connect(app), text_push(new_openid()))
+    r = await post(connect(app), text_push(new_openid()))
     assert r.status_code == 200 and r.content == SUCCESS
 
 
@@ -200,7 +209,7 @@ async def test_handler_errors_in_time_are_answered_success_not_5xx(build, connec
 async def test_wechat_refusing_the_late_reply_is_final(build, connect, sandbox, metrics, errcode):
     sandbox.add_fault(Fault("/cgi-bin/message/custom/send", errcode=errcode))
     app = build(Slow(0.7).router)
-    await timed_post(connect(app), text_push(new_openid()))
+    await post(connect(app), text_push(new_openid()))
     await app.state.delivery.drain(5)
     assert sandbox.calls["/cgi-bin/message/custom/send"] == 1
     assert sample(metrics, "wxhook_late_deliveries_total", result="refused") == 1
@@ -214,7 +223,7 @@ async def test_a_send_that_did_not_arrive_is_repeated_once_delivered(build, conn
     sandbox.add_fault(fault)
     app = build(Slow(0.7).router)
     openid = new_openid()
-    await timed_post(connect(app), text_push(openid))
+    await post(connect(app), text_push(openid))
     await app.state.delivery.drain(10)
     assert [m["touser"] for m in sandbox.sent] == [openid]
 
@@ -223,7 +232,7 @@ async def test_a_send_that_may_have_arrived_is_not_repeated(build, connect, sand
     # A timeout after sending: WeChat may have delivered it; a second send could be a duplicate.
     sandbox.add_fault(Fault("/cgi-bin/message/custom/send", latency=1.0, times=1))
     app = build(Slow(0.6).router, WXHOOK_HTTP_TIMEOUT="0.3")
-    await timed_post(connect(app), text_push(new_openid()))
+    await post(connect(app), text_push(new_openid()))
     await app.state.delivery.drain(5)
     assert sandbox.calls["/cgi-bin/message/custom/send"] == 1
     assert sample(metrics, "wxhook_late_deliveries_total", result="failed") == 1
@@ -232,7 +241,7 @@ async def test_a_send_that_may_have_arrived_is_not_repeated(build, connect, sand
 async def test_persistent_send_failure_is_bounded(build, connect, sandbox):
     sandbox.add_fault(Fault("/cgi-bin/message/custom/send", http_status=500))
     app = build(Slow(0.6).router)
-    await timed_post(connect(app), text_push(new_openid()))
+    await post(connect(app), text_push(new_openid()))
     await app.state.delivery.drain(10)
     assert sandbox.calls["/cgi-bin/message/custom/send"] == 3  # _SEND_TRIES
 
@@ -321,12 +330,12 @@ async def test_encrypted_retry_replays_identical_bytes(build, connect, crypto):
 
 
 async def test_many_slow_pushes_each_answered_in_time(build, connect, sandbox):
-    slow = Slow(0.8)
+    slow = Slow(JUST_OVER)  # "success" for each: its deadline came before its handler's end
     app = build(slow.router)
     client = connect(app)
     openids = [new_openid() for _ in range(30)]
-    results = await asyncio.gather(*(timed_post(client, text_push(o)) for o in openids))
-    assert all(r.content == SUCCESS and t < DEADLINE + 0.3 for r, t in results)
+    results = await asyncio.gather(*(post(client, text_push(o)) for o in openids))
+    assert all(r.content == SUCCESS for r in results)
     await app.state.delivery.drain(10)
     assert sorted(m["touser"] for m in sandbox.sent) == sorted(openids)
     assert slow.runs == 30

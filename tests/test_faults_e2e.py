@@ -110,7 +110,7 @@ def test_busy_once_is_retried_and_greets_by_name(server, sandbox):
     openid = new_openid()
     before = sandbox.calls(USER_INFO)
     r, took = post(server, subscribe(openid))
-    assert greeting(r) == f"Welcome, Follower-{openid[-6:]}!" and took < 1.5
+    assert greeting(r) == f"Welcome, Follower-{openid[-6:]}!" and took < WINDOW
     assert sandbox.calls(USER_INFO) - before == 2
 
 
@@ -162,7 +162,7 @@ def test_hostile_inputs_are_never_5xx_nothing_leaks_the_good_push_is_served(
     ]:
         r, took = post(server, push, body)
         answers[name] = r.status_code
-        assert marker not in r.text and took < 1.0
+        assert marker not in r.text and took < WINDOW
 
     big = sign(b"")
     try:
@@ -184,7 +184,7 @@ def test_hostile_inputs_are_never_5xx_nothing_leaks_the_good_push_is_served(
     assert answers == {"xxe": 400, "billion-laughs": 400, "malformed": 400, "not-utf8": 400,
                        "hour-old": 403, "5mb": 413, "5mb-chunked": 413}
     good, took = post(server, subscribe(new_openid()))
-    assert greeting(good).startswith("Welcome") and took < 1.0
+    assert greeting(good).startswith("Welcome") and took < WINDOW
     assert marker not in (logs / "server.log").read_text()
 
 
@@ -209,6 +209,7 @@ def test_unreachable_api_degrades_to_welcome_at_once(logs):
     with server_process(dead, log_path=logs / "dead-upstream.log") as url:
         with ThreadPoolExecutor(5) as pool:
             results = list(pool.map(lambda _: post(url, subscribe(new_openid())), range(5)))
+        # At once: a push that waited for the lookup's give-up (3.75 s) never takes < 2 s.
         assert all(greeting(r) == "Welcome!" and took < 2.0 for r, took in results)
         assert httpx.get(url + "/readyz", timeout=5).status_code != 200
 

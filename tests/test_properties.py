@@ -391,4 +391,4 @@ async def test_fuzz_the_route_never_answers_5xx(client, body: bytes) -> None:
     started = time.monotonic()
     r = await client.post("/wechat", params=push.params, content=body)
     assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert time.monotonic() - started < 4.5
+    assert time.monotonic() - started < 5.0  # WeChat's window: no body may stall the route

@@ -136,7 +136,7 @@ async def test_an_instance_killed_mid_push_loses_no_reply(isolated_redis_url: st
                     await first
         (status, body, took), = await send_all([(b, push)])
         assert status == 200 and b"Welcome, Follower-000001!" in body, body
-        assert took < 4.5
+        assert took < 4.5  # inside WeChat's 5 s window, though A died mid-lookup
         # ... and B's answer is the push's answer from now on.
         (_, again, _), = await send_all([(b, push)])
         assert again == body and lookups(await stats(sb)) == 2

@@ -241,9 +241,8 @@ async def test_dedup_across_instances_replays_bytes(isolated_redis_url: str) -> 
         # A retry whose own deadline comes first answers "success" rather than miss it.
         first = asyncio.ensure_future(one_try(da, "k2", time.monotonic() + 4))
         await asyncio.sleep(0.05)
-        t = time.monotonic()
-        assert await one_try(db, "k2", t + 0.1) == (SUCCESS, True)
-        assert time.monotonic() - t < 0.2
+        # "success", not the reply: it stopped waiting before the first try settled.
+        assert await one_try(db, "k2", time.monotonic() + 0.1) == (SUCCESS, True)
         assert (await first)[0] == reply and runs == 2
     finally:
         await a.aclose()

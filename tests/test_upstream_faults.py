@@ -2,6 +2,12 @@
 
 The cost matters as much as the answer: a fault must not turn into a retry storm against an
 API that is already failing (or against a quota that is already spent).
+
+"In time" needs no clock here: the deadline's own answer is "success", so a push answered
+"Welcome!" was answered by the greeting, before the deadline. "At once" (the fault itself
+answered the lookup, not the greeting giving up on it) keeps a wall-clock bound, AT_ONCE,
+which only a push that waited can miss: timers never fire early, so one that waited for the
+give-up takes at least GIVE_UP.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import httpx
 import pytest
 
 from service.metrics import Metrics
-from service.tools.sandbox import DEMO_OPENID, Fault
+from service.tools.sandbox import DEMO_OPENID, Fault, create_sandbox
 from service.tools.simulate import Push, decode_reply, push_xml, sign_push
-from tests.support import TOKEN, free_port
+from tests.support import SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, free_port
 
 USER_INFO = "/cgi-bin/user/info"
+GIVE_UP = 4.0 - 0.25  # the greeting's lookup ends this long after a push (default deadline)
+AT_ONCE = GIVE_UP / 2  # seconds: far more than an in-process push needs, however busy
 
 
 def new_openid() -> str:
@@ -34,6 +42,31 @@ def subscribe(openid: str) -> Push:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
+
+
+class Latency:
+    """The sandbox's injected latency: a real sleep, counting the calls abandoned during it."""
+
+    def __init__(self) -> None:
+        self.abandoned = 0
+
+    async def __call__(self, seconds: float) -> None:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:  # the caller gave up on this call
+            self.abandoned += 1
+            raise
+
+
+@pytest.fixture
+def latency() -> Latency:
+    return Latency()
+
+
+@pytest.fixture
+def sandbox_app(latency: Latency) -> Any:
+    """conftest's sandbox, with its latency observed."""
+    return create_sandbox(appid=SANDBOX_APP_ID, secret=SANDBOX_SECRET, sleep=latency)
 
 
 @pytest.fixture
@@ -78,26 +111,29 @@ def total_calls(sandbox: Any) -> int:
 async def test_busy_once_is_retried_and_the_follower_is_named(serve, sandbox):
     _, client = serve()
     sandbox.add_fault(Fault(USER_INFO, errcode=-1, times=1))
-    text, took = await greet(client, DEMO_OPENID)
+    text, _ = await greet(client, DEMO_OPENID)
     assert text == "Welcome, 刺猬宝宝!"
-    assert sandbox.calls[USER_INFO] == 2 and took < 1.0
+    assert sandbox.calls[USER_INFO] == 2
 
 
 async def test_busy_forever_costs_three_calls_and_still_greets_in_time(serve, sandbox):
     _, client = serve()
     sandbox.add_fault(Fault(USER_INFO, errcode=-1))
-    text, took = await greet(client)
-    assert text == "Welcome!"
+    text, _ = await greet(client)
+    assert text == "Welcome!"  # in time: the deadline's answer would be "success"
     assert sandbox.calls[USER_INFO] == 3  # one try plus two backed-off retries
-    assert took < 4.0
 
 
 async def test_busy_backoff_never_runs_past_the_deadline(serve, sandbox):
-    _, client = serve(WXHOOK_DEADLINE="0.3")
+    # The lookup has 0.35 s (the deadline less the reply's margin): a try, a 0.1 s pause, a
+    # second try; the next pause (0.2 s) would end past it, so the lookup ends there, before
+    # the greeting's give-up, instead of sleeping through it.
+    app, client = serve(WXHOOK_DEADLINE="0.6")
     sandbox.add_fault(Fault(USER_INFO, errcode=-1, latency=0.05))
-    text, took = await greet(client)
-    assert text == "Welcome!" and took < 0.35
-    assert sandbox.calls[USER_INFO] <= 3
+    text, _ = await greet(client)
+    assert text == "Welcome!"
+    assert app.state.profiles.in_flight == 0  # the lookup had ended when the answer went out
+    assert sandbox.calls[USER_INFO] <= 2
 
 
 # -- HTTP 5xx, timeouts, refused connections: degrade, do not retry -------------------------
@@ -107,23 +143,24 @@ async def test_http_errors_degrade_to_welcome_one_call_per_push(serve, sandbox, 
     _, client = serve()
     sandbox.add_fault(Fault(USER_INFO, http_status=status))
     results = [await greet(client) for _ in range(5)]
-    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+    assert all(text == "Welcome!" and took < AT_ONCE for text, took in results)
     assert sandbox.calls[USER_INFO] == 5
 
 
-async def test_a_hanging_upstream_degrades_within_the_budget(serve, sandbox):
+async def test_a_hanging_upstream_degrades_within_the_budget(serve, sandbox, latency):
     _, client = serve(WXHOOK_DEADLINE="0.8")
     sandbox.add_fault(Fault(USER_INFO, latency=8.0))
-    text, took = await greet(client)
-    assert text == "Welcome!" and took < 0.85
+    text, _ = await greet(client)
+    assert text == "Welcome!"  # in time: the deadline's answer would be "success"
     assert sandbox.calls[USER_INFO] == 1
+    assert latency.abandoned == 1  # the hanging call was given up on, not left to run 8 s
 
 
 async def test_a_hanging_token_endpoint_degrades_within_the_budget(serve, sandbox):
     _, client = serve(WXHOOK_DEADLINE="0.8")
     sandbox.add_fault(Fault("/cgi-bin/stable_token", latency=8.0))
     results = await asyncio.gather(*(greet(client) for _ in range(10)))
-    assert all(text == "Welcome!" and took < 0.85 for text, took in results)
+    assert all(text == "Welcome!" for text, _ in results)  # not the deadline's "success"
     assert sandbox.token_requests == 1  # single flight, even while it hangs
 
 
@@ -132,7 +169,7 @@ async def test_refused_connections_degrade_at_once(serve, make_settings):
     async with httpx.AsyncClient() as http:
         _, client = serve(http=http, WECHAT_API_BASE=dead)
         results = await asyncio.gather(*(greet(client) for _ in range(5)))
-    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+    assert all(text == "Welcome!" and took < AT_ONCE for text, took in results)
 
 
 async def test_token_endpoint_5xx_is_not_hammered(serve, sandbox):
@@ -151,7 +188,7 @@ async def test_quota_errors_open_a_circuit(serve, sandbox, metrics, capsys, errc
     _, client = serve()
     sandbox.add_fault(Fault(USER_INFO, errcode=errcode))
     results = [await greet(client) for _ in range(10)]
-    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+    assert all(text == "Welcome!" and took < AT_ONCE for text, took in results)
     assert sandbox.calls[USER_INFO] == 1  # no retry storm against a spent quota
     assert metrics.registry.get_sample_value("wxhook_circuit_open", {"api": "user_info"}) == 1
     out = capsys.readouterr().out
@@ -195,8 +232,8 @@ async def test_the_upstream_cost_of_one_push_is_bounded(serve, sandbox, faults):
     _, client = serve()
     for fault in faults:
         sandbox.add_fault(fault)
-    text, took = await greet(client)
-    assert text == "Welcome!" and took < 4.0
+    text, _ = await greet(client)
+    assert text == "Welcome!"  # in time: the deadline's answer would be "success"
     assert sandbox.calls[USER_INFO] <= 4
     assert sandbox.token_requests <= 2
     assert total_calls(sandbox) <= 6
@@ -212,7 +249,7 @@ async def test_a_token_rejected_right_after_a_refresh_backs_off_instead_of_loopi
     sandbox.add_fault(Fault(USER_INFO + "/batchget", errcode=40001))
     results = await asyncio.gather(*(greet(client) for _ in range(20)))
     results += [await greet(client) for _ in range(20)]
-    assert all(text == "Welcome!" and took < 1.0 for text, took in results), results
+    assert all(text == "Welcome!" and took < AT_ONCE for text, took in results), results
     # The cold fetch, one refresh after its token was rejected, then the back-off.
     assert sandbox.calls["/cgi-bin/stable_token"] == 2
     assert sandbox.calls[USER_INFO] + sandbox.calls[USER_INFO + "/batchget"] == 2
@@ -252,7 +289,7 @@ async def test_configuration_errors_still_greet_and_do_not_storm(serve, sandbox,
         sandbox.ip_whitelisted = False
         _, client = serve()
     results = await asyncio.gather(*(greet(client) for _ in range(20)))
-    assert all(text == "Welcome!" and took < 1.0 for text, took in results)
+    assert all(text == "Welcome!" and took < AT_ONCE for text, took in results)
     for _ in range(5):
         ready = await client.get("/readyz")
         assert ready.status_code == 503
