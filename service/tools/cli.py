@@ -94,13 +94,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
                                       **uvicorn_kwargs())),
     ]
     url = f"http://127.0.0.1:{args.port}"
+    # With the example rules loaded, their default reply answers "help" too: show a keyword.
+    text, rules = ("hours", f"\n  replies from {settings.rules} (WXHOOK_RULES to use another)") \
+        if settings.rules else ("help", "")
     print(f"""
 wxhook dev: the server on {url}, the sandbox WeChat API on {base}
-  (built-in sandbox credentials: appid {settings.app_id}, no real account is touched)
+  (built-in sandbox credentials: appid {settings.app_id}, no real account is touched){rules}
 
 Try next, in another terminal:
   .venv/bin/wxhook simulate subscribe --url {url}/wechat
-  .venv/bin/wxhook simulate text --text help --url {url}/wechat --aes
+  .venv/bin/wxhook simulate text --text {text} --url {url}/wechat --aes
   curl {url}/readyz
   open {url}/oauth/login?next=/me   (walks the OAuth flow against the sandbox)
 """, flush=True)
