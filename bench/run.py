@@ -57,7 +57,7 @@ WXHOOK_CMD = [str(VENV_BIN / "wxhook"), "serve", "--host", HOST, "--port", "{por
 TARGETS = {
     "plain_vs_werobot": 3.0, "plain_vs_ceiling": 0.30, "aes_vs_werobot": 3.0,
     "subscribe_vs_werobot": 8.0, "subscribe_p50_ms": 45.0, "subscribe_p99_ms": 250.0,
-    "subscribe_token_requests": 1, "rss_mb": 150.0,
+    "subscribe_token_requests": 1, "subscribe_calls_per_1000": 50, "rss_mb": 150.0,
 }
 # The open-loop scenario: subscribes at these fixed arrival rates (bench/openloop.py).
 OPEN_RATES = (1000, 3000, 5000)
@@ -580,6 +580,10 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
     check("subscribe: wxhook token requests", sub and sub["token_requests"],
           f"== {t['subscribe_token_requests']}",
           None if not sub else sub["token_requests"] == t["subscribe_token_requests"])
+    per_1000 = lookup_calls_per_1000(sub) if sub else None
+    check("subscribe: wxhook user/info calls per 1,000 greetings", per_1000,
+          f"<= {t['subscribe_calls_per_1000']}",
+          None if per_1000 is None else per_1000 <= t["subscribe_calls_per_1000"])
     rss = [r["peak_rss_mb"] for r in results if r["server"] == "wxhook" and r["ok"]]
     check("wxhook peak RSS (MB)", max(rss) if rss else None, f"< {t['rss_mb']:.0f}",
           None if not rss else max(rss) < t["rss_mb"])
@@ -587,6 +591,17 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
     return {"checks": checks, "failed_runs": failed,
             "ratios": {"plain_vs_werobot": pw, "plain_vs_ceiling": pc, "aes_vs_werobot": aw,
                        "subscribe_vs_werobot": sw}}
+
+
+def lookup_calls(r: dict[str, Any]) -> int:
+    """user/info and batchget calls in the measured window (not the token's)."""
+    return sum(v for k, v in r["upstream_calls_measured"].items()
+               if k.startswith("/cgi-bin/user/info"))
+
+
+def lookup_calls_per_1000(r: dict[str, Any]) -> float | None:
+    """Lookups per 1,000 greetings answered in the measured window."""
+    return round(1000 * lookup_calls(r) / r["requests"], 1) if r.get("requests") else None
 
 
 def markdown(meta: dict[str, Any], results: list[dict[str, Any]], verdict: dict[str, Any]) -> str:
@@ -610,8 +625,7 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]], verdict: dict[
             why = r["error"].splitlines()[0][:80]
             lines.append(f"| {r['scenario']} | {r['server']} | FAILED: {why} | | | | | | | |")
             continue
-        calls = sum(v for k, v in r["upstream_calls_measured"].items()
-                    if k.startswith("/cgi-bin/user/info"))
+        calls = lookup_calls(r)
         spread = (" (" + " / ".join(f"{x:,}" for x in r["rounds_rps"]) + ")"
                   if r.get("rounds_rps") else "")
         lines.append(f"| {r['scenario']} | {r['server']} | {r['rps']:,.0f}{spread} "
