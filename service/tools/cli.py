@@ -94,9 +94,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
                                       **uvicorn_kwargs())),
     ]
     url = f"http://127.0.0.1:{args.port}"
-    # With the example rules loaded, their default reply answers "help" too: show a keyword.
-    text, rules = ("hours", f"\n  replies from {settings.rules} (WXHOOK_RULES to use another)") \
-        if settings.rules else ("help", "")
+    # The example rules' default reply would answer "help" too: show one of their keywords.
+    text = "hours" if settings.rules == EXAMPLE_RULES else "help"
+    rules = (f"\n  replies from {settings.rules} (WXHOOK_RULES to use another)"
+             if settings.rules else "")
     print(f"""
 wxhook dev: the server on {url}, the sandbox WeChat API on {base}
   (built-in sandbox credentials: appid {settings.app_id}, no real account is touched){rules}
