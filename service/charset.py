@@ -92,7 +92,7 @@ def text_of(body: bytes) -> str:
         raise XMLError(ROOT_FIRST)
     try:
         text = (body[skip:] if skip else body).decode(codec)
-    except UnicodeDecodeError:
+    except UnicodeError:  # bytes the codec cannot read (UnicodeDecodeError, or its parent)
         raise XMLError("malformed XML (encoding)") from None
     return text[declaration.end() - start:] if declaration else text
 
@@ -127,14 +127,15 @@ def _codec(layout: str | None, label: bytes | None) -> str:
     if label is not None:
         declared = _LABELS.get(label.lower().replace(b"_", b"-"))
         if declared is None:
-            raise XMLError(f"encoding {name!r} is not accepted: WeChat sends "
-                           "UTF-8 (also UTF-16/32, GB18030, GBK, GB2312, Big5, ASCII, "
-                           "ISO-8859-1)", reason="encoding")
+            raise XMLError(f"{name!r} is not an encoding WeChat sends (UTF-8; also UTF-16, "
+                           "UTF-32, GB18030, GBK, GB2312, Big5, ASCII, ISO-8859-1)",
+                           reason="encoding")
     if layout is None:
         if declared in _WIDE:  # no mark and no NULs: the bytes are not UTF-16 or UTF-32
-            raise XMLError(f"encoding {name!r} does not match the bytes")
+            raise XMLError(f"{name!r} is declared, but the body has neither the byte-order "
+                           "mark nor the NULs of UTF-16 or UTF-32", reason="encoding")
         return declared or "utf-8"
     if declared is not None and declared not in _FITS[layout]:
-        raise XMLError(f"encoding {name!r} contradicts the byte-order mark or layout "
-                       f"({layout})")
+        raise XMLError(f"{name!r} is declared, but the byte-order mark or first bytes say "
+                       f"{layout}", reason="encoding")
     return layout

@@ -160,37 +160,45 @@ def traced() -> Iterator[None]:
     tracemalloc.stop()
 
 
-def allocated_by(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """fn()'s result (or the exception it raised) and the most memory it held at once."""
-    before = tracemalloc.get_traced_memory()[0]
-    tracemalloc.reset_peak()
-    try:
-        out: Any = fn()
-    except Exception as exc:
-        out = exc
-    return out, tracemalloc.get_traced_memory()[1] - before
+def allocated_by(fn: Callable[[], Any], runs: int = 3) -> tuple[Any, int]:
+    """fn()'s result (or the exception it raised) and the most memory it held at once, the
+    least of a few runs (a cache or table growing once is not the call's own)."""
+    least = None
+    for _ in range(runs):
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        try:
+            out: Any = fn()
+        except Exception as exc:
+            out = exc
+        held = tracemalloc.get_traced_memory()[1] - before
+        least = held if least is None else min(least, held)
+    assert least is not None
+    return out, least
 
 
 def test_every_codec_is_allowed_or_refused_before_anything_is_decoded(traced, lxml_calls):
-    # Refused: no more memory than a small fraction of the body (decoding it in ANY codec,
-    # or handing it to lxml, holds at least the body's length as text) and lxml never
+    # Refused: the memory it takes does not grow with the body (decoding it in ANY codec,
+    # or handing it to lxml, holds at least the body's length as text) and lxml is never
     # called. Accepted: a codec on the list, agreeing with the mark, and the right text.
-    n = 8192  # a body of ~16 KB (~64 KB in UTF-32)
     accepted: set[tuple[str, str]] = set()
     problems: list[str] = []
     labels = [*CODEC_NAMES, *(name.upper() for name in CODEC_NAMES), *REAL_LABELS, *NOBODY_WRITES]
     for label in dict.fromkeys(labels):
-        content = content_for(label, n)
+        small_doc = _FIELDS.format(content_for(label, 16))
+        content = content_for(label, 4096)  # a body of ~8 KB (~32 KB in UTF-32)
         doc = _FIELDS.format(content)
         for way, build in WAYS.items():
-            body = build(label, doc)
+            small, body = build(label, small_doc), build(label, doc)
+            _, baseline = allocated_by(lambda small=small: parse_fields(small))
             del lxml_calls[:]
             out, peak = allocated_by(lambda body=body: parse_fields(body))
             where = f"{label!r} {way}"
             if isinstance(out, XMLError):
-                if peak > len(body) // 4 or lxml_calls:
-                    problems.append(f"{where}: refused after decoding ({peak} bytes "
-                                    f"for a {len(body)}-byte body, lxml {len(lxml_calls)})")
+                grown = peak - baseline
+                if grown > (len(body) - len(small)) // 4 or lxml_calls:
+                    problems.append(f"{where}: refused after decoding ({grown} bytes more for "
+                                    f"{len(body) - len(small)} more, lxml {len(lxml_calls)})")
                 continue
             if isinstance(out, Exception):
                 problems.append(f"{where}: {type(out).__name__}: {out}")
@@ -311,7 +319,7 @@ async def test_a_punycode_push_is_refused_at_once_and_a_concurrent_push_is_answe
         answered, refused = await asyncio.gather(
             client.post("/wechat", params=good.params, content=good.body), late_hostile())
     assert refused.status_code == 400
-    assert refused.content.startswith(b"encoding: encoding 'punycode' is not accepted")
+    assert refused.content.startswith(b"encoding: 'punycode' is not an encoding WeChat sends")
     assert answered.status_code == 200
     assert decode_reply(answered.content, crypto=None)["Content"] == "Welcome, 刺猬宝宝!"
 
@@ -362,7 +370,7 @@ async def test_a_push_in_an_encoding_not_allowed_is_a_400(make_app, make_setting
                                  base_url="http://testserver") as client:
         r = await client.post("/wechat", params=push.params, content=push.body)
     assert r.status_code == 400, r.content
-    assert r.content.startswith((b"encoding: encoding ", b"xml: encoding ")), r.content
+    assert r.content.startswith(b"encoding: '"), r.content
 
 
 async def test_the_http_charset_never_chooses_the_encoding(client):
