@@ -1,8 +1,8 @@
 """The text of an untrusted XML body, in an encoding WeChat can send, chosen before decoding.
 
 Python knows about a hundred codecs and some are no text encoding a push can be in: punycode
-decodes in quadratic time (a 250 KB body holds the event loop for seconds, and no deadline
-fires while it does), base64, zlib and rot13 are not text at all. WeChat sends UTF-8; the
+decodes in quadratic time, so one large body holds the event loop (and no deadline fires
+while it does); base64, zlib and rot13 are not text at all. WeChat sends UTF-8; the
 others allowed here are what a proxy or tool in front of wxhook may re-encode a push into.
 
 A body may name its encoding three ways: a byte-order mark, its first bytes (NULs in UTF-16
@@ -37,9 +37,6 @@ _LABELS: dict[bytes, str] = {
     b"us-ascii": "ascii", b"ascii": "ascii",
     b"iso-8859-1": "latin-1", b"iso8859-1": "latin-1", b"latin1": "latin-1", b"latin-1": "latin-1",
 }
-ALLOWED = frozenset(_LABELS.values())
-"""The codecs a body may be decoded with (what the labels above map to)."""
-
 # A mark names the codec; the UTF-32 LE mark begins with the UTF-16 LE one, so it comes first.
 _MARKS = ((codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF32_LE, "utf-32-le"),
           (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"),
