@@ -18,7 +18,7 @@ LINES_PER_SECOND = 10
 
 
 class LimitedLog:
-    """A logger's warning(), at most `per_second` lines a second for each key."""
+    """A logger's warning() and info(), at most `per_second` lines a second for each key."""
 
     def __init__(self, log: Any, *, metrics: Metrics, per_second: int = LINES_PER_SECOND,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -31,6 +31,15 @@ class LimitedLog:
 
     def warning(self, key: str, event: str, **fields: Any) -> None:
         """log.warning(event, **fields) unless `key` has had its lines this second."""
+        if self._admit(key, event):
+            self.log.warning(event, **fields)
+
+    def info(self, key: str, event: str, **fields: Any) -> None:
+        """log.info(event, **fields) under the same bound."""
+        if self._admit(key, event):
+            self.log.info(event, **fields)
+
+    def _admit(self, key: str, event: str) -> bool:
         second = int(self.clock())
         state = self._seconds.setdefault(key, [second, 0, 0])
         if state[0] != second:
@@ -38,10 +47,10 @@ class LimitedLog:
         if state[1] >= self.per_second:
             state[2] += 1
             self.metrics.log_lines_suppressed.labels(event).inc()
-            return
+            return False
         if state[2]:
             self.log.warning("log_lines_suppressed", suppressed_event=event, key=key,
                              suppressed=state[2])
             state[2] = 0
         state[1] += 1
-        self.log.warning(event, **fields)
+        return True

@@ -99,8 +99,9 @@ class Webhook:
             status, body, headers = await self._push(scope, receive, query)
         elif scope["method"] in ("GET", "HEAD"):
             try:
-                status, body, headers = 200, self.guard.verify_url(query), _ECHO
-                self.log.info("url_verified")
+                status, body, headers = 200, await self.guard.verify_url(query), _ECHO
+                # A verbatim repeat is answered again: its line is bounded like a refusal's.
+                self.refusals.info("url_verified", "url_verified")
             except GuardError as exc:
                 status, body, headers = self._refuse(exc, {"method": "GET"})
         else:
