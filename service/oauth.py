@@ -170,8 +170,9 @@ class OAuth:
         """Check the state, exchange the code, keep the profile, sign the follower in."""
         try:
             return await self._callback(request)
-        except Exception:  # a friendly page, never a 5xx, whatever broke
-            self.log.exception("oauth_callback_failed")
+        except Exception:  # noqa: BLE001 - a friendly page, never a 5xx, whatever broke
+            # Logged with its traceback, bounded: a store outage would otherwise write a traceback per callback.
+            self.refusals.error("callback_failed", "oauth_callback_failed", exc_info=True)
             return problem_page("error")
 
     async def _callback(self, request: Request) -> Response:
@@ -206,7 +207,8 @@ class OAuth:
             # Signed but too old (or tampered with): the ten minutes are over.
             return problem_page("expired")
         # No cookie for this state: forged, or started in another browser (login CSRF).
-        self.log.warning("oauth_state_rejected", reason="no_matching_cookie")
+        self.refusals.warning("no_matching_cookie", "oauth_state_rejected",
+                              reason="no_matching_cookie")
         return problem_page("forged")
 
     async def _complete(self, key: str, record: dict[str, str], started: dict[str, Any],
@@ -245,7 +247,7 @@ class OAuth:
                 and hmac.compare_digest(str(record.get("code")), _digest(code))):
             return self._signed_in(str(record["openid"]), state,
                                    safe_next(str(record.get("next"))), cookie_name)
-        self.log.warning("oauth_state_rejected", reason="reused")
+        self.refusals.warning("reused", "oauth_state_rejected", reason="reused")
         return problem_page("reused")
 
     def _signed_in(self, openid: str, state: str, next_path: str,
@@ -259,7 +261,8 @@ class OAuth:
         return resp
 
     def _failure(self, exc: WeChatAPIError, next_path: str) -> Response:
-        self.log.warning("oauth_failed", errcode=exc.errcode, api=exc.api)
+        # A code anyone can make up (40029) after a login anyone can start: bounded.
+        self.refusals.warning("failed", "oauth_failed", errcode=exc.errcode, api=exc.api)
         if exc.errcode in _CODE_ERRORS:
             return problem_page("code", retry_next=next_path)
         if exc.errcode == 48001:

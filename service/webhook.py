@@ -100,7 +100,7 @@ class Webhook:
         elif scope["method"] in ("GET", "HEAD"):
             try:
                 status, body, headers = 200, self.guard.verify_url(query), _ECHO
-                self.log.info("url_verified")
+                self.refusals.info("url_verified", "url_verified")  # replayable: bounded
             except GuardError as exc:
                 status, body, headers = self._refuse(exc, {"method": "GET"})
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -506,3 +507,65 @@ async def test_an_oauth_nickname_xml_cannot_carry_is_stored_clean(
             r = await client.post("/wechat", params=push.params, content=push.body)
             f = decode_reply(r.content, crypto=crypto if aes else None)
             assert f["Content"] == "Welcome, Anne!" and f["ToUserName"] == OTHER
+
+
+# -- log lines an unauthenticated callback can cause: bounded --------------------------------
+
+class StoppedClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def left_out(app: FastAPI, event: str) -> float:
+    return app.state.metrics.registry.get_sample_value(
+        "wxhook_log_lines_suppressed_total", {"event": event}) or 0.0
+
+
+@pytest.mark.parametrize("path", ["no_matching_cookie", "reused"])
+async def test_a_callback_flood_writes_a_bounded_number_of_lines(make_app, upstream, path):
+    app = make_app()
+    clock = app.state.oauth.refusals.clock = StoppedClock()  # one second, however long it takes
+    async with client_for(app) as follower:
+        r, back = await sign_in(follower, upstream)
+        assert r.status_code == 303
+    n = 300
+    async with client_for(app) as attacker:  # no cookies at all
+        with capture_logs() as logs:
+            for _ in range(n):
+                state = secrets.token_hex(16) if path == "no_matching_cookie" \
+                    else back.params["state"]
+                r = await attacker.get("/oauth/callback", params={"state": state, "code": "x"})
+                assert r.status_code == (403 if path == "no_matching_cookie" else 400)
+            clock.now += 1
+            await attacker.get("/oauth/callback", params={"state": back.params["state"]
+                                                          if path == "reused" else "abc",
+                                                          "code": "x"})
+    rejected = [e for e in logs if e["event"] == "oauth_state_rejected"]
+    assert [e["reason"] for e in rejected] == [path] * 11
+    (summary,) = [e for e in logs if e["event"] == "log_lines_suppressed"]
+    assert summary["suppressed"] == n - 10 and summary["key"] == path
+    assert left_out(app, "oauth_state_rejected") == n - 10
+
+
+async def test_a_failing_callback_logs_its_traceback_a_bounded_number_of_times(
+        make_app, make_settings, upstream, monkeypatch):
+    app = make_app(settings=make_settings(WXHOOK_OAUTH_LIMIT_PER_CLIENT="100",
+                                          WXHOOK_OAUTH_LIMIT_TOTAL="100"))
+    app.state.oauth.refusals.clock = StoppedClock()
+
+    async def store_down(*args: Any, **kw: Any) -> None:
+        raise ConnectionError("the store is gone")
+
+    async with client_for(app) as browser:
+        back = await authorize(upstream, await start(browser))
+        monkeypatch.setattr(app.state.oauth.store, "set", store_down)
+        with capture_logs() as logs:
+            for _ in range(40):
+                r = await browser.get(back.path, params=dict(back.params))
+                assert r.status_code == 200 and "Something went wrong" in r.text
+    failed = [e for e in logs if e["event"] == "oauth_callback_failed"]
+    assert len(failed) == 10 and all(e.get("exc_info") for e in failed)
+    assert left_out(app, "oauth_callback_failed") == 30
