@@ -89,7 +89,8 @@ class SafeJSON:
         """The rendered line, bytes or str as the wrapped renderer gives it."""
         line = self.renderer(logger, method, event_dict)
         if isinstance(line, bytes):
-            if _UNSAFE_UTF8.search(line) is None:  # one scan in C for a push's line
+            # A push's line is ASCII (JSON has escaped its C0): two scans in C, no regex.
+            if (line.isascii() and b"\x7f" not in line) or _UNSAFE_UTF8.search(line) is None:
                 return line
             return _UNSAFE_UTF8.sub(
                 lambda m: f"\\u{ord(m.group().decode()):04x}".encode(), line)
