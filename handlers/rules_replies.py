@@ -51,9 +51,14 @@ class ReplyChecker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def add(self, line: int, where: str, message: str) -> None:
         self.problems.append(f"{self.name}:{line}: {where}: {message}")
+
+    def warn(self, line: int, where: str, message: str) -> None:
+        """Something valid that will not work as the owner may expect."""
+        self.warnings.append(f"{self.name}:{line}: {where}: warning: {message}")
 
     def _mapping(self, node: Any, line: int, where: str, allowed: tuple[str, ...]) -> bool:
         if not isinstance(node, YamlMap):
@@ -84,8 +89,9 @@ class ReplyChecker:
         if not items:
             self.add(line, where, "empty: give at least one reply")
             return None
-        replies = [self.reply(item, items.lines[i], f"{where}[{i}]" if node is items else where)
-                   for i, item in enumerate(items)]
+        places = [(items.lines[i], f"{where}[{i}]" if node is items else where)
+                  for i in range(len(items))]
+        replies = [self.reply(item, *places[i]) for i, item in enumerate(items)]
         if any(r is None for r in replies):
             return None
         got = tuple(r for r in replies if r is not None)
