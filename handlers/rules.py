@@ -152,6 +152,9 @@ class _Checker(ReplyChecker):
         if isinstance(anonymous, str) and NICKNAME in anonymous:
             self.add(node.lines["anonymous"], "subscribe.anonymous",
                      "is used when no name is known: it cannot contain {nickname}")
+        elif isinstance(anonymous, str):
+            self.check_size(anonymous, node.lines["anonymous"], "subscribe.anonymous",
+                            passive=True)
         scenes: dict[str, Answer] = {}
         raw = node.get("scenes")
         if raw is not None and not isinstance(raw, YamlMap):
