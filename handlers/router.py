@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from service.messages import InboundMessage, MenuEvent, ScanEvent, SubscribeEven
 from service.replies import Reply
 
 from .keywords import Keywords
+from .rules_regex import compile_regex
 
 if TYPE_CHECKING:  # service imports this module: only the type checker follows these
     from structlog.typing import FilteringBoundLogger
@@ -125,7 +125,7 @@ class Router:
                                                           HandlerOf[TextMessage]]:
         """Decorator for text messages: whole text (trimmed), a word in it, or a regex; all
         case-insensitive; no condition = every text. The handler takes a TextMessage."""
-        patterns = [re.compile(p, re.IGNORECASE) for p in _listed(regex)]
+        patterns = [compile_regex(p) for p in _listed(regex)]  # RE2: RegexError says why not
         words = Keywords([(_listed(equal), _listed(contain), patterns)])
         any_text = not (_listed(equal) or _listed(contain) or patterns)
 
