@@ -33,7 +33,8 @@ KEYWORD_FIELDS: dict[str, str] = {
     "name": "the rule's name, unique in the file; the push log says `handler: rules:<name>`",
     "equal": "texts the whole message must be (trimmed, case-insensitive)",
     "contain": "texts found anywhere in the message (case-insensitive)",
-    "regex": "Python regular expressions searched in the message (case-insensitive)",
+    "regex": "regular expressions searched in the message (case-insensitive), run on RE2 in "
+             "linear time: no back-references or look-around",
     "mode": "how the replies are used (see the modes below)",
     "replies": "the rule's replies, a list; at least one",
 }

@@ -4,6 +4,7 @@ reference is the one the code generates."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pydantic import Field
 # The code's modules: the only lines to change when it moves (wxhook.server.x, wxhook.x).
 from handlers import rules_schema
 from service.config import Settings
+from service.metrics import Metrics
 from tests.support import ROOT
 
 _spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs" / "reference.py")
@@ -42,6 +44,15 @@ def test_the_page_has_every_setting_and_every_part_of_the_rules_file():
             assert f"| `{key}` | {meaning} |" in page, key
     for kind, fields in rules_schema.REPLY_FIELDS.items():
         assert f"| `{kind}` | {', '.join(f'`{f}`' for f in fields)} |" in page, kind
+
+
+def test_the_operations_page_names_every_metric():
+    page = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    families = list(Metrics().registry.collect())
+    assert families
+    for family in families:  # a counter is exported with _total
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert re.search(rf"`{name}(?![a-z_])", page), name
 
 
 class _MoreSettings(Settings):
