@@ -19,9 +19,9 @@ from service.menu import KEY_BYTES, menu_problems
 
 from .rules_regex import Pattern, RegexError, ascii_only, compile_regex
 from .rules_replies import NICKNAME, Answer, ReplyChecker
+from .rules_schema import DEFAULT_FIELDS, KEYWORD_FIELDS, SECTIONS, SUBSCRIBE_FIELDS
 from .rules_yaml import Seq, YamlMap, line_of, parse_yaml
 
-SECTIONS = ("subscribe", "keywords", "default", "menu", "clicks")
 CONSOLE_DEFAULT_ONCE_PER = 3600  # the console's 收到消息回复 answers a follower once an hour
 
 
@@ -141,7 +141,7 @@ class _Checker(ReplyChecker):
     def subscribe(self, node: Any, line: int) -> Subscribe | None:
         if isinstance(node, str | Seq):  # a short form: `subscribe: "Welcome!"`
             node = YamlMap({"reply": node}, line=line, lines={"reply": line})
-        if not self._mapping(node, line, "subscribe", ("reply", "anonymous", "scenes")):
+        if not self._mapping(node, line, "subscribe", tuple(SUBSCRIBE_FIELDS)):
             return None
         answer = (self.answer(node["reply"], node.lines["reply"], "subscribe.reply")
                   if "reply" in node else None)
@@ -178,8 +178,7 @@ class _Checker(ReplyChecker):
             at = node.lines[i]
             name = rule.get("name") if isinstance(rule, YamlMap) else None
             label = f"keywords[{i}]" + (f" ({name})" if isinstance(name, str) else "")
-            if not self._mapping(rule, at, label,
-                                 ("name", "equal", "contain", "regex", "mode", "replies")):
+            if not self._mapping(rule, at, label, tuple(KEYWORD_FIELDS)):
                 continue
             if not isinstance(name, str) or not name.strip():
                 name = f"keyword-{i + 1}"
@@ -233,7 +232,7 @@ class _Checker(ReplyChecker):
     def default(self, node: Any, line: int) -> Default | None:
         if isinstance(node, str | Seq):
             node = YamlMap({"reply": node}, line=line, lines={"reply": line})
-        if not self._mapping(node, line, "default", ("reply", "once_per")):
+        if not self._mapping(node, line, "default", tuple(DEFAULT_FIELDS)):
             return None
         once = node.get("once_per", CONSOLE_DEFAULT_ONCE_PER)
         if type(once) is not int or once < 0:

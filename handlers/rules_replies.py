@@ -18,11 +18,10 @@ from service.replies import (
     VoiceReply,
 )
 
+from .rules_schema import MODES, REPLY_FIELDS, REPLY_TYPES
 from .rules_yaml import Seq, YamlMap
 
 Mode = Literal["random_one", "reply_all"]
-MODES = ("random_one", "reply_all")
-REPLY_TYPES = ("text", "news", "image", "voice", "video", "music")
 NICKNAME = "{nickname}"
 # What a name may add where {nickname} stands, for the size warning (16 four-byte characters);
 # at run time the check is on the text as sent, the name filled in.
@@ -154,7 +153,7 @@ class ReplyChecker:
             elif isinstance(body, Seq):
                 self.add(line, where, f"{len(body)} articles: WeChat shows exactly one")
                 return None
-        fields = _FIELDS[kind]
+        fields = REPLY_FIELDS[kind]
         if not isinstance(body, YamlMap):
             self.add(line, where, f"must be a mapping of {', '.join(fields)}")
             return None
@@ -173,13 +172,5 @@ class ReplyChecker:
         return _BUILD[kind](*values)
 
 
-# Fields of each reply form, the required one first, named as WeChat's JSON names them.
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "news": ("title", "description", "picurl", "url"),
-    "image": ("media_id",), "voice": ("media_id",),
-    "video": ("media_id", "title", "description"),
-    "music": ("thumb_media_id", "title", "description", "musicurl", "hqmusicurl"),
-}
 _BUILD: dict[str, Callable[..., Reply]] = {"news": NewsReply, "image": ImageReply, "voice": VoiceReply,
                           "video": VideoReply, "music": MusicReply}
-
