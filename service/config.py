@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     greeting: str = Field("Welcome, {nickname}!", alias="WXHOOK_GREETING")
     greeting_anonymous: str = Field("Welcome!", alias="WXHOOK_GREETING_ANONYMOUS")
     profile_ttl: int = Field(3600, ge=0, alias="WXHOOK_PROFILE_TTL")
+    state_ttl: int = Field(86400, ge=1, alias="WXHOOK_STATE_TTL")  # ctx.state(), after a change
     profile_db: str = Field("var/profiles.sqlite3", alias="WXHOOK_PROFILE_DB")
     batch_window: float = Field(0.002, ge=0, le=0.5, alias="WXHOOK_BATCH_WINDOW")
     http_timeout: float = Field(3.0, gt=0, alias="WXHOOK_HTTP_TIMEOUT")
