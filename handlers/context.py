@@ -10,8 +10,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from service.replies import Reply
-
 from .state import Loaded, States
 
 if TYPE_CHECKING:  # the server builds the Context: only the type checker follows these
@@ -19,6 +17,7 @@ if TYPE_CHECKING:  # the server builds the Context: only the type checker follow
 
     from service.config import Settings
     from service.profiles import Profiles
+    from service.replies import Reply
     from service.wechat_api import WeChatAPI
 
 T = TypeVar("T")

@@ -13,14 +13,13 @@ against, so anything that needs I/O belongs in the handler or a middleware.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from service.messages import InboundMessage
+if TYPE_CHECKING:
+    from service.messages import InboundMessage
 
-M_contra = TypeVar("M_contra", bound=InboundMessage, contravariant=True)
-N = TypeVar("N", bound=InboundMessage)
-
-Test = Callable[[N], bool]  # what `when=` takes: a Filter, or any predicate
+M_contra = TypeVar("M_contra", bound="InboundMessage", contravariant=True)
+N = TypeVar("N", bound="InboundMessage")
 
 
 class Filter(Generic[M_contra]):
