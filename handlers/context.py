@@ -4,7 +4,6 @@ regex match, the follower's state."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ if TYPE_CHECKING:  # the server builds the Context: only the type checker follow
     from service.profiles import Profiles
     from service.replies import Reply
     from service.wechat_api import WeChatAPI
+
+    from .rules_regex import Match
 
 T = TypeVar("T")
 
@@ -38,7 +39,7 @@ class Context:
     after_reply: tuple[Reply, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)  # middleware -> handlers
     # The regex of `@router.text(regex=...)` that matched this push (None: no regex did).
-    match: re.Match[str] | None = None
+    match: Match | None = None
     states: States | None = None         # where follower state lives (None: nowhere)
     openid: str = ""                     # whose state `state()` reads
     _state: Loaded | None = field(default=None, repr=False)

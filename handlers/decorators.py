@@ -7,7 +7,6 @@ decorator's own conditions. They all register through Router.register().
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
@@ -33,6 +32,8 @@ from service.messages import (
 
 from .keywords import Keywords
 from .middleware import Answer
+from .rules_regex import Match as RegexMatch
+from .rules_regex import compile_regex
 
 if TYPE_CHECKING:
     from .context import Context
@@ -42,7 +43,7 @@ R = TypeVar("R", bound=Answer)
 
 HandlerOf = Callable[[M, "Context"], Awaitable[R]]  # a handler of M answering R
 Match = Callable[[InboundMessage], bool]
-Found = Callable[[InboundMessage], "re.Match[str] | None"]
+Found = Callable[[InboundMessage], RegexMatch | None]
 QRScan = SubscribeEvent | ScanEvent
 MESSAGE_TYPES = ("text", "image", "voice", "video", "shortvideo", "location", "link")
 
@@ -92,18 +93,15 @@ class Decorators:
     def text(self, *, equal: str | Sequence[str] = (), contain: str | Sequence[str] = (),
              regex: str | Sequence[str] = (),
              when: Callable[[TextMessage], bool] | None = None) -> Decorator[TextMessage]:
-        """Texts: the whole text (trimmed), a word in it, or a regex searched in the trimmed
-        text, all case-insensitive; none: every text. A regex's match is `ctx.match`."""
-        patterns = [re.compile(p, re.IGNORECASE) for p in _listed(regex)]
+        """Texts: the whole text (trimmed), a word in it, or a regex (RE2) searched in the
+        trimmed text, all case-insensitive; none: every text. A regex's match is `ctx.match`."""
+        patterns = [compile_regex(p) for p in _listed(regex)]  # RE2: RegexError says why not
         words = Keywords([(_listed(equal), _listed(contain), patterns)])
         any_text = not (_listed(equal) or _listed(contain) or patterns)
 
-        def found(msg: InboundMessage) -> re.Match[str] | None:
-            trimmed = msg.content.strip() if isinstance(msg, TextMessage) else ""
-            for pattern in patterns:
-                if (hit := pattern.search(trimmed)) is not None:
-                    return hit
-            return None
+        def found(msg: InboundMessage) -> RegexMatch | None:
+            hit = words.first(msg.content) if isinstance(msg, TextMessage) else None
+            return None if hit is None else hit.match
 
         def test(msg: TextMessage) -> bool:
             return words.first(msg.content) is not None

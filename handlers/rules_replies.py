@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from service.longtext import CUSTOM_BYTES, ELLIPSIS, PASSIVE_BYTES, cut, size, split
 from service.replies import (
     ImageReply,
     MusicReply,
@@ -23,6 +24,9 @@ Mode = Literal["random_one", "reply_all"]
 MODES = ("random_one", "reply_all")
 REPLY_TYPES = ("text", "news", "image", "voice", "video", "music")
 NICKNAME = "{nickname}"
+# What a name may add where {nickname} stands, for the size warning (16 four-byte characters);
+# at run time the check is on the text as sent, the name filled in.
+NAME_BYTES = 64
 # The fields of each reply a follower reads: where {nickname} may appear and is filled in.
 TEXT_FIELDS: dict[type[Reply], tuple[str, ...]] = {
     TextReply: ("content",), NewsReply: ("title", "description"),
@@ -51,9 +55,38 @@ class ReplyChecker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def add(self, line: int, where: str, message: str) -> None:
         self.problems.append(f"{self.name}:{line}: {where}: {message}")
+
+    def warn(self, line: int, where: str, message: str) -> None:
+        """Something valid that will not work as the owner may expect."""
+        self.warnings.append(f"{self.name}:{line}: {where}: warning: {message}")
+
+    def check_size(self, text: str, line: int, where: str, *, passive: bool) -> None:
+        """Warn about a text longer than one WeChat message, and say how it will be sent."""
+        filled = text.replace(NICKNAME, "x" * NAME_BYTES)  # the longest a name makes it
+        most = size(filled)
+        if most <= (PASSIVE_BYTES if passive else CUSTOM_BYTES):
+            return
+        length = f"{most:,} bytes" + (f" with a {NAME_BYTES}-byte name" if NICKNAME in text
+                                      else "")
+        if passive:
+            _, rest = cut(filled, PASSIVE_BYTES)
+            count = len(split(rest, CUSTOM_BYTES))
+            how = (f"WeChat shows no passive text reply over {PASSIVE_BYTES:,} bytes: it goes "
+                   f"out as a passive reply of up to {PASSIVE_BYTES:,} bytes and about {count} "
+                   f"customer-service message(s) after it, in order (an account without them, "
+                   f"errcode 48001, sends the first part ending in {ELLIPSIS!r})")
+        else:
+            count = len(split(filled, CUSTOM_BYTES))
+            how = (f"it goes out as about {count} customer-service messages of up to "
+                   f"{CUSTOM_BYTES:,} bytes each, in order")
+        if count > 3:
+            how += ("; a follow, scan or menu click allows 3 customer-service messages and a "
+                    "message 5: past that WeChat refuses the rest (45047)")
+        self.warn(line, where, f"a text of {length}: {how}")
 
     def _mapping(self, node: Any, line: int, where: str, allowed: tuple[str, ...]) -> bool:
         if not isinstance(node, YamlMap):
@@ -84,11 +117,15 @@ class ReplyChecker:
         if not items:
             self.add(line, where, "empty: give at least one reply")
             return None
-        replies = [self.reply(item, items.lines[i], f"{where}[{i}]" if node is items else where)
-                   for i, item in enumerate(items)]
+        places = [(items.lines[i], f"{where}[{i}]" if node is items else where)
+                  for i in range(len(items))]
+        replies = [self.reply(item, *places[i]) for i, item in enumerate(items)]
         if any(r is None for r in replies):
             return None
         got = tuple(r for r in replies if r is not None)
+        for i, r in enumerate(got):
+            if isinstance(r, TextReply):  # with reply_all, replies 2..n are follow-ups
+                self.check_size(r.content, *places[i], passive=i == 0 or mode != "reply_all")
         return Answer(got, mode if mode in MODES else "random_one",
                       any(NICKNAME in text for r in got for text in texts(r)))
 

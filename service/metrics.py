@@ -46,6 +46,10 @@ class Metrics:
                                        registry=r)
         self.ready = Gauge("wxhook_ready", "1 when /readyz last answered ready", registry=r,
                            multiprocess_mode="min")
+        # Faults every replica shares: counted and alerted here, never failing readiness.
+        self.dependency_up = Gauge("wxhook_dependency_up", "0 while a dependency all "
+                                   "instances share is failing (token, redis)", ["dependency"],
+                                   registry=r, multiprocess_mode="min")
         self.rules_reloads = Counter("wxhook_rules_reloads", "Rules file reloads, by result "
                                      "(failed: the file was refused, the old rules stay)",
                                      ["result"], registry=r)

@@ -103,8 +103,9 @@ class Webhook:
             status, body, headers = await self._push(scope, receive, query)
         elif scope["method"] in ("GET", "HEAD"):
             try:
-                status, body, headers = 200, self.guard.verify_url(query), _ECHO
-                self.log.info("url_verified")
+                status, body, headers = 200, await self.guard.verify_url(query), _ECHO
+                # A verbatim repeat is answered again: its line is bounded like a refusal's.
+                self.refusals.info("url_verified", "url_verified")
             except GuardError as exc:
                 status, body, headers = self._refuse(exc, {"method": "GET"})
         else:
@@ -232,13 +233,16 @@ class Webhook:
                 return
             rec["handler"] = ctx.handler or None
             if reply is not None:
+                # A text WeChat would not show is cut; its rest follows the reply. The record
+                # keeps the passive part: a retry gets the same bytes and sends nothing more.
+                reply, after = self.delivery.passive(reply, ctx.after_reply, openid=msg.openid)
                 rec["reply_type"] = reply.msg_type
                 # Sealed, when the push was, under the key that opened it.
                 xml, record = encode(reply, to_user=msg.from_user, from_user=msg.to_user,
                                      crypto=admitted.crypto, key=admitted.key)
                 run.answer(xml)
-                if ctx.after_reply:  # only now: reply 1 is rendered and on its way
-                    self.delivery.follow_up(ctx.after_reply, msg.openid)
+                if after:  # only now: reply 1 is rendered and on its way
+                    self.delivery.follow_up(after, msg.openid)
         except Exception as exc:
             self.log.error("reply_failed", exc_info=exc, **rec)
             rec["outcome"] = "no_reply"

@@ -137,8 +137,11 @@ async def simulate(settings: Settings, *, kind: str, url: str, openid: str, text
             print(f"try {i + 1}: HTTP {resp.status_code} in {ms:.0f} ms"
                   + (" (encrypted reply)" if b"<Encrypt>" in resp.content else ""))
             if resp.status_code != 200:
-                print(resp.text)
-                if resp.status_code == 403 and "signature" in resp.text:
+                # UTF-8, as wxhook answers: resp.text would decode in whatever charset the
+                # answer names (punycode takes seconds on a large body).
+                answer = resp.content.decode("utf-8", "replace")
+                print(answer)
+                if resp.status_code == 403 and "signature" in answer:
                     print(_signature_hint(settings), file=sys.stderr)
                 code = 1
                 continue
