@@ -167,6 +167,10 @@ async def test_a_regex_match_reaches_the_handler_with_its_groups() -> None:
     async def declines(msg: TextMessage, ctx: Context) -> None:
         seen.append(ctx.match and ctx.match["word"])
 
+    @router.text(equal="hi!")
+    async def plain(msg: TextMessage, ctx: Context) -> None:
+        seen.append(ctx.match)
+
     @router.text(equal=["hours", "hi!"], regex=r"^nothing-here$")
     async def hours(msg: TextMessage, ctx: Context) -> str:
         seen.append(ctx.match)
@@ -176,9 +180,9 @@ async def test_a_regex_match_reaches_the_handler_with_its_groups() -> None:
         # Searched in the trimmed text, case-insensitively; the match is of that text.
         assert (await wx.text("  ORDER #42 red ")).get("Content") == "42|red|ORDER #42 red"
         assert (await wx.text("order 7")).get("Content") == "7|None|order 7"
-        # A route that matched by `equal` gets no match, not the previous route's.
+        # Routes without a regex, or matched by `equal`, get no match, not an earlier route's.
         assert (await wx.text("hi!")).get("Content") == "hours"
-    assert seen == ["hi", None]
+    assert seen == ["hi", None, None]
 
 
 @pytest.mark.parametrize(("answer", "expect"), [
