@@ -45,6 +45,9 @@ class Match(Protocol):
     def group(self, *groups: int | str) -> Any:
         """The text of a group (by number or name); several give a tuple."""
 
+    def __getitem__(self, group: int | str) -> Any:
+        """`match[1]`, `match["name"]`: the text of one group."""
+
     def groups(self, default: Any = None) -> tuple[Any, ...]:
         """Every numbered group's text."""
 

@@ -134,6 +134,8 @@ class Settings(BaseSettings):
         "The greeting when no name is known in time."))
     profile_ttl: int = Field(3600, ge=0, alias="WXHOOK_PROFILE_TTL", description=(
         "How long a `user/info` answer is cached, in seconds."))
+    state_ttl: int = Field(86400, ge=1, alias="WXHOOK_STATE_TTL", description=(
+        "How long a follower's `ctx.state()` is kept after its last change, in seconds."))
     profile_db: str = Field("var/profiles.sqlite3", alias="WXHOOK_PROFILE_DB", description=(
         "Where OAuth-captured profiles are kept when REDIS_URL is not set: a SQLite file, "
         "relative to the working directory (`wxhook dev` uses "

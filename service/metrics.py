@@ -55,6 +55,10 @@ class Metrics:
                                      ["result"], registry=r)
         self.follow_ups = Counter("wxhook_follow_ups", "reply_all replies after the first, "
                                   "sent by customer-service message", ["result"], registry=r)
+        self.state_writes = Counter(
+            "wxhook_state_writes", "Follower-state saves after a handler read it, by result "
+            "(conflict: another push of the follower saved first; refused: too large or not "
+            "JSON)", ["result"], registry=r)
         self.log_lines_suppressed = Counter(
             "wxhook_log_lines_suppressed", "Warning lines left out by the per-second bound "
             "(a flood of refused pushes)", ["event"], registry=r)

@@ -187,6 +187,17 @@ class TransferCustomerService(Reply):
         return f"<TransInfo><KfAccount>{cdata(self.kf_account)}</KfAccount></TransInfo>"
 
 
+@dataclass(frozen=True, slots=True)
+class NoReply(Reply):
+    """Answered with nothing to say: stops the search ("success"); None lets the next
+    handler, the rules file and the defaults try."""
+
+    msg_type: ClassVar[str] = "none"
+
+    def body(self) -> str:
+        return ""
+
+
 def tail(reply: Reply) -> str:
     """The rest of a reply after its head (addressee, sender, time): its type and fields."""
     return f"<MsgType>{cdata(reply.msg_type)}</MsgType>{reply.body()}</xml>"
