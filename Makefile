@@ -19,7 +19,7 @@ install: $(STAMP)
 # the server plus the built-in sandbox WeChat API. With credentials it runs the production
 # server. A malformed setting stops here with the message `wxhook serve` gives (exit 2).
 run: install
-	@$(PY) -m service.config; rc=$$?; \
+	@$(PY) -m wxhook.server.config; rc=$$?; \
 	if [ $$rc = 0 ]; then exec $(VENV)/bin/wxhook serve; \
 	elif [ $$rc = 3 ]; then exec $(VENV)/bin/wxhook dev; \
 	else exit $$rc; fi
@@ -36,7 +36,7 @@ fuzz: install
 
 lint: install
 	$(VENV)/bin/ruff check service handlers tests
-	$(VENV)/bin/mypy service handlers
+	$(VENV)/bin/mypy handlers service
 
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor
 # fails the build, and so does a configuration page that no longer matches Settings.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from handlers.router import Context, Router
-from service.messages import InboundMessage, TextMessage
-from service.replies import TextReply
+from wxhook.messages import InboundMessage, TextMessage
+from wxhook.replies import TextReply
+from wxhook.router import Context, Router
 
 router = Router()
 

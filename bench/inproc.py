@@ -57,9 +57,9 @@ def child(scenario: str, n: int) -> None:
         path = Path(os.environ["BENCH_PROFILE_DB"]).with_name("rules.yaml")
         path.write_text(rules_yaml(500) + "default: {reply: 'Noted.', once_per: 3600}\n")
         os.environ["WXHOOK_RULES"] = str(path)
-    from service.app import create_app
-    from service.config import Settings
-    from service.logs import configure_logging
+    from wxhook.server.app import create_app
+    from wxhook.server.config import Settings
+    from wxhook.server.logs import configure_logging
 
     def profile(openid: str) -> dict[str, object]:
         # A whole user/info answer (the sandbox's fields), so parsing costs what it does.

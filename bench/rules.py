@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/rules.py [--rules 500] [--loops 20000]
 
-"indexed" is handlers.rules_router.RuleBook (a dict for `equal`, one combined pattern that
+"indexed" is wxhook.rules_router.RuleBook (a dict for `equal`, one combined pattern that
 rules out most messages for `contain` and `regex`); "plain" tries each rule in file order,
 the obvious loop. Both must give the same answers; the table says what the index buys.
 The whole push with these rules: `bench/inproc.py rules`.
@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handlers.rules import Keyword, parse_rules
-from handlers.rules_regex import MAX_TEXT
-from handlers.rules_router import RuleBook
+from wxhook.rules import Keyword, parse_rules
+from wxhook.rules_regex import MAX_TEXT
+from wxhook.rules_router import RuleBook
 
 
 def rules_yaml(n: int) -> str:

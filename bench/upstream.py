@@ -1,4 +1,4 @@
-"""Run the stand-in WeChat API (service.tools.sandbox) for the benchmark, in its own process.
+"""Run the stand-in WeChat API (wxhook.tools.sandbox) for the benchmark, in its own process.
 
     python bench/upstream.py --port 18900 --appid wx... --secret ... --latency 0.030
 
@@ -14,7 +14,7 @@ import uvicorn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from service.tools.sandbox import create_sandbox
+from wxhook.tools.sandbox import create_sandbox
 
 
 def main() -> None:

@@ -16,10 +16,9 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import SecretStr
 
 # Where the schemas live: the only lines naming the code's modules (change them when it
-# moves, e.g. service.config -> wxhook.server.config, handlers.x -> wxhook.x).
-from handlers import rules, rules_schema
-from service import menu
-from service.config import Settings
+# moves, e.g. wxhook.server.config -> wxhook.server.config, handlers.x -> wxhook.x).
+from wxhook import menu, rules, rules_schema
+from wxhook.server.config import Settings
 
 PAGE = Path(__file__).resolve().parent / "configuration.md"
 

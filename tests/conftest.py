@@ -11,14 +11,14 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import settings
 
-from service.app import create_app
-from service.config import Settings, load_settings
-from service.crypto import MessageCrypto
-from service.metrics import Metrics
-from service.store.memory import MemoryStore
-from service.tools.sandbox import SandboxState, create_sandbox
-from service.tools.simulate import Push, push_xml, sign_push
 from tests.support import AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, redis_server
+from wxhook.server.app import create_app
+from wxhook.server.config import Settings, load_settings
+from wxhook.server.crypto import MessageCrypto
+from wxhook.server.metrics import Metrics
+from wxhook.server.store.memory import MemoryStore
+from wxhook.tools.sandbox import SandboxState, create_sandbox
+from wxhook.tools.simulate import Push, push_xml, sign_push
 
 OPENID = "oSandboxDemoFollower00000001"   # the sandbox's demo follower, "刺猬宝宝"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.tools.simulate import push_xml, sign_push
 from tests.support import ROOT, TOKEN, WXHOOK, free_port, process, sandbox_process, server_env
+from wxhook.tools.simulate import push_xml, sign_push
 
 pytestmark = pytest.mark.slow
 

@@ -23,18 +23,18 @@ import httpx
 import pytest
 from lxml import etree
 
-from handlers.router import Context, Router
-from service.errors import XMLError
-from service.messages import InboundMessage, TextMessage
-from service.replies import TextReply
-from service.signature import sign
-from service.tools.sandbox.state import Fault
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
-from service.xmldoc import parse_fields
 from tests.conftest import OPENID
 from tests.support import TOKEN
+from wxhook.errors import XMLError
+from wxhook.messages import InboundMessage, TextMessage
+from wxhook.replies import TextReply
+from wxhook.router import Context, Router
+from wxhook.server.signature import sign
+from wxhook.server.xmldoc import parse_fields
+from wxhook.tools.sandbox.state import Fault
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
-# The policy, written down here rather than read from service.charset: the codecs a body may
+# The policy, written down here rather than read from wxhook.server.charset: the codecs a body may
 # be decoded with (codecs.lookup's names), the labels real senders write that must work, and
 # aliases Python knows for those codecs that nobody writes in a declaration.
 ALLOWED = {"utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be",

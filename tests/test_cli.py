@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from service.tools.cli import build_parser
+from wxhook.tools.cli import build_parser
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -43,7 +43,7 @@ async def _client_seen(app, path: str, peer: str) -> tuple[str, str]:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    from service.serving import _BehindProxy
+    from wxhook.server.serving import _BehindProxy
 
     wrapped = _BehindProxy(inner, app)
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
@@ -75,7 +75,7 @@ async def test_forwarded_headers_are_believed_from_the_trusted_proxy_only(truste
 
 
 def test_dev_keeps_sandbox_profiles_in_a_file_of_their_own(tmp_path, monkeypatch):
-    from service.tools.cli import dev_settings
+    from wxhook.tools.cli import dev_settings
 
     (tmp_path / ".env").write_text("WECHAT_APP_ID=wxreal0000000001\nWECHAT_APP_SECRET=s\n"
                                    "WECHAT_TOKEN=abc\n")

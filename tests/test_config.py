@@ -2,7 +2,8 @@
 
 import pytest
 
-from service.config import SettingsError, load_settings, mask_url
+from wxhook.errors import SettingsError
+from wxhook.server.config import load_settings, mask_url
 
 GOOD = {"WECHAT_APP_ID": "wx1234567890abcdef", "WECHAT_APP_SECRET": "s3cr3t-value-abcdef",
         "WECHAT_TOKEN": "Tok3n"}
@@ -170,7 +171,7 @@ def _run(args, env, cwd):
 def test_make_runs_decision(env, code, tmp_path):
     import sys
 
-    res = _run([sys.executable, "-m", "service.config"], env, tmp_path)
+    res = _run([sys.executable, "-m", "wxhook.server.config"], env, tmp_path)
     assert res.returncode == code, res.stderr
     assert res.stdout == res.stderr == ""
 
@@ -181,7 +182,7 @@ def test_make_runs_decision_with_a_malformed_value_says_what_serve_says(tmp_path
     from tests.support import WXHOOK
 
     env = {**GOOD, "WECHAT_TOKEN": "my-token-1"}
-    decided = _run([sys.executable, "-m", "service.config"], env, tmp_path)
+    decided = _run([sys.executable, "-m", "wxhook.server.config"], env, tmp_path)
     served = _run([WXHOOK, "serve"], env, tmp_path)
     assert decided.returncode == served.returncode == 2
     assert decided.stderr == served.stderr == (

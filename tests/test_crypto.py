@@ -7,10 +7,10 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from wechatpy.crypto import WeChatCrypto
 
-from service.crypto import MessageCrypto
-from service.errors import DecryptError, SignatureError
 from tests.support import AES_KEY as KEY
 from tests.support import V2, V3
+from wxhook.errors import DecryptError, SignatureError
+from wxhook.server.crypto import MessageCrypto
 
 V4_ENCRYPT = (
     "D7yzvUNAL930rd28wf21s4hvXhz0L6Uit/p2Di6C5DHyYGpEgdBRnKjBec34JwoQXicwaZC7fOVihW80F4VtsdvE//1v"

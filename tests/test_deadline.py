@@ -21,14 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
-from handlers.defaults import default_router
-from handlers.router import Context, Router
-from service.messages import InboundMessage
-from service.metrics import Metrics
-from service.replies import SUCCESS, Reply, TextReply, TransferCustomerService
-from service.tools.sandbox import Fault
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN
+from wxhook.defaults import default_router
+from wxhook.messages import InboundMessage
+from wxhook.replies import SUCCESS, Reply, TextReply, TransferCustomerService
+from wxhook.router import Context, Router
+from wxhook.server.metrics import Metrics
+from wxhook.tools.sandbox import Fault
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 DEADLINE = 0.5
 JUST_OVER_BY = 0.1

@@ -1,4 +1,4 @@
-"""handlers.decorators: one typed decorator per push WeChat sends, each firing for its push
+"""wxhook.decorators: one typed decorator per push WeChat sends, each firing for its push
 and no other, through the real signed /wechat route (HandlerClient)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from mypy import api as mypy_api
 
-from handlers import Context, NoReply, Router, TextMessage, TextReply
-from handlers.testing import HandlerClient
 from tests.support import ROOT
+from wxhook import Context, NoReply, Router, TextMessage, TextReply
+from wxhook.testing import HandlerClient
 
 # Every push WeChat sends: name -> (kind, event_key, fields)
 PUSHES: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -224,7 +224,7 @@ async def test_a_handler_answering_another_type_is_a_logged_failure(capsys: Any)
 
 
 TYPED = '''
-from handlers import (Context, Filter, InboundMessage, MenuEvent, Reply, Router,
+from wxhook import (Context, Filter, InboundMessage, MenuEvent, Reply, Router,
                       SubscribeEvent, TextMessage, TextReply)
 
 router = Router()

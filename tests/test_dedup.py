@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from service.dedup import Dedup
-from service.store.redis import RedisStore
+from wxhook.server.dedup import Dedup
+from wxhook.server.store.redis import RedisStore
 
 pytestmark = pytest.mark.redis
 NS = "wxhook:wxtest:"

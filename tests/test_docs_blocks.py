@@ -29,12 +29,13 @@ import pytest
 import yaml
 from mypy import api as mypy_api
 
-# The code's modules: the only lines to change when it moves (wxhook.server.x, wxhook.x).
-from handlers.rules import parse_rules
-from handlers.rules_schema import SECTIONS
-from service.config import Settings
-from service.tools.cli import build_parser
 from tests.support import ROOT
+
+# The code's modules: the only lines to change when it moves (wxhook.server.x, wxhook.x).
+from wxhook.rules import parse_rules
+from wxhook.rules_schema import SECTIONS
+from wxhook.server.config import Settings
+from wxhook.tools.cli import build_parser
 
 INCLUDE = re.compile(r"^\[[^\]\n]*\]\(([^)\s]+)\) <!-- include -->$", re.MULTILINE)
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

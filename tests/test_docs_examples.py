@@ -17,10 +17,10 @@ import pytest
 from mypy import api as mypy_api
 from structlog.testing import capture_logs
 
-from handlers import greeting
-from handlers.router import Router
-from handlers.testing import HandlerClient
 from tests.support import ROOT
+from wxhook import greeting
+from wxhook.router import Router
+from wxhook.testing import HandlerClient
 
 GUIDE = ROOT / "docs" / "handlers.md"
 _NAME = re.compile(r"# ([\w]+\.py)\n")

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-# The code's modules: the only lines to change when it moves (wxhook.server.x, wxhook.x).
-from handlers import rules_schema
-from service.config import Settings
-from service.metrics import Metrics
 from tests.support import ROOT
+
+# The code's modules: the only lines to change when it moves (wxhook.server.x, wxhook.x).
+from wxhook import rules_schema
+from wxhook.server.config import Settings
+from wxhook.server.metrics import Metrics
 
 _spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs" / "reference.py")
 assert _spec is not None and _spec.loader is not None

@@ -1,4 +1,4 @@
-"""service.tools.envfile reads a file as systemd's EnvironmentFile= does; .env.example reads the
+"""wxhook.tools.envfile reads a file as systemd's EnvironmentFile= does; .env.example reads the
 same under it and under python-dotenv (pydantic-settings' .env reader)."""
 
 import re
@@ -6,8 +6,8 @@ import re
 import pytest
 from dotenv import dotenv_values
 
-from service.tools.envfile import parse_env_file
 from tests.support import ROOT
+from wxhook.tools.envfile import parse_env_file
 
 # Cases from systemd.exec(5) ("EnvironmentFile=") and systemd's env-file parser.
 SYSTEMD_CASES = [
@@ -50,7 +50,7 @@ def test_every_env_example_line_reads_the_same_for_systemd_and_dotenv(line, tmp_
 
 
 def test_env_example_names_every_setting():
-    from service.config import Settings
+    from wxhook.server.config import Settings
 
     names = {line.partition("=")[0] for line in _example_lines()}
     aliases = {f.alias for f in Settings.model_fields.values()} - {"WXHOOK_SANDBOX"}
@@ -60,7 +60,7 @@ def test_env_example_names_every_setting():
 def test_env_example_sets_no_defaults():
     """Defaults live in one place (service/config.py): a copied .env.example must not pin
     them, or it overrides a deployment's own (systemd's WXHOOK_PROFILE_DB, say)."""
-    from service.config import Settings
+    from wxhook.server.config import Settings
 
     set_here = parse_env_file((ROOT / ".env.example").read_text())
     assert {k for k, v in set_here.items() if v} == set(), set_here

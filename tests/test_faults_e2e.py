@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import TOKEN, free_port, sandbox_process, server_process
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 pytestmark = pytest.mark.slow
 

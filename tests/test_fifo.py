@@ -10,8 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from service.store.fifo import FifoMemory, digest
 from tests.support import examples
+from wxhook.server.store.fifo import FifoMemory, digest
 
 TTL = 10.0
 

@@ -1,4 +1,4 @@
-"""handlers.filters: predicates that compose with & | ~, used as `when=` on the real route."""
+"""wxhook.filters: predicates that compose with & | ~, used as `when=` on the real route."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from handlers import Context, Filter, InboundMessage, MenuEvent, Router, TextMessage
-from handlers.testing import HandlerClient
+from wxhook import Context, Filter, InboundMessage, MenuEvent, Router, TextMessage
+from wxhook.testing import HandlerClient
 
 VIP = "oVIPFollower0000000000000001"
 OTHER = "oOtherFollower00000000000001"

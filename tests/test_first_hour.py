@@ -11,16 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import ROOT, WXHOOK, free_port, process, sandbox_process
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 pytestmark = pytest.mark.slow
 
 APP_ID, SECRET, TOKEN = "wxf1r5th0ur0000001", "first-hour-app-secret", "firstHourToken1"
 HANDLERS = '''
-from handlers.router import Context, Router
-from service.messages import InboundMessage, TextMessage
-from service.replies import TextReply
+from wxhook.router import Context, Router
+from wxhook.messages import InboundMessage, TextMessage
+from wxhook.replies import TextReply
 
 router = Router()
 

@@ -11,20 +11,20 @@ import pytest
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
 
-from handlers.router import Context, Router
-from service.config import Settings
-from service.crypto import MessageCrypto
-from service.errors import FreshnessError
-from service.guard import Admission, Guard
-from service.messages import InboundMessage, TextMessage
-from service.metrics import Metrics
-from service.replies import TextReply
-from service.signature import sign
-from service.store.memory import MemoryStore
-from service.tools.simulate import decode_reply, push_xml, sign_push
-from service.xmldoc import parse_fields
 from tests.conftest import OPENID
 from tests.support import AES_KEY, TOKEN, V2, V3
+from wxhook.errors import FreshnessError
+from wxhook.messages import InboundMessage, TextMessage
+from wxhook.replies import TextReply
+from wxhook.router import Context, Router
+from wxhook.server.config import Settings
+from wxhook.server.crypto import MessageCrypto
+from wxhook.server.guard import Admission, Guard
+from wxhook.server.metrics import Metrics
+from wxhook.server.signature import sign
+from wxhook.server.store.memory import MemoryStore
+from wxhook.server.xmldoc import parse_fields
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 NEW_KEY = "B" * 43  # the key the console changed to; AES_KEY is the previous one
 
@@ -139,7 +139,7 @@ async def test_a_replay_after_the_dedup_ttl_does_not_run_the_handler_again(
 
 async def test_redis_nonces_refuse_a_forged_body_and_a_late_repeat(make_settings, redis_url):
     # Two instances share one Redis: what one admitted, the other remembers.
-    from service.store.redis import RedisStore
+    from wxhook.server.store.redis import RedisStore
 
     now = [float(int(time.time()))]
     settings = make_settings(WXHOOK_DEDUP_TTL="30")

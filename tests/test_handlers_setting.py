@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from handlers.defaults import default_router
-from service.config import SettingsError
-from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import TOKEN, WXHOOK, sandbox_process, server_process
+from wxhook.defaults import default_router
+from wxhook.errors import SettingsError
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 ECHO = """
-from handlers.router import Context, Router
-from service.messages import InboundMessage, TextMessage
-from service.replies import TextReply
+from wxhook.router import Context, Router
+from wxhook.messages import InboundMessage, TextMessage
+from wxhook.replies import TextReply
 
 router = Router()
 not_a_router = object()
@@ -72,7 +72,7 @@ def test_a_malformed_spec_is_refused(make_settings):
     ({"acct_a": ECHO}, "acct_a.handler:router", "no module 'acct_a.handler'"),
     ({"acct_b": ECHO}, "acct_b.handlers:routr", "has no 'routr'; define `routr = Router()`"),
     ({"acct_c": ECHO}, "acct_c.handlers:not_a_router",
-     "acct_c.handlers.not_a_router is a object, not a handlers.router.Router"),
+     "acct_c.handlers.not_a_router is a object, not a wxhook.router.Router"),
     ({"acct_d": "import acct_dependency_not_installed\n"}, "acct_d.handlers:router",
      "importing acct_d.handlers failed: No module named 'acct_dependency_not_installed'"),
     ({"acct_e": "router = 1 / 0\n"}, "acct_e.handlers:router",

@@ -23,15 +23,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from service.app import create_app
-from service.crypto import MessageCrypto
-from service.signature import sign
-from service.store.memory import MemoryStore
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
 from tests.test_signature import respellings, spelled_in
 from tests.virtual_time import run_virtual
+from wxhook.server.app import create_app
+from wxhook.server.crypto import MessageCrypto
+from wxhook.server.signature import sign
+from wxhook.server.store.memory import MemoryStore
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 SECRET_MARKER = "TOP-SECRET-" + secrets.token_hex(8)
 
@@ -265,7 +265,7 @@ async def test_entities_dtds_and_includes_touch_nothing_in_any_encoding(
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_a_document_in_any_encoding_still_parses(encoding):
     # The decoding that keeps DTDs out keeps ordinary documents in, whatever their encoding.
-    from service.xmldoc import parse_fields
+    from wxhook.server.xmldoc import parse_fields
 
     doc = f"<xml>{_FIELDS}<Content><![CDATA[你好 <!DOCTYPE> ]]]]></Content></xml>"
     fields = parse_fields(_in(encoding, doc))
@@ -276,7 +276,7 @@ def test_a_document_in_any_encoding_still_parses(encoding):
 def test_the_fast_reader_never_takes_a_hostile_document(encoding, secret_file):
     # The regular-expression reader only takes flat UTF-8 <xml> documents: every attack
     # falls through to the decoding parser.
-    from service.xmldoc import flat_fields
+    from wxhook.server.xmldoc import flat_fields
 
     for doc in _attacks(f"file://{secret_file}").values():
         assert flat_fields(_in(encoding, doc)) is None
@@ -527,7 +527,7 @@ async def test_a_flood_of_misspelled_queries_writes_a_bounded_number_of_lines(ma
 
     from structlog.testing import capture_logs
 
-    from service.metrics import Metrics
+    from wxhook.server.metrics import Metrics
 
     app = make_app(clock=Clock(), metrics=Metrics())
     ts = str(int(time.time()))
@@ -648,10 +648,10 @@ async def test_a_burst_of_hostile_pushes_leaves_no_5xx(client, make_push, secret
 
 @pytest.mark.parametrize("aes", [False, True], ids=["plain", "safe"])
 async def test_an_unexpected_parser_error_is_a_400_not_a_5xx(settings, make_push, aes):
-    from service.errors import GuardError
-    from service.guard import Guard
-    from service.metrics import Metrics
-    from service.store.memory import MemoryStore
+    from wxhook.errors import GuardError
+    from wxhook.server.guard import Guard
+    from wxhook.server.metrics import Metrics
+    from wxhook.server.store.memory import MemoryStore
 
     def broken(fields: Any) -> Any:
         raise ValueError("a parser bug some odd input found")

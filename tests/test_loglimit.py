@@ -12,10 +12,10 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from service.loglimit import MAX_KEYS, LimitedLog, LimitedRecords
-from service.logs import get_logger
-from service.metrics import Metrics
 from tests.support import sandbox_process, server_process
+from wxhook.server.loglimit import MAX_KEYS, LimitedLog, LimitedRecords
+from wxhook.server.logs import get_logger
+from wxhook.server.metrics import Metrics
 
 
 class Clock:
@@ -201,8 +201,8 @@ def test_floods_against_a_real_server_write_a_bounded_number_of_lines(tmp_path):
 
 
 async def test_url_verifications_write_a_bounded_number_of_lines(make_app):
-    from service.signature import sign
     from tests.support import TOKEN
+    from wxhook.server.signature import sign
 
     clock, metrics = Clock(), Metrics()
     app = make_app(clock=clock, metrics=metrics)

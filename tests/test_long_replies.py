@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.router import Router
-from service.longtext import CUSTOM_BYTES, ELLIPSIS, PASSIVE_BYTES, cut, shortened, size, split
-from service.replies import TextReply
-from service.tools.cli import main
-from service.tools.sandbox import Fault
-from service.tools.simulate import decode_reply
 from tests.conftest import OPENID
 from tests.support import examples
+from wxhook.longtext import CUSTOM_BYTES, ELLIPSIS, PASSIVE_BYTES, cut, shortened, size, split
+from wxhook.replies import TextReply
+from wxhook.router import Router
+from wxhook.tools.cli import main
+from wxhook.tools.sandbox import Fault
+from wxhook.tools.simulate import decode_reply
 
 CUSTOM_SEND = "/cgi-bin/message/custom/send"
 

@@ -4,9 +4,8 @@ import dataclasses
 
 import pytest
 
-from service import xmldoc
-from service.errors import XMLError
-from service.messages import (
+from wxhook.errors import XMLError
+from wxhook.messages import (
     EventMessage,
     ImageMessage,
     InboundMessage,
@@ -24,8 +23,9 @@ from service.messages import (
     UnsubscribeEvent,
     VideoMessage,
     VoiceMessage,
-    parse_message,
 )
+from wxhook.server import xmldoc
+from wxhook.server.xmldoc import parse_message
 
 HEAD = ("<xml><ToUserName><![CDATA[gh_123]]></ToUserName>"
         "<FromUserName><![CDATA[oABC]]></FromUserName><CreateTime>1700000000</CreateTime>")
@@ -145,7 +145,7 @@ def test_malformed_bodies_raise_xml_error(body):
 
 
 def test_safe_mode_envelope_fast_path_takes_only_the_exact_shape():
-    from service.xmldoc import safe_mode_encrypt
+    from wxhook.server.xmldoc import safe_mode_encrypt
     enc = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655Hu+/=="
     good = (f"<xml>\n  <ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n"
             f"  <Encrypt><![CDATA[{enc}]]></Encrypt>\n</xml>\n").encode()
@@ -163,7 +163,7 @@ def test_safe_mode_envelope_fast_path_takes_only_the_exact_shape():
 # -- the flat reader (the common push without lxml) -------------------------------------------
 
 def test_flat_pushes_are_read_without_lxml():
-    from service.tools.simulate import push_xml
+    from wxhook.tools.simulate import push_xml
 
     # parse_fields takes the flat reader's answer whenever it gives one: lxml is not asked.
     for body in (push_xml("text", openid="oFollower", text="x"),

@@ -1,4 +1,4 @@
-"""handlers.middleware: code around every dispatch of a router, through the real route."""
+"""wxhook.middleware: code around every dispatch of a router, through the real route."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from handlers import (
+from wxhook import (
     Context,
     InboundMessage,
     Next,
@@ -16,8 +16,8 @@ from handlers import (
     SubscribeEvent,
     TextMessage,
 )
-from handlers import greeting as greeting_module
-from handlers.testing import HandlerClient
+from wxhook import greeting as greeting_module
+from wxhook.testing import HandlerClient
 
 BLOCKED = "oBlockedFollower000000000001"
 

@@ -15,13 +15,13 @@ import pytest
 from fastapi import FastAPI
 from structlog.testing import capture_logs
 
-from service.oauth import REFRESH_TTL, SESSION_COOKIE
-from service.oauth_state import DEFAULT_NEXT, safe_next
-from service.store.memory import MemoryStore
-from service.tools.sandbox import Fault
-from service.tools.simulate import decode_reply
 from tests.conftest import OPENID
 from tests.support import dirty_json
+from wxhook.server.oauth import REFRESH_TTL, SESSION_COOKIE
+from wxhook.server.oauth_state import DEFAULT_NEXT, safe_next
+from wxhook.server.store.memory import MemoryStore
+from wxhook.tools.sandbox import Fault
+from wxhook.tools.simulate import decode_reply
 
 OTHER = "oOAuthTestFollower0000000001"   # a follower whose name only sns/userinfo knows
 
@@ -421,7 +421,7 @@ async def test_refresh_token_dies_after_30_days(make_app, upstream, sandbox):
 
 
 async def test_refresh_profile_upstream_down_raises(make_app, upstream, sandbox):
-    from service.errors import WeChatAPIError
+    from wxhook.errors import WeChatAPIError
 
     app = await signed_in_app(make_app, upstream)
     app.state.oauth.clock = lambda: time.time() + 3 * 3600
@@ -436,7 +436,7 @@ async def test_refresh_profile_upstream_down_raises(make_app, upstream, sandbox)
 
 def browser_behind_proxy(app: FastAPI, address: str) -> httpx.AsyncClient:
     """A follower at `address`, reaching the app through nginx on the same host."""
-    from service.serving import _BehindProxy
+    from wxhook.server.serving import _BehindProxy
 
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=_BehindProxy(app, "127.0.0.1")),
                              base_url="http://testserver",
@@ -586,7 +586,7 @@ LONGEST = ["/" + "a" * 511, "/" + "文" * 170 + "a", "/p?q=" + "%E6%96%87" * 56 
 @pytest.mark.parametrize("longest", LONGEST, ids=["ascii", "cjk", "escaped", "quotes"])
 async def test_many_logins_in_one_browser_keep_one_bounded_state_cookie(
         client, upstream, sandbox, longest):
-    from service.oauth_state import COOKIE, LOGINS_KEPT, MAX_NEXT_BYTES, next_size
+    from wxhook.server.oauth_state import COOKIE, LOGINS_KEPT, MAX_NEXT_BYTES, next_size
 
     assert next_size(longest) == MAX_NEXT_BYTES
     authorized = []

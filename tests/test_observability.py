@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from service.logs import StdoutLogger, mask_openid
+from wxhook.server.logs import StdoutLogger, mask_openid
 
 
 def _pipe():
@@ -58,7 +58,7 @@ def test_openids_are_masked():
 
 _SAME_LINE_TWICE = r"""
 import structlog
-from service.logs import configure_logging, flush_logs, get_logger, log_info
+from wxhook.server.logs import configure_logging, flush_logs, get_logger, log_info
 configure_logging(level="INFO", fmt="json")
 log = get_logger("wxhook")
 fields = {"request_id": "r-1", "handler": None, "openid": "oABC***WXYZ", "latency_ms": 0.5,
@@ -111,7 +111,7 @@ UNSAFE = set(CONTROLS) - {"\n"}
 
 _LOG_ALL = r"""
 import json, logging, sys
-from service.logs import configure_logging, flush_logs, get_logger, log_info
+from wxhook.server.logs import configure_logging, flush_logs, get_logger, log_info
 payloads = json.loads(sys.stdin.read())
 configure_logging(level="INFO", fmt=sys.argv[1])
 log = get_logger("wxhook.push")
@@ -183,8 +183,8 @@ IN_XML = [c for c in CONTROLS if c in "\t\n\r" or ord(c) >= 0x7F] + [
 def _pushes_with_controls(url):
     import httpx
 
-    from service.tools.simulate import sign_push
     from tests.support import TOKEN
+    from wxhook.tools.simulate import sign_push
 
     for i, p in enumerate(IN_XML):
         openid = f"{p}oCtl{i:020d}{p}"

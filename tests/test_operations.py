@@ -7,8 +7,6 @@ import time
 import httpx
 import pytest
 
-from service.signature import sign
-from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import (
     AES_KEY,
     SANDBOX_APP_ID,
@@ -22,6 +20,8 @@ from tests.support import (
     server_process,
     started,
 )
+from wxhook.server.signature import sign
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_push_log_lines_are_json_with_the_fields_and_no_secrets(tmp_path):
             api, log_path=log, SESSION_SECRET="my-session-secret-value-xyz") as url:
         for aes in (False, True):
             openid = f"oLogFollower000000000000000{int(aes)}"
-            from service.crypto import MessageCrypto
+            from wxhook.server.crypto import MessageCrypto
             crypto = MessageCrypto(TOKEN, [AES_KEY], SANDBOX_APP_ID) if aes else None
             push = sign_push(push_xml("subscribe", openid=openid), token=TOKEN, openid=openid,
                              crypto=crypto)
@@ -180,9 +180,9 @@ async def test_a_token_that_works_again_clears_the_gauge(make_app):
 
 async def test_a_redis_outage_served_locally_is_reported_never_unready(make_settings, upstream,
                                                                        tmp_path):
-    from service.app import create_app
-    from service.metrics import Metrics
-    from service.store.redis import RedisStore
+    from wxhook.server.app import create_app
+    from wxhook.server.metrics import Metrics
+    from wxhook.server.store.redis import RedisStore
 
     with redis_server(tmp_path) as srv:
         url = f"redis://127.0.0.1:{srv.port}/0"
@@ -226,7 +226,7 @@ async def test_the_verbose_view_refuses_other_hosts_and_anything_a_proxy_passed_
 
 
 async def test_no_verbose_view_for_a_forged_forwarded_for_through_the_trusted_proxy(make_app):
-    from service.serving import _BehindProxy
+    from wxhook.server.serving import _BehindProxy
 
     app = make_app()
     async with started(app):

@@ -6,11 +6,11 @@ import time
 
 import httpx
 
-from service.metrics import Metrics
-from service.profiles import Profiles, StoreProfileRepo
-from service.store.memory import MemoryStore
-from service.tokens import TokenManager
-from service.wechat_api import WeChatAPI, WeChatHTTP
+from wxhook.server.metrics import Metrics
+from wxhook.server.profiles import Profiles, StoreProfileRepo
+from wxhook.server.store.memory import MemoryStore
+from wxhook.server.tokens import TokenManager
+from wxhook.server.wechat_api import WeChatAPI, WeChatHTTP
 
 
 def build(upstream, settings, **kw):
@@ -64,7 +64,7 @@ async def test_empty_user_info_falls_back_to_the_oauth_profile(upstream, setting
 
 
 async def test_upstream_failure_degrades_to_none(upstream, settings, sandbox):
-    from service.tools.sandbox import Fault
+    from wxhook.tools.sandbox import Fault
     sandbox.add_fault(Fault(path="*", http_status=500))
     profiles, _ = build(upstream, settings)
     assert await profiles.nickname("oFailing000000000000000000001") is None
@@ -79,7 +79,7 @@ async def test_an_empty_nickname_is_cached_too(upstream, settings, sandbox):
 
 
 async def test_an_api_without_batchget_still_greets_by_name(upstream, settings, sandbox):
-    from service.tools.sandbox import Fault
+    from wxhook.tools.sandbox import Fault
     sandbox.add_fault(Fault(path="/cgi-bin/user/info/batchget", http_status=404))
     profiles, _ = build(upstream, settings)
     for burst in range(2):

@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.profiles import StoreProfileRepo
-from service.store.memory import MemoryStore
-from service.store.sqlite import SqliteProfileRepo
 from tests.conftest import OPENID
 from tests.support import SANDBOX_APP_ID as APPID
+from wxhook.server.profiles import StoreProfileRepo
+from wxhook.server.store.memory import MemoryStore
+from wxhook.server.store.sqlite import SqliteProfileRepo
 
 
 @pytest.fixture
@@ -145,9 +145,9 @@ async def test_a_sandbox_oauth_nickname_never_greets_in_production(make_app, mak
                                                                    tmp_path):
     """The issue's path: the sandbox's OAuth flow, then production (another appid) with the
     same default profile file; production's user/info gives no nickname."""
-    from service.tools.sandbox import create_sandbox
     from tests.support import SANDBOX_SECRET
     from tests.test_oauth import client_for, sign_in
+    from wxhook.tools.sandbox import create_sandbox
 
     db = str(tmp_path / "var" / "profiles.sqlite3")
     dev = make_app(settings=make_settings(WXHOOK_PROFILE_DB=db))

@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from wechatpy.crypto import PrpCrypto, WeChatCrypto
 
-from service.crypto import MessageCrypto
-from service.errors import DecryptError, XMLError
-from service.messages import InboundMessage, TextMessage, parse_message
-from service.replies import TextReply, render
-from service.tools.simulate import decode_reply, push_xml, sign_push
-from service.xmldoc import flat_fields, parse_fields, tree_fields
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN, examples
+from wxhook.errors import DecryptError, XMLError
+from wxhook.messages import InboundMessage, TextMessage
+from wxhook.replies import TextReply, render
+from wxhook.server.crypto import MessageCrypto
+from wxhook.server.xmldoc import flat_fields, parse_fields, parse_message, tree_fields
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 OLD_KEY = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut"
 OURS = MessageCrypto(TOKEN, [AES_KEY], SANDBOX_APP_ID)

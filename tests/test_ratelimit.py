@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.ratelimit import WindowLimit, client_key
+from wxhook.server.ratelimit import WindowLimit, client_key
 
 
 class Clock:

@@ -18,15 +18,15 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from service.crypto import MessageCrypto
-from service.metrics import Metrics
-from service.signature import sign
-from service.store.memory import MemoryStore
-from service.tools.sandbox import SandboxState
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
-from service.xmldoc import parse_fields
 from tests.conftest import OPENID
 from tests.support import TOKEN
+from wxhook.server.crypto import MessageCrypto
+from wxhook.server.metrics import Metrics
+from wxhook.server.signature import sign
+from wxhook.server.store.memory import MemoryStore
+from wxhook.server.xmldoc import parse_fields
+from wxhook.tools.sandbox import SandboxState
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 RULES = """\
 keywords:
@@ -59,7 +59,7 @@ def instances(request: pytest.FixtureRequest, make_app: Callable[..., Any],
             clients = []
             for _ in range(count):
                 if count > 1:
-                    from service.store.redis import RedisStore
+                    from wxhook.server.store.redis import RedisStore
 
                     shared = RedisStore(request.getfixturevalue("redis_url"))
                     stack.push_async_callback(shared.aclose)

@@ -5,7 +5,7 @@ import json
 import pytest
 from lxml import etree
 
-from service.replies import (
+from wxhook.replies import (
     ImageReply,
     MusicReply,
     NewsReply,
@@ -78,7 +78,7 @@ def test_custom_message_forms():
 
 
 def test_video_and_music_have_customer_service_forms():
-    from service.replies import MusicReply, VideoReply
+    from wxhook.replies import MusicReply, VideoReply
 
     assert VideoReply("M", "t", "d").custom_message("o1") == {
         "touser": "o1", "msgtype": "video",

@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from handlers.greeting import greeting_text
-from handlers.router import Context, Router
-from service.messages import parse_message
-from service.replies import TextReply
 from tests.virtual_time import run_virtual
+from wxhook.greeting import greeting_text
+from wxhook.replies import TextReply
+from wxhook.router import Context, Router
+from wxhook.server.xmldoc import parse_message
 
 
 def msg(body: str):

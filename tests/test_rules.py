@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.rules import RulesError, load_rules, parse_rules
-from service.menu import MENU_ERRORS
-from service.replies import ImageReply, MusicReply, NewsReply, TextReply, VideoReply, VoiceReply
-from service.tools.cli import main
+from wxhook.menu import MENU_ERRORS
+from wxhook.replies import ImageReply, MusicReply, NewsReply, TextReply, VideoReply, VoiceReply
+from wxhook.rules import RulesError, load_rules, parse_rules
+from wxhook.tools.cli import main
 
 
 def _problems(text):
@@ -199,7 +199,7 @@ _json = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(_json)
 def test_menu_check_takes_any_shape(menu):
-    from service.menu import menu_problems
+    from wxhook.menu import menu_problems
 
     for problem in menu_problems(menu):
         assert problem.errcode in MENU_ERRORS

@@ -11,15 +11,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.rules import parse_rules
-from handlers.rules_import import console_to_rules
-from service.tools.sandbox.samples import (
+from tests.support import SANDBOX_APP_ID, SANDBOX_SECRET, WXHOOK, sandbox_process, server_env
+from wxhook.rules import parse_rules
+from wxhook.tools.rules_import import console_to_rules
+from wxhook.tools.sandbox.samples import (
     AUTOREPLY_SAMPLE,
     SELFMENU_API_SAMPLE,
     SELFMENU_CONSOLE_SAMPLE,
 )
-from service.tools.simulate import decode_reply
-from tests.support import SANDBOX_APP_ID, SANDBOX_SECRET, WXHOOK, sandbox_process, server_env
+from wxhook.tools.simulate import decode_reply
 
 
 def _imported(auto=AUTOREPLY_SAMPLE, menu=SELFMENU_CONSOLE_SAMPLE):

@@ -4,11 +4,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.rules import plain, rules_yaml, texts
-from handlers.rules import Keyword, Rules
-from handlers.rules_regex import compile_regex
-from handlers.rules_replies import Answer
-from handlers.rules_router import RuleBook
-from service.replies import TextReply
+from wxhook.replies import TextReply
+from wxhook.rules import Keyword, Rules
+from wxhook.rules_regex import compile_regex
+from wxhook.rules_replies import Answer
+from wxhook.rules_router import RuleBook
 
 # A tiny alphabet, so words overlap, nest and repeat (the hard cases for an index).
 _word = st.text(alphabet="abAB 营", min_size=1, max_size=4).filter(lambda w: w.strip())
@@ -41,7 +41,7 @@ def test_overlapping_words_find_the_earlier_rule():
 
 
 def test_five_hundred_rules_match_as_plain():
-    from handlers.rules import parse_rules
+    from wxhook.rules import parse_rules
 
     rules, _ = parse_rules(rules_yaml(500).encode())
     book = RuleBook(rules)
@@ -52,8 +52,8 @@ def test_five_hundred_rules_match_as_plain():
 @settings(max_examples=200, deadline=None)
 @given(_rule, st.text(alphabet="abAB 营\n", max_size=12))
 def test_router_text_matches_as_a_one_rule_book(spec, text):
-    from handlers.router import Router
-    from service.messages import TextMessage
+    from wxhook.messages import TextMessage
+    from wxhook.router import Router
 
     equal, contain, regex = spec
     router = Router()

@@ -6,13 +6,13 @@ import unicodedata
 
 import pytest
 
-from handlers.keywords import Keywords
-from handlers.router import Router
-from handlers.rules import parse_rules
-from handlers.rules_regex import MAX_TEXT, RegexError, ascii_only, compile_regex
-from handlers.rules_router import RuleBook
-from handlers.testing import HandlerClient
-from service.tools.cli import main
+from wxhook.keywords import Keywords
+from wxhook.router import Router
+from wxhook.rules import parse_rules
+from wxhook.rules_regex import MAX_TEXT, RegexError, ascii_only, compile_regex
+from wxhook.rules_router import RuleBook
+from wxhook.testing import HandlerClient
+from wxhook.tools.cli import main
 
 CATASTROPHIC = r"^(\w+\s?)*$"  # exponential time on a backtracking engine such as re
 
@@ -58,10 +58,10 @@ async def test_the_catastrophic_pattern_through_the_real_route(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(f"keywords:\n  - {{name: words, regex: ['{CATASTROPHIC}'], "
                     "replies: [only words]}\ndefault: {reply: something else, once_per: 0}\n")
-    from handlers.defaults import default_router
-    from handlers.rules_router import RulesAnswerer
-    from handlers.rules_source import RulesSource
-    from service.store.memory import MemoryStore
+    from wxhook.defaults import default_router
+    from wxhook.rules_router import RulesAnswerer
+    from wxhook.server.rules_source import RulesSource
+    from wxhook.server.store.memory import MemoryStore
 
     source = RulesSource(str(path))
     assert type(source.current().keywords[0].regex[0]).__module__ == "re2"

@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
-from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
 from tests.support import TOKEN, WXHOOK, free_port, process, sandbox_process, server_env
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import asyncio
 import httpx
 import pytest
 
-from service.tools.simulate import decode_reply
 from tests.conftest import OPENID
+from wxhook.tools.simulate import decode_reply
 
 RULES = """\
 subscribe:
@@ -209,12 +209,12 @@ async def test_push_log_names_the_rule(rclient, make_push, crypto, capsys):
 
 async def test_code_handlers_come_first_and_builtins_last(make_app, make_settings, tmp_path,
                                                           make_push, crypto):
-    from handlers.defaults import default_router
-    from handlers.router import Context, Router
-    from handlers.rules_router import RulesAnswerer
-    from handlers.rules_source import RulesSource
-    from service.replies import TextReply
-    from service.store.memory import MemoryStore
+    from wxhook.defaults import default_router
+    from wxhook.replies import TextReply
+    from wxhook.router import Context, Router
+    from wxhook.rules_router import RulesAnswerer
+    from wxhook.server.rules_source import RulesSource
+    from wxhook.server.store.memory import MemoryStore
 
     path = tmp_path / "r.yaml"
     path.write_text("keywords: [{equal: [hours, help2], replies: [from rules]}]\n")
@@ -244,10 +244,10 @@ async def test_code_handlers_come_first_and_builtins_last(make_app, make_setting
 
 def _answering_then(then, rules_file):
     """A router whose handler takes the rules' answer to "all", then does `then`."""
-    from handlers.router import Router
-    from handlers.rules_router import RulesAnswerer
-    from handlers.rules_source import RulesSource
-    from service.store.memory import MemoryStore
+    from wxhook.router import Router
+    from wxhook.rules_router import RulesAnswerer
+    from wxhook.server.rules_source import RulesSource
+    from wxhook.server.store.memory import MemoryStore
 
     answerer = RulesAnswerer(RulesSource(str(rules_file)).current, store=MemoryStore(),
                              namespace="t:")
@@ -302,7 +302,7 @@ async def test_readyz_shows_the_rules_in_force(rclient, rules_app):
 
 async def test_reply_all_stops_and_counts_when_wechat_refuses(rclient, rules_app, make_push,
                                                               crypto, sandbox, capsys):
-    from service.tools.sandbox import Fault
+    from wxhook.tools.sandbox import Fault
 
     sandbox.add_fault(Fault(path="/cgi-bin/message/custom/send", errcode=45047))
     f = await _send(rclient, make_push, crypto, "text", aes=False, text="all")
@@ -318,8 +318,8 @@ async def test_reply_all_stops_and_counts_when_wechat_refuses(rclient, rules_app
 @pytest.mark.redis
 async def test_default_once_per_follower_across_instances(redis_url, make_app, make_settings,
                                                           rules_file, make_push, crypto):
-    from service.metrics import Metrics
-    from service.store.redis import RedisStore
+    from wxhook.server.metrics import Metrics
+    from wxhook.server.store.redis import RedisStore
 
     settings = make_settings(WXHOOK_RULES=str(rules_file))
     answers = []

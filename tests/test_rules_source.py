@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from handlers.rules import RulesError
-from handlers.rules_source import RulesSource
+from wxhook.rules import RulesError
+from wxhook.server.rules_source import RulesSource
 
 GOOD = "keywords: [{name: r, equal: x, replies: ['%s']}]\n"
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from service.tools.sandbox import DEMO_OPENID, Fault, SandboxState, create_sandbox
+from wxhook.tools.sandbox import DEMO_OPENID, Fault, SandboxState, create_sandbox
 
 APPID, SECRET = "wx0123456789abcdef", "s3cr3t-sandbox-secret"
 OPENID = "oAbCdEfGhIjKlMnOpQrStUv_wxyz"  # 28 chars, well formed

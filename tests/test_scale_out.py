@@ -15,10 +15,6 @@ import httpx
 import pytest
 import redis
 
-from service.crypto import MessageCrypto
-from service.signature import sign
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
-from service.xmldoc import parse_fields
 from tests.support import (
     AES_KEY,
     SANDBOX_APP_ID,
@@ -32,6 +28,10 @@ from tests.support import (
     server_env,
     server_process,
 )
+from wxhook.server.crypto import MessageCrypto
+from wxhook.server.signature import sign
+from wxhook.server.xmldoc import parse_fields
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

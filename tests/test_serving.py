@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service.serving import insecure_base_url
 from tests.support import sandbox_process, server_process
+from wxhook.server.serving import insecure_base_url
 
 
 @pytest.mark.parametrize(("url", "insecure"), [

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import (
     TOKEN,
     WXHOOK,
@@ -31,6 +30,7 @@ from tests.support import (
     sandbox_process,
     server_env,
 )
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +45,15 @@ def main() -> None:
     """A wxhook server whose text handler "slow:<s>" sleeps <s> seconds before answering."""
     import uvicorn
 
-    import service.app
-    from handlers.defaults import default_router
-    from handlers.router import Router
-    from service.config import load_settings
-    from service.logs import configure_logging
-    from service.replies import TextReply
+    import wxhook.server.app
+    from wxhook.defaults import default_router
+    from wxhook.replies import TextReply
+    from wxhook.router import Router
+    from wxhook.server.config import load_settings
+    from wxhook.server.logs import configure_logging
 
     if os.environ.get("TEST_SHUTDOWN_GRACE"):
-        service.app.SHUTDOWN_GRACE = float(os.environ["TEST_SHUTDOWN_GRACE"])
+        wxhook.server.app.SHUTDOWN_GRACE = float(os.environ["TEST_SHUTDOWN_GRACE"])
     router = Router()
 
     async def slow(msg: Any, ctx: Any) -> TextReply:
@@ -65,11 +65,11 @@ def main() -> None:
     settings = load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
-        from service.serving import uvicorn_kwargs
+        from wxhook.server.serving import uvicorn_kwargs
         options = uvicorn_kwargs()
     except ImportError:  # keep the test independent of the CLI's internals
         options = {"access_log": False, "log_config": None, "timeout_graceful_shutdown": 15}
-    uvicorn.run(service.app.create_app(settings, router=router), host="127.0.0.1",
+    uvicorn.run(wxhook.server.app.create_app(settings, router=router), host="127.0.0.1",
                 port=int(os.environ["TEST_PORT"]), **options)
 
 
@@ -184,8 +184,8 @@ def test_late_replies_past_the_grace_period_are_logged_not_lost_silently(tmp_pat
 SLOW_HANDLERS = """
 import asyncio
 
-from handlers.router import Router
-from service.replies import TextReply
+from wxhook.router import Router
+from wxhook.replies import TextReply
 
 router = Router()
 

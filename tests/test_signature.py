@@ -8,9 +8,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from service.errors import FreshnessError, GuardError, SignatureError
-from service.signature import check_fresh, check_signed, sign, verify
 from tests.support import TOKEN, examples
+from wxhook.errors import FreshnessError, GuardError, SignatureError
+from wxhook.server.signature import check_fresh, check_signed, sign, verify
 
 
 @pytest.mark.parametrize(("token", "timestamp", "nonce", "expected"), [
@@ -173,7 +173,7 @@ def test_freshness_window():
 
 
 async def test_local_nonces_allow_retries_refuse_replays_and_forget_old_seconds():
-    from service.signature import LocalNonces
+    from wxhook.server.signature import LocalNonces
 
     now = [1_000_000.0]
     n = LocalNonces(window=300, clock=lambda: now[0])
@@ -188,7 +188,7 @@ async def test_local_nonces_allow_retries_refuse_replays_and_forget_old_seconds(
 
 
 async def test_local_nonces_are_bounded_and_refuse_the_seconds_they_forgot():
-    from service.signature import LocalNonces
+    from wxhook.server.signature import LocalNonces
 
     n = LocalNonces(window=300, maxsize=10, clock=lambda: 1_000_000.0)
     for i in range(10):
@@ -201,7 +201,7 @@ async def test_local_nonces_are_bounded_and_refuse_the_seconds_they_forgot():
 
 
 async def test_local_nonces_tell_apart_nonces_that_read_as_the_same_number():
-    from service.signature import LocalNonces
+    from wxhook.server.signature import LocalNonces
 
     n = LocalNonces(window=300, clock=lambda: 1_000_000.0)
     spellings = ("123", "0123", "00123", "1" * 30, "12a", "١٢٣", "１２３", "²")
@@ -213,7 +213,7 @@ async def test_local_nonces_tell_apart_nonces_that_read_as_the_same_number():
 
 
 async def test_local_nonces_keep_every_entry_as_their_tables_grow():
-    from service.signature import LocalNonces
+    from wxhook.server.signature import LocalNonces
 
     now = [1_000_000.0]
     n = LocalNonces(window=300, clock=lambda: now[0])
@@ -229,8 +229,8 @@ async def test_local_nonces_keep_every_entry_as_their_tables_grow():
 
 
 async def test_shared_nonces_live_until_the_window_closes_and_keep_the_first_arrival():
-    from service.signature import SharedNonces
-    from service.store.memory import MemoryStore
+    from wxhook.server.signature import SharedNonces
+    from wxhook.server.store.memory import MemoryStore
 
     now = [1_000_000.0]
     store = MemoryStore(clock=lambda: now[0])

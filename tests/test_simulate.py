@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from service.tools.simulate import simulate
 from tests.support import TOKEN, sandbox_process, server_process
+from wxhook.tools.simulate import simulate
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:

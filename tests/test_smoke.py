@@ -1,4 +1,4 @@
-from service.replies import SUCCESS
+from wxhook.replies import SUCCESS
 
 
 async def test_subscribe_greets_by_name(client, make_push, sandbox):

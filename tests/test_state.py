@@ -1,4 +1,4 @@
-"""Per-follower state (handlers.state, ctx.state()) through the real /wechat route: read
+"""Per-follower state (wxhook.state, ctx.state()) through the real /wechat route: read
 only when asked, written once after the handlers, compare-and-set between racing pushes,
 bounded, with a TTL; shared by instances on one Redis."""
 
@@ -14,13 +14,13 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from handlers import Context, InboundMessage, Next, Reply, Router, TextMessage
-from handlers.testing import HandlerClient
-from service.config import SANDBOX_APP_ID
-from service.store.memory import MemoryStore
-from service.store.redis import RedisStore
-from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import TOKEN, sandbox_process, server_process
+from wxhook import Context, InboundMessage, Next, Reply, Router, TextMessage
+from wxhook.server.config import SANDBOX_APP_ID
+from wxhook.server.store.memory import MemoryStore
+from wxhook.server.store.redis import RedisStore
+from wxhook.testing import HandlerClient
+from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 ALICE = "oAliceFollower00000000000001"
 BOB = "oBobFollower0000000000000001"
@@ -215,7 +215,7 @@ async def test_a_state_that_cannot_be_kept_is_refused_and_logged(value: object,
 
 
 async def test_exactly_the_limit_is_kept() -> None:
-    from handlers.state import STATE_LIMIT
+    from wxhook.state import STATE_LIMIT
 
     router = Router()
     overhead = len('{"v":""}')
@@ -378,7 +378,7 @@ async def test_racing_instances_on_redis_keep_the_first_save(redis_url: str) -> 
 
 
 HANDLERS = '''
-from handlers import Context, Router, TextMessage
+from wxhook import Context, Router, TextMessage
 
 router = Router()
 

@@ -1,6 +1,6 @@
 """The memory store's own guarantees: TTLs, nx, compare-and-delete, sweeping, the bound."""
 
-from service.store.memory import MemoryStore
+from wxhook.server.store.memory import MemoryStore
 
 
 class Clock:

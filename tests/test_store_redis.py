@@ -17,15 +17,15 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from service.app import create_app
-from service.config import Settings
-from service.dedup import Dedup
-from service.metrics import Metrics
-from service.replies import SUCCESS
-from service.store.memory import MemoryStore
-from service.store.redis import RedisStore, StoreUnavailable
-from service.tokens import TokenManager
 from tests.support import ROOT, free_port, isolated_redis, redis_server, started
+from wxhook.replies import SUCCESS
+from wxhook.server.app import create_app
+from wxhook.server.config import Settings
+from wxhook.server.dedup import Dedup
+from wxhook.server.metrics import Metrics
+from wxhook.server.store.memory import MemoryStore
+from wxhook.server.store.redis import RedisStore, StoreUnavailable
+from wxhook.server.tokens import TokenManager
 
 pytestmark = pytest.mark.redis
 NS = "wxhook:wxtest:"

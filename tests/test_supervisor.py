@@ -7,7 +7,7 @@ import sys
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
-from service.supervisor import _Supervisor
+from wxhook.server.supervisor import _Supervisor
 
 
 def test_sighup_reaches_every_worker_through_uvicorns_own_dispatch():
@@ -21,7 +21,7 @@ def test_sighup_reaches_every_worker_through_uvicorns_own_dispatch():
          "print('ready', flush=True)\ntime.sleep(30)\n"], stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout.readline() == "ready\n"
-        supervisor = _Supervisor(uvicorn.Config("service.app:app", workers=2), sockets=[])
+        supervisor = _Supervisor(uvicorn.Config("wxhook.server.app:app", workers=2), sockets=[])
         assert isinstance(multiprocess.Process.pid, property)
         supervisor.processes.append(worker)  # has `pid`, as uvicorn's Process does
         supervisor.signal_queue.append(signal.SIGHUP)

@@ -6,10 +6,10 @@ import json
 import httpx
 import pytest
 
-from service.errors import ConfigurationError, UpstreamUnavailable
-from service.metrics import Metrics
-from service.store.memory import MemoryStore
-from service.tokens import TokenManager
+from wxhook.errors import ConfigurationError, UpstreamUnavailable
+from wxhook.server.metrics import Metrics
+from wxhook.server.store.memory import MemoryStore
+from wxhook.server.tokens import TokenManager
 
 
 class Upstream:
@@ -119,7 +119,7 @@ async def test_deadline_bounds_the_wait():
 
 
 async def test_stable_token_request_shape(settings):
-    from service.wechat_api import WeChatHTTP
+    from wxhook.server.wechat_api import WeChatHTTP
 
     seen = []
 
@@ -138,7 +138,7 @@ async def test_stable_token_request_shape(settings):
 
 
 async def test_an_api_without_stable_token_falls_back_to_the_classic_endpoint(settings):
-    from service.wechat_api import WeChatHTTP
+    from wxhook.server.wechat_api import WeChatHTTP
 
     paths = []
 
@@ -156,8 +156,8 @@ async def test_an_api_without_stable_token_falls_back_to_the_classic_endpoint(se
 
 
 async def test_stable_token_errors_other_than_404_are_not_papered_over(settings):
-    from service.errors import UpstreamUnavailable
-    from service.wechat_api import WeChatHTTP
+    from wxhook.errors import UpstreamUnavailable
+    from wxhook.server.wechat_api import WeChatHTTP
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503, text="busy")
@@ -169,7 +169,7 @@ async def test_stable_token_errors_other_than_404_are_not_papered_over(settings)
 
 
 async def test_a_token_rejected_right_after_a_refresh_backs_off_and_the_pause_doubles():
-    from service.errors import TokenInvalid
+    from wxhook.errors import TokenInvalid
 
     now = [1_000_000.0]
     up = Upstream()

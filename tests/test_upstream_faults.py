@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.metrics import Metrics
-from service.tools.sandbox import DEMO_OPENID, Fault, create_sandbox
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.support import SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, free_port
+from wxhook.server.metrics import Metrics
+from wxhook.tools.sandbox import DEMO_OPENID, Fault, create_sandbox
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 USER_INFO = "/cgi-bin/user/info"
 GIVE_UP = 4.0 - 0.25  # the greeting's lookup ends this long after a push (default deadline)

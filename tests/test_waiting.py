@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from service.waiting import wait_done, within
 from tests.virtual_time import run_virtual
+from wxhook.server.waiting import wait_done, within
 
 
 async def test_done_in_time():

@@ -9,13 +9,13 @@ import orjson
 import pytest
 from wechatpy.crypto import WeChatCrypto
 
-from service.crypto import MessageCrypto
-from service.errors import DecryptError
-from service.replies import SUCCESS
-from service.signature import sign
-from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN, dirty_json
+from wxhook.errors import DecryptError
+from wxhook.replies import SUCCESS
+from wxhook.server.crypto import MessageCrypto
+from wxhook.server.signature import sign
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 
 def _q(ts=None, nonce="4375", **extra):
@@ -342,7 +342,7 @@ async def test_other_methods_are_405(client):
 def test_parse_query_matches_the_standard_parser():
     from urllib.parse import parse_qsl
 
-    from service.guard import parse_query
+    from wxhook.server.guard import parse_query
     for raw in (b"signature=ab&timestamp=1&nonce=2&openid=o_x-1", b"a=%E4%BD%A0+b&b=&&c",
                 b"msg_signature=x%3Dy&encrypt_type=aes", b""):
         assert parse_query(raw) == dict(parse_qsl(raw.decode(), keep_blank_values=True))
@@ -361,7 +361,7 @@ async def test_unknown_types_are_counted_as_other(app, client):
 
 async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
     # Replies are kept for retries as a record, not whole: a busy minute holds many.
-    from service.store.fifo import digest
+    from wxhook.server.store.fifo import digest
 
     kept = app.state.webhook.dedup.local
     for aes in (False, True):
@@ -382,8 +382,8 @@ async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):
 async def test_retries_replay_any_reply_type_byte_for_byte(make_app, make_push, crypto):
     import httpx
 
-    from handlers.router import Router
-    from service.replies import NewsReply, TextReply
+    from wxhook.replies import NewsReply, TextReply
+    from wxhook.router import Router
 
     router = Router()
 
@@ -414,7 +414,7 @@ async def test_a_record_kept_whole_by_an_earlier_version_still_replays(make_app,
     # instances of both versions share Redis during a rolling deploy.
     import httpx
 
-    from service.store.redis import RedisStore
+    from wxhook.server.store.redis import RedisStore
 
     store = RedisStore(redis_url)
     app = make_app(store=store)
@@ -448,8 +448,8 @@ class _FailingStore:
 async def test_a_failing_store_never_costs_the_reply(make_app, make_push, sandbox):
     import httpx
 
-    from service.profiles import StoreProfileRepo
-    from service.store.memory import MemoryStore
+    from wxhook.server.profiles import StoreProfileRepo
+    from wxhook.server.store.memory import MemoryStore
 
     app = make_app(store=_FailingStore(),
                    profile_repo=StoreProfileRepo(MemoryStore(), namespace="p:"))

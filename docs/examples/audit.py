@@ -1,7 +1,7 @@
 # audit.py
 """Middleware: a block list, and an audit line for every push this router sees."""
 
-from handlers import Context, InboundMessage, Next, NoReply, Reply, Router, TextMessage
+from wxhook import Context, InboundMessage, Next, NoReply, Reply, Router, TextMessage
 
 BLOCKED = {"oBlockedFollower000000000001"}
 

@@ -1,7 +1,7 @@
 # conversation.py
 """A two-step conversation on the follower's state: "order", then the order number."""
 
-from handlers import Context, Router, TextMessage
+from wxhook import Context, Router, TextMessage
 
 router = Router()
 

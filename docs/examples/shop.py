@@ -1,7 +1,7 @@
 # shop.py
 """An account's handlers: keywords, an order number, a menu button, a QR-code scene."""
 
-from handlers import Context, MenuEvent, NewsReply, Router, SubscribeEvent, TextMessage
+from wxhook import Context, MenuEvent, NewsReply, Router, SubscribeEvent, TextMessage
 
 router = Router()
 

@@ -3,7 +3,7 @@
 
 import asyncio
 
-from handlers import Context, Router, TextMessage
+from wxhook import Context, Router, TextMessage
 
 router = Router()
 

@@ -1,10 +1,10 @@
 # test_shop.py
 """Run with pytest (and pytest-asyncio) next to shop.py and conversation.py."""
 
-from handlers.testing import HandlerClient
-
 from conversation import router as conversation
 from shop import router as shop
+
+from wxhook.testing import HandlerClient
 
 
 async def test_shop() -> None:

@@ -1,7 +1,7 @@
 # vip.py
 """Filters: predicates over the decorator's message type, combined with & | ~."""
 
-from handlers import Context, Filter, InboundMessage, MenuEvent, Router, TextMessage
+from wxhook import Context, Filter, InboundMessage, MenuEvent, Router, TextMessage
 
 VIPS = {"oVIPFollower0000000000000001"}
 

@@ -1,0 +1,340 @@
+"""OAuth2 web authorization: /oauth/login, /oauth/callback, /me, and profile refresh.
+
+Since 2021-12-27 user/info answers an empty nickname; sns/userinfo (snsapi_userinfo) still
+gives it, so a follower who signs in here is greeted by name again. The state parameter is
+single-use (a set-nx key in the Store, so it holds across instances), expires, and is bound
+to the browser that started the login by an HMAC-signed cookie (login CSRF; its bounds are
+in oauth_state.py).
+
+One module of ~340 lines: the login, the callback, their rate limit and the session cookie
+share their signing and are checked together when this flow is reviewed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import string
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from wxhook.errors import UpstreamUnavailable, WeChatAPIError
+from wxhook.replies import xml_safe
+from wxhook.server.config import Settings
+from wxhook.server.loglimit import LimitedLog
+from wxhook.server.logs import get_logger, mask_openid
+from wxhook.server.metrics import Metrics
+from wxhook.server.oauth_state import (
+    COOKIE,
+    MAX_NEXT_BYTES,
+    PATH,
+    Login,
+    LoginCookie,
+    next_size,
+    safe_next,
+)
+from wxhook.server.pages import me_page, problem_page
+from wxhook.server.profiles import ProfileRepo, Profiles
+from wxhook.server.ratelimit import WindowLimit
+from wxhook.server.wechat_api import WeChatAPI
+from wxhook.store import Store
+
+SCOPES = ("snsapi_userinfo", "snsapi_base")
+STATE_TTL = 600            # seconds a login may take, from /oauth/login to the callback
+SESSION_TTL = 7 * 86400    # the signed session cookie
+REFRESH_TTL = 30 * 86400   # WeChat's refresh_token lifetime; refreshing does not extend it
+SESSION_COOKIE = "wxhook_session"
+_ALNUM = string.ascii_letters + string.digits
+_STATE_RE = re.compile(r"[A-Za-z0-9]{1,128}")   # WeChat's rule for state
+_CODE_ERRORS = {40029, 40163, 42003}             # invalid / already used / expired code
+_DEAD_REFRESH = {40030, 42002}                   # refresh_token invalid / expired
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class OAuth:
+    """The web-authorization flow for one account, and refresh of what it captured."""
+
+    def __init__(self, settings: Settings, *, api: WeChatAPI, store: Store, repo: ProfileRepo,
+                 profiles: Profiles, namespace: str, metrics: Metrics,
+                 clock: Callable[[], float] = time.time,
+                 limit: WindowLimit | None = None) -> None:
+        self.settings = settings
+        self.api = api
+        self.store = store
+        self.repo = repo
+        self.profiles = profiles
+        self.prefix = namespace + "oauth:state:"
+        self.clock = clock  # wall clock: signed timestamps are compared across processes
+        self.secure = settings.public_base_url.startswith("https://")
+        self._key = settings.session_secret.get_secret_value().encode()
+        self.log = get_logger("wxhook.oauth")
+        self.refusals = LimitedLog(self.log, metrics=metrics)
+        self.logins = LoginCookie(self.sign, self.unsign, ttl=STATE_TTL)
+        # Each fresh signed state costs an exchange with the app secret (README: Security).
+        self.limit = limit or WindowLimit(per_client=settings.oauth_limit_per_client,
+                                          total=settings.oauth_limit_total)
+
+    def routes(self) -> list[Route]:
+        """/oauth/login, /oauth/callback and /me."""
+        return [Route("/oauth/login", self.login, methods=["GET", "HEAD"]),
+                Route("/oauth/callback", self.callback, methods=["GET"]),  # it spends the code
+                Route("/me", self.me, methods=["GET", "HEAD"])]
+
+    # -- signed values -----------------------------------------------------------------
+
+    def sign(self, purpose: str, data: dict[str, Any]) -> str:
+        """`data` as a cookie value that only holders of SESSION_SECRET can make."""
+        # UTF-8 as is: an escaped CJK `next` would take twice the bytes in the cookie.
+        body = _b64(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+        return f"{body}.{_b64(self._mac(purpose, body))}"
+
+    def unsign(self, purpose: str, value: str | None, *, max_age: float) -> dict[str, Any] | None:
+        """The data of a valid, unexpired signed value, else None."""
+        try:
+            body, mac = (value or "").split(".")
+            if not hmac.compare_digest(_unb64(mac), self._mac(purpose, body)):
+                return None
+            data = json.loads(_unb64(body))
+        except ValueError:  # bad base64, bad JSON, wrong number of dots
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("t"), int | float):
+            return None
+        return data if 0 <= self.clock() - data["t"] <= max_age else None
+
+    def _mac(self, purpose: str, body: str) -> bytes:
+        # The purpose is signed too: a state cookie can never pass for a session cookie.
+        return hmac.new(self._key, f"{purpose}.{body}".encode(), hashlib.sha256).digest()
+
+    def _cookie(self, resp: Response, name: str, value: str, *, max_age: int, path: str) -> None:
+        resp.set_cookie(name, value, max_age=max_age, path=path, httponly=True,
+                        samesite="lax", secure=self.secure)
+
+    def session_openid(self, request: Request) -> str | None:
+        """The openid of the signed-in follower, or None."""
+        data = self.unsign("session", request.cookies.get(SESSION_COOKIE), max_age=SESSION_TTL)
+        openid = (data or {}).get("o")
+        return openid if isinstance(openid, str) and openid else None
+
+    # -- routes ------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        """Redirect to WeChat's authorize page with a fresh state bound to this browser."""
+        raw_next = request.query_params.get("next")
+        if raw_next is not None and next_size(raw_next) > MAX_NEXT_BYTES:
+            return problem_page("long")  # refused, not cut: a cut path is another page
+        next_path = safe_next(raw_next)
+        scope = request.query_params.get("scope") or SCOPES[0]
+        if scope not in SCOPES:
+            return problem_page("scope", retry_next=next_path)
+        state = "".join(secrets.choice(_ALNUM) for _ in range(32))  # ~190 bits
+        # Parameters in WeChat's documented order; connect_redirect=1 asks WeChat not to
+        # call the redirect twice, and the fragment is required by the authorize page.
+        params = urlencode([
+            ("appid", self.settings.app_id),
+            ("redirect_uri", self.settings.public_base_url + "/oauth/callback"),
+            ("response_type", "code"), ("scope", scope), ("state", state),
+            ("connect_redirect", "1")], quote_via=quote)
+        url = f"{self.settings.oauth_base}/connect/oauth2/authorize?{params}#wechat_redirect"
+        resp = RedirectResponse(url, status_code=302, headers={"cache-control": "no-store"})
+        # One cookie for this browser's logins in progress, whatever their number.
+        login = Login(state, next_path, scope, int(self.clock()))
+        self._cookie(resp, COOKIE, self.logins.add(request.cookies.get(COOKIE), login),
+                     max_age=STATE_TTL, path=PATH)
+        return resp
+
+    async def callback(self, request: Request) -> Response:
+        """Check the state, exchange the code, keep the profile, sign the follower in."""
+        try:
+            return await self._callback(request)
+        except Exception:  # noqa: BLE001 - a friendly page, never a 5xx, whatever broke
+            # Logged with its traceback, bounded: a store outage would otherwise write a traceback per callback.
+            self.refusals.error("callback_failed", "oauth_callback_failed", exc_info=True)
+            return problem_page("error")
+
+    async def _callback(self, request: Request) -> Response:
+        q = request.query_params
+        state, code = q.get("state", ""), q.get("code", "")
+        if not _STATE_RE.fullmatch(state):
+            return problem_page("invalid")
+        logins = self.logins.logins(request.cookies.get(COOKIE))
+        mine = next((x for x in logins or [] if x.state == state), None)
+        started = mine if mine and 0 <= self.clock() - mine.began <= STATE_TTL else None
+        rest = [x for x in logins or [] if x.state != state]
+        next_path = safe_next(started.next if started else None)
+        if not code:
+            # The follower tapped "refuse" (or the link was cut short).
+            return problem_page("cancelled", retry_next=next_path)
+        client = request.client.host if request.client else ""
+        if started is not None and not self.limit.allow(client):
+            # Counted before the Store is asked: a callback with a signed state may spend a
+            # code exchange (WeChat's repeated redirect counts too; it is no more than two).
+            self.refusals.warning("limit", "oauth_rate_limited", client=client)
+            resp = problem_page("busy", retry_next=next_path)
+            resp.headers["retry-after"] = str(int(self.limit.window))
+            return resp
+        key = self.prefix + state
+        record = {"status": "pending", "code": _digest(code)}
+        if started is not None and await self.store.set(key, json.dumps(record).encode(),
+                                                        ttl=STATE_TTL, nx=True):
+            return await self._complete(key, record, started, code, rest)
+        if await self.store.get(key) is not None:
+            return await self._repeat(request, key, state, code, started, rest)
+        if mine is not None or (logins is None and request.cookies.get(COOKIE)):
+            # Signed but too old (or tampered with): the ten minutes are over.
+            return problem_page("expired")
+        # No cookie for this state: forged, or started in another browser (login CSRF).
+        self.refusals.warning("no_matching_cookie", "oauth_state_rejected",
+                              reason="no_matching_cookie")
+        return problem_page("forged")
+
+    async def _complete(self, key: str, record: dict[str, str], started: Login,
+                        code: str, rest: list[Login]) -> Response:
+        next_path = safe_next(started.next)
+        try:
+            openid, scope = await self.capture(code)
+        except Exception as exc:
+            # Settle the record so a second call of the redirect stops waiting for this one.
+            await self.store.set(key, json.dumps({**record, "status": "failed"}).encode(),
+                                 ttl=STATE_TTL)
+            if not isinstance(exc, WeChatAPIError):
+                raise
+            return self._failure(exc, next_path)
+        await self.store.set(key, json.dumps({**record, "status": "done", "openid": openid,
+                                              "next": next_path}).encode(), ttl=STATE_TTL)
+        self.log.info("oauth_login", openid=mask_openid(openid), scope=scope)
+        return self._signed_in(openid, started.state, next_path, rest)
+
+    async def _repeat(self, request: Request, key: str, state: str, code: str,
+                      started: Login | None, rest: list[Login]) -> Response:
+        # WeChat sometimes calls the redirect twice: the second call finds the state used.
+        # The browser that completed this exact state and code just goes on to `next`.
+        session = self.unsign("session", request.cookies.get(SESSION_COOKIE),
+                              max_age=SESSION_TTL)
+        same_browser = started is not None or (session or {}).get("st") == state
+        record: Any = None
+        end = time.monotonic() + 2 * self.settings.http_timeout + 1.0
+        while same_browser and time.monotonic() < end:  # the first call may still be running
+            raw = await self.store.get(key)
+            record = json.loads(raw) if raw else None
+            if not isinstance(record, dict) or record.get("status") != "pending":
+                break
+            await asyncio.sleep(0.05)
+        if (isinstance(record, dict) and record.get("status") == "done"
+                and hmac.compare_digest(str(record.get("code")), _digest(code))):
+            return self._signed_in(str(record["openid"]), state,
+                                   safe_next(str(record.get("next"))), rest)
+        self.refusals.warning("reused", "oauth_state_rejected", reason="reused")
+        return problem_page("reused")
+
+    def _signed_in(self, openid: str, state: str, next_path: str,
+                   rest: list[Login]) -> Response:
+        # 303: the browser GETs `next`, whatever the method of this request.
+        resp = RedirectResponse(next_path, status_code=303, headers={"cache-control": "no-store"})
+        value = self.sign("session", {"o": openid, "st": state, "t": int(self.clock())})
+        self._cookie(resp, SESSION_COOKIE, value, max_age=SESSION_TTL, path="/")
+        if rest:  # the other logins still in progress in this browser stay
+            self._cookie(resp, COOKIE, self.logins.value(rest), max_age=STATE_TTL, path=PATH)
+        else:
+            resp.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="lax",
+                               secure=self.secure)
+        return resp
+
+    def _failure(self, exc: WeChatAPIError, next_path: str) -> Response:
+        # A code anyone can make up (40029) after a login anyone can start: bounded.
+        self.refusals.warning("failed", "oauth_failed", errcode=exc.errcode, api=exc.api)
+        if exc.errcode in _CODE_ERRORS:
+            return problem_page("code", retry_next=next_path)
+        if exc.errcode == 48001:
+            return problem_page("permission", retry_next=next_path, retry_scope=SCOPES[0])
+        if isinstance(exc, UpstreamUnavailable) or exc.errcode == -1:
+            return problem_page("upstream", retry_next=next_path)
+        return problem_page("failed", retry_next=next_path)
+
+    async def me(self, request: Request) -> Response:
+        """Hello, <nickname>, for a signed-in follower; a login link otherwise."""
+        openid = self.session_openid(request)
+        profile = await self.repo.get(openid) if openid else None
+        return me_page(profile, logged_in=openid is not None)
+
+    # -- profiles ----------------------------------------------------------------------
+
+    async def capture(self, code: str) -> tuple[str, str]:
+        """Exchange a code, fetch sns/userinfo when allowed, store the profile."""
+        token = await self.api.oauth_exchange(code)
+        openid, scope = str(token.get("openid") or ""), str(token.get("scope") or "")
+        if not openid or not token.get("access_token"):
+            raise UpstreamUnavailable(None, "token answer without openid", api="oauth_token")
+        now = int(self.clock())
+        await self._save(openid, token, now, refresh_issued_at=now)
+        return openid, scope
+
+    async def refresh_profile(self, openid: str) -> dict[str, str] | None:
+        """Re-read a follower's profile with the kept tokens; None when a new login is needed."""
+        saved = await self.repo.get(openid)
+        if not saved or not saved.get("refresh_token"):
+            return None
+        now = int(self.clock())
+        if now - int(saved.get("refresh_issued_at") or 0) >= REFRESH_TTL:
+            await self.repo.put(openid, {"refresh_token": "", "access_token": ""})
+            return None
+        token: dict[str, Any] = {"access_token": saved.get("access_token", ""),
+                                 "scope": saved.get("scope", ""), "openid": openid}
+        # A web token lives 2 hours: ask sns/auth before spending a refresh on a new one.
+        fresh = now < int(saved.get("access_expires_at") or 0)
+        if not (fresh and token["access_token"]
+                and await self.api.sns_auth(token["access_token"], openid)):
+            try:
+                token = await self.api.oauth_refresh(saved["refresh_token"])
+            except WeChatAPIError as exc:
+                if exc.errcode not in _DEAD_REFRESH:
+                    raise
+                await self.repo.put(openid, {"refresh_token": "", "access_token": ""})
+                return None
+        await self._save(openid, token, now)
+        return await self.repo.get(openid)
+
+    async def _save(self, openid: str, token: dict[str, Any], now: int, *,
+                    refresh_issued_at: int | None = None) -> None:
+        scope = str(token.get("scope") or "")
+        profile = {"openid": openid, "scope": scope, "updated_at": str(now),
+                   "access_token": str(token["access_token"])}
+        if token.get("expires_in"):
+            profile["access_expires_at"] = str(now + int(token["expires_in"]) - 60)
+        if token.get("refresh_token"):
+            profile["refresh_token"] = str(token["refresh_token"])
+        if refresh_issued_at is not None:
+            profile["refresh_issued_at"] = str(refresh_issued_at)
+        if token.get("unionid"):
+            profile["unionid"] = str(token["unionid"])
+        if "snsapi_userinfo" in scope.split(","):
+            info = await self.api.sns_userinfo(str(token["access_token"]), openid)
+            profile["nickname"] = xml_safe(str(info.get("nickname") or ""))
+            profile["headimgurl"] = str(info.get("headimgurl") or "")
+            if info.get("unionid"):
+                profile["unionid"] = str(info["unionid"])
+        await self.repo.put(openid, profile)
+        # The greeting caches user/info answers; drop this one so the new name shows.
+        self.profiles.forget(openid)
+
+
+def _digest(code: str) -> str:
+    # Only a digest of the code is kept in the Store: the code itself is a credential.
+    return hashlib.sha256(code.encode()).hexdigest()[:32]
