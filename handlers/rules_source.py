@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from service import hangup
 from service.logs import get_logger
 
 from .rules import RulesError, load_rules
@@ -85,19 +85,21 @@ class RulesSource:
 @contextlib.asynccontextmanager
 async def watching(source: RulesSource | None) -> AsyncIterator[None]:
     """While the app runs: reload on SIGHUP and when the file changes."""
-    if source is None:
-        yield
-        return
+    log = get_logger("wxhook.rules")
+
+    def on_sighup() -> None:
+        if source is not None:
+            source.reload("SIGHUP")
+        else:  # service.hangup keeps SIGHUP from ending the process; say it did nothing
+            log.info("sighup_ignored", pid=os.getpid(),
+                     why="no rules file (WXHOOK_RULES) to reload")
+
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, source.reload, "SIGHUP")
-        hup = True
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
-        hup = False
-    watcher = loop.create_task(source.watch())
+    hangup.listen(loop, on_sighup)
+    watcher = loop.create_task(source.watch()) if source is not None else None
     try:
         yield
     finally:
-        watcher.cancel()
-        if hup:
-            loop.remove_signal_handler(signal.SIGHUP)
+        hangup.unlisten(on_sighup)
+        if watcher is not None:
+            watcher.cancel()
