@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from handlers.defaults import default_router
 from handlers.router import Router
 from handlers.rules_router import RulesAnswerer
-from handlers.rules_source import RulesSource, watching
+from handlers.rules_source import LAST_GOOD_ENV, RulesSource, watching
 
 from .config import SANDBOX_APP_ID, Settings
 from .delivery import LateDelivery
@@ -99,7 +99,8 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                          else StoreProfileRepo(store, namespace=namespace))
     profiles = Profiles(api, repo, ttl=settings.profile_ttl, batch_window=settings.batch_window)
     delivery = LateDelivery(api, metrics=metrics)
-    rules = (RulesSource(settings.rules, on_result=lambda r: metrics.rules_reloads.labels(r).inc())
+    rules = (RulesSource(settings.rules, on_result=lambda r: metrics.rules_reloads.labels(r).inc(),
+                         last_good=os.environ.get(LAST_GOOD_ENV))
              if settings.rules else None)
     if router is None:
         answerer = None if rules is None else RulesAnswerer(

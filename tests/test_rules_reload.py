@@ -272,3 +272,51 @@ def test_sighup_while_workers_start_stops_none_of_them(tmp_path, redis_url, with
             assert worker_pids(proc.pid) == first
             assert _importing(tmp_path) - {proc.pid} == first
 
+
+# -- a worker started again while the file is broken ------------------------------------------
+
+def test_a_worker_started_again_while_the_file_is_broken_runs_the_last_good_rules(
+        tmp_path, redis_url):
+    path = tmp_path / "rules.yaml"
+    path.write_text(GOOD % "v1")
+    with sandbox_process() as base:
+        proc_cm, url, log = _serve(base, path, tmp_path, workers=2, REDIS_URL=redis_url,
+                                   PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+        with proc_cm as proc:
+            _until(lambda: len(worker_pids(proc.pid)) == 2, timeout=20)
+            serving = worker_pids(proc.pid)
+            # A good change every worker takes (the last good rules are these, not the
+            # ones serve started with), then a broken file every worker refuses.
+            path.write_text(GOOD % "v2")
+            states: dict[int, dict] = {}
+
+            def every_worker(check):
+                def met():
+                    s = _rules(url)
+                    states[s["pid"]] = s
+                    return set(states) >= serving and all(
+                        check(states[p]) for p in serving)
+                return met
+            _until(every_worker(lambda s: s["last_error"] is None and s["loaded_by"] ==
+                                "file changed"), timeout=20)
+            good = states[min(serving)]["version"]
+            path.write_text(BROKEN)
+            _until(every_worker(lambda s: s["last_error"] is not None), timeout=20)
+            victim = min(serving)
+            os.kill(victim, signal.SIGKILL)
+            # Its replacement starts on the rules the other worker runs, and says why.
+            _until(lambda: len(worker_pids(proc.pid) - serving) == 1, timeout=20)
+            (new,) = worker_pids(proc.pid) - serving
+            states.clear()
+            _until(lambda: new in states or bool(states.update({(s := _rules(url))["pid"]: s})),
+                   timeout=30)
+            assert states[new]["version"] == good
+            assert states[new]["loaded_by"] == "last good copy"
+            assert "bad regex" in states[new]["last_error"]
+            for _ in range(6):  # whichever worker answers
+                assert _ask(url) == "v2"
+            time.sleep(2)  # started once, and stays: no crash loop
+            assert worker_pids(proc.pid) == serving - {victim} | {new}
+            assert proc.poll() is None
+    text = log.read_text()
+    assert "Traceback" not in text and "RulesError" not in text

@@ -51,6 +51,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
+    if args.workers > 1 and settings.rules:
+        from handlers.rules_source import LAST_GOOD_ENV, save_last_good
+
+        # In the directory the workers share (on tmpfs under systemd, never aged out): the
+        # rules a worker started again falls back on while the file on disk is broken.
+        copy = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "rules.last-good")
+        save_last_good(settings.rules, copy)
+        os.environ[LAST_GOOD_ENV] = copy
     from ..logs import configure_logging, get_logger
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
