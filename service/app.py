@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.defaults import default_router
 from handlers.router import Router
@@ -181,11 +181,9 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         if metrics.multiprocess:
-            from prometheus_client import multiprocess
+            from .multiproc import exposition
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            data = generate_latest(registry)
+            data = exposition(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         else:
             data = generate_latest(metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ signal.set_wakeup_fd); the main loop does the work. A handler that closed the so
 started processes itself would run in the middle of whatever the loop was doing (a worker
 being spawned with those sockets: "bad value(s) in fds_to_keep", the loop dead and a
 worker serving on). Whatever ends the loop, the workers are stopped and waited for.
+A worker that ends is replaced, and its metric files retired (service/multiproc.py).
 
 At SIGTERM or SIGINT the supervisor closes its own copy of the listening socket at once.
 uvicorn's keeps it open until every worker has drained: the workers stop accepting, but
@@ -155,6 +156,7 @@ class _Supervisor(Multiprocess):
                 continue
             process.kill()  # hung, or already gone
             process.join()
+            self._retire(process.pid)
             if process.exitcode == STARTUP_FAILURE:
                 # As uvicorn: the app, TLS or socket is broken and would fail every restart.
                 self.log.error("worker_failed_to_start", pid=process.pid,
@@ -166,6 +168,13 @@ class _Supervisor(Multiprocess):
             self.processes[idx] = self._spawn()
             self.log.warning("worker_replaced", pid=process.pid, exitcode=process.exitcode,
                              new_pid=self.processes[idx].pid)
+
+    def _retire(self, pid: int | None) -> None:
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if pid is not None and metrics_dir:
+            from .multiproc import retire
+
+            retire(metrics_dir, pid)
 
     def handle_hup(self) -> None:
         pids = [p.pid for p in self.processes if p.pid is not None]
@@ -189,6 +198,7 @@ class _Supervisor(Multiprocess):
         process = self.processes.pop()
         process.terminate()
         process.join()
+        self._retire(process.pid)
         self.log.info("worker_removed", pid=process.pid, workers=self.processes_num)
 
 
