@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -117,3 +118,31 @@ def test_sigterm_at_random_moments_of_start_up_and_respawn(tmp_path, redis_url):
             time.sleep(delay)
             os.kill(proc.pid, signal.SIGTERM)
             _stopped(proc, log, f"run {run} (seed {seed}): SIGTERM {delay:.2f} s after {after}")
+
+
+@pytest.mark.slow
+def test_sighup_at_every_moment_of_the_workers_start_up_ends_none(tmp_path, redis_url):
+    # `systemctl reload` as often as one likes while serve starts: every SIGHUP is passed on
+    # to workers that may not have run a line of Python yet (spawned with it blocked).
+    log = tmp_path / "server.log"
+    proc_cm, url = _start(redis_url, log)
+    with proc_cm as proc:
+        _until(lambda: catches(proc.pid, signal.SIGHUP) or proc.poll() is not None)
+        seen: set[int] = set()
+        answered = None
+        end = time.monotonic() + 40  # workers killed as they start would never answer
+        while proc.poll() is None and time.monotonic() < end and (
+                answered is None or time.monotonic() < answered + 0.5):
+            os.kill(proc.pid, signal.SIGHUP)
+            seen |= worker_pids(proc.pid)
+            if answered is None:
+                try:
+                    httpx.get(f"{url}/healthz", timeout=0.5)
+                    answered = time.monotonic()
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.03)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert answered is not None, f"never served: workers seen {sorted(seen)}"
+        # The two workers it started are the two serving: none ended and was replaced.
+        assert seen == worker_pids(proc.pid) and len(seen) == 2, log.read_text()[-3000:]
