@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-deps bench-quick profile clean
+.PHONY: install run test lint docs docs-deps docs-serve docs-config bench bench-deps bench-quick \
+	profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wxhook needs Python 3.11+"'
@@ -37,6 +38,26 @@ lint: install
 	$(VENV)/bin/ruff check service handlers tests
 	$(VENV)/bin/mypy service handlers
 
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor
+# fails the build, and so does a configuration page that no longer matches Settings.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[docs]'
+	@touch $(DOCS_STAMP)
+
+docs-deps: $(DOCS_STAMP)
+
+docs: docs-deps
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: docs-deps
+	$(VENV)/bin/mkdocs serve
+
+# Rewrites docs/configuration.md from Settings and the rules file's schema (commit the result).
+docs-config: install
+	$(PY) docs/reference.py
+
 # The benchmark's load generator is Debian's wrk; WeRoBot and gunicorn come from the extra.
 bench-deps: install
 	$(PY) -m pip install -q -e '.[bench]'
@@ -53,4 +74,4 @@ profile: bench-deps
 	$(PY) bench/profile.py --scenario plain --seconds 10
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from handlers.rules import Keyword, parse_rules
+from handlers.rules_regex import MAX_TEXT
 from handlers.rules_router import RuleBook
 
 
@@ -50,7 +51,7 @@ def plain(keywords: tuple[Keyword, ...], text: str) -> Keyword | None:
     folded = trimmed.casefold()
     for k in keywords:
         if (folded in k.equal or any(w in folded for w in k.contain)
-                or any(r.search(trimmed) for r in k.regex)):
+                or (len(trimmed) <= MAX_TEXT and any(r.search(trimmed) for r in k.regex))):
             return k
     return None
 

@@ -7,7 +7,6 @@ of them at once, so an owner fixes a file in one pass; `load_rules` refuses a fi
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,11 @@ import yaml
 from service.errors import WeChatError
 from service.menu import KEY_BYTES, menu_problems
 
+from .rules_regex import Pattern, RegexError, ascii_only, compile_regex
 from .rules_replies import NICKNAME, Answer, ReplyChecker
+from .rules_schema import DEFAULT_FIELDS, KEYWORD_FIELDS, SECTIONS, SUBSCRIBE_FIELDS
 from .rules_yaml import Seq, YamlMap, line_of, parse_yaml
 
-SECTIONS = ("subscribe", "keywords", "default", "menu", "clicks")
 CONSOLE_DEFAULT_ONCE_PER = 3600  # the console's 收到消息回复 answers a follower once an hour
 
 
@@ -35,12 +35,12 @@ class RulesError(WeChatError):
 
 @dataclass(frozen=True, slots=True)
 class Keyword:
-    """One 关键词回复 rule; patterns are already case-folded / compiled."""
+    """One 关键词回复 rule; words are already case-folded, regexes compiled (RE2)."""
 
     name: str
     equal: tuple[str, ...]
     contain: tuple[str, ...]
-    regex: tuple[re.Pattern[str], ...]
+    regex: tuple[Pattern, ...]
     answer: Answer
 
 
@@ -72,6 +72,9 @@ class Rules:
     default: Default | None = None
     menu: Mapping[str, Any] | None = None
     clicks: Mapping[str, Answer] = field(default_factory=dict)
+    # What is valid but works otherwise than the owner may think, with its place (`rules check`
+    # prints them and exits 0): a text over WeChat's size limit, an ASCII-only regex class.
+    warnings: tuple[str, ...] = ()
 
 
 def load_rules(path: str | Path) -> Rules:
@@ -127,6 +130,7 @@ def _parse_rules(data: bytes, *, name: str) -> tuple[Rules | None, list[str]]:
         default=c.default(doc["default"], doc.lines["default"]) if "default" in doc else None,
         menu=c.menu(doc["menu"], doc.lines["menu"]) if "menu" in doc else None,
         clicks=c.clicks(doc.get("clicks"), doc.lines.get("clicks", 1)),
+        warnings=tuple(c.warnings),
     )
     return (None, c.problems) if c.problems else (rules, [])
 
@@ -137,7 +141,7 @@ class _Checker(ReplyChecker):
     def subscribe(self, node: Any, line: int) -> Subscribe | None:
         if isinstance(node, str | Seq):  # a short form: `subscribe: "Welcome!"`
             node = YamlMap({"reply": node}, line=line, lines={"reply": line})
-        if not self._mapping(node, line, "subscribe", ("reply", "anonymous", "scenes")):
+        if not self._mapping(node, line, "subscribe", tuple(SUBSCRIBE_FIELDS)):
             return None
         answer = (self.answer(node["reply"], node.lines["reply"], "subscribe.reply")
                   if "reply" in node else None)
@@ -148,6 +152,9 @@ class _Checker(ReplyChecker):
         if isinstance(anonymous, str) and NICKNAME in anonymous:
             self.add(node.lines["anonymous"], "subscribe.anonymous",
                      "is used when no name is known: it cannot contain {nickname}")
+        elif isinstance(anonymous, str):
+            self.check_size(anonymous, node.lines["anonymous"], "subscribe.anonymous",
+                            passive=True)
         scenes: dict[str, Answer] = {}
         raw = node.get("scenes")
         if raw is not None and not isinstance(raw, YamlMap):
@@ -171,8 +178,7 @@ class _Checker(ReplyChecker):
             at = node.lines[i]
             name = rule.get("name") if isinstance(rule, YamlMap) else None
             label = f"keywords[{i}]" + (f" ({name})" if isinstance(name, str) else "")
-            if not self._mapping(rule, at, label,
-                                 ("name", "equal", "contain", "regex", "mode", "replies")):
+            if not self._mapping(rule, at, label, tuple(KEYWORD_FIELDS)):
                 continue
             if not isinstance(name, str) or not name.strip():
                 name = f"keyword-{i + 1}"
@@ -183,7 +189,7 @@ class _Checker(ReplyChecker):
             names.add(name)
             equal = self._words(rule, "equal", label)
             contain = self._words(rule, "contain", label)
-            regex = tuple(self._regex(p, rule, label) for p in self._words(rule, "regex", label))
+            regex = self._regexes(rule, label)
             if not (equal or contain or regex):
                 self.add(at, label, "needs equal, contain or regex")
             answer = self.answer(YamlMap({k: rule[k] for k in ("mode", "replies") if k in rule},
@@ -204,18 +210,29 @@ class _Checker(ReplyChecker):
             return []
         return [str(w) for w in items]
 
-    def _regex(self, pattern: str, rule: YamlMap, label: str) -> re.Pattern[str] | None:
-        try:
-            return re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
-            self.add(rule.lines["regex"], f"{label}.regex",
-                     f"bad regex {pattern!r}: {exc.msg} at position {exc.pos}")
-            return None
+    def _regexes(self, rule: YamlMap, label: str) -> list[Pattern | None]:
+        node = rule.get("regex")
+        lines = node.lines if isinstance(node, Seq) else None
+        out: list[Pattern | None] = []
+        for k, pattern in enumerate(self._words(rule, "regex", label)):
+            line = rule.lines["regex"] if lines is None else lines[k]
+            where = f"{label}.regex" if lines is None else f"{label}.regex[{k}]"
+            try:
+                out.append(compile_regex(pattern))
+            except RegexError as exc:
+                self.add(line, where, f"bad regex {pattern!r}: {exc}")
+                out.append(None)
+                continue
+            if ascii := ascii_only(pattern):
+                self.warn(line, where, f"{' and '.join(ascii)} in {pattern!r} see ASCII only "
+                          "(RE2; Python's re saw Unicode): for Chinese text write a class, "
+                          "e.g. [^\\p{L}\\p{N}_] for \\W")
+        return out
 
     def default(self, node: Any, line: int) -> Default | None:
         if isinstance(node, str | Seq):
             node = YamlMap({"reply": node}, line=line, lines={"reply": line})
-        if not self._mapping(node, line, "default", ("reply", "once_per")):
+        if not self._mapping(node, line, "default", tuple(DEFAULT_FIELDS)):
             return None
         once = node.get("once_per", CONSOLE_DEFAULT_ONCE_PER)
         if type(once) is not int or once < 0:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from service.longtext import CUSTOM_BYTES, ELLIPSIS, PASSIVE_BYTES, cut, size, split
 from service.replies import (
     ImageReply,
     MusicReply,
@@ -17,12 +18,14 @@ from service.replies import (
     VoiceReply,
 )
 
+from .rules_schema import MODES, REPLY_FIELDS, REPLY_TYPES
 from .rules_yaml import Seq, YamlMap
 
 Mode = Literal["random_one", "reply_all"]
-MODES = ("random_one", "reply_all")
-REPLY_TYPES = ("text", "news", "image", "voice", "video", "music")
 NICKNAME = "{nickname}"
+# What a name may add where {nickname} stands, for the size warning (16 four-byte characters);
+# at run time the check is on the text as sent, the name filled in.
+NAME_BYTES = 64
 # The fields of each reply a follower reads: where {nickname} may appear and is filled in.
 TEXT_FIELDS: dict[type[Reply], tuple[str, ...]] = {
     TextReply: ("content",), NewsReply: ("title", "description"),
@@ -51,9 +54,38 @@ class ReplyChecker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def add(self, line: int, where: str, message: str) -> None:
         self.problems.append(f"{self.name}:{line}: {where}: {message}")
+
+    def warn(self, line: int, where: str, message: str) -> None:
+        """Something valid that will not work as the owner may expect."""
+        self.warnings.append(f"{self.name}:{line}: {where}: warning: {message}")
+
+    def check_size(self, text: str, line: int, where: str, *, passive: bool) -> None:
+        """Warn about a text longer than one WeChat message, and say how it will be sent."""
+        filled = text.replace(NICKNAME, "x" * NAME_BYTES)  # the longest a name makes it
+        most = size(filled)
+        if most <= (PASSIVE_BYTES if passive else CUSTOM_BYTES):
+            return
+        length = f"{most:,} bytes" + (f" with a {NAME_BYTES}-byte name" if NICKNAME in text
+                                      else "")
+        if passive:
+            _, rest = cut(filled, PASSIVE_BYTES)
+            count = len(split(rest, CUSTOM_BYTES))
+            how = (f"WeChat shows no passive text reply over {PASSIVE_BYTES:,} bytes: it goes "
+                   f"out as a passive reply of up to {PASSIVE_BYTES:,} bytes and about {count} "
+                   f"customer-service message(s) after it, in order (an account without them, "
+                   f"errcode 48001, sends the first part ending in {ELLIPSIS!r})")
+        else:
+            count = len(split(filled, CUSTOM_BYTES))
+            how = (f"it goes out as about {count} customer-service messages of up to "
+                   f"{CUSTOM_BYTES:,} bytes each, in order")
+        if count > 3:
+            how += ("; a follow, scan or menu click allows 3 customer-service messages and a "
+                    "message 5: past that WeChat refuses the rest (45047)")
+        self.warn(line, where, f"a text of {length}: {how}")
 
     def _mapping(self, node: Any, line: int, where: str, allowed: tuple[str, ...]) -> bool:
         if not isinstance(node, YamlMap):
@@ -84,11 +116,15 @@ class ReplyChecker:
         if not items:
             self.add(line, where, "empty: give at least one reply")
             return None
-        replies = [self.reply(item, items.lines[i], f"{where}[{i}]" if node is items else where)
-                   for i, item in enumerate(items)]
+        places = [(items.lines[i], f"{where}[{i}]" if node is items else where)
+                  for i in range(len(items))]
+        replies = [self.reply(item, *places[i]) for i, item in enumerate(items)]
         if any(r is None for r in replies):
             return None
         got = tuple(r for r in replies if r is not None)
+        for i, r in enumerate(got):
+            if isinstance(r, TextReply):  # with reply_all, replies 2..n are follow-ups
+                self.check_size(r.content, *places[i], passive=i == 0 or mode != "reply_all")
         return Answer(got, mode if mode in MODES else "random_one",
                       any(NICKNAME in text for r in got for text in texts(r)))
 
@@ -117,7 +153,7 @@ class ReplyChecker:
             elif isinstance(body, Seq):
                 self.add(line, where, f"{len(body)} articles: WeChat shows exactly one")
                 return None
-        fields = _FIELDS[kind]
+        fields = REPLY_FIELDS[kind]
         if not isinstance(body, YamlMap):
             self.add(line, where, f"must be a mapping of {', '.join(fields)}")
             return None
@@ -136,13 +172,5 @@ class ReplyChecker:
         return _BUILD[kind](*values)
 
 
-# Fields of each reply form, the required one first, named as WeChat's JSON names them.
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "news": ("title", "description", "picurl", "url"),
-    "image": ("media_id",), "voice": ("media_id",),
-    "video": ("media_id", "title", "description"),
-    "music": ("thumb_media_id", "title", "description", "musicurl", "hqmusicurl"),
-}
 _BUILD: dict[str, Callable[..., Reply]] = {"news": NewsReply, "image": ImageReply, "voice": VoiceReply,
                           "video": VideoReply, "music": MusicReply}
-

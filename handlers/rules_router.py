@@ -40,8 +40,8 @@ class RuleBook:
 
     def match(self, text: str) -> Keyword | None:
         """The first rule, in file order, that `text` matches."""
-        i = self._match.first(text)
-        return None if i is None else self.keywords[i]
+        hit = self._match.first(text)
+        return None if hit is None else self.keywords[hit.index]
 
 
 def fill(reply: Reply, name: str | None) -> Reply:

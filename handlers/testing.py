@@ -8,6 +8,7 @@ against the in-process sandbox WeChat API, replies decoded into their fields.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,6 +18,7 @@ from service.app import create_app
 from service.config import SANDBOX_AES_KEY, SANDBOX_APP_ID, SANDBOX_APP_SECRET, load_settings
 from service.crypto import MessageCrypto
 from service.profiles import StoreProfileRepo
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from service.tools.sandbox import DEMO_OPENID, SandboxState, create_sandbox
 from service.tools.simulate import decode_reply, push_xml, sign_push
@@ -29,7 +31,8 @@ TOKEN = "wxhookTestClient"
 class HandlerClient:
     """An app around `router`, wired to an in-process sandbox; `aes=True`: safe mode."""
 
-    def __init__(self, router: Router, *, aes: bool = False, **settings: Any) -> None:
+    def __init__(self, router: Router, *, aes: bool = False, store: Store | None = None,
+                 **settings: Any) -> None:
         self.aes = aes
         self._sandbox = create_sandbox(appid=SANDBOX_APP_ID, secret=SANDBOX_APP_SECRET)
         self.sandbox: SandboxState = self._sandbox.state.sandbox
@@ -40,7 +43,9 @@ class HandlerClient:
             **settings})
         self.crypto = MessageCrypto(TOKEN, self.settings.aes_keys, self.settings.app_id)
         self._upstream = httpx.AsyncClient(transport=httpx.ASGITransport(app=self._sandbox))
-        store = MemoryStore()
+        # A shared store (a RedisStore) makes two clients two instances of one deployment;
+        # whoever passes it closes it.
+        store = MemoryStore() if store is None else store
         app = create_app(self.settings, http=self._upstream, store=store, router=router,
                          profile_repo=StoreProfileRepo(store, namespace="test:"))
         self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -55,10 +60,12 @@ class HandlerClient:
         await self._upstream.aclose()
 
     async def push(self, kind: str, *, openid: str = DEMO_OPENID, text: str = "hello",
-                   event_key: str = "") -> dict[str, str]:
-        """Send one push (`kind`: a MsgType such as "text", or an event such as "CLICK");
+                   event_key: str = "", fields: Mapping[str, str] | None = None
+                   ) -> dict[str, str]:
+        """Send one push (`kind`: a MsgType such as "image", or an event such as "LOCATION",
+        with `fields` such as {"Latitude": "23.1"} or {"ScanCodeInfo/ScanResult": "x"});
         the reply's fields ({} when the answer was "success")."""
-        xml = push_xml(kind, openid=openid, text=text, event_key=event_key)
+        xml = push_xml(kind, openid=openid, text=text, event_key=event_key, fields=fields)
         signed = sign_push(xml, token=TOKEN, openid=openid,
                            crypto=self.crypto if self.aes else None)
         r = await self._client.post("/wechat", params=signed.params, content=signed.body)

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.defaults import default_router
@@ -21,11 +20,11 @@ from handlers.rules_source import LAST_GOOD_ENV, RulesSource, watching
 
 from .config import SANDBOX_APP_ID, Settings
 from .delivery import LateDelivery
-from .errors import WeChatAPIError
 from .logs import flush_logs, get_logger
 from .metrics import Metrics
 from .oauth import OAuth
 from .profiles import ProfileRepo, Profiles, StoreProfileRepo
+from .readiness import Readiness
 from .store.base import Store
 from .store.memory import MemoryStore
 from .store.sqlite import SqliteProfileRepo
@@ -110,13 +109,14 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                       delivery=delivery, metrics=metrics, clock=clock, wall_clock=wall_clock)
     oauth = OAuth(settings, api=api, store=store, repo=repo, profiles=profiles,
                   namespace=namespace, metrics=metrics)
+    readiness = Readiness(tokens=tokens, store=store, api=api, rules=rules, metrics=metrics)
     log = get_logger("wxhook")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("startup", **settings.summary(), pid=os.getpid())
         settle_heap()
-        async with watching(rules):
+        async with watching(rules), readiness.serving():
             yield
         # uvicorn has stopped accepting and finished in-flight pushes; now the late ones.
         left = await delivery.drain(SHUTDOWN_GRACE)
@@ -142,44 +142,17 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     app.state.webhook = webhook
     app.state.metrics = metrics
     app.state.rules = rules
+    app.state.readiness = readiness
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        checks: dict[str, Any] = {"settings": {"ok": True}}
-        status = tokens.status()
-        if not status["cached"]:
-            try:
-                await tokens.get(deadline=time.monotonic() + 2.0)
-                status = tokens.status()
-            except WeChatAPIError:
-                status = tokens.status()
-            except Exception as exc:  # noqa: BLE001 - e.g. the store failing: not ready, not 500
-                status = {**tokens.status(), "error": {"store": type(exc).__name__}}
-        checks["token"] = {"ok": bool(status["cached"]), **status}
-        if store.shared:
-            try:
-                await store.ping()
-                # RedisStore.status(): where, and whether an outage is being served locally.
-                status_of = getattr(store, "status", None)
-                checks["redis"] = {"ok": True, **(status_of() if callable(status_of) else {})}
-            except Exception as exc:  # noqa: BLE001 - any failure here is "not ready", never a 500
-                checks["redis"] = {"ok": False, "error": type(exc).__name__,
-                                   "reason": str(exc)[:300]}
-        if rules is not None:
-            checks["rules"] = rules.status()  # a refused file keeps the old rules: still ready
-        circuits = api.circuits()
-        if circuits:
-            checks["circuits_open"] = circuits
-        ready = all(c.get("ok", True) for c in checks.values() if isinstance(c, dict))
-        metrics.ready.set(1 if ready else 0)
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    app.router.add_route("/readyz", readiness.endpoint, methods=["GET", "HEAD"])
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
+        readiness.observe()  # this process's view of the shared dependencies, current
         if metrics.multiprocess:
             from .multiproc import exposition
 

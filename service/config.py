@@ -76,43 +76,105 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    app_id: str = Field("", alias="WECHAT_APP_ID")
-    app_secret: SecretStr = Field(SecretStr(""), alias="WECHAT_APP_SECRET")
-    token: SecretStr = Field(SecretStr(""), alias="WECHAT_TOKEN")
-    # Comma-separated: the first key encrypts, every key decrypts (console key rotation).
-    encoding_aes_key: SecretStr | None = Field(None, alias="WECHAT_ENCODING_AES_KEY")
-    api_base: str = Field("https://api.weixin.qq.com", alias="WECHAT_API_BASE")
-    oauth_base: str = Field("https://open.weixin.qq.com", alias="WECHAT_OAUTH_BASE")
-    redis_url: SecretStr | None = Field(None, alias="REDIS_URL")
-    public_base_url: str = Field("http://127.0.0.1:8000", alias="PUBLIC_BASE_URL")
-    session_secret: SecretStr = Field(SecretStr(""), alias="SESSION_SECRET")
+    app_id: str = Field("", alias="WECHAT_APP_ID", description=(
+        "AppID of the official account (console: 开发 > 基本配置). Required, with "
+        "WECHAT_APP_SECRET and WECHAT_TOKEN, except under `wxhook dev`."))
+    app_secret: SecretStr = Field(SecretStr(""), alias="WECHAT_APP_SECRET", description=(
+        "AppSecret of the account. Required. Masked in every log line."))
+    token: SecretStr = Field(SecretStr(""), alias="WECHAT_TOKEN", description=(
+        "The Token of 服务器配置: 3-32 characters of A-Z a-z 0-9. Required."))
+    encoding_aes_key: SecretStr | None = Field(None, alias="WECHAT_ENCODING_AES_KEY", description=(
+        "EncodingAESKey, 43 characters of A-Z a-z 0-9; set it for compatible or safe mode. "
+        "During a key change list the new key first, then the old one (`new,old`): the "
+        "first key encrypts, every key decrypts."))
+    api_base: str = Field("https://api.weixin.qq.com", alias="WECHAT_API_BASE", description=(
+        "The WeChat API. For local work point it at `wxhook sandbox` "
+        "(http://127.0.0.1:8001); `wxhook check` then says it is talking to a stand-in."))
+    oauth_base: str = Field("https://open.weixin.qq.com", alias="WECHAT_OAUTH_BASE",
+                            description="The OAuth authorize page's origin (the sandbox "
+                                        "serves one too).")
+    redis_url: SecretStr | None = Field(None, alias="REDIS_URL", description=(
+        "Shared state for several workers or machines: `redis://[:password@]host:6379/0`, "
+        "`rediss://` for TLS, `unix:///path/redis.sock`, `redis+sentinel://host:26379/master`. "
+        "Not set: everything stays in this one process."))
+    public_base_url: str = Field("http://127.0.0.1:8000", alias="PUBLIC_BASE_URL", description=(
+        "This server's public origin; `/oauth/callback` is appended for the OAuth "
+        "redirect_uri. Set it in production to the https origin, e.g. "
+        "`https://wx.example.com` (cookies are Secure only with https; `wxhook serve` warns "
+        "about plain http to anything but loopback)."))
+    session_secret: SecretStr = Field(SecretStr(""), alias="SESSION_SECRET", description=(
+        "Signs OAuth state and session cookies. Set a long random value in production "
+        "(`python -c 'import secrets; print(secrets.token_urlsafe(48))'`); derived from the "
+        "app secret when empty, so it changes whenever the app secret does."))
 
-    # plain, compat (plaintext and encrypted pushes) or safe (encrypted only); unset: plain
-    # without an EncodingAESKey, compat with one (a key set during a migration keeps working).
+    # unset: plain without an EncodingAESKey, compat with one (a key set during a migration
+    # keeps working).
     message_mode: Literal["plain", "compat", "safe"] | None = Field(
-        None, alias="WXHOOK_MESSAGE_MODE")
-    token_endpoint: Literal["stable", "classic"] = Field("stable", alias="WXHOOK_TOKEN_ENDPOINT")
-    deadline: float = Field(4.0, gt=0.2, le=4.8, alias="WXHOOK_DEADLINE")
-    timestamp_window: int = Field(300, ge=10, alias="WXHOOK_TIMESTAMP_WINDOW")
-    max_body: int = Field(256 * 1024, ge=1024, alias="WXHOOK_MAX_BODY")
-    dedup_ttl: int = Field(60, ge=30, alias="WXHOOK_DEDUP_TTL")
-    greeting: str = Field("Welcome, {nickname}!", alias="WXHOOK_GREETING")
-    greeting_anonymous: str = Field("Welcome!", alias="WXHOOK_GREETING_ANONYMOUS")
-    profile_ttl: int = Field(3600, ge=0, alias="WXHOOK_PROFILE_TTL")
-    profile_db: str = Field("var/profiles.sqlite3", alias="WXHOOK_PROFILE_DB")
-    batch_window: float = Field(0.002, ge=0, le=0.5, alias="WXHOOK_BATCH_WINDOW")
-    http_timeout: float = Field(3.0, gt=0, alias="WXHOOK_HTTP_TIMEOUT")
-    log_level: str = Field("INFO", alias="WXHOOK_LOG_LEVEL")
-    log_format: Literal["json", "console"] = Field("json", alias="WXHOOK_LOG_FORMAT")
-    sandbox: bool = Field(False, alias="WXHOOK_SANDBOX")
-    # Extra routers, "package.module:router" comma-separated, consulted before the defaults.
-    handlers: str = Field("", alias="WXHOOK_HANDLERS")
-    rules: str = Field("", alias="WXHOOK_RULES")  # the rules file (YAML): handlers/rules.py
-    # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's syntax: IPs, CIDRs, "*").
-    forwarded_allow_ips: str = Field("127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS")
-    # OAuth callbacks that spend a code exchange, a minute: per client address, per instance.
-    oauth_limit_per_client: int = Field(20, ge=1, alias="WXHOOK_OAUTH_LIMIT_PER_CLIENT")
-    oauth_limit_total: int = Field(300, ge=1, alias="WXHOOK_OAUTH_LIMIT_TOTAL")
+        None, alias="WXHOOK_MESSAGE_MODE", description=(
+            "Which pushes the account sends: plain, compat (plaintext and encrypted) or safe "
+            "(encrypted only; a plaintext push is refused). Unset: plain without an "
+            "EncodingAESKey, compat with one. Set safe once the console is in 安全模式."))
+    token_endpoint: Literal["stable", "classic"] = Field(
+        "stable", alias="WXHOOK_TOKEN_ENDPOINT",
+        description="stable (`cgi-bin/stable_token`, recommended) or classic (`cgi-bin/token`).")
+    deadline: float = Field(4.0, gt=0.2, le=4.8, alias="WXHOOK_DEADLINE", description=(
+        "Seconds a push may take before it is answered \"success\" and its reply delivered "
+        "later by `message/custom/send`."))
+    timestamp_window: int = Field(300, ge=10, alias="WXHOOK_TIMESTAMP_WINDOW", description=(
+        "Accepted distance of a push's timestamp from now, in seconds."))
+    max_body: int = Field(256 * 1024, ge=1024, alias="WXHOOK_MAX_BODY", description=(
+        "Largest accepted push body in bytes; a larger one is 413 without being read to "
+        "the end."))
+    dedup_ttl: int = Field(60, ge=30, alias="WXHOOK_DEDUP_TTL", description=(
+        "How long a push's reply is kept for WeChat's retries, in seconds. The same push "
+        "arriving later than this is refused as a replay, never run again."))
+    greeting: str = Field("Welcome, {nickname}!", alias="WXHOOK_GREETING", description=(
+        "The built-in greeting; `{nickname}` is replaced with the follower's name."))
+    greeting_anonymous: str = Field("Welcome!", alias="WXHOOK_GREETING_ANONYMOUS", description=(
+        "The greeting when no name is known in time."))
+    profile_ttl: int = Field(3600, ge=0, alias="WXHOOK_PROFILE_TTL", description=(
+        "How long a `user/info` answer is cached, in seconds."))
+    state_ttl: int = Field(86400, ge=1, alias="WXHOOK_STATE_TTL", description=(
+        "How long a follower's `ctx.state()` is kept after its last change, in seconds."))
+    profile_db: str = Field("var/profiles.sqlite3", alias="WXHOOK_PROFILE_DB", description=(
+        "Where OAuth-captured profiles are kept when REDIS_URL is not set: a SQLite file, "
+        "relative to the working directory (`wxhook dev` uses "
+        "var/profiles-sandbox.sqlite3)."))
+    batch_window: float = Field(0.002, ge=0, le=0.5, alias="WXHOOK_BATCH_WINDOW", description=(
+        "How long concurrent lookups wait to be batched into one `user/info/batchget` call, "
+        "in seconds."))
+    http_timeout: float = Field(3.0, gt=0, alias="WXHOOK_HTTP_TIMEOUT", description=(
+        "Timeout of one WeChat API call, in seconds (always cut to the push's remaining "
+        "budget)."))
+    log_level: str = Field("INFO", alias="WXHOOK_LOG_LEVEL", description=(
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL."))
+    log_format: Literal["json", "console"] = Field("json", alias="WXHOOK_LOG_FORMAT", description=(
+        "json (one object a line) or console."))
+    sandbox: bool = Field(False, alias="WXHOOK_SANDBOX", description=(
+        "Run on the sandbox's credentials when none of the three WECHAT_* is set; "
+        "`wxhook dev` and `make run` set it themselves. Not for production."))
+    handlers: str = Field("", alias="WXHOOK_HANDLERS", description=(
+        "Your own handlers: routers consulted before the rules and the defaults, "
+        "`package.module:router`, comma-separated. The directory wxhook runs in is on the "
+        "import path, e.g. `my_account.handlers:router` for ./my_account/handlers.py."))
+    rules: str = Field("", alias="WXHOOK_RULES", description=(
+        "Replies without code: a rules file (YAML) of keywords, default reply, greetings per "
+        "QR scene, menu clicks and the menu. Checked at start-up, reloaded on SIGHUP and "
+        "when the file changes."))
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS", description=(
+        "The reverse proxies whose X-Forwarded-For/-Proto are believed for the OAuth pages "
+        "(never for /wechat): IPs or CIDR networks, comma-separated, or * (only when nothing "
+        "else can reach the port)."))
+    oauth_limit_per_client: int = Field(
+        20, ge=1, alias="WXHOOK_OAUTH_LIMIT_PER_CLIENT", description=(
+            "OAuth callbacks a minute that may reach WeChat's code exchange (a call with the "
+            "app secret) from one client address (an IPv6 client is its /64); more is "
+            "answered 429. Each instance keeps its own count."))
+    oauth_limit_total: int = Field(
+        300, ge=1, alias="WXHOOK_OAUTH_LIMIT_TOTAL", description=(
+            "OAuth callbacks a minute that may reach WeChat's code exchange, from all "
+            "clients; more is answered 429. Each instance keeps its own count."))
 
     @model_validator(mode="before")
     @classmethod

@@ -10,22 +10,33 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote_plus
 
 from .config import Settings
 from .crypto import MessageCrypto
 from .errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
+from .loglimit import LimitedLog
 from .logs import get_logger
 from .messages import InboundMessage, build_message
 from .metrics import Metrics
-from .signature import LocalNonces, SharedNonces, check_fresh, verify
+from .signature import LocalNonces, SharedNonces, check_signed
 from .store.base import Store
 from .waiting import within
 from .xmldoc import parse_fields, safe_mode_encrypt
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# What a signed query was used for. The nonce memory keeps each (timestamp, nonce) with a
+# digest of what came with it, keyed by this: WeChat's retry repeats the shape and the body
+# and is let through, while the same query in another shape (an encrypted push with its
+# encryption stripped, a verification sent as a push, a push's query as a verification)
+# digests differently and is refused as a replay. One query is one push.
+_PLAIN = b""                # a plaintext push's body (unkeyed, as records before this had it)
+_SEALED = b"wxhook-aes"     # an encrypted push's body
+_VERIFY = b"wxhook-verify"  # a URL verification's echostr
+_REFUSED = b"wxhook-mode"   # a push refused for its mode: no other shape may use its query
 
 
 def parse_query(raw: bytes) -> dict[str, str]:
@@ -54,10 +65,9 @@ class Admission:
 
     @property
     def dedup_key(self) -> str:
-        """The message's key, told apart by the reply's encoding: a plaintext try must
-        never answer an encrypted retry (or the other way round)."""
-        key = self.message.dedup_key()
-        return key if self.crypto is None else f"{key}:aes"
+        """The message's key, whatever its encoding: one message runs its handler once,
+        sealed or not (replies.decode answers a try in the other encoding)."""
+        return self.message.dedup_key()
 
 
 class ClientGone(Exception):
@@ -67,9 +77,10 @@ class ClientGone(Exception):
 class Guard:
     """Admits a push (or a URL verification) or raises GuardError saying why not.
 
-    Everything that can be checked without parsing comes first: the signature, the
-    timestamp, the body size, then the nonce memory (timestamp, nonce and body digest, in
-    every mode). So the parser only ever sees the first body signed for a query.
+    Everything that can be checked without parsing comes first: the query's shapes, the
+    signature, the timestamp, the body size, then the nonce memory (timestamp, nonce, and
+    the digest of the body in its shape, in every mode). So the parser only ever sees the
+    first body signed for a query, and a query serves one push (or one verification).
     """
 
     def __init__(self, settings: Settings, *, store: Store, namespace: str,
@@ -91,16 +102,20 @@ class Guard:
         self.retry_span = settings.dedup_ttl
         self.metrics = metrics
         self.log = get_logger("wxhook.guard")
+        self.quiet = LimitedLog(self.log, metrics=metrics)  # lines a replayed query can cause
 
-    def verify_url(self, q: dict[str, str]) -> bytes:
+    async def verify_url(self, q: dict[str, str]) -> bytes:
         """The echostr to answer a signed URL verification with, or GuardError."""
         sig, ts, nonce, echostr = (q.get(k, "") for k in
                                    ("signature", "timestamp", "nonce", "echostr"))
         if not (sig and ts and nonce and echostr):
             raise GuardError("URL verification needs signature, timestamp, nonce, echostr")
-        verify((self.token, ts, nonce), sig)
-        check_fresh(ts, window=self.settings.timestamp_window, now=self.clock())
-        return echostr.encode()
+        stamp = self._signed(sig, ts, nonce)
+        echo = echostr.encode()
+        # Remembered as pushes are, so its query never becomes a push. A verbatim repeat
+        # runs nothing and echoes what it was sent: answered as long as it is fresh.
+        await self._remember_nonce(stamp, nonce, echo, _VERIFY, repeats=True)
+        return echo
 
     async def admit(self, scope: dict[str, Any], receive: Any, q: dict[str, str],
                     deadline: float) -> Admission:
@@ -108,21 +123,27 @@ class Guard:
         sig, ts, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
         if not (sig and ts and nonce):
             raise GuardError("missing signature, timestamp or nonce")
-        verify((self.token, ts, nonce), sig)
-        check_fresh(ts, window=self.settings.timestamp_window, now=self.clock())
+        stamp = self._signed(sig, ts, nonce)
         encrypted = q.get("encrypt_type", "").lower() == "aes"
         if encrypted and self.crypto is None:
-            raise GuardError("encrypted push, but this account is in plain mode "
-                             "(WXHOOK_MESSAGE_MODE, WECHAT_ENCODING_AES_KEY)", reason="mode")
+            await self._used_up(stamp, nonce, GuardError(
+                "encrypted push, but this account is in plain mode "
+                "(WXHOOK_MESSAGE_MODE, WECHAT_ENCODING_AES_KEY)", reason="mode"))
         if not encrypted and self.mode == "safe":
-            raise GuardError("plaintext push, but this account is in safe mode "
-                             "(WXHOOK_MESSAGE_MODE=safe)", status=403, reason="mode")
+            await self._used_up(stamp, nonce, GuardError(
+                "plaintext push, but this account is in safe mode (WXHOOK_MESSAGE_MODE=safe)",
+                status=403, reason="mode"))
         body = await self._read_body(scope, receive, deadline)
-        await self._remember_nonce(ts, nonce, body)
+        await self._remember_nonce(stamp, nonce, body, _SEALED if encrypted else _PLAIN)
         if self.crypto is None or not encrypted:
             fields = self._parse(body)
-            if "MsgType" not in fields and "Encrypt" in fields:
-                raise GuardError("a safe-mode body needs encrypt_type=aes and msg_signature")
+            if "Encrypt" in fields:
+                # No console mode sends Encrypt without encrypt_type=aes (plain sends plaintext
+                # bodies; compat and safe add the flag, which a plain-configured account
+                # refuses): such a body is an encrypted push with its encryption stripped.
+                raise GuardError("the body carries Encrypt: it is answered only as an "
+                                 "encrypted push (encrypt_type=aes, msg_signature)",
+                                 reason="mode")
             return Admission(self._safely(self.build, fields), "plain")
         mode = "safe"
         encrypt = safe_mode_encrypt(body)  # the common envelope, without a parse
@@ -140,12 +161,22 @@ class Guard:
         msg = self._safely(self.build, self._parse(inner))
         return Admission(msg, mode, self.crypto, key)
 
+    def _signed(self, sig: str, ts: str, nonce: str) -> int:
+        return check_signed(self.token, sig, ts, nonce, window=self.settings.timestamp_window,
+                            now=self.clock())
+
+    async def _used_up(self, ts: int, nonce: str, refusal: GuardError) -> NoReturn:
+        # A push refused for its mode still uses up its query: stripped or unwrapped into
+        # the shape this account takes, it is refused as a replay, never run.
+        await self._remember_nonce(ts, nonce, b"", _REFUSED, repeats=True)
+        raise refusal
+
     def _parse(self, body: bytes) -> dict[str, str]:
         try:
             return self._safely(parse_fields, body)
         except XMLError as exc:
             if exc.__cause__ is not None:  # the parser's own words: for the log, never the client
-                self.log.info("xml_refused", detail=str(exc.__cause__)[:300])
+                self.quiet.info("xml", "xml_refused", detail=str(exc.__cause__)[:300])
             raise
 
     @staticmethod
@@ -186,21 +217,25 @@ class Guard:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _remember_nonce(self, ts: str, nonce: str, body: bytes) -> None:
+    async def _remember_nonce(self, ts: int, nonce: str, data: bytes, shape: bytes, *,
+                              repeats: bool = False) -> None:
         # The same signed query with the same body is WeChat retrying (dedup answers it);
-        # with another body it is someone replaying a captured signature. Remembered
-        # before parsing: a captured query gives no second body a way into the parser.
-        # 8 bytes suffice: forging a second body with the same digest is a 2^64 search.
-        digest = hashlib.blake2b(body, digest_size=8).digest()
+        # with another body, or in another shape, it is someone replaying a captured
+        # signature. Remembered before parsing: a captured query gives no second body a way
+        # into the parser. 8 bytes suffice: forging a second body with the same digest is a
+        # 2^64 search.
+        digest = hashlib.blake2b(data, digest_size=8, person=shape).digest()
         try:
-            first = await self.nonces.first_seen(int(ts), nonce, digest)
+            first = await self.nonces.first_seen(ts, nonce, digest)
         except Exception as exc:  # noqa: BLE001 - the store failing must not cost the reply
             self.metrics.store_fallbacks.inc()
-            self.log.warning("nonce_memory_unavailable", error=type(exc).__name__)
+            self.quiet.warning("nonce_memory", "nonce_memory_unavailable",
+                               error=type(exc).__name__)
             return
         if first is None:
-            raise FreshnessError("nonce replayed with a different body", reason="replay")
-        if self.clock() - first >= self.retry_span:
+            raise FreshnessError("nonce replayed with a different body or shape",
+                                 reason="replay")
+        if not repeats and self.clock() - first >= self.retry_span:
             raise FreshnessError(f"the same push again after {self.retry_span} s or more: "
                                  "its reply is forgotten, so it is not run twice",
                                  reason="replay")

@@ -1,9 +1,18 @@
-"""JSON logs through structlog, one line per push, with openids masked (pipeline step 8)."""
+"""JSON logs through structlog, one line per push, with openids masked (pipeline step 8).
+
+Fields come from the network (a push's MsgType, Event and FromUserName, a forwarded client
+address, uvicorn's request errors) and an operator reads the log on a terminal: a control
+character there moves the cursor, rewrites the line, sets the window title or the
+clipboard. None reaches the output as itself: JSON escapes each one as \\u00XX (what a JSON
+reader gets back is unchanged), the console format writes it as \\x1b or \\u202e.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import traceback
 from contextvars import ContextVar
 from typing import Any
 
@@ -14,6 +23,78 @@ import structlog
 upstream_trace: ContextVar[list[tuple[str, int | None]] | None] = ContextVar(
     "upstream_trace", default=None
 )
+
+
+# C0 and DEL, C1 (an 8-bit CSI is one character, \x9b), line and paragraph separators, and
+# the bidirectional overrides and isolates that reorder what a terminal shows.
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE_TEXT = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_UTF8 = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\x8e\x8f\xa8-\xae]"
+                          rb"|\xe2\x81[\xa6-\xa9]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: Any, *, keep: str = "") -> Any:
+    """`value` with every control character written out (\\x1b), strings in lists and dicts
+    too; characters in `keep` stay."""
+    if isinstance(value, str):
+        if value.isprintable():  # the usual case, in C: nothing to do
+            return value
+        return _UNSAFE_TEXT.sub(lambda m: m.group() if m.group() in keep else _shown(m), value)
+    if isinstance(value, list | tuple):
+        return [printable(v) for v in value]
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    return value
+
+
+def _traceback_text(exc_info: Any) -> str:
+    """A traceback whose exception messages cannot start a line of their own."""
+    top = traceback.TracebackException(*exc_info)
+    quoted: set[str] = set()
+    todo = [top]
+    while todo:  # the chain (cause, context, a group's members) is finite: no cycles
+        te = todo.pop()
+        quoted.update(te.format_exception_only())
+        todo += [x for x in (te.__cause__, te.__context__) if x is not None]
+        todo += te.exceptions or []
+    text = "".join(printable(part[:-1]) + "\n" if part in quoted else part
+                   for part in top.format())
+    return text.removesuffix("\n")
+
+
+def printable_fields(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor for the console format: controls written out before rendering."""
+    for key, value in event_dict.items():
+        # A traceback is lines; what it quotes (an exception's message) is not trusted.
+        event_dict[key] = printable(value, keep="\n" if key == "exception" else "")
+    return event_dict
+
+
+class SafeJSON:
+    """A JSON renderer whose lines carry no character a terminal acts on.
+
+    JSON itself escapes C0; DEL, C1, the line separators and bidi controls it may write
+    as they are. Those become \\u escapes, which JSON readers decode to the same text.
+    """
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        """The rendered line, bytes or str as the wrapped renderer gives it."""
+        line = self.renderer(logger, method, event_dict)
+        if isinstance(line, bytes):
+            # A push's line is ASCII (JSON has escaped its C0): two scans in C, no regex.
+            if (line.isascii() and b"\x7f" not in line) or _UNSAFE_UTF8.search(line) is None:
+                return line
+            return _UNSAFE_UTF8.sub(
+                lambda m: f"\\u{ord(m.group().decode()):04x}".encode(), line)
+        return _UNSAFE_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def mask_openid(openid: str) -> str:
@@ -47,8 +128,12 @@ class StdoutLogger(structlog.BytesLogger):
 
 def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     """Route structlog and stdlib logging (uvicorn's too) through one format."""
+    # Controls from the network are escaped before any renderer writes them (see above).
+    escape: list[Any] = ([structlog.processors.format_exc_info] if fmt == "json" else
+                         [structlog.processors.ExceptionRenderer(_traceback_text),
+                          printable_fields])
     text_renderer: Any = (
-        structlog.processors.JSONRenderer(ensure_ascii=False)
+        SafeJSON(structlog.processors.JSONRenderer(ensure_ascii=False))
         if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
@@ -56,11 +141,11 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     out = getattr(sys.stdout, "buffer", None)
     if fmt == "json" and out is not None:
         # orjson straight to bytes: every push writes a line.
-        renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        renderer: Any = SafeJSON(structlog.processors.JSONRenderer(serializer=orjson.dumps))
         factory: Any = lambda *_: StdoutLogger(out)
     else:  # the console format, or a stream without bytes (a test's capture)
         renderer, factory = text_renderer, structlog.WriteLoggerFactory(file=sys.stdout)
-    processors = [*shared, structlog.processors.format_exc_info, renderer]
+    processors = [*shared, *escape, renderer]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -74,7 +159,8 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *escape,
+                    text_renderer],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -117,6 +117,11 @@ class SubscribeEvent(EventMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class UnsubscribeEvent(EventMessage):
+    """A follower unfollowed: no reply reaches them any more."""
+
+
+@dataclass(frozen=True, slots=True)
 class ScanEvent(EventMessage):
     """An existing follower scanned a parameter QR code; `event_key` is the scene."""
 
@@ -217,6 +222,8 @@ def _event_extras(f: dict[str, str]) -> tuple[type[EventMessage], dict[str, obje
     e = f.get("Event", "").lower()
     if e == "subscribe":
         return SubscribeEvent, {"ticket": f.get("Ticket", "")}
+    if e == "unsubscribe":
+        return UnsubscribeEvent, {}
     if e == "scan":
         return ScanEvent, {"ticket": f.get("Ticket", "")}
     if e == "location":

@@ -46,11 +46,19 @@ class Metrics:
                                        registry=r)
         self.ready = Gauge("wxhook_ready", "1 when /readyz last answered ready", registry=r,
                            multiprocess_mode="min")
+        # Faults every replica shares: counted and alerted here, never failing readiness.
+        self.dependency_up = Gauge("wxhook_dependency_up", "0 while a dependency all "
+                                   "instances share is failing (token, redis)", ["dependency"],
+                                   registry=r, multiprocess_mode="min")
         self.rules_reloads = Counter("wxhook_rules_reloads", "Rules file reloads, by result "
                                      "(failed: the file was refused, the old rules stay)",
                                      ["result"], registry=r)
         self.follow_ups = Counter("wxhook_follow_ups", "reply_all replies after the first, "
                                   "sent by customer-service message", ["result"], registry=r)
+        self.state_writes = Counter(
+            "wxhook_state_writes", "Follower-state saves after a handler read it, by result "
+            "(conflict: another push of the follower saved first; refused: too large or not "
+            "JSON)", ["result"], registry=r)
         self.log_lines_suppressed = Counter(
             "wxhook_log_lines_suppressed", "Warning lines left out by the per-second bound "
             "(a flood of refused pushes)", ["event"], registry=r)

@@ -3,7 +3,8 @@
 Since 2021-12-27 user/info answers an empty nickname; sns/userinfo (snsapi_userinfo) still
 gives it, so a follower who signs in here is greeted by name again. The state parameter is
 single-use (a set-nx key in the Store, so it holds across instances), expires, and is bound
-to the browser that started the login by an HMAC-signed cookie (login CSRF).
+to the browser that started the login by an HMAC-signed cookie (login CSRF; its bounds are
+in oauth_state.py).
 
 One module of ~340 lines: the login, the callback, their rate limit and the session cookie
 share their signing and are checked together when this flow is reviewed.
@@ -20,10 +21,9 @@ import re
 import secrets
 import string
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -34,6 +34,7 @@ from .errors import UpstreamUnavailable, WeChatAPIError
 from .loglimit import LimitedLog
 from .logs import get_logger, mask_openid
 from .metrics import Metrics
+from .oauth_state import COOKIE, MAX_NEXT_BYTES, PATH, Login, LoginCookie, next_size, safe_next
 from .pages import me_page, problem_page
 from .profiles import ProfileRepo, Profiles
 from .ratelimit import WindowLimit
@@ -41,35 +42,15 @@ from .replies import xml_safe
 from .store.base import Store
 from .wechat_api import WeChatAPI
 
-DEFAULT_NEXT = "/me"
 SCOPES = ("snsapi_userinfo", "snsapi_base")
 STATE_TTL = 600            # seconds a login may take, from /oauth/login to the callback
 SESSION_TTL = 7 * 86400    # the signed session cookie
 REFRESH_TTL = 30 * 86400   # WeChat's refresh_token lifetime; refreshing does not extend it
-STATE_COOKIE = "wxhook_oauth_"  # + the state's first 12 characters: parallel logins coexist
 SESSION_COOKIE = "wxhook_session"
 _ALNUM = string.ascii_letters + string.digits
 _STATE_RE = re.compile(r"[A-Za-z0-9]{1,128}")   # WeChat's rule for state
 _CODE_ERRORS = {40029, 40163, 42003}             # invalid / already used / expired code
 _DEAD_REFRESH = {40030, 42002}                   # refresh_token invalid / expired
-
-
-def safe_next(raw: str | None) -> str:
-    """`raw` if it is a plain path on this site, else the default page (no open redirect)."""
-    if not raw or len(raw) > 2048 or " " in raw:
-        return DEFAULT_NEXT
-    layer = raw
-    # Check every decoding layer: a proxy or framework may decode once more (%2F%2F -> //).
-    for _ in range(4):
-        # A space is fine once decoded ("/a%20b"); other whitespace and controls never are.
-        if (not layer.startswith("/") or layer.startswith("//") or "\\" in layer
-                or any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in layer)):
-            return DEFAULT_NEXT
-        decoded = unquote(layer)
-        if decoded == layer:  # a next that starts another login would only loop
-            return DEFAULT_NEXT if layer.startswith("/oauth/") else raw
-        layer = decoded
-    return DEFAULT_NEXT  # more encoding layers than any honest link has
 
 
 def _b64(data: bytes) -> str:
@@ -98,6 +79,7 @@ class OAuth:
         self._key = settings.session_secret.get_secret_value().encode()
         self.log = get_logger("wxhook.oauth")
         self.refusals = LimitedLog(self.log, metrics=metrics)
+        self.logins = LoginCookie(self.sign, self.unsign, ttl=STATE_TTL)
         # Each fresh signed state costs an exchange with the app secret (README: Security).
         self.limit = limit or WindowLimit(per_client=settings.oauth_limit_per_client,
                                           total=settings.oauth_limit_total)
@@ -112,7 +94,8 @@ class OAuth:
 
     def sign(self, purpose: str, data: dict[str, Any]) -> str:
         """`data` as a cookie value that only holders of SESSION_SECRET can make."""
-        body = _b64(json.dumps(data, separators=(",", ":")).encode())
+        # UTF-8 as is: an escaped CJK `next` would take twice the bytes in the cookie.
+        body = _b64(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
         return f"{body}.{_b64(self._mac(purpose, body))}"
 
     def unsign(self, purpose: str, value: str | None, *, max_age: float) -> dict[str, Any] | None:
@@ -146,7 +129,10 @@ class OAuth:
 
     async def login(self, request: Request) -> Response:
         """Redirect to WeChat's authorize page with a fresh state bound to this browser."""
-        next_path = safe_next(request.query_params.get("next"))
+        raw_next = request.query_params.get("next")
+        if raw_next is not None and next_size(raw_next) > MAX_NEXT_BYTES:
+            return problem_page("long")  # refused, not cut: a cut path is another page
+        next_path = safe_next(raw_next)
         scope = request.query_params.get("scope") or SCOPES[0]
         if scope not in SCOPES:
             return problem_page("scope", retry_next=next_path)
@@ -160,18 +146,19 @@ class OAuth:
             ("connect_redirect", "1")], quote_via=quote)
         url = f"{self.settings.oauth_base}/connect/oauth2/authorize?{params}#wechat_redirect"
         resp = RedirectResponse(url, status_code=302, headers={"cache-control": "no-store"})
-        cookie = self.sign("state", {"s": state, "n": next_path, "sc": scope,
-                                     "t": int(self.clock())})
-        self._cookie(resp, STATE_COOKIE + state[:12], cookie, max_age=STATE_TTL,
-                     path="/oauth/callback")
+        # One cookie for this browser's logins in progress, whatever their number.
+        login = Login(state, next_path, scope, int(self.clock()))
+        self._cookie(resp, COOKIE, self.logins.add(request.cookies.get(COOKIE), login),
+                     max_age=STATE_TTL, path=PATH)
         return resp
 
     async def callback(self, request: Request) -> Response:
         """Check the state, exchange the code, keep the profile, sign the follower in."""
         try:
             return await self._callback(request)
-        except Exception:  # a friendly page, never a 5xx, whatever broke
-            self.log.exception("oauth_callback_failed")
+        except Exception:  # noqa: BLE001 - a friendly page, never a 5xx, whatever broke
+            # Logged with its traceback, bounded: a store outage would otherwise write a traceback per callback.
+            self.refusals.error("callback_failed", "oauth_callback_failed", exc_info=True)
             return problem_page("error")
 
     async def _callback(self, request: Request) -> Response:
@@ -179,11 +166,11 @@ class OAuth:
         state, code = q.get("state", ""), q.get("code", "")
         if not _STATE_RE.fullmatch(state):
             return problem_page("invalid")
-        cookie_name = STATE_COOKIE + state[:12]
-        started = self.unsign("state", request.cookies.get(cookie_name), max_age=STATE_TTL)
-        if started is not None and started.get("s") != state:
-            started = None
-        next_path = safe_next(started.get("n") if started else None)
+        logins = self.logins.logins(request.cookies.get(COOKIE))
+        mine = next((x for x in logins or [] if x.state == state), None)
+        started = mine if mine and 0 <= self.clock() - mine.began <= STATE_TTL else None
+        rest = [x for x in logins or [] if x.state != state]
+        next_path = safe_next(started.next if started else None)
         if not code:
             # The follower tapped "refuse" (or the link was cut short).
             return problem_page("cancelled", retry_next=next_path)
@@ -199,19 +186,20 @@ class OAuth:
         record = {"status": "pending", "code": _digest(code)}
         if started is not None and await self.store.set(key, json.dumps(record).encode(),
                                                         ttl=STATE_TTL, nx=True):
-            return await self._complete(key, record, started, code, cookie_name)
+            return await self._complete(key, record, started, code, rest)
         if await self.store.get(key) is not None:
-            return await self._repeat(request, key, state, code, started, cookie_name)
-        if request.cookies.get(cookie_name):
+            return await self._repeat(request, key, state, code, started, rest)
+        if mine is not None or (logins is None and request.cookies.get(COOKIE)):
             # Signed but too old (or tampered with): the ten minutes are over.
             return problem_page("expired")
         # No cookie for this state: forged, or started in another browser (login CSRF).
-        self.log.warning("oauth_state_rejected", reason="no_matching_cookie")
+        self.refusals.warning("no_matching_cookie", "oauth_state_rejected",
+                              reason="no_matching_cookie")
         return problem_page("forged")
 
-    async def _complete(self, key: str, record: dict[str, str], started: dict[str, Any],
-                        code: str, cookie_name: str) -> Response:
-        next_path = safe_next(started.get("n"))
+    async def _complete(self, key: str, record: dict[str, str], started: Login,
+                        code: str, rest: list[Login]) -> Response:
+        next_path = safe_next(started.next)
         try:
             openid, scope = await self.capture(code)
         except Exception as exc:
@@ -224,10 +212,10 @@ class OAuth:
         await self.store.set(key, json.dumps({**record, "status": "done", "openid": openid,
                                               "next": next_path}).encode(), ttl=STATE_TTL)
         self.log.info("oauth_login", openid=mask_openid(openid), scope=scope)
-        return self._signed_in(openid, started["s"], next_path, cookie_name)
+        return self._signed_in(openid, started.state, next_path, rest)
 
     async def _repeat(self, request: Request, key: str, state: str, code: str,
-                      started: dict[str, Any] | None, cookie_name: str) -> Response:
+                      started: Login | None, rest: list[Login]) -> Response:
         # WeChat sometimes calls the redirect twice: the second call finds the state used.
         # The browser that completed this exact state and code just goes on to `next`.
         session = self.unsign("session", request.cookies.get(SESSION_COOKIE),
@@ -244,22 +232,26 @@ class OAuth:
         if (isinstance(record, dict) and record.get("status") == "done"
                 and hmac.compare_digest(str(record.get("code")), _digest(code))):
             return self._signed_in(str(record["openid"]), state,
-                                   safe_next(str(record.get("next"))), cookie_name)
-        self.log.warning("oauth_state_rejected", reason="reused")
+                                   safe_next(str(record.get("next"))), rest)
+        self.refusals.warning("reused", "oauth_state_rejected", reason="reused")
         return problem_page("reused")
 
     def _signed_in(self, openid: str, state: str, next_path: str,
-                   cookie_name: str) -> Response:
+                   rest: list[Login]) -> Response:
         # 303: the browser GETs `next`, whatever the method of this request.
         resp = RedirectResponse(next_path, status_code=303, headers={"cache-control": "no-store"})
         value = self.sign("session", {"o": openid, "st": state, "t": int(self.clock())})
         self._cookie(resp, SESSION_COOKIE, value, max_age=SESSION_TTL, path="/")
-        resp.delete_cookie(cookie_name, path="/oauth/callback", httponly=True, samesite="lax",
-                           secure=self.secure)
+        if rest:  # the other logins still in progress in this browser stay
+            self._cookie(resp, COOKIE, self.logins.value(rest), max_age=STATE_TTL, path=PATH)
+        else:
+            resp.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="lax",
+                               secure=self.secure)
         return resp
 
     def _failure(self, exc: WeChatAPIError, next_path: str) -> Response:
-        self.log.warning("oauth_failed", errcode=exc.errcode, api=exc.api)
+        # A code anyone can make up (40029) after a login anyone can start: bounded.
+        self.refusals.warning("failed", "oauth_failed", errcode=exc.errcode, api=exc.api)
         if exc.errcode in _CODE_ERRORS:
             return problem_page("code", retry_next=next_path)
         if exc.errcode == 48001:

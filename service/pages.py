@@ -84,6 +84,8 @@ def me_page(profile: dict[str, str] | None, *, logged_in: bool) -> HTMLResponse:
 PROBLEMS: dict[str, tuple[int, str, str]] = {
     "scope": (400, "Unknown scope", "The sign-in link asked for an unknown permission."),
     "invalid": (400, "Invalid sign-in link", "This sign-in link is not valid."),
+    "long": (400, "Sign-in link too long", ("This sign-in link asks to return to an address "
+             "longer than 512 bytes. Sign in from the page itself, or use a shorter link.")),
     "cancelled": (200, "Sign-in cancelled",
                   "You did not allow the sign-in. You can try again whenever you like."),
     "expired": (400, "Sign-in expired", "This sign-in took too long. Please try again."),

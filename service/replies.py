@@ -187,6 +187,17 @@ class TransferCustomerService(Reply):
         return f"<TransInfo><KfAccount>{cdata(self.kf_account)}</KfAccount></TransInfo>"
 
 
+@dataclass(frozen=True, slots=True)
+class NoReply(Reply):
+    """Answered with nothing to say: stops the search ("success"); None lets the next
+    handler, the rules file and the defaults try."""
+
+    msg_type: ClassVar[str] = "none"
+
+    def body(self) -> str:
+        return ""
+
+
 def tail(reply: Reply) -> str:
     """The rest of a reply after its head (addressee, sender, time): its type and fields."""
     return f"<MsgType>{cdata(reply.msg_type)}</MsgType>{reply.body()}</xml>"
@@ -234,11 +245,17 @@ def encode(reply: Reply, *, to_user: str, from_user: str,
 
 def decode(record: bytes, *, to_user: str, from_user: str,
            crypto: Sealer | None = None, key: int = 0) -> bytes:
-    """The bytes encode() gave for this record; ValueError when it is unreadable."""
+    """The bytes encode() gave for this record (a try in the other encoding: see below);
+    ValueError when it is unreadable."""
     if record == SUCCESS:
         return SUCCESS
     try:
         create_time, rest, *sealed = orjson.loads(record)
+        if sealed and crypto is None:
+            # One message, two encodings: WeChat retries in the shape it first sent, so a
+            # plaintext try of a sealed message is a captured push stripped of its
+            # encryption. It gets nothing the first try sealed.
+            return SUCCESS
         if isinstance(create_time, list):  # a text reply kept as its text
             create_time, rest = rest, tail(TextReply(str(create_time[0])))
         xml = _xml(to_user, from_user, int(create_time), str(rest))
@@ -246,6 +263,10 @@ def decode(record: bytes, *, to_user: str, from_user: str,
             timestamp, nonce, prefix = sealed
             xml = crypto.wrap_reply(xml, timestamp=str(timestamp), nonce=str(nonce),
                                     random_prefix=bytes.fromhex(prefix), key=key)
+        elif crypto is not None:
+            # A sealed try of a message first answered in plaintext (the console switched
+            # modes between tries): what went out in the clear may go out sealed.
+            xml = crypto.wrap_reply(xml, key=key)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"unreadable dedup record: {exc!r}") from exc
     return xml

@@ -47,14 +47,20 @@ def warn_if_insecure(settings: Settings, log: Any) -> None:
 
 
 def app_or_exit(settings: Settings) -> Any:
-    """create_app(), or the one-line reason it cannot be built (WXHOOK_HANDLERS) and exit 2."""
+    """create_app(), or the one-line reason it cannot be built (WXHOOK_HANDLERS) and exit 2.
+
+    uvicorn's own lines (a malformed request, an upgrade) come under the per-reason bound
+    from here on, counted in this app's metrics.
+    """
     from .app import create_app
+    from .loglimit import limit_library_logs
 
     try:
         app = create_app(settings)
     except SettingsError as exc:
         print(f"wxhook: {exc}", file=sys.stderr)
         sys.exit(2)
+    limit_library_logs(app.state.metrics)
     return _BehindProxy(app, settings.forwarded_allow_ips)
 
 
@@ -104,6 +110,7 @@ def uvicorn_kwargs() -> dict[str, Any]:
     """uvicorn's options for wxhook (serve and dev alike)."""
     # proxy_headers off here: uvicorn's middleware would wrap /wechat too (~5% of a push);
     # _BehindProxy applies it, from WXHOOK_FORWARDED_ALLOW_IPS, to the other routes only.
-    return {"loop": "uvloop", "http": "httptools", "access_log": False, "log_config": None,
-            "server_header": False, "timeout_graceful_shutdown": 15, "backlog": 4096,
-            "proxy_headers": False}
+    # ws "none": no route speaks WebSocket, so no handshake code is reachable by a client.
+    return {"loop": "uvloop", "http": "httptools", "ws": "none", "access_log": False,
+            "log_config": None, "server_header": False, "timeout_graceful_shutdown": 15,
+            "backlog": 4096, "proxy_headers": False}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import struct
 import time
 from array import array
 from collections.abc import Callable
 
-from .errors import FreshnessError, SignatureError
+from .errors import FreshnessError, GuardError, SignatureError
 from .store.base import Store
 
 
@@ -18,27 +19,57 @@ def sign(*parts: str) -> str:
     return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
 
 
+# The shapes WeChat sends, and nothing else. `sign` sorts and concatenates, so characters can
+# move between a timestamp and a nonce that sort next to each other without changing the
+# signature ("0120" and T sign as "012" and "0"+T). With one spelling of a timestamp and the
+# window, no such move passes: it gives the timestamp a leading zero, or changes it by a
+# power of ten. fullmatch, never `$` (it matches before a trailing "\n"); [0-9], never \d (it takes
+# "١٧١٤"); re.ASCII so that no class ever widens to Unicode.
+_TIMESTAMP = re.compile(r"[1-9][0-9]{0,11}", re.ASCII)       # int() also takes "+1", " 1 ", "1_0"
+_NONCE = re.compile(r"[0-9A-Za-z]{1,32}", re.ASCII)          # decimal from WeChat; "test" in SDKs
+_SIGNATURE = re.compile(r"[0-9A-Fa-f]{40}", re.ASCII)        # SHA-1 hex
+
+
 def verify(expected_parts: tuple[str, ...], given: str, *, what: str = "signature") -> None:
     """Raise SignatureError unless `given` is the signature of the parts (constant time)."""
-    # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (a 500).
-    if not (given and given.isascii()
-            and hmac.compare_digest(sign(*expected_parts).encode(), given.lower().encode())):
+    if not _SIGNATURE.fullmatch(given):
+        raise SignatureError(f"{what} is not 40 hex digits", reason=what)
+    if not hmac.compare_digest(sign(*expected_parts).encode(), given.lower().encode()):
         raise SignatureError(f"{what} does not match", reason=what)
 
 
+def parse_timestamp(timestamp: str) -> int:
+    """The timestamp as int, or FreshnessError (400) unless it is written as WeChat writes it."""
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise FreshnessError("timestamp is not a plain decimal number of seconds "
+                             "(ASCII digits, no sign, space or leading zero)", status=400)
+    return int(timestamp)
+
+
 def check_fresh(timestamp: str, *, window: int, now: float | None = None) -> int:
-    """Return the timestamp as int, or raise if it is not within `window` seconds of now.
+    """Return the timestamp as int, or raise if it is not canonical decimal within
+    `window` seconds of now.
 
     In plaintext mode the body is not signed, so a captured signature could be replayed
     with any body forever; the window bounds that to minutes, the nonce memory to once.
     """
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        raise FreshnessError("timestamp is not an integer") from None
-    current = time.time() if now is None else now
-    if abs(current - ts) > window:
-        raise FreshnessError(f"timestamp is {int(current - ts)} s away from now (window {window} s)")
+    return _within(parse_timestamp(timestamp), window, time.time() if now is None else now)
+
+
+def check_signed(token: str, signature: str, timestamp: str, nonce: str, *, window: int,
+                 now: float) -> int:
+    """The timestamp of a query WeChat signed (signature, timestamp, nonce), or GuardError."""
+    # The shapes before the signature: a moved digit leaves the signature valid.
+    if not _NONCE.fullmatch(nonce):
+        raise GuardError("nonce is not 1 to 32 ASCII letters or digits", reason="nonce")
+    ts = parse_timestamp(timestamp)
+    verify((token, timestamp, nonce), signature)
+    return _within(ts, window, now)
+
+
+def _within(ts: int, window: int, now: float) -> int:
+    if abs(now - ts) > window:
+        raise FreshnessError(f"timestamp is {int(now - ts)} s away from now (window {window} s)")
     return ts
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from handlers.router import Context, Router
+from handlers.state import States
 
 from .config import Settings
 from .dedup import Dedup
@@ -24,7 +25,7 @@ from .logs import get_logger, log_info, mask_openid, upstream_trace
 from .messages import InboundMessage
 from .metrics import Metrics
 from .profiles import Profiles
-from .replies import SUCCESS, decode, encode
+from .replies import SUCCESS, NoReply, decode, encode
 from .store.base import Store
 from .wechat_api import WeChatAPI
 
@@ -87,6 +88,9 @@ class Webhook:
         self.metrics = metrics
         self.log = get_logger("wxhook.push")
         self.refusals = LimitedLog(self.log, metrics=metrics, clock=clock)  # a flood's lines
+        self.states = States(store, namespace=namespace, ttl=settings.state_ttl,
+                             log=LimitedLog(get_logger("wxhook.state"), metrics=metrics,
+                                            clock=clock))
         self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
         self._counters: dict[tuple[str, str, str], Any] = {}
         # Request ids: a random prefix per process and a counter (no syscall per push).
@@ -99,8 +103,9 @@ class Webhook:
             status, body, headers = await self._push(scope, receive, query)
         elif scope["method"] in ("GET", "HEAD"):
             try:
-                status, body, headers = 200, self.guard.verify_url(query), _ECHO
-                self.log.info("url_verified")
+                status, body, headers = 200, await self.guard.verify_url(query), _ECHO
+                # A verbatim repeat is answered again: its line is bounded like a refusal's.
+                self.refusals.info("url_verified", "url_verified")
             except GuardError as exc:
                 status, body, headers = self._refuse(exc, {"method": "GET"})
         else:
@@ -205,7 +210,8 @@ class Webhook:
         record = SUCCESS
         try:
             ctx = Context(deadline=deadline, profiles=self.profiles, api=self.api,
-                          settings=self.settings, log=self.log)
+                          settings=self.settings, log=self.log, states=self.states,
+                          openid=msg.openid)
             try:
                 reply = await self.router.dispatch(msg, ctx)
             except Exception as exc:
@@ -216,19 +222,27 @@ class Webhook:
                 self.log.error("handler_failed", exc_info=exc, **rec)
                 rec["outcome"] = "no_reply"
                 reply = None
+            else:
+                if ctx.state_read:  # only when a handler read it: no store call else
+                    await self._save_state(ctx, rec)
+            if isinstance(reply, NoReply):  # answered, with nothing to say
+                reply = None
             if run.late is not None:  # the deadline passed: late delivery takes it from here
                 if not run.late.done():
                     run.late.set_result((reply, ctx.after_reply))
                 return
             rec["handler"] = ctx.handler or None
             if reply is not None:
+                # A text WeChat would not show is cut; its rest follows the reply. The record
+                # keeps the passive part: a retry gets the same bytes and sends nothing more.
+                reply, after = self.delivery.passive(reply, ctx.after_reply, openid=msg.openid)
                 rec["reply_type"] = reply.msg_type
                 # Sealed, when the push was, under the key that opened it.
                 xml, record = encode(reply, to_user=msg.from_user, from_user=msg.to_user,
                                      crypto=admitted.crypto, key=admitted.key)
                 run.answer(xml)
-                if ctx.after_reply:  # only now: reply 1 is rendered and on its way
-                    self.delivery.follow_up(ctx.after_reply, msg.openid)
+                if after:  # only now: reply 1 is rendered and on its way
+                    self.delivery.follow_up(after, msg.openid)
         except Exception as exc:
             self.log.error("reply_failed", exc_info=exc, **rec)
             rec["outcome"] = "no_reply"
@@ -239,6 +253,13 @@ class Webhook:
             if run.late is None:
                 run.answer(record)
                 await self.dedup.settle(key, record)
+
+    async def _save_state(self, ctx: Context, rec: dict[str, Any]) -> None:
+        # Before the reply goes out: the follower's next message must find it.
+        outcome = await ctx.save_state(request_id=rec["request_id"], openid=rec["openid"],
+                                       handler=ctx.handler or None)
+        if outcome is not None:
+            self.metrics.state_writes.labels(outcome).inc()
 
     def _replayed(self, stored: bytes, admitted: Admission) -> bytes:
         """The first try's reply, byte for byte, from its dedup record."""

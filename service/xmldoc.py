@@ -3,30 +3,23 @@
 libxml2 acts on a DTD while it parses: with `load_dtd=False` and `resolve_entities=False` it
 still opens an external subset or a parameter entity (`/dev/zero` pins a worker for good,
 a FIFO blocks it, error texts tell which files exist). A byte search for `<!DOCTYPE` misses
-UTF-16 and other encodings. So the document is decoded here, in the encoding its BOM (or
-its first bytes, or its declaration) names, and libxml2 gets UTF-8 text whose first markup
-is the `<xml>` root: with no prolog there is no place for a DTD. A resolver that refuses
-everything and `no_network` stand behind that, should libxml2 ever ask for a resource.
+UTF-16 and other encodings. So the document is decoded here (service.charset: only in an
+encoding WeChat can send, named by its BOM, first bytes or declaration), and libxml2 gets
+UTF-8 text whose first markup is the `<xml>` root: with no prolog there is no place for a
+DTD. A resolver that refuses everything and `no_network` stand behind that, should libxml2
+ever ask for a resource.
 """
 
 from __future__ import annotations
 
-import codecs
 import re
 from typing import Any
 
 from lxml import etree
 
+from .charset import text_of
 from .errors import XMLError
 
-# Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
-_BOMS = ((codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF32_LE, "utf-32-le"),
-         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"),
-         (codecs.BOM_UTF16_LE, "utf-16-le"))
-_DECLARED = re.compile(rb"<\?xml[^<>]*?\sencoding\s*=\s*[\"']([A-Za-z][A-Za-z0-9._-]{0,39})[\"']")
-_DECLARATION = re.compile(r"<\?xml\s[^<>]*?\?>")
-# After the declaration only whitespace may come before the root: no DTD, comment or PI.
-_ROOT_FIRST = re.compile(r"[ \t\r\n]*<xml[ \t\r\n/>]")
 _DTD = re.compile(r"<!(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
 
 
@@ -49,35 +42,11 @@ def _parser() -> etree.XMLParser:
 _PARSER = _parser()
 
 
-def encoding_of(body: bytes) -> tuple[str, int]:
-    """The encoding a document's BOM, first bytes or declaration names, and the BOM's length."""
-    for bom, name in _BOMS:
-        if body.startswith(bom):
-            return name, len(bom)
-    head = body[:4]
-    if head in (b"\x00\x00\x00<", b"<\x00\x00\x00"):
-        return ("utf-32-be" if head[0] == 0 else "utf-32-le"), 0
-    if len(head) >= 2 and (head[0] == 0) != (head[1] == 0):  # one NUL in two: UTF-16
-        return ("utf-16-be" if head[0] == 0 else "utf-16-le"), 0
-    declared = _DECLARED.match(body, 0, 200) if body.startswith(b"<?xml") else None
-    return (declared.group(1).decode("ascii") if declared else "utf-8"), 0
-
-
 def decode(body: bytes) -> str:
-    """The document as text without its declaration; XMLError unless its first markup is
-    the `<xml>` root and it declares nothing (no DTD, no entity), in any encoding."""
-    name, skip = encoding_of(body)
-    try:
-        text = body[skip:].decode(name)
-    except (LookupError, UnicodeError, ValueError):  # unknown, non-text or broken encoding
-        raise XMLError("malformed XML (encoding)") from None
-    if text.startswith("<?xml"):
-        declaration = _DECLARATION.match(text)
-        if declaration is None:
-            raise XMLError("malformed XML (declaration)")
-        text = text[declaration.end():]
-    if not _ROOT_FIRST.match(text):
-        raise XMLError("the document must start with the <xml> root (no DTD, no prolog)")
+    """The document as text from its `<xml>` root on; XMLError unless its encoding is one
+    WeChat can send, its first markup is the root and it declares nothing (no DTD, no
+    entity), in any encoding."""
+    text = text_of(body)
     if _DTD.search(_outside_cdata(text)):
         raise XMLError("DTDs and entities are not accepted")
     return text
@@ -143,6 +112,7 @@ _BAD = "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\r\\ufffe\\uffff"  # not XML, or normal
 _LEAF = rf"(?:<!\[CDATA\[([^\]{_BAD}]*(?:\](?!\]>)[^\]{_BAD}]*)*)\]\]>|([^<&\]{_BAD}]*))"
 _FLAT_DOC = re.compile(rf"[ \t\n]*<xml>((?:[ \t\n]*<({_TAG})>{_LEAF}</\2>)*)[ \t\n]*</xml>[ \t\n]*")
 _FLAT_LEAF = re.compile(rf"<({_TAG})>{_LEAF}</\1>")
+_FLAT_START = re.compile(rb"[ \t\n]*<xml>")
 
 
 def parse_fields(body: bytes) -> dict[str, str]:
@@ -153,6 +123,10 @@ def parse_fields(body: bytes) -> dict[str, str]:
 
 def flat_fields(body: bytes) -> dict[str, str] | None:
     """The fields of a flat push, or None when the document needs a real parser."""
+    # Nothing is decoded before the encoding is known: a body that starts with anything but
+    # the root (a BOM, a declaration, UTF-16) is service.charset's to read.
+    if not _FLAT_START.match(body):
+        return None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -3,6 +3,7 @@ published vectors."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -11,8 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,16 @@ def dirty_json(sandbox_app: Any, replace: dict[str, bytes]) -> httpx.AsyncClient
         return httpx.Response(resp.status_code, headers=headers, content=body)
 
     return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+@asynccontextmanager
+async def started(app: Any) -> AsyncIterator[Any]:
+    """`app` between its start-up and its shutdown, as uvicorn runs it (httpx's ASGI
+    transport skips the lifespan); the heap settling start-up does is undone after."""
+    thresholds = gc.get_threshold()
+    try:
+        async with app.router.lifespan_context(app):
+            yield app
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -35,6 +35,7 @@ KNOWN_METRICS = frozenset(
         "wxhook_circuit_open",
         "wxhook_store_fallbacks_total",
         "wxhook_ready",
+        "wxhook_dependency_up",
         "wxhook_log_lines_suppressed_total",
     }
 )
@@ -145,7 +146,9 @@ def test_deployment_probes_security_and_env() -> None:
     assert pod["securityContext"]["runAsUser"] != 0
 
     (c,) = pod["containers"]
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The minimal answer: ?verbose is for an operator on the pod, and refuses the kubelet.
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     preStop = c["lifecycle"]["preStop"]["exec"]["command"]
     assert preStop[0] == "sleep" and 0 < int(preStop[1]) < pod["terminationGracePeriodSeconds"]
@@ -274,6 +277,7 @@ def test_dashboard_is_importable_and_uses_known_metrics() -> None:
         "wxhook_guard_failures_total",
         "wxhook_circuit_open",
         "wxhook_ready",
+        "wxhook_dependency_up",
     }
     assert required <= used, required - used
     joined = "\n".join(exprs)
@@ -323,6 +327,25 @@ def test_alerts_cover_the_promised_conditions() -> None:
     assert rules["WxhookNotReady"]["for"] == "2m"
     assert rules["WxhookCircuitOpen"]["for"] == "5m"
     assert "up{" in by_expr
+    # Faults all replicas share are alerted, since they never fail readiness.
+    assert 'wxhook_dependency_up{dependency="token"}' in rules["WxhookAccessTokenUnavailable"][
+        "expr"]
+    assert 'wxhook_dependency_up{dependency="redis"}' in rules["WxhookRedisUnreachable"]["expr"]
+
+
+def test_k8s_says_which_path_each_probe_uses_and_why() -> None:
+    text = (DEPLOY / "k8s" / "deployment.yaml").read_text(encoding="utf-8")
+    comments = "\n".join(line.strip() for line in text.splitlines()
+                         if line.strip().startswith("#"))
+    for probe, path in (("startup", "/healthz"), ("liveness", "/healthz"),
+                        ("readiness", "/readyz")):
+        assert f"# {probe}, {path}:" in comments, probe
+    assert "every replica shares" in comments and "?verbose" in comments
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for row in ("| startup | `/healthz` |", "| liveness | `/healthz` |",
+                "| readiness | `/readyz` |"):
+        assert row in readme, row
+    assert "/readyz?verbose" in readme and "X-Forwarded-For" in readme
 
 
 def expected_alert(alertname: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -358,6 +381,21 @@ def promtool_tests() -> dict[str, Any]:
                         "series": 'wxhook_circuit_open{job="wxhook",api="user_info"}',
                         "values": "1x10",
                     },
+                    {
+                        "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
+                                  'dependency="token"}',
+                        "values": "1 0x10",
+                    },
+                    {
+                        "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
+                                  'dependency="redis"}',
+                        "values": "1x3 0x10",
+                    },
+                    {
+                        "series": 'wxhook_dependency_up{job="wxhook",instance="b:8000",'
+                                  'dependency="redis"}',
+                        "values": "1x15",
+                    },
                 ],
                 "alert_rule_test": [
                     {
@@ -379,6 +417,27 @@ def promtool_tests() -> dict[str, Any]:
                             expected_alert(
                                 "WxhookNotReady", {"job": "wxhook", "instance": "a:8000"}
                             )
+                        ],
+                    },
+                    {
+                        "eval_time": "2m",
+                        "alertname": "WxhookAccessTokenUnavailable",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "4m",
+                        "alertname": "WxhookAccessTokenUnavailable",
+                        "exp_alerts": [
+                            expected_alert("WxhookAccessTokenUnavailable",
+                                           {"job": "wxhook", "instance": "a:8000"})
+                        ],
+                    },
+                    {
+                        "eval_time": "7m",
+                        "alertname": "WxhookRedisUnreachable",
+                        "exp_alerts": [
+                            expected_alert("WxhookRedisUnreachable",
+                                           {"job": "wxhook", "instance": "a:8000"})
                         ],
                     },
                     {

@@ -190,14 +190,16 @@ def test_hostile_inputs_are_never_5xx_nothing_leaks_the_good_push_is_served(
 
 # -- configuration errors, dead upstreams, spent quotas: their own servers ---------------------
 
-def test_wrong_app_secret_readyz_fails_twenty_subscribes_welcome_few_token_requests(
+def test_wrong_app_secret_stays_ready_says_the_fix_twenty_subscribes_welcome_few_tokens(
         sandbox, logs):
     before = sandbox.stats()["token_requests"]
     with server_process(sandbox.url, log_path=logs / "wrong-secret.log",
                         WECHAT_APP_SECRET="definitely-not-the-secret") as url:
-        ready = httpx.get(url + "/readyz", timeout=5)
-        assert ready.status_code != 200
-        assert "WECHAT_APP_SECRET" in ready.json()["checks"]["token"]["fix"]
+        # Every replica has the same wrong secret: unready, none would answer WeChat at all.
+        assert httpx.get(url + "/readyz", timeout=5).json() == {"ready": True}
+        ready = httpx.get(url + "/readyz?verbose", timeout=5).json()
+        assert ready["degraded"] == ["token"]
+        assert "WECHAT_APP_SECRET" in ready["checks"]["token"]["fix"]
         with ThreadPoolExecutor(20) as pool:
             results = list(pool.map(lambda _: post(url, subscribe(new_openid())), range(20)))
         assert all(greeting(r) == "Welcome!" and took < WINDOW for r, took in results)
@@ -211,7 +213,8 @@ def test_unreachable_api_degrades_to_welcome_at_once(logs):
             results = list(pool.map(lambda _: post(url, subscribe(new_openid())), range(5)))
         # At once: a push that waited for the lookup's give-up (3.75 s) never takes < 2 s.
         assert all(greeting(r) == "Welcome!" and took < 2.0 for r, took in results)
-        assert httpx.get(url + "/readyz", timeout=5).status_code != 200
+        assert httpx.get(url + "/readyz", timeout=5).status_code == 200
+        assert httpx.get(url + "/readyz?verbose", timeout=5).json()["degraded"] == ["token"]
 
 
 def test_quota_45009_repeatedly_answers_every_push_and_opens_a_circuit(sandbox, logs):

@@ -30,6 +30,7 @@ from service.store.memory import MemoryStore
 from service.tools.simulate import Push, decode_reply, push_xml, sign_push
 from tests.conftest import OPENID
 from tests.support import AES_KEY, SANDBOX_APP_ID, TOKEN
+from tests.test_signature import respellings, spelled_in
 from tests.virtual_time import run_virtual
 
 SECRET_MARKER = "TOP-SECRET-" + secrets.token_hex(8)
@@ -435,10 +436,11 @@ async def test_a_broken_body_uses_up_its_query(client):
     assert (await post(client, good)).status_code == 403
 
 
-async def test_control_characters_in_the_query_are_not_a_5xx(client):
+async def test_control_characters_in_the_query_are_not_a_5xx(client, make_push):
     nonce = "12\x0134\x7f"
     r = await post(client, signed(push_xml("text", openid=OPENID), nonce=nonce))
-    assert r.status_code == 200
+    assert r.status_code == 400 and r.content.startswith(b"nonce")
+    await assert_still_serving(client, make_push)
 
 
 # -- freshness and replay -----------------------------------------------------------------------
@@ -456,6 +458,89 @@ async def test_malformed_timestamps_are_4xx(client, ts):
     params = {"signature": sign(TOKEN, ts, "1"), "timestamp": ts, "nonce": "1", "openid": OPENID}
     r = await client.post("/wechat", params=params, content=push_xml("text", openid=OPENID))
     assert 400 <= r.status_code < 500
+
+
+async def test_a_captured_query_cut_anew_admits_nothing(client):
+    # A real push whose nonce starts with a zero: its signature fits every pair cut anew from
+    # the same characters ("012" and "0" + timestamp among them). None is a query WeChat
+    # sends: refused as a push and as a verification, whatever body comes with it.
+    ts = str(int(time.time()))
+    real = signed(push_xml("text", openid=OPENID, text="hello"), ts=int(ts), nonce="0120")
+    assert (await post(client, real)).status_code == 200
+    others = respellings(TOKEN, ts, "0120") - {(ts, "0120")}
+    assert ("0" + ts, "012") in others
+    for t, n in others:
+        params = {**real.params, "timestamp": t, "nonce": n}
+        r = await client.post("/wechat", params=params,
+                              content=push_xml("text", openid=OPENID, text="help"))
+        assert 400 <= r.status_code < 500 and b"<xml>" not in r.content, (t, n)
+        r = await client.get("/wechat", params={**params, "echostr": "e"})
+        assert 400 <= r.status_code < 500 and r.content != b"e", (t, n)
+
+
+def _spellings(ts: str) -> list[str]:
+    """The same second as int() reads it, written otherwise."""
+    return ["0" + ts, "00" + ts, "+" + ts, " " + ts, ts + " ", "\t" + ts, ts + "\n",
+            ts[:4] + "_" + ts[4:], spelled_in("０１２３４５６７８９", ts),
+            spelled_in("٠١٢٣٤٥٦٧٨٩", ts), "+0" + ts]
+
+
+@pytest.mark.parametrize("index", range(11))
+async def test_a_timestamp_spelled_another_way_is_400(client, make_push, index):
+    ts = str(int(time.time()))
+    spelled = _spellings(ts)[index]
+    assert int(spelled) == int(ts)
+    params = {"signature": sign(TOKEN, spelled, "4375"), "timestamp": spelled, "nonce": "4375",
+              "openid": OPENID}
+    r = await client.post("/wechat", params=params, content=push_xml("text", openid=OPENID))
+    assert r.status_code == 400 and r.content.startswith(b"timestamp: "), r.text
+    r = await client.get("/wechat", params={**params, "echostr": "e"})
+    assert r.status_code == 400 and r.content.startswith(b"timestamp: "), r.text
+    await assert_still_serving(client, make_push)
+
+
+@pytest.mark.parametrize("nonce", ["", "a" * 33, "12 34", "+1", "１２３", "a_b", "1\n", "é"])
+async def test_a_nonce_wechat_would_not_send_is_400(client, nonce):
+    ts = str(int(time.time()))
+    params = {"signature": sign(TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce}
+    r = await client.post("/wechat", params=params, content=push_xml("text", openid=OPENID))
+    g = await client.get("/wechat", params={**params, "echostr": "e"})
+    for answer in (r, g):
+        assert answer.status_code == 400, answer.text
+        assert answer.content.startswith(b"nonce: " if nonce else b"bad_request: ")
+
+
+@pytest.mark.parametrize("what", ["signature", "msg_signature"])
+@pytest.mark.parametrize("value", ["0" * 39, "0" * 41, "g" * 40, " " + "0" * 39, "0" * 40 + "\n"])
+async def test_a_signature_that_is_not_40_hex_digits_is_403(client, make_push, what, value):
+    push = make_push("subscribe", aes=True)
+    r = await post(client, Push({**push.params, what: value}, push.body))
+    assert r.status_code == 403 and r.content.startswith(f"{what}: {what} is not 40".encode())
+
+
+async def test_a_flood_of_misspelled_queries_writes_a_bounded_number_of_lines(make_app):
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    from structlog.testing import capture_logs
+
+    from service.metrics import Metrics
+
+    app = make_app(clock=Clock(), metrics=Metrics())
+    ts = str(int(time.time()))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        with capture_logs() as logs:
+            for i in range(60):
+                spelled = "0" * (i % 5 + 1) + ts
+                q = {"signature": sign(TOKEN, spelled, "1"), "timestamp": spelled, "nonce": "1"}
+                assert (await c.post("/wechat", params=q, content=b"")).status_code == 400
+                assert (await c.get("/wechat", params={**q, "echostr": "e"})).status_code == 400
+    refused = [e for e in logs if e["event"] in ("push_refused", "url_verification_refused")]
+    assert len(refused) == 10 and {e["reason"] for e in refused} == {"timestamp"}
 
 
 async def test_same_nonce_same_body_is_a_retry_answered_identically(client, sandbox):

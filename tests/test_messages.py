@@ -21,6 +21,7 @@ from service.messages import (
     ScanEvent,
     SubscribeEvent,
     TextMessage,
+    UnsubscribeEvent,
     VideoMessage,
     VoiceMessage,
     parse_message,
@@ -86,7 +87,7 @@ def test_subscribe_plain_and_through_qr_code():
 
 
 @pytest.mark.parametrize(("body", "cls", "expect"), [
-    ("<Event>unsubscribe</Event>", EventMessage, {"event": "unsubscribe"}),
+    ("<Event>unsubscribe</Event>", UnsubscribeEvent, {"event": "unsubscribe"}),
     ("<Event>SCAN</Event><EventKey>123</EventKey><Ticket>T</Ticket>", ScanEvent,
      {"event": "scan", "event_key": "123", "ticket": "T"}),
     ("<Event>LOCATION</Event><Latitude>23.1</Latitude><Longitude>113.3</Longitude>"

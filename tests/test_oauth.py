@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from structlog.testing import capture_logs
 
-from service.oauth import DEFAULT_NEXT, REFRESH_TTL, SESSION_COOKIE, safe_next
+from service.oauth import REFRESH_TTL, SESSION_COOKIE
+from service.oauth_state import DEFAULT_NEXT, safe_next
 from service.store.memory import MemoryStore
 from service.tools.sandbox import Fault
 from service.tools.simulate import decode_reply
@@ -77,7 +79,7 @@ async def test_login_redirects_to_authorize_in_wechat_order(make_app, make_setti
     assert "redirect_uri=https%3A%2F%2Fwx.example.com%2Foauth%2Fcallback&" in query
     assert re.fullmatch(r"[A-Za-z0-9]{1,128}", params["state"])
     cookie = r.headers["set-cookie"]
-    for attr in ("HttpOnly", "SameSite=lax", "Secure", "Max-Age=600", "Path=/oauth/callback"):
+    for attr in ("HttpOnly", "SameSite=lax", "Secure", "Max-Age=600", "Path=/oauth/;"):
         assert attr.lower() in cookie.lower()
     assert params["state"] not in cookie.split(";")[0].split("=", 1)[1]  # signed, not bare
 
@@ -506,3 +508,137 @@ async def test_an_oauth_nickname_xml_cannot_carry_is_stored_clean(
             r = await client.post("/wechat", params=push.params, content=push.body)
             f = decode_reply(r.content, crypto=crypto if aes else None)
             assert f["Content"] == "Welcome, Anne!" and f["ToUserName"] == OTHER
+
+
+# -- log lines an unauthenticated callback can cause: bounded --------------------------------
+
+class StoppedClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def left_out(app: FastAPI, event: str) -> float:
+    return app.state.metrics.registry.get_sample_value(
+        "wxhook_log_lines_suppressed_total", {"event": event}) or 0.0
+
+
+@pytest.mark.parametrize("path", ["no_matching_cookie", "reused"])
+async def test_a_callback_flood_writes_a_bounded_number_of_lines(make_app, upstream, path):
+    app = make_app()
+    clock = app.state.oauth.refusals.clock = StoppedClock()  # one second, however long it takes
+    async with client_for(app) as follower:
+        r, back = await sign_in(follower, upstream)
+        assert r.status_code == 303
+    n = 300
+    async with client_for(app) as attacker:  # no cookies at all
+        with capture_logs() as logs:
+            for _ in range(n):
+                state = secrets.token_hex(16) if path == "no_matching_cookie" \
+                    else back.params["state"]
+                r = await attacker.get("/oauth/callback", params={"state": state, "code": "x"})
+                assert r.status_code == (403 if path == "no_matching_cookie" else 400)
+            clock.now += 1
+            await attacker.get("/oauth/callback", params={"state": back.params["state"]
+                                                          if path == "reused" else "abc",
+                                                          "code": "x"})
+    rejected = [e for e in logs if e["event"] == "oauth_state_rejected"]
+    assert [e["reason"] for e in rejected] == [path] * 11
+    (summary,) = [e for e in logs if e["event"] == "log_lines_suppressed"]
+    assert summary["suppressed"] == n - 10 and summary["key"] == path
+    assert left_out(app, "oauth_state_rejected") == n - 10
+
+
+async def test_a_failing_callback_logs_its_traceback_a_bounded_number_of_times(
+        make_app, make_settings, upstream, monkeypatch):
+    app = make_app(settings=make_settings(WXHOOK_OAUTH_LIMIT_PER_CLIENT="100",
+                                          WXHOOK_OAUTH_LIMIT_TOTAL="100"))
+    app.state.oauth.refusals.clock = StoppedClock()
+
+    async def store_down(*args: Any, **kw: Any) -> None:
+        raise ConnectionError("the store is gone")
+
+    async with client_for(app) as browser:
+        back = await authorize(upstream, await start(browser))
+        monkeypatch.setattr(app.state.oauth.store, "set", store_down)
+        with capture_logs() as logs:
+            for _ in range(40):
+                r = await browser.get(back.path, params=dict(back.params))
+                assert r.status_code == 200 and "Something went wrong" in r.text
+    failed = [e for e in logs if e["event"] == "oauth_callback_failed"]
+    assert len(failed) == 10 and all(e.get("exc_info") for e in failed)
+    assert left_out(app, "oauth_callback_failed") == 30
+
+
+# -- the state cookie: one, bounded, however many logins a browser starts ---------------------
+
+def cookie_header(client: httpx.AsyncClient, path: str = "/oauth/callback") -> str:
+    """The Cookie header this browser sends with a request to `path`."""
+    return client.build_request("GET", path).headers.get("cookie", "")
+
+
+LONGEST = ["/" + "a" * 511, "/" + "文" * 170 + "a", "/p?q=" + "%E6%96%87" * 56 + "abc",
+           '/"' + '"' * 254 + "a"]  # a quote takes two bytes in the cookie
+
+
+@pytest.mark.parametrize("longest", LONGEST, ids=["ascii", "cjk", "escaped", "quotes"])
+async def test_many_logins_in_one_browser_keep_one_bounded_state_cookie(
+        client, upstream, sandbox, longest):
+    from service.oauth_state import COOKIE, LOGINS_KEPT, MAX_NEXT_BYTES, next_size
+
+    assert next_size(longest) == MAX_NEXT_BYTES
+    authorized = []
+    for i in range(40):
+        authorized.append(await authorize(upstream, await start(client, longest)))
+        state_cookies = [c for c in client.cookies.jar if c.name != SESSION_COOKIE]
+        assert [c.name for c in state_cookies] == [COOKIE], i
+        # nginx's large_client_header_buffers is 8 KB, a browser keeps a cookie up to 4 KB.
+        assert len(cookie_header(client)) < 3000, i
+        assert len(cookie_header(client, "/oauth/login")) < 3000, i
+    # The newest logins complete, in any order, each leaving the others in place.
+    for back in reversed(authorized[-LOGINS_KEPT:]):
+        r = await client.get(back.path, params=dict(back.params))
+        assert r.status_code == 303, r.text
+        assert unquote(r.headers["location"]) == unquote(longest)  # as Starlette quotes it
+    assert not [c for c in client.cookies.jar if c.name == COOKIE]  # the last one cleared it
+    # An older one was let go, and says so.
+    back = authorized[-LOGINS_KEPT - 1]
+    r = await client.get(back.path, params=dict(back.params))
+    assert_friendly(r, status=403)
+    assert sandbox.calls["/sns/oauth2/access_token"] == LOGINS_KEPT
+
+
+async def test_two_tabs_signing_in_at_once_both_complete(client, upstream):
+    first = await authorize(upstream, await start(client, "/tab-one"))
+    second = await authorize(upstream, await start(client, "/tab-two"))
+    r1 = await client.get(first.path, params=dict(first.params))
+    r2 = await client.get(second.path, params=dict(second.params))
+    assert (r1.headers["location"], r2.headers["location"]) == ("/tab-one", "/tab-two")
+
+
+@pytest.mark.parametrize("too_long", [
+    "/" + "a" * 512, "/" + "文" * 171, '/"' + '"' * 255 + "a", "/x?" + "y" * 3000,
+    "https://evil.example/" + "a" * 600])
+async def test_a_next_over_512_bytes_is_refused_with_a_clear_page(client, too_long):
+    r = await client.get("/oauth/login", params={"next": too_long})
+    assert_friendly(r, status=400)
+    assert "Sign-in link too long" in r.text and "512 bytes" in r.text
+    assert "set-cookie" not in r.headers
+    assert safe_next(too_long) == DEFAULT_NEXT
+
+
+async def test_cookies_signed_before_utf8_signing_still_verify(app):
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    oauth = app.state.oauth
+    body = base64.urlsafe_b64encode(json.dumps(
+        {"o": OPENID, "st": "s", "t": int(time.time()), "n": "/文"},
+        separators=(",", ":")).encode()).rstrip(b"=").decode()
+    mac = hmac.new(oauth._key, f"session.{body}".encode(), hashlib.sha256).digest()
+    value = f"{body}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    assert oauth.unsign("session", value, max_age=60)["n"] == "/文"

@@ -8,16 +8,19 @@ import httpx
 import pytest
 
 from service.signature import sign
-from service.tools.simulate import push_xml, sign_push
+from service.tools.simulate import decode_reply, push_xml, sign_push
 from tests.support import (
     AES_KEY,
     SANDBOX_APP_ID,
     SANDBOX_SECRET,
     TOKEN,
     WXHOOK,
+    free_port,
+    redis_server,
     sandbox_process,
     server_env,
     server_process,
+    started,
 )
 
 pytestmark = pytest.mark.slow
@@ -72,7 +75,7 @@ def test_push_log_lines_are_json_with_the_fields_and_no_secrets(tmp_path):
 def test_metrics_move_and_health_endpoints_answer(tmp_path):
     with sandbox_process() as api, server_process(api) as url:
         assert httpx.get(url + "/healthz").json() == {"status": "alive"}
-        ready = httpx.get(url + "/readyz")
+        ready = httpx.get(url + "/readyz?verbose")
         assert ready.status_code == 200 and ready.json()["checks"]["token"]["ok"] is True
 
         def sample(name, **labels):
@@ -97,13 +100,169 @@ def test_metrics_move_and_health_endpoints_answer(tmp_path):
         assert sample("wxhook_ready") == 1
 
 
-def test_readyz_names_the_problem_with_a_wrong_secret():
-    with sandbox_process() as api, server_process(api, WECHAT_APP_SECRET="wrong-secret") as url:
-        r = httpx.get(url + "/readyz")
-        assert r.status_code == 503
-        token = r.json()["checks"]["token"]
-        assert token["ok"] is False and token["error"]["errcode"] == 40125
-        assert "WECHAT_APP_SECRET" in token["fix"]
+# -- readiness: this instance only; a fault every replica shares never fails it ---------------
+
+def browser(app, host="127.0.0.1", **headers):
+    """An in-process client at `host` (httpx's ASGI transport sets the socket peer)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(host, 40000)),
+                             base_url="http://testserver", headers=headers)
+
+
+def gauge(app, name, **labels):
+    return app.state.metrics.registry.get_sample_value(name, labels)
+
+
+async def welcome(client, openid="oReadyFollower00000000000001"):
+    push = sign_push(push_xml("subscribe", openid=openid), token=TOKEN, openid=openid)
+    r = await client.post("/wechat", params=push.params, content=push.body)
+    assert r.status_code == 200
+    return decode_reply(r.content, crypto=None).get("Content")
+
+
+async def test_ready_once_started_and_not_after_shutdown(make_app):
+    app = make_app()
+    async with browser(app) as client:
+        before = await client.get("/readyz")  # start-up not finished: settings, rules, watcher
+        assert (before.status_code, before.json()) == (503, {"ready": False})
+        async with started(app):
+            r = await client.get("/readyz")
+            assert (r.status_code, r.json()) == (200, {"ready": True})
+            assert gauge(app, "wxhook_ready") == 1
+        after = await client.get("/readyz")
+        assert (after.status_code, after.json()) == (503, {"ready": False})
+        verbose = (await client.get("/readyz?verbose")).json()
+        assert verbose["problems"] == ["stopping"] and verbose["ready"] is False
+
+
+def _token_outage(kind):
+    """A WeChat API whose token endpoints fail as `kind`; every other call answers ok."""
+    def handle(request):
+        if "token" not in request.url.path:
+            return httpx.Response(200, json={"errcode": 0, "nickname": ""})
+        if kind == "connect":
+            raise httpx.ConnectError("refused", request=request)
+        if kind == "http500":
+            return httpx.Response(500, text="bad gateway")
+        errcode = {"secret": 40125, "whitelist": 40164, "busy": -1, "quota": 45009}[kind]
+        return httpx.Response(200, json={"errcode": errcode,
+                                         "errmsg": f"invalid ip 198.51.100.23, kind {kind}"})
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+@pytest.mark.parametrize("kind", ["secret", "whitelist", "busy", "quota", "http500", "connect"])
+async def test_a_token_outage_is_reported_and_counted_never_unready(make_app, kind):
+    async with _token_outage(kind) as http:
+        app = make_app(http=http)
+        async with started(app), browser(app) as client:
+            assert await welcome(client) == "Welcome!"  # the fallback greeting, in time
+            for _ in range(3):
+                r = await client.get("/readyz")
+                assert (r.status_code, r.content) == (200, b'{"ready":true}')
+            verbose = await client.get("/readyz", params={"verbose": "1"})
+            assert verbose.status_code == 200
+            body = verbose.json()
+            assert body["ready"] is True and body["degraded"] == ["token"]
+            assert body["checks"]["token"]["ok"] is False
+            assert gauge(app, "wxhook_dependency_up", dependency="token") == 0
+            metrics = (await client.get("/metrics")).text
+            assert 'wxhook_dependency_up{dependency="token"} 0.0' in metrics
+    if kind == "secret":
+        assert body["checks"]["token"]["error"]["errcode"] == 40125
+        assert "WECHAT_APP_SECRET" in body["checks"]["token"]["fix"]
+
+
+async def test_a_token_that_works_again_clears_the_gauge(make_app):
+    app = make_app()
+    async with started(app), browser(app) as client:
+        assert (await client.get("/readyz?verbose")).json()["degraded"] == []
+        assert gauge(app, "wxhook_dependency_up", dependency="token") == 1
+
+
+async def test_a_redis_outage_served_locally_is_reported_never_unready(make_settings, upstream,
+                                                                       tmp_path):
+    from service.app import create_app
+    from service.metrics import Metrics
+    from service.store.redis import RedisStore
+
+    with redis_server(tmp_path) as srv:
+        url = f"redis://127.0.0.1:{srv.port}/0"
+        store = RedisStore(url, probe_interval=0.05)
+        app = create_app(make_settings(REDIS_URL=url), http=upstream, store=store,
+                         metrics=Metrics())
+        async with started(app), browser(app) as client:
+            assert (await client.get("/readyz?verbose")).json()["degraded"] == []
+            assert gauge(app, "wxhook_dependency_up", dependency="redis") == 1
+            srv.stop()
+            assert (await welcome(client)).startswith("Welcome")  # served from memory
+            r = await client.get("/readyz")
+            assert (r.status_code, r.content) == (200, b'{"ready":true}')
+            body = (await client.get("/readyz?verbose")).json()
+            assert body["ready"] is True and "redis" in body["degraded"]
+            assert body["checks"]["redis"]["ok"] is False
+            assert "fallback_local_s" in body["checks"]["redis"]
+            assert gauge(app, "wxhook_dependency_up", dependency="redis") == 0
+
+
+@pytest.mark.parametrize("host, headers", [
+    ("10.0.0.7", {}), ("203.0.113.9", {}), ("192.168.1.2", {}), ("::2", {}),
+    ("127.0.0.1", {"x-forwarded-for": "127.0.0.1"}),
+    ("127.0.0.1", {"x-forwarded-for": "203.0.113.9, 127.0.0.1"}),
+    ("127.0.0.1", {"x-real-ip": "127.0.0.1"}),
+    ("127.0.0.1", {"forwarded": "for=127.0.0.1"}),
+    ("127.0.0.1", {"x-forwarded-proto": "https"}),
+    ("127.0.0.1", {"x-forwarded-host": "localhost"}),
+    ("127.0.0.1", {"via": "1.1 proxy"}),
+    ("::1", {"X-Forwarded-For": "::1"}),
+])
+async def test_the_verbose_view_refuses_other_hosts_and_anything_a_proxy_passed_on(
+        make_app, host, headers):
+    app = make_app()
+    async with started(app), browser(app, host, **headers) as client:
+        for query in ("verbose", "verbose=1", "verbose=true&x=1"):
+            r = await client.get(f"/readyz?{query}")
+            assert r.status_code == 403
+            assert set(r.json()) == {"error"} and "loopback" in r.json()["error"]
+        assert (await client.get("/readyz")).json() == {"ready": True}
+
+
+async def test_no_verbose_view_for_a_forged_forwarded_for_through_the_trusted_proxy(make_app):
+    from service.serving import _BehindProxy
+
+    app = make_app()
+    async with started(app):
+        for forged in ("127.0.0.1", "::1", "localhost"):
+            async with httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=_BehindProxy(app, "127.0.0.1")),
+                    base_url="http://testserver", headers={"x-forwarded-for": forged}) as client:
+                assert (await client.get("/readyz?verbose")).status_code == 403
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+async def test_the_verbose_view_answers_this_host(make_app, host):
+    app = make_app()
+    async with started(app), browser(app, host) as client:
+        r = await client.get("/readyz?verbose")
+        assert r.status_code == 200 and r.json()["checks"]["token"]["ok"] is True
+
+
+def test_the_probe_body_discloses_nothing_the_verbose_view_knows(tmp_path):
+    rules = tmp_path / "secret-place-rules.yaml"
+    rules.write_text("keywords: [{name: hours, equal: hours, replies: [open]}]\n")
+    redis_port = free_port()
+    with sandbox_process() as api, server_process(
+            api, WXHOOK_RULES=str(rules), REDIS_URL=f"redis://127.0.0.1:{redis_port}/5") as url:
+        httpx.post(api + "/_sandbox/config", json={"ip_whitelisted": False})
+        verbose = httpx.get(url + "/readyz?verbose", timeout=10)
+        text = verbose.text
+        # What the operator view holds: the egress IP, Redis's address, the rules path, pid.
+        assert verbose.status_code == 200 and verbose.json()["ready"] is True
+        assert "1.2.3.4" in text and str(redis_port) in text and str(rules) in text
+        assert '"pid"' in text
+        for method in ("GET", "HEAD"):
+            r = httpx.request(method, url + "/readyz", timeout=10)
+            assert r.status_code == 200
+            assert r.content == (b'{"ready":true}' if method == "GET" else b"")
+        assert 'wxhook_dependency_up{dependency="token"} 0.0' in httpx.get(url + "/metrics").text
 
 
 def _check(env):

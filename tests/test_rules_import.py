@@ -204,7 +204,7 @@ def test_dev_mode_answers_from_the_example_rules_through_simulate(tmp_path):
             "subscribe", "--event-key", "qrscene_fair2026")
         assert "We are open 9:00-17:00" in simulate("text", "--text", "hours", "--aes")
         assert "Call us on 010-0000-0000." in simulate("text", "--text", "contact")
-        ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz?verbose").json()
     assert ready["checks"]["rules"]["path"] == "rules.example.yaml"
     # What dev tells the owner to try is answered by a keyword rule, not the default reply.
     hints = (tmp_path / "dev.log").read_text()

@@ -1,12 +1,11 @@
 """The indexed keyword matcher answers exactly as trying every rule in file order would."""
 
-import re
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.rules import plain, rules_yaml, texts
 from handlers.rules import Keyword, Rules
+from handlers.rules_regex import compile_regex
 from handlers.rules_replies import Answer
 from handlers.rules_router import RuleBook
 from service.replies import TextReply
@@ -14,13 +13,14 @@ from service.replies import TextReply
 # A tiny alphabet, so words overlap, nest and repeat (the hard cases for an index).
 _word = st.text(alphabet="abAB 营", min_size=1, max_size=4).filter(lambda w: w.strip())
 _rule = st.tuples(st.lists(_word, max_size=2), st.lists(_word, max_size=3),
-                  st.lists(st.sampled_from(["^a", "b$", "(a)\\1", "(?i)ab", "营+"]), max_size=1))
+                  st.lists(st.sampled_from(["^a", "b$", "(a)(b)?", "(?P<x>b)a", "(?i)ab", "营+",
+                                            r"^\w+$"]), max_size=2))
 
 
 def _book(specs):
     keywords = tuple(
         Keyword(f"r{i}", tuple(w.strip().casefold() for w in eq), tuple(w.casefold() for w in co),
-                tuple(re.compile(p, re.IGNORECASE) for p in rx), Answer((TextReply("x"),)))
+                tuple(compile_regex(p) for p in rx), Answer((TextReply("x"),)))
         for i, (eq, co, rx) in enumerate(specs))
     return RuleBook(Rules(path="t", version="t", keywords=keywords)), keywords
 

@@ -38,7 +38,7 @@ def _ask(url):
 
 def _rules(url):
     # A new connection each time, so several workers all get asked.
-    r = httpx.get(f"{url}/readyz", timeout=5, headers={"connection": "close"})
+    r = httpx.get(f"{url}/readyz?verbose", timeout=5, headers={"connection": "close"})
     assert r.status_code == 200, r.text
     return r.json()["checks"]["rules"]
 

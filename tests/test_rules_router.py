@@ -293,7 +293,7 @@ async def test_reply_all_late_first_reply_goes_out_before_the_others(
 
 
 async def test_readyz_shows_the_rules_in_force(rclient, rules_app):
-    r = await rclient.get("/readyz")
+    r = await rclient.get("/readyz?verbose")
     rules = r.json()["checks"]["rules"]
     assert rules["ok"] is True
     assert rules["version"] == rules_app.state.rules.current().rules.version

@@ -15,8 +15,12 @@ import httpx
 import pytest
 import redis
 
-from service.tools.simulate import Push, push_xml, sign_push
+from service.crypto import MessageCrypto
+from service.signature import sign
+from service.tools.simulate import Push, decode_reply, push_xml, sign_push
+from service.xmldoc import parse_fields
 from tests.support import (
+    AES_KEY,
     SANDBOX_APP_ID,
     TOKEN,
     WXHOOK,
@@ -212,8 +216,10 @@ async def test_redis_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
         during = await send_all([(a, subscribe(f"oOutageFollowerB{i:012d}")) for i in range(30)])
         assert all(s == 200 and b"Welcome, Follower-" in body for s, body, _ in during)
         assert max(t for _, _, t in during) < 2.0  # well inside WeChat's 5 s
-        ready = (await get_json(a + "/readyz"))["checks"]["redis"]
-        assert ready["ok"] is True and "fallback_local_s" in ready
+        # Served from memory: reported, never unready (every replica sees the same outage).
+        ready = await get_json(a + "/readyz?verbose")
+        assert ready["ready"] is True and ready["degraded"] == ["redis"]
+        assert "fallback_local_s" in ready["checks"]["redis"]
         srv.start()
         end = time.monotonic() + 8
         while time.monotonic() < end:
@@ -223,7 +229,95 @@ async def test_redis_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
                 break  # sharing resumed: pushes are claimed in Redis again
             await asyncio.sleep(0.2)
         assert direct.keys(f"wxhook:{SANDBOX_APP_ID}:dedup:*")
-        assert "fallback_local_s" not in (await get_json(a + "/readyz"))["checks"]["redis"]
+        assert "fallback_local_s" not in (await get_json(a + "/readyz?verbose"))["checks"]["redis"]
     text = log.read_text()
     assert text.count('"redis_unreachable"') == 1, text[-3000:]
     assert text.count('"redis_recovered"') == 1
+
+
+async def outcomes(base: str) -> dict[str, float]:
+    """wxhook_pushes_total by outcome (replied, deduped, rejected, ...)."""
+    async with httpx.AsyncClient(timeout=10) as c:
+        text = (await c.get(base + "/metrics")).text
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("wxhook_pushes_total{"):
+            outcome = line.split('outcome="')[1].split('"')[0]
+            found[outcome] = found.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+async def sent_once(sandbox: str) -> list[Any]:
+    """The customer-service messages the sandbox took, once the first has come."""
+    end = time.monotonic() + 10
+    while not (await stats(sandbox))["sent"] and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    sent: list[Any] = (await stats(sandbox))["sent"]
+    return sent
+
+
+ALL_RULE = "keywords:\n  - {name: all, equal: [all], mode: reply_all, replies: [one, two]}\n"
+
+
+async def test_a_push_replayed_in_other_shapes_runs_once_across_instances(
+        isolated_redis_url: str, tmp_path: Path) -> None:
+    # A compatible-mode push captured on its way to A, sent again to B with its encryption
+    # stripped (and unwrapped), and a verification's query sent to B as a push: one
+    # passive reply and one follow-up in all (issue 19, items 1 and 2).
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ALL_RULE, encoding="utf-8")
+    openid = "oReplayedShapes0000000000001"
+    crypto = MessageCrypto(TOKEN, [AES_KEY], SANDBOX_APP_ID)
+    xml = push_xml("text", openid=openid, text="all")
+    sealed = sign_push(xml, token=TOKEN, openid=openid, crypto=crypto)
+    encrypt = parse_fields(sealed.body)["Encrypt"]
+    push = Push(sealed.params, xml.replace(b"</xml>", f"<Encrypt><![CDATA[{encrypt}]]>"
+                                                      "</Encrypt></xml>".encode()))
+    stripped = {k: v for k, v in push.params.items() if k not in ("encrypt_type", "msg_signature")}
+    with sandbox_process() as sb, \
+            server_process(sb, REDIS_URL=isolated_redis_url, WXHOOK_RULES=str(rules)) as a, \
+            server_process(sb, REDIS_URL=isolated_redis_url, WXHOOK_RULES=str(rules)) as b:
+        async with httpx.AsyncClient(timeout=10) as c:
+            first = await c.post(a + "/wechat", params=push.params, content=push.body)
+            assert first.status_code == 200
+            assert decode_reply(first.content, crypto=crypto)["Content"] == "one"
+            for body in (push.body, xml):
+                r = await c.post(b + "/wechat", params=stripped, content=body)
+                assert r.status_code == 403 and r.content.startswith(b"replay"), r.text
+            retry = await c.post(b + "/wechat", params=push.params, content=push.body)
+            assert retry.content == first.content  # WeChat's own retry: the same bytes
+            ts, nonce = str(int(time.time())), "1514711492"
+            q = {"signature": sign(TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce}
+            got = await c.get(a + "/wechat", params={**q, "echostr": "4375120948345356249"})
+            assert got.status_code == 200 and got.content == b"4375120948345356249"
+            r = await c.post(b + "/wechat", params={**q, "openid": openid},
+                             content=push_xml("text", openid=openid, text="all"))
+            assert r.status_code == 403 and r.content.startswith(b"replay"), r.text
+        counted = [await outcomes(a), await outcomes(b)]
+        assert sum(o.get("replied", 0) for o in counted) == 1
+        assert sum(o.get("deduped", 0) for o in counted) == 1
+        assert await sent_once(sb) == [
+            {"touser": openid, "msgtype": "text", "text": {"content": "two"}}]
+
+
+async def test_a_signature_cut_anew_admits_nothing_on_a_real_server() -> None:
+    # The pair a real push was signed for, cut anew ("0120" and T as "012" and "0" + T),
+    # and the same second spelled as int() would read it: 400, and the server goes on.
+    with sandbox_process() as sb, server_process(sb) as a:
+        openid = "oCutAnew00000000000000000001"
+        ts = str(int(time.time()))
+        real = sign_push(push_xml("text", openid=openid, text="hello"), token=TOKEN,
+                         openid=openid, timestamp=int(ts), nonce="0120")
+        async with httpx.AsyncClient(timeout=10) as c:
+            assert (await c.post(a + "/wechat", params=real.params,
+                                 content=real.body)).status_code == 200
+            for t, n in [("0" + ts, "012"), ("+" + ts, "0120"), (ts + " ", "0120"),
+                         (ts[:4] + "_" + ts[4:], "0120"), (" " + ts, "0120")]:
+                params = {**real.params, "signature": sign(TOKEN, t, n), "timestamp": t,
+                          "nonce": n}
+                r = await c.post(a + "/wechat", params=params,
+                                 content=push_xml("text", openid=openid, text="help"))
+                assert r.status_code == 400 and r.content.startswith(b"timestamp"), (t, r.text)
+            good = subscribe("oCutAnew00000000000000000002")
+            r = await c.post(a + "/wechat", params=good.params, content=good.body)
+            assert r.status_code == 200 and b"Welcome, Follower-000002!" in r.content

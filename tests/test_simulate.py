@@ -86,3 +86,35 @@ async def test_a_refused_signature_says_which_token_signed(make_settings, capsys
     assert ("the server refused the signature: simulate signs with WECHAT_TOKEN from the "
             "environment or .env (13 characters)") in err
     assert "anotherToken1" not in err and TOKEN not in err
+
+
+class _RefusedInPunycode(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        body = "xml: refused-by-the-server 你好".encode()
+        self.send_response(400)
+        self.send_header("content-type", "text/plain; charset=punycode")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_a_refusal_is_printed_as_utf8_whatever_charset_it_names(make_settings, capsys):
+    # The answer's charset is the server's word: punycode would print other text (and
+    # take seconds on a large body), so simulate reads it as the UTF-8 wxhook sends.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusedInPunycode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code = await simulate(make_settings(), kind="text",
+                              url=f"http://127.0.0.1:{server.server_address[1]}/wechat",
+                              openid="oSimulate0000000000000000001", text="hi",
+                              event_key="", aes=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    assert "xml: refused-by-the-server 你好" in capsys.readouterr().out

@@ -74,13 +74,16 @@ def rules_or_exit(settings: Settings) -> None:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    """Exit 0 when the file is valid; otherwise one line per problem, exit 1."""
+    """Exit 0 when the file is valid (after any warnings); otherwise one line per problem,
+    exit 1."""
     try:
         rules = load_rules(args.file)
     except RulesError as exc:
         for line in exc.problems:
             print(line)
         return 1
+    for line in rules.warnings:  # valid, but not what the owner may expect
+        print(line)
     print(f"{args.file}: ok (version {rules.version}: {len(rules.keywords)} keyword rules, "
           f"{len(rules.clicks)} clicks, subscribe {'yes' if rules.subscribe else 'no'}, "
           f"default {'yes' if rules.default else 'no'}, menu {'yes' if rules.menu else 'no'})")

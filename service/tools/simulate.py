@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -29,31 +30,46 @@ class Push:
 
 def push_xml(kind: str, *, openid: str, to_user: str = "gh_sandbox000001", text: str = "hello",
              event_key: str = "", create_time: int | None = None,
-             msg_id: int | None = None) -> bytes:
-    """The plaintext XML of a message (`kind` a MsgType) or an event (anything else)."""
+             msg_id: int | None = None, fields: Mapping[str, str] | None = None) -> bytes:
+    """The plaintext XML of a message (`kind` a MsgType) or an event (anything else);
+    `fields` add or replace elements, "Outer/Inner" nested one level (as msg.raw names them)."""
     ct = int(time.time()) if create_time is None else create_time
     head = (f"<xml><ToUserName>{cdata(to_user)}</ToUserName><FromUserName>{cdata(openid)}"
             f"</FromUserName><CreateTime>{ct}</CreateTime>")
     mid = msg_id if msg_id is not None else secrets.randbits(63)
     k = kind.lower()
-    if k in _MESSAGE_TYPES:
-        extra = {
-            "text": f"<Content>{cdata(text)}</Content>",
-            "image": "<PicUrl><![CDATA[http://mmbiz.qpic.cn/x]]></PicUrl>"
-                     "<MediaId><![CDATA[media_1]]></MediaId>",
-            "voice": "<MediaId><![CDATA[media_1]]></MediaId><Format><![CDATA[amr]]></Format>",
-            "video": "<MediaId><![CDATA[m]]></MediaId><ThumbMediaId><![CDATA[t]]></ThumbMediaId>",
-            "shortvideo": "<MediaId><![CDATA[m]]></MediaId>"
-                          "<ThumbMediaId><![CDATA[t]]></ThumbMediaId>",
-            "location": "<Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y>"
-                        "<Scale>20</Scale><Label><![CDATA[Somewhere]]></Label>",
-            "link": "<Title><![CDATA[t]]></Title><Description><![CDATA[d]]></Description>"
-                    "<Url><![CDATA[https://example.com]]></Url>",
-        }[k]
-        return (head + f"<MsgType>{cdata(k)}</MsgType>{extra}<MsgId>{mid}</MsgId></xml>").encode()
-    key = f"<EventKey>{cdata(event_key)}</EventKey>" if event_key else ""
-    return (head + f"<MsgType><![CDATA[event]]></MsgType><Event>{cdata(kind)}</Event>{key}"
-            "</xml>").encode()
+    # Messages by name in any case, except the all-caps LOCATION: that is the location-report
+    # event, as WeChat spells it (the message is "location").
+    if k in _MESSAGE_TYPES and kind != "LOCATION":
+        body = {"MsgType": k, **_SAMPLE_FIELDS.get(k, {"Content": text}), **(fields or {}),
+                "MsgId": str(mid)}
+    else:
+        body = {"MsgType": "event", "Event": kind, **({"EventKey": event_key} if event_key
+                                                      else {}), **(fields or {})}
+    return (head + _elements(body) + "</xml>").encode()
+
+
+# What each message type carries, as the sandbox sends it (text: the `text` argument).
+_SAMPLE_FIELDS = {
+    "image": {"PicUrl": "http://mmbiz.qpic.cn/x", "MediaId": "media_1"},
+    "voice": {"MediaId": "media_1", "Format": "amr"},
+    "video": {"MediaId": "m", "ThumbMediaId": "t"},
+    "shortvideo": {"MediaId": "m", "ThumbMediaId": "t"},
+    "location": {"Location_X": "23.134521", "Location_Y": "113.358803", "Scale": "20",
+                 "Label": "Somewhere"},
+    "link": {"Title": "t", "Description": "d", "Url": "https://example.com"},
+}
+
+
+def _elements(fields: Mapping[str, str]) -> str:
+    """<Tag>value</Tag> for each field; "Outer/Inner" fields grouped in one <Outer>."""
+    out: dict[str, list[str]] = {}
+    for path, value in fields.items():
+        outer, _, inner = path.partition("/")
+        element = (f"<{inner}>{cdata(value)}</{inner}>" if inner
+                   else cdata(value) if not value.isdigit() else value)
+        out.setdefault(outer, []).append(element)
+    return "".join(f"<{tag}>{''.join(parts)}</{tag}>" for tag, parts in out.items())
 
 
 def sign_push(xml: bytes, *, token: str, openid: str, crypto: MessageCrypto | None = None,
@@ -121,8 +137,11 @@ async def simulate(settings: Settings, *, kind: str, url: str, openid: str, text
             print(f"try {i + 1}: HTTP {resp.status_code} in {ms:.0f} ms"
                   + (" (encrypted reply)" if b"<Encrypt>" in resp.content else ""))
             if resp.status_code != 200:
-                print(resp.text)
-                if resp.status_code == 403 and "signature" in resp.text:
+                # UTF-8, as wxhook answers: resp.text would decode in whatever charset the
+                # answer names (punycode takes seconds on a large body).
+                answer = resp.content.decode("utf-8", "replace")
+                print(answer)
+                if resp.status_code == 403 and "signature" in answer:
                     print(_signature_hint(settings), file=sys.stderr)
                 code = 1
                 continue

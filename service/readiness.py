@@ -1,0 +1,164 @@
+"""/readyz: can this instance take pushes? And, for an operator, what is degraded.
+
+Readiness is about this instance only: its start-up finished (settings and rules loaded,
+the rules watcher running) and its event loop answers. A fault every replica shares (the
+WeChat API, the access token, a Redis outage served from process memory) would fail every
+replica's probe at the same moment; the Service would then answer WeChat with nothing at
+all, while each instance could still greet with the fallback. Such faults are reported
+(the operator view, `wxhook check`), counted (wxhook_dependency_up) and alerted
+(deploy/prometheus/alerts.yml), and never fail readiness.
+
+The probe's answer is `{"ready": true}` and nothing else: it is reachable by whoever
+reaches the port, and the details (WeChat's errmsg carries the egress IP; Redis's host,
+port and db; the rules path) are for an operator on this host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from handlers.rules_source import RulesSource
+
+from .errors import WeChatAPIError
+from .metrics import Metrics
+from .store.base import Store
+from .tokens import TokenManager
+from .wechat_api import WeChatAPI
+
+WATCH_INTERVAL = 5.0  # seconds between looks at the shared dependencies
+TOKEN_WAIT = 2.0      # seconds the operator view waits for a token it has to fetch
+# A request that carries any of these came through a proxy: its socket peer is the proxy,
+# so "from loopback" would say nothing about who is asking.
+PROXY_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
+                           b"x-forwarded-proto", b"x-real-ip", b"via", b"x-client-ip",
+                           b"true-client-ip", b"cf-connecting-ip"})
+_VERBOSE_REFUSED = ("the verbose view answers requests from this host's loopback without "
+                    "proxy headers: curl http://127.0.0.1:PORT/readyz?verbose on the host, "
+                    "or run `wxhook check`")
+
+
+def from_this_host(request: Request) -> bool:
+    """True for a direct request from loopback; never for one a proxy passed on."""
+    if any(name in PROXY_HEADERS for name, _ in request.scope.get("headers", ())):
+        return False
+    client = request.scope.get("client")
+    if not client:
+        return False  # a unix socket: a proxy's, as likely as an operator's
+    try:
+        ip = ipaddress.ip_address(str(client[0]).split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class Readiness:
+    """This instance's readiness, and the state of what all instances share."""
+
+    def __init__(self, *, tokens: TokenManager, store: Store, api: WeChatAPI,
+                 rules: RulesSource | None, metrics: Metrics) -> None:
+        self.tokens = tokens
+        self.store = store
+        self.api = api
+        self.rules = rules
+        self.metrics = metrics
+        self.started = False   # start-up finished (the app's lifespan)
+        self.stopping = False  # shutdown began
+
+    def problems(self) -> list[str]:
+        """What keeps this instance from taking pushes (empty: ready)."""
+        # create_app() loaded the settings and the rules (a bad file refuses to start);
+        # start-up is done once the lifespan runs, rules watcher included.
+        if not self.started:
+            return ["starting"]
+        return ["stopping"] if self.stopping else []
+
+    def observe(self) -> dict[str, dict[str, Any]]:
+        """The shared dependencies as this process last saw them; sets their gauges."""
+        token = self.tokens.status()
+        # Not cached and no error: no push needed one yet. That is not a fault.
+        token_ok = bool(token["cached"]) or "error" not in token
+        out: dict[str, dict[str, Any]] = {"token": {"ok": token_ok, **token}}
+        self.metrics.dependency_up.labels("token").set(1 if token_ok else 0)
+        status_of = getattr(self.store, "status", None)
+        if self.store.shared and callable(status_of):
+            redis = status_of()  # RedisStore: where, and whether an outage is served locally
+            redis_ok = "fallback_local_s" not in redis
+            out["redis"] = {"ok": redis_ok, **redis}
+            self.metrics.dependency_up.labels("redis").set(1 if redis_ok else 0)
+        circuits = self.api.circuits()
+        if circuits:
+            out["circuits_open"] = {"ok": False, **circuits}
+        return out
+
+    async def look(self, *, fetch_token: bool) -> dict[str, dict[str, Any]]:
+        """observe(), after asking Redis (and, when none is cached, WeChat for a token)."""
+        errors: dict[str, dict[str, str]] = {}
+        if fetch_token and not self.tokens.status()["cached"]:
+            try:
+                await self.tokens.get(deadline=time.monotonic() + TOKEN_WAIT)
+            except WeChatAPIError:
+                pass  # tokens.status() names it
+            except Exception as exc:  # noqa: BLE001 - e.g. the store failing: reported, no 500
+                errors["token"] = {"store": type(exc).__name__}
+        if self.store.shared:
+            try:
+                await self.store.ping()  # trips the local fallback (and its probe) when down
+            except Exception as exc:  # noqa: BLE001 - reported, never a 500
+                errors["redis"] = {"error": type(exc).__name__, "reason": str(exc)[:300]}
+        seen = self.observe()
+        for name, error in errors.items():
+            seen[name] = {**seen.get(name, {}), "ok": False, **error}
+            if name == "redis":
+                self.metrics.dependency_up.labels("redis").set(0)
+        return seen
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Ready while inside; the shared dependencies watched and counted meanwhile."""
+        watcher = asyncio.get_running_loop().create_task(self._watch())
+        self.started, self.stopping = True, False
+        self.metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            self.stopping = True
+            self.metrics.ready.set(0)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch(self) -> None:
+        # The gauges stay current on an idle instance too (no push, no probe, no scrape).
+        while True:
+            with contextlib.suppress(Exception):
+                await self.look(fetch_token=False)
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    async def endpoint(self, request: Request) -> JSONResponse:
+        """GET /readyz: {"ready": bool}; with ?verbose, from this host, the details."""
+        problems = self.problems()
+        ready = not problems
+        self.metrics.ready.set(1 if ready else 0)
+        status = 200 if ready else 503
+        if "verbose" not in request.query_params:
+            return JSONResponse({"ready": ready}, status_code=status)
+        if not from_this_host(request):
+            return JSONResponse({"error": _VERBOSE_REFUSED}, status_code=403)
+        checks: dict[str, Any] = {"settings": {"ok": True}}
+        if self.rules is not None:
+            checks["rules"] = self.rules.status()  # a refused file keeps the old rules: ready
+        dependencies = await self.look(fetch_token=True)
+        checks.update(dependencies)
+        degraded = sorted(name for name, check in dependencies.items() if not check["ok"])
+        return JSONResponse({"ready": ready, "problems": problems, "degraded": degraded,
+                             "checks": checks}, status_code=status)
