@@ -117,7 +117,8 @@ def save_last_good(rules_path: str, copy: str) -> None:
     """Seed the last good copy with the rules file, if it is valid (else leave none)."""
     with contextlib.suppress(FileNotFoundError):
         os.remove(copy)  # a previous run's: never started from
-    with contextlib.suppress(RulesError):
+    # Not writable: no copy, and each worker says so (rules_last_good_not_saved).
+    with contextlib.suppress(RulesError, OSError):
         _write_atomically(copy, _read(rules_path, name=rules_path)[1])
 
 
