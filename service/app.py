@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.defaults import default_router
 from handlers.router import Router
 from handlers.rules_router import RulesAnswerer
-from handlers.rules_source import RulesSource, watching
+from handlers.rules_source import LAST_GOOD_ENV, RulesSource, watching
 
 from .config import SANDBOX_APP_ID, Settings
 from .delivery import LateDelivery
@@ -98,7 +98,8 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                          else StoreProfileRepo(store, namespace=namespace))
     profiles = Profiles(api, repo, ttl=settings.profile_ttl, batch_window=settings.batch_window)
     delivery = LateDelivery(api, metrics=metrics)
-    rules = (RulesSource(settings.rules, on_result=lambda r: metrics.rules_reloads.labels(r).inc())
+    rules = (RulesSource(settings.rules, on_result=lambda r: metrics.rules_reloads.labels(r).inc(),
+                         last_good=os.environ.get(LAST_GOOD_ENV))
              if settings.rules else None)
     if router is None:
         answerer = None if rules is None else RulesAnswerer(
@@ -153,11 +154,9 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     async def metrics_endpoint() -> Response:
         readiness.observe()  # this process's view of the shared dependencies, current
         if metrics.multiprocess:
-            from prometheus_client import multiprocess
+            from .multiproc import exposition
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            data = generate_latest(registry)
+            data = exposition(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         else:
             data = generate_latest(metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

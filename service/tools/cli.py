@@ -7,11 +7,12 @@ import asyncio
 import os
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Settings, SettingsError
-from ..serving import app_or_exit, settings_or_exit, uvicorn_kwargs, warn_if_insecure
-from .rules_cli import add_commands, rules_or_exit
+# Only the standard library at import time: `serve` takes SIGHUP over (main) before the
+# slow imports that build the app, each made by the command that needs it.
+if TYPE_CHECKING:
+    from ..config import Settings
 
 EXAMPLE_RULES = "rules.example.yaml"
 
@@ -22,6 +23,8 @@ def _handlers_or_exit(settings: Settings) -> None:
     """Import the owner's routers once before any worker starts, or say in one line why not."""
     from handlers.defaults import default_router
 
+    from ..config import SettingsError
+
     try:
         default_router(settings.handlers)
     except SettingsError as exc:
@@ -31,7 +34,9 @@ def _handlers_or_exit(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The production server."""
+    from ..serving import settings_or_exit, uvicorn_kwargs, warn_if_insecure
     from ..supervisor import serve
+    from .rules_cli import rules_or_exit
 
     settings = settings_or_exit()
     _handlers_or_exit(settings)
@@ -46,6 +51,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
+    if args.workers > 1 and settings.rules:
+        from handlers.rules_source import LAST_GOOD_ENV, save_last_good
+
+        # In the directory the workers share (on tmpfs under systemd, never aged out): the
+        # rules a worker started again falls back on while the file on disk is broken.
+        copy = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "rules.last-good")
+        save_last_good(settings.rules, copy)
+        os.environ[LAST_GOOD_ENV] = copy
     from ..logs import configure_logging, get_logger
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -61,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def dev_settings(*, port: int, sandbox_base: str) -> Settings:
     """`wxhook dev`'s settings: the environment and .env, pointed at the local sandbox."""
+    from ..serving import settings_or_exit
+
     settings = settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=sandbox_base,
                                  WECHAT_OAUTH_BASE=sandbox_base,
                                  PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
@@ -76,6 +91,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..logs import configure_logging
+    from ..serving import app_or_exit, uvicorn_kwargs
+    from .rules_cli import rules_or_exit
     from .sandbox import create_sandbox
 
     sb_port = args.sandbox_port or args.port + 1
@@ -120,6 +137,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """The stand-in WeChat API alone."""
     import uvicorn
 
+    from ..serving import settings_or_exit, uvicorn_kwargs
     from .sandbox import create_sandbox
 
     # The same settings as serve and check (environment, then .env), so a `check` pointed
@@ -137,6 +155,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Sign (and encrypt) a push exactly as WeChat does, send it, print the decoded reply."""
+    from ..serving import settings_or_exit
     from .simulate import simulate
 
     settings = settings_or_exit(WXHOOK_SANDBOX=True)
@@ -175,6 +194,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
+    from .rules_cli import add_commands
+
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(
         prog="wxhook", description=__doc__, formatter_class=fmt,
@@ -254,6 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     # Appended, not prepended: a file there never shadows an installed module.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    if (sys.argv[1:] if argv is None else argv)[:1] in (["serve"], ["dev"]):
+        # First thing, before the imports that build the app: SIGHUP's default would end
+        # the server (`systemctl reload` right after a start). Other commands keep it.
+        from ..hangup import install
+
+        install()
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
