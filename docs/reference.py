@@ -15,8 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import SecretStr
 
-# Where the schemas live: the only lines naming the code's modules (change them when it
-# moves, e.g. wxhook.server.config -> wxhook.server.config, handlers.x -> wxhook.x).
+# Where the schemas live: the only lines naming the code's modules.
 from wxhook import menu, rules, rules_schema
 from wxhook.server.config import Settings
 

@@ -60,11 +60,11 @@ def wait_http(url: str, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] 
 
 
 @contextmanager
-def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: str,
+def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: str | None,
             log_path: Path | None = None,
             cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a process (in `cwd`, default the repository), wait until `ready_url` answers,
-    stop it (SIGTERM, then SIGKILL).
+    """Start a process (in `cwd`, default the repository), wait until `ready_url` answers
+    (None: yield at once), stop it (SIGTERM, then SIGKILL).
 
     Output always goes to a file: a pipe nobody reads fills up and blocks a chatty server.
     """
@@ -79,7 +79,8 @@ def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: st
         proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=cwd or ROOT, start_new_session=True)
         try:
-            wait_http(ready_url, proc=proc, log_path=log_path)
+            if ready_url is not None:
+                wait_http(ready_url, proc=proc, log_path=log_path)
             yield proc
         finally:
             if proc.poll() is None:
@@ -89,6 +90,46 @@ def process(args: list[str], *, env: dict[str, str] | None = None, ready_url: st
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The uvicorn workers `wxhook serve --workers N` (pid `supervisor`) has right now."""
+    try:
+        kids = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return set()
+    pids = set()
+    for kid in map(int, kids):
+        try:  # multiprocessing's resource tracker is a child too; workers run spawn_main
+            if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                pids.add(kid)
+        except OSError:
+            pass
+    return pids
+
+
+def catches(pid: int, sig: int) -> bool:
+    """True once process `pid` has a handler of its own for `sig` (/proc's SigCgt)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines()
+                if line.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes of process group `pgid` still running (zombies left out)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            members.append(int(stat.parent.name))
+    return members
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Reloading the rules in a real `wxhook serve`: on a file change and on SIGHUP, good and bad
 files, one worker and several."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,16 @@ import httpx
 import pytest
 
 from tests.conftest import OPENID
-from tests.support import TOKEN, WXHOOK, free_port, process, sandbox_process, server_env
+from tests.support import (
+    TOKEN,
+    WXHOOK,
+    free_port,
+    process,
+    sandbox_process,
+    server_env,
+    wait_http,
+    worker_pids,
+)
 from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
 pytestmark = pytest.mark.slow
@@ -127,3 +137,186 @@ def test_a_bad_file_at_start_up_refuses_to_start(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "bad regex" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- SIGHUP never stops a server: without rules, during start-up, with several workers ------
+
+# WXHOOK_HANDLERS whose import takes a while and says when it begins: a start-up (of `serve`,
+# then of each worker, which builds the app) with a known moment to send SIGHUP into.
+SLOW_IMPORT = """
+import os, time
+from wxhook.router import Router
+open(os.path.join(os.environ["TEST_MARKERS"], f"importing-{os.getpid()}"), "w").close()
+time.sleep(1.5)
+router = Router()
+"""
+
+
+def _slow_account(tmp_path):
+    (tmp_path / "acct_slow_import").mkdir()
+    (tmp_path / "acct_slow_import" / "__init__.py").write_text("")
+    (tmp_path / "acct_slow_import" / "handlers.py").write_text(SLOW_IMPORT)
+    (tmp_path / "markers").mkdir()
+    return {"WXHOOK_HANDLERS": "acct_slow_import.handlers:router",
+            "TEST_MARKERS": str(tmp_path / "markers")}
+
+
+def _importing(tmp_path):
+    """Pids of the processes that have begun importing the slow handlers."""
+    return {int(p.name.rpartition("-")[2]) for p in (tmp_path / "markers").iterdir()}
+
+
+def _events(log, name):
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == name:
+            found.append(event)
+    return found
+
+
+def _start(base, tmp_path, *, workers, **extra):
+    """`wxhook serve` in tmp_path, not waited for: the test signals it while it starts."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    args = [WXHOOK, "serve", "--port", str(port), "--workers", str(workers)]
+    return (process(args, env=server_env(base, **extra), ready_url=None, cwd=tmp_path,
+                    log_path=log), f"http://127.0.0.1:{port}", log)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_without_rules_logs_one_line_and_serves_on(tmp_path, redis_url, workers):
+    with sandbox_process() as base:
+        proc_cm, url, log = _start(base, tmp_path, workers=workers, REDIS_URL=redis_url)
+        with proc_cm as proc:
+            wait_http(f"{url}/healthz", proc=proc, log_path=log, timeout=30)
+            serving = worker_pids(proc.pid) if workers > 1 else {proc.pid}
+            assert len(serving) == workers
+            for sent in (1, 2):
+                os.kill(proc.pid, signal.SIGHUP)
+                _until(lambda n=sent * workers: proc.poll() is not None
+                       or len(_events(log, "sighup_ignored")) == n)
+                assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)  # a worker the signal ended would be gone (and replaced) by now
+            assert proc.poll() is None
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+            if workers > 1:  # the same workers: none ended and was replaced
+                assert worker_pids(proc.pid) == serving
+            lines = _events(log, "sighup_ignored")
+            assert len(lines) == 2 * workers
+            assert {line["pid"] for line in lines} == serving
+            assert all("WXHOOK_RULES" in line["why"] for line in lines)
+
+
+@pytest.mark.parametrize("with_rules", [True, False], ids=["rules", "no-rules"])
+def test_sighup_during_start_up_does_not_stop_serve(tmp_path, with_rules):
+    extra = _slow_account(tmp_path)
+    if with_rules:
+        (tmp_path / "rules.yaml").write_text(GOOD % "v1")
+        extra["WXHOOK_RULES"] = str(tmp_path / "rules.yaml")
+    with sandbox_process() as base:
+        proc_cm, url, log = _start(base, tmp_path, workers=1, **extra)
+        with proc_cm as proc:
+            # The app is being built (its handlers import): SIGHUP now, three times.
+            _until(lambda: proc.pid in _importing(tmp_path) or proc.poll() is not None,
+                   timeout=20)
+            for _ in range(3):
+                os.kill(proc.pid, signal.SIGHUP)
+                time.sleep(0.1)
+            wait_http(f"{url}/healthz", proc=proc, log_path=log, timeout=30)
+            if with_rules:  # kept, not lost: the rules were read again once serving
+                _until(lambda: _rules(url)["loaded_by"] == "SIGHUP")
+            else:
+                _until(lambda: len(_events(log, "sighup_ignored")) == 1)
+            os.kill(proc.pid, signal.SIGHUP)  # and once serving
+            if with_rules:
+                _until(lambda: len(_events(log, "rules_reloaded")) == 2)
+            else:
+                _until(lambda: len(_events(log, "sighup_ignored")) == 2)
+            assert proc.poll() is None
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("with_rules", [True, False], ids=["rules", "no-rules"])
+def test_sighup_while_workers_start_stops_none_of_them(tmp_path, redis_url, with_rules):
+    extra = _slow_account(tmp_path)
+    if with_rules:
+        (tmp_path / "rules.yaml").write_text(GOOD % "v1")
+        extra["WXHOOK_RULES"] = str(tmp_path / "rules.yaml")
+    with sandbox_process() as base:
+        proc_cm, url, log = _start(base, tmp_path, workers=2, REDIS_URL=redis_url, **extra)
+        with proc_cm as proc:
+            # Both workers are building their app: the supervisor passes SIGHUP on to them.
+            _until(lambda: len(_importing(tmp_path) - {proc.pid}) == 2
+                   or proc.poll() is not None, timeout=30)
+            first = _importing(tmp_path) - {proc.pid}
+            for _ in range(2):
+                os.kill(proc.pid, signal.SIGHUP)
+                time.sleep(0.2)
+            wait_http(f"{url}/healthz", proc=proc, log_path=log, timeout=30)
+            if with_rules:
+                seen: dict[int, str] = {}
+
+                def both_reloaded():
+                    s = _rules(url)
+                    seen[s["pid"]] = s["loaded_by"]
+                    return set(seen) == first and set(seen.values()) == {"SIGHUP"}
+                _until(both_reloaded, timeout=20)
+            else:
+                _until(lambda: {e["pid"] for e in _events(log, "sighup_ignored")} == first)
+            assert proc.poll() is None
+            # The workers that were starting are the ones serving: none was replaced.
+            assert worker_pids(proc.pid) == first
+            assert _importing(tmp_path) - {proc.pid} == first
+
+
+# -- a worker started again while the file is broken ------------------------------------------
+
+def test_a_worker_started_again_while_the_file_is_broken_runs_the_last_good_rules(
+        tmp_path, redis_url):
+    path = tmp_path / "rules.yaml"
+    path.write_text(GOOD % "v1")
+    with sandbox_process() as base:
+        proc_cm, url, log = _serve(base, path, tmp_path, workers=2, REDIS_URL=redis_url,
+                                   PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+        with proc_cm as proc:
+            _until(lambda: len(worker_pids(proc.pid)) == 2, timeout=20)
+            serving = worker_pids(proc.pid)
+            # A good change every worker takes (the last good rules are these, not the
+            # ones serve started with), then a broken file every worker refuses.
+            path.write_text(GOOD % "v2")
+            states: dict[int, dict] = {}
+
+            def every_worker(check):
+                def met():
+                    s = _rules(url)
+                    states[s["pid"]] = s
+                    return set(states) >= serving and all(
+                        check(states[p]) for p in serving)
+                return met
+            _until(every_worker(lambda s: s["last_error"] is None and s["loaded_by"] ==
+                                "file changed"), timeout=20)
+            good = states[min(serving)]["version"]
+            path.write_text(BROKEN)
+            _until(every_worker(lambda s: s["last_error"] is not None), timeout=20)
+            victim = min(serving)
+            os.kill(victim, signal.SIGKILL)
+            # Its replacement starts on the rules the other worker runs, and says why.
+            _until(lambda: len(worker_pids(proc.pid) - serving) == 1, timeout=20)
+            (new,) = worker_pids(proc.pid) - serving
+            states.clear()
+            _until(lambda: new in states or bool(states.update({(s := _rules(url))["pid"]: s})),
+                   timeout=30)
+            assert states[new]["version"] == good
+            assert states[new]["loaded_by"] == "last good copy"
+            assert "bad regex" in states[new]["last_error"]
+            for _ in range(6):  # whichever worker answers
+                assert _ask(url) == "v2"
+            time.sleep(2)  # started once, and stays: no crash loop
+            assert worker_pids(proc.pid) == serving - {victim} | {new}
+            assert proc.poll() is None
+    text = log.read_text()
+    assert "Traceback" not in text and "RulesError" not in text

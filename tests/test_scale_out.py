@@ -187,17 +187,26 @@ async def test_workers_share_token_and_metrics(isolated_redis_url: str, tmp_path
         assert (await stats(sb))["token_requests"] == 1
         for _ in range(6):  # whichever worker answers the scrape sees every worker's counts
             assert await pushes_total(a) == 40
-        pids = {int(Path(p).stem.rpartition("_")[2])
-                for p in glob.glob(str(metrics_dir / "counter_*.db"))}
-        assert len(pids) == 2
-        victim = min(pids)
-        os.kill(victim, signal.SIGKILL)  # uvicorn starts a replacement, which cleans up
-        end = time.monotonic() + 10
-        while glob.glob(str(metrics_dir / f"gauge_*_{victim}.db")) and time.monotonic() < end:
+
+        def pids() -> set[int]:
+            return {int(Path(p).stem.rpartition("_")[2])
+                    for p in glob.glob(str(metrics_dir / "counter_[0-9]*.db"))}
+        end = time.monotonic() + 20  # healthz answered from one worker; the other may still start
+        while len(pids()) < 2 and time.monotonic() < end:
             await asyncio.sleep(0.1)
-        assert not glob.glob(str(metrics_dir / f"gauge_*_{victim}.db"))
-        assert (metrics_dir / f"counter_{victim}.db").exists()  # its counts stay counted
+        assert len(pids()) == 2
+        victim = min(pids())
+        os.kill(victim, signal.SIGKILL)  # the supervisor replaces it and retires its files
+        end = time.monotonic() + 10
+        while glob.glob(str(metrics_dir / f"*_{victim}.db")) and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+        assert not glob.glob(str(metrics_dir / f"*_{victim}.db"))  # every type of file
+        assert (metrics_dir / "counter_retired.db").exists()  # its counts stay counted
+        assert (metrics_dir / "histogram_retired.db").exists()
         assert await pushes_total(a) == 40
+        async with httpx.AsyncClient(timeout=10) as c:
+            text = (await c.get(a + "/metrics")).text
+        assert "wxhook_push_latency_seconds_count 40.0" in text.splitlines()
 
 
 async def test_redis_stopped_and_restarted_mid_run(tmp_path: Path) -> None:

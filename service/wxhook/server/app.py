@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wxhook.defaults import default_router
 from wxhook.router import Router
@@ -23,7 +23,7 @@ from wxhook.server.metrics import Metrics
 from wxhook.server.oauth import OAuth
 from wxhook.server.profiles import ProfileRepo, Profiles, StoreProfileRepo
 from wxhook.server.readiness import Readiness
-from wxhook.server.rules_source import RulesSource, watching
+from wxhook.server.rules_source import LAST_GOOD_ENV, RulesSource, watching
 from wxhook.server.store.memory import MemoryStore
 from wxhook.server.store.sqlite import SqliteProfileRepo
 from wxhook.server.tokens import api_with_tokens
@@ -97,7 +97,8 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                          else StoreProfileRepo(store, namespace=namespace))
     profiles = Profiles(api, repo, ttl=settings.profile_ttl, batch_window=settings.batch_window)
     delivery = LateDelivery(api, metrics=metrics)
-    rules = (RulesSource(settings.rules, on_result=lambda r: metrics.rules_reloads.labels(r).inc())
+    rules = (RulesSource(settings.rules, on_result=lambda r: metrics.rules_reloads.labels(r).inc(),
+                         last_good=os.environ.get(LAST_GOOD_ENV))
              if settings.rules else None)
     if router is None:
         answerer = None if rules is None else RulesAnswerer(
@@ -152,11 +153,9 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     async def metrics_endpoint() -> Response:
         readiness.observe()  # this process's view of the shared dependencies, current
         if metrics.multiprocess:
-            from prometheus_client import multiprocess
+            from wxhook.server.multiproc import exposition
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            data = generate_latest(registry)
+            data = exposition(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         else:
             data = generate_latest(metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -1,32 +1,50 @@
-"""The rules in force, reloaded on SIGHUP and when the file changes; a bad file keeps the old."""
+"""The rules in force, reloaded on SIGHUP and when the file changes; a bad file keeps the old.
+
+With several workers (`wxhook serve --workers N`) each keeps a copy of the last rules it
+loaded, the "last good" file: a worker started again while the file on disk is broken
+(the old one died) starts on that copy, as the other workers run, instead of failing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
-from wxhook.rules import RulesError, load_rules
+from wxhook.rules import Rules, RulesError, parse_rules
 from wxhook.rules_router import RuleBook
+from wxhook.server import hangup
 from wxhook.server.logs import get_logger
 
 POLL_INTERVAL = 1.0  # seconds between looks at the file's mtime (a stat: next to free)
+LAST_GOOD_ENV = "WXHOOK_RULES_LAST_GOOD"  # set by `serve --workers N` for its workers
 
 
 class RulesSource:
     """Loads the file at start-up (RulesError: refuse to start), then on demand."""
 
-    def __init__(self, path: str, *, on_result: Callable[[str], None] | None = None) -> None:
+    def __init__(self, path: str, *, on_result: Callable[[str], None] | None = None,
+                 last_good: str | None = None) -> None:
         self.path = path
         self.on_result = on_result or (lambda result: None)
+        self.last_good = last_good
         self.log = get_logger("wxhook.rules")
-        self.book = RuleBook(load_rules(path))
         self._stamp = self._stat()
         self.last_error: str | None = None
         self.loaded_by = "start"
+        try:
+            self.book = self._load()
+        except RulesError as exc:
+            if not last_good or not os.path.exists(last_good):
+                raise
+            # Started again (not the first start: serve refuses a bad file) while the file
+            # is broken; the other workers kept the last good rules, and so does this one.
+            self.book = RuleBook(_read(last_good, name=path)[0])
+            self._refused(exc, why="start")
+            self.loaded_by = "last good copy"
 
     def current(self) -> RuleBook:
         """The rules for the push at hand (a whole RuleBook: never half of two files)."""
@@ -36,13 +54,9 @@ class RulesSource:
         """Load the file again; on any problem keep the rules in force, log and count it."""
         self._stamp = self._stat()
         try:
-            book = RuleBook(load_rules(self.path))
+            book = self._load()
         except RulesError as exc:
-            self.last_error = exc.problems[0] if len(exc.problems) == 1 else (
-                f"{exc.problems[0]} (and {len(exc.problems) - 1} more)")
-            self.log.error("rules_reload_failed", why=why, path=self.path,
-                           problems=exc.problems, kept=self.book.rules.version)
-            self.on_result("failed")
+            self._refused(exc, why=why)
             return False
         except Exception as exc:  # noqa: BLE001 - a bad file must never end the watcher
             self.last_error = f"{self.path}: cannot load: {type(exc).__name__}"
@@ -58,6 +72,23 @@ class RulesSource:
                       previous=old, keywords=len(book.keywords))
         self.on_result("ok")
         return True
+
+    def _load(self) -> RuleBook:
+        rules, data = _read(self.path, name=self.path)
+        if self.last_good:
+            try:
+                _write_atomically(self.last_good, data)
+            except OSError as exc:  # serving matters more than the copy
+                self.log.warning("rules_last_good_not_saved", path=self.last_good,
+                                 error=exc.strerror or str(exc))
+        return RuleBook(rules)
+
+    def _refused(self, exc: RulesError, *, why: str) -> None:
+        self.last_error = exc.problems[0] if len(exc.problems) == 1 else (
+            f"{exc.problems[0]} (and {len(exc.problems) - 1} more)")
+        self.log.error("rules_reload_failed", why=why, path=self.path,
+                       problems=exc.problems, kept=self.book.rules.version)
+        self.on_result("failed")
 
     async def watch(self, interval: float = POLL_INTERVAL) -> None:
         """Reload whenever the file's mtime, size or inode changes (runs until cancelled)."""
@@ -81,22 +112,53 @@ class RulesSource:
         return st.st_mtime_ns, st.st_size, st.st_ino
 
 
+def save_last_good(rules_path: str, copy: str) -> None:
+    """Seed the last good copy with the rules file, if it is valid (else leave none)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(copy)  # a previous run's: never started from
+    # Not writable: no copy, and each worker says so (rules_last_good_not_saved).
+    with contextlib.suppress(RulesError, OSError):
+        _write_atomically(copy, _read(rules_path, name=rules_path)[1])
+
+
+def _read(path: str, *, name: str) -> tuple[Rules, bytes]:
+    """The checked rules in `path` and the bytes they came from; RulesError if invalid."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RulesError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+    rules, problems = parse_rules(data, name=name)
+    if problems or rules is None:
+        raise RulesError(problems)
+    return rules, data
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    # Several workers write it; a rename means a starting one never reads half a file.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 @contextlib.asynccontextmanager
 async def watching(source: RulesSource | None) -> AsyncIterator[None]:
     """While the app runs: reload on SIGHUP and when the file changes."""
-    if source is None:
-        yield
-        return
+    log = get_logger("wxhook.rules")
+
+    def on_sighup() -> None:
+        if source is not None:
+            source.reload("SIGHUP")
+        else:  # wxhook.server.hangup keeps SIGHUP from ending the process; say it did nothing
+            log.info("sighup_ignored", pid=os.getpid(),
+                     why="no rules file (WXHOOK_RULES) to reload")
+
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, source.reload, "SIGHUP")
-        hup = True
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
-        hup = False
-    watcher = loop.create_task(source.watch())
+    hangup.listen(loop, on_sighup)
+    watcher = loop.create_task(source.watch()) if source is not None else None
     try:
         yield
     finally:
-        watcher.cancel()
-        if hup:
-            loop.remove_signal_handler(signal.SIGHUP)
+        hangup.unlisten(on_sighup)
+        if watcher is not None:
+            watcher.cancel()

@@ -90,8 +90,12 @@ class _BehindProxy:
 
 def app_factory() -> Any:
     """The ASGI app from the environment (uvicorn --factory, one per worker)."""
+    from wxhook.server import hangup
     from wxhook.server.logs import configure_logging
 
+    # Before the app and its rules load (already done by `wxhook serve` and its workers;
+    # here for `uvicorn --factory wxhook.server.serving:app_factory`).
+    hangup.install()
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     app = app_or_exit(settings)

@@ -7,12 +7,12 @@ import asyncio
 import os
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wxhook.errors import SettingsError
-from wxhook.server.config import Settings
-from wxhook.server.serving import app_or_exit, settings_or_exit, uvicorn_kwargs, warn_if_insecure
-from wxhook.tools.rules_cli import add_commands, rules_or_exit
+# Only the standard library at import time: `serve` takes SIGHUP over (main) before the
+# slow imports that build the app, each made by the command that needs it.
+if TYPE_CHECKING:
+    from wxhook.server.config import Settings
 
 EXAMPLE_RULES = "rules.example.yaml"
 
@@ -22,6 +22,7 @@ SANDBOX_PROFILE_DB = "var/profiles-sandbox.sqlite3"
 def _handlers_or_exit(settings: Settings) -> None:
     """Import the owner's routers once before any worker starts, or say in one line why not."""
     from wxhook.defaults import default_router
+    from wxhook.errors import SettingsError
 
     try:
         default_router(settings.handlers)
@@ -32,7 +33,9 @@ def _handlers_or_exit(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The production server."""
+    from wxhook.server.serving import settings_or_exit, uvicorn_kwargs, warn_if_insecure
     from wxhook.server.supervisor import serve
+    from wxhook.tools.rules_cli import rules_or_exit
 
     settings = settings_or_exit()
     _handlers_or_exit(settings)
@@ -47,6 +50,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else None
+    if args.workers > 1 and settings.rules:
+        from wxhook.server.rules_source import LAST_GOOD_ENV, save_last_good
+
+        # In the directory the workers share (on tmpfs under systemd, never aged out): the
+        # rules a worker started again falls back on while the file on disk is broken.
+        copy = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "rules.last-good")
+        save_last_good(settings.rules, copy)
+        os.environ[LAST_GOOD_ENV] = copy
     from wxhook.server.logs import configure_logging, get_logger
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -62,6 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def dev_settings(*, port: int, sandbox_base: str) -> Settings:
     """`wxhook dev`'s settings: the environment and .env, pointed at the local sandbox."""
+    from wxhook.server.serving import settings_or_exit
+
     settings = settings_or_exit(WXHOOK_SANDBOX=True, WECHAT_API_BASE=sandbox_base,
                                  WECHAT_OAUTH_BASE=sandbox_base,
                                  PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
@@ -77,6 +90,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     import uvicorn
 
     from wxhook.server.logs import configure_logging
+    from wxhook.server.serving import app_or_exit, uvicorn_kwargs
+    from wxhook.tools.rules_cli import rules_or_exit
     from wxhook.tools.sandbox import create_sandbox
 
     sb_port = args.sandbox_port or args.port + 1
@@ -121,6 +136,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """The stand-in WeChat API alone."""
     import uvicorn
 
+    from wxhook.server.serving import settings_or_exit, uvicorn_kwargs
     from wxhook.tools.sandbox import create_sandbox
 
     # The same settings as serve and check (environment, then .env), so a `check` pointed
@@ -138,6 +154,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Sign (and encrypt) a push exactly as WeChat does, send it, print the decoded reply."""
+    from wxhook.server.serving import settings_or_exit
     from wxhook.tools.simulate import simulate
 
     settings = settings_or_exit(WXHOOK_SANDBOX=True)
@@ -176,6 +193,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
+    from wxhook.tools.rules_cli import add_commands
+
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(
         prog="wxhook", description=__doc__, formatter_class=fmt,
@@ -255,6 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     # Appended, not prepended: a file there never shadows an installed module.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    if (sys.argv[1:] if argv is None else argv)[:1] in (["serve"], ["dev"]):
+        # First thing, before the imports that build the app: SIGHUP's default would end
+        # the server (`systemctl reload` right after a start). Other commands keep it.
+        from wxhook.server.hangup import install
+
+        install()
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
