@@ -38,7 +38,7 @@ from .pages import me_page, problem_page
 from .profiles import ProfileRepo, Profiles
 from .ratelimit import WindowLimit
 from .replies import xml_safe
-from .store.base import Store
+from .store.base import Store, own_slot
 from .wechat_api import WeChatAPI
 
 DEFAULT_NEXT = "/me"
@@ -195,7 +195,7 @@ class OAuth:
             resp = problem_page("busy", retry_next=next_path)
             resp.headers["retry-after"] = str(int(self.limit.window))
             return resp
-        key = self.prefix + state
+        key = own_slot(self.prefix, state)  # a forged state picks no slot of its own
         record = {"status": "pending", "code": _digest(code)}
         if started is not None and await self.store.set(key, json.dumps(record).encode(),
                                                         ttl=STATE_TTL, nx=True):

@@ -30,7 +30,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .metrics import Metrics
-from .store.base import Store
+from .store.base import Store, same_slot
 from .waiting import settle_quietly
 from .wechat_api import WeChatAPI, WeChatHTTP
 
@@ -54,7 +54,8 @@ class TokenManager:
         self.store = store
         self._fetch = fetch
         self._key = namespace + "token"
-        self._lock_key = namespace + "token:lock"
+        # In the token's slot on a cluster; the token key keeps its name across versions.
+        self._lock_key = same_slot(self._key, ":lock")
         self.metrics = metrics
         self.refresh_ahead = refresh_ahead
         self.config_backoff = config_backoff

@@ -29,6 +29,7 @@ from tests.support import ROOT, free_port, isolated_redis, redis_server
 
 pytestmark = pytest.mark.redis
 NS = "wxhook:wxtest:"
+LOCK = "{" + NS + "token}:lock"  # in the token's cluster slot
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ async def test_token_single_refresh_across_managers(isolated_redis_url: str) -> 
 def dead_lock_holder(isolated_redis_url: str) -> None:
     """A real process takes the refresh lock exactly as TokenManager does, then is SIGKILLed."""
     code = ("import redis,sys,time; r=redis.Redis.from_url(sys.argv[1]);"
-            f"assert r.set('{NS}token:lock', b'dead-holder', px=1500, nx=True);"
+            f"assert r.set('{LOCK}', b'dead-holder', px=1500, nx=True);"
             "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, isolated_redis_url], stdout=subprocess.PIPE,
                               cwd=ROOT)
@@ -213,7 +214,7 @@ async def test_killed_lock_holder_blocks_only_for_its_ttl(dead_lock_holder: None
     assert await tm.get(deadline=time.monotonic() + 5) == "AFTER"
     waited = time.monotonic() - started
     assert calls == 1 and 0.5 < waited < 2.0, waited
-    assert await store.get(NS + "token:lock") is None  # released by fence after the refresh
+    assert await store.get(LOCK) is None  # released by fence after the refresh
 
 
 async def test_dedup_across_instances_replays_bytes(isolated_redis_url: str) -> None:
