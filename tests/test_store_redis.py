@@ -148,6 +148,18 @@ async def test_a_caller_that_gives_up_costs_the_others_nothing(store: RedisStore
     assert gone.cancelled()
 
 
+async def test_closing_under_a_pipeline_leaves_no_connection_open(store: RedisStore) -> None:
+    # A pipeline that connects after the client closed would keep its socket open (an
+    # unclosed socket at shutdown, or in the test that happens to collect it).
+    pending = [asyncio.ensure_future(store.get(NS + "k")) for _ in range(3)]
+    await asyncio.sleep(0)  # queued: their pipeline has not connected yet
+    await store.aclose()
+    assert await asyncio.gather(*pending) == [None] * 3
+    pool = store._redis.connection_pool
+    connections = [*pool._available_connections, *pool._in_use_connections]
+    assert connections and not any(c.is_connected for c in connections)
+
+
 async def test_two_instances_share_and_claim_once(isolated_redis_url: str, store: RedisStore) -> None:
     other = RedisStore(isolated_redis_url)
     try:
@@ -331,6 +343,19 @@ async def test_outage_falls_back_then_resumes(tmp_path: Path) -> None:
             await s.aclose()
 
 
+async def test_a_server_refusing_writes_as_a_replica_is_an_outage(tmp_path: Path) -> None:
+    # A master demoted to replica (a failover behind a DNS name or a proxy) answers writes
+    # with READONLY: served from memory like an unreachable server, never a failed push.
+    with redis_server(tmp_path) as master, \
+            redis_server(tmp_path, "--replicaof", "127.0.0.1", str(master.port)) as replica:
+        s = RedisStore(f"redis://127.0.0.1:{replica.port}/0")
+        try:
+            assert await s.set(NS + "k", b"v", ttl=30) is True
+            assert s.down_since is not None and await s.get(NS + "k") == b"v"
+        finally:
+            await s.aclose()
+
+
 async def test_unreachable_at_start_fails_readiness(
         make_settings: Callable[..., Settings], upstream: httpx.AsyncClient) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
@@ -361,3 +386,20 @@ async def test_sentinel_url(tmp_path: Path) -> None:
                     assert direct.get(NS + "via-sentinel") == b"1"
             finally:
                 await s.aclose()
+
+
+@pytest.mark.parametrize(("url", "where"), [
+    # A sentinel without a port is on 26379 (it used to stop the store from starting).
+    ("redis+sentinel://:p@s1,[::1]:26380/wx/2", "redis+sentinel://s1,[::1]:26380/wx/2"),
+    ("rediss+sentinel://:p@s1:26379/wx?ssl_ca_certs=/ca.pem", "rediss+sentinel://s1:26379/wx"),
+    ("redis+cluster://:p@h1:7000,h2,[::1]:7002", "redis+cluster://h1:7000,h2,[::1]:7002"),
+    ("rediss+cluster://u:p@h1:7000/0?ssl_cert_reqs=none", "rediss+cluster://h1:7000/0"),
+])
+async def test_every_accepted_url_builds_its_client_without_connecting(
+        url: str, where: str, make_settings: Callable[..., Settings]) -> None:
+    make_settings(REDIS_URL=url)  # accepted at start-up, so the store must take it too
+    s = RedisStore(url)
+    try:
+        assert s.where == where  # no credentials, no query
+    finally:
+        await s.aclose()
