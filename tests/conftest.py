@@ -18,6 +18,7 @@ from service.metrics import Metrics
 from service.store.memory import MemoryStore
 from service.tools.sandbox import SandboxState, create_sandbox
 from service.tools.simulate import Push, push_xml, sign_push
+from tests.redis_nodes import Cluster, redis_cluster
 from tests.support import AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, redis_server
 
 OPENID = "oSandboxDemoFollower00000001"   # the sandbox's demo follower, "刺猬宝宝"
@@ -142,3 +143,29 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield url
     r.flushdb()
     r.close()
+
+
+@pytest.fixture(scope="session")
+def _suite_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One Redis Cluster of the suite's own (three masters, a replica each) for the tests
+    that leave it whole; a test that fails a master over starts its own."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """REDIS_URL of the suite's cluster, every master flushed before and after the test
+    (skipped, or failed under WXHOOK_REQUIRE_REDIS=1, when redis-server is missing)."""
+    import redis
+
+    cluster: Cluster = request.getfixturevalue("_suite_cluster")
+
+    def flush() -> None:
+        for node in cluster.masters():
+            with redis.Redis(port=node.port) as r:
+                r.flushall()
+
+    flush()
+    yield cluster.url
+    flush()

@@ -46,13 +46,16 @@ async def store(isolated_redis_url: str) -> Any:
     await s.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def any_store(request: pytest.FixtureRequest) -> Any:
-    """The same contract for both implementations."""
+    """The same contract for both implementations, and for Redis as one server and as a
+    cluster (every key of the contract in a slot of its own)."""
     if request.param == "memory":
         yield MemoryStore()
         return
-    s = RedisStore(request.getfixturevalue("isolated_redis_url"))
+    url = request.getfixturevalue("isolated_redis_url" if request.param == "redis"
+                                  else "cluster_url")
+    s = RedisStore(url)
     yield s
     await s.aclose()
 
