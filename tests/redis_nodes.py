@@ -109,6 +109,18 @@ class Cluster:
                     return next(n for n in self.nodes if n.port == int(master[1]))
         raise LookupError(f"no node serves slot {slot}")
 
+    def hand_over(self, master: RedisServer, timeout: float = 20) -> RedisServer:
+        """A planned failover: CLUSTER FAILOVER on the master's replica, which takes over
+        once it has every write; returns the new master."""
+        replica = next(n for n in self.live()
+                       if _info(n.port, "replication").get("master_port") == str(master.port))
+        with redis.Redis(port=replica.port, socket_timeout=1) as r:
+            r.execute_command("CLUSTER", "FAILOVER")
+        _wait(f"the replica on {replica.port} did not take over",
+              lambda: _info(replica.port, "replication")["role"] == "master", timeout)
+        self.wait_healthy(timeout)
+        return replica
+
     def kill(self, node: RedisServer) -> None:
         """SIGKILL one node: its replica is promoted after the node timeout."""
         node.stop()
