@@ -33,8 +33,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    # A developer's .env or exported WECHAT_* must not leak into tests.
+    # A developer's .env or exported WECHAT_* must not leak into tests. (WXHOOK_REQUIRE_REDIS
+    # is the suite's own switch, read when a test starts a redis-server: it stays.)
     for key in list(os.environ):
+        if key == "WXHOOK_REQUIRE_REDIS":
+            continue
         if key.startswith(("WECHAT_", "WXHOOK_", "PROMETHEUS_MULTIPROC")) or key in (
                 "REDIS_URL", "PUBLIC_BASE_URL", "SESSION_SECRET"):
             monkeypatch.delenv(key)
