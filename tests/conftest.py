@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import settings
 
+from tests.redis_nodes import Cluster, redis_cluster
 from tests.support import AES_KEY, SANDBOX_APP_ID, SANDBOX_SECRET, TOKEN, redis_server
 from wxhook.server.app import create_app
 from wxhook.server.config import Settings, load_settings
@@ -32,8 +33,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    # A developer's .env or exported WECHAT_* must not leak into tests.
+    # A developer's .env or exported WECHAT_* must not leak into tests. (WXHOOK_REQUIRE_REDIS
+    # is the suite's own switch, read when a test starts a redis-server: it stays.)
     for key in list(os.environ):
+        if key == "WXHOOK_REQUIRE_REDIS":
+            continue
         if key.startswith(("WECHAT_", "WXHOOK_", "PROMETHEUS_MULTIPROC")) or key in (
                 "REDIS_URL", "PUBLIC_BASE_URL", "SESSION_SECRET"):
             monkeypatch.delenv(key)
@@ -142,3 +146,29 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield url
     r.flushdb()
     r.close()
+
+
+@pytest.fixture(scope="session")
+def _suite_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One Redis Cluster of the suite's own (three masters, a replica each) for the tests
+    that leave it whole; a test that fails a master over starts its own."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """REDIS_URL of the suite's cluster, every master flushed before and after the test
+    (skipped, or failed under WXHOOK_REQUIRE_REDIS=1, when redis-server is missing)."""
+    import redis
+
+    cluster: Cluster = request.getfixturevalue("_suite_cluster")
+
+    def flush() -> None:
+        for node in cluster.masters():
+            with redis.Redis(port=node.port) as r:
+                r.flushall()
+
+    flush()
+    yield cluster.url
+    flush()

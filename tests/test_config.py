@@ -4,6 +4,7 @@ import pytest
 
 from wxhook.errors import SettingsError
 from wxhook.server.config import load_settings, mask_url
+from wxhook.server.store import topology
 
 GOOD = {"WECHAT_APP_ID": "wx1234567890abcdef", "WECHAT_APP_SECRET": "s3cr3t-value-abcdef",
         "WECHAT_TOKEN": "Tok3n"}
@@ -68,6 +69,9 @@ def test_sandbox_defaults_only_without_credentials():
 def test_mask_url():
     assert mask_url("rediss://user:pw@h:6380/1") == "rediss://***@h:6380/1"
     assert mask_url("redis://h:6379") == "redis://h:6379"
+    assert mask_url("redis+cluster://:p@ss@h1:7000,h2:7001?password=s3cret") == \
+        "redis+cluster://***@h1:7000,h2:7001?***"
+    assert mask_url("redis+sentinel://:pw@s1,s2:26380/wx/0") == "redis+sentinel://***@s1,s2:26380/wx/0"
     for leaky in ("redis://:p@ss@h/0", "redis://h:6379/0?password=s3cret",
                   "unix:///run/redis.sock?password=s3cret", "redis://:pw@[::1:6379/0"):
         shown = mask_url(leaky)
@@ -105,6 +109,13 @@ def test_a_malformed_redis_url_is_one_line_naming_the_variable(url):
     ("redis+sentinel://:pw9@qqhost:x/mymaster", "each sentinel needs host:port"),
     ("redis+sentinel://:pw9@qqhost:26379,/mymaster/zz", "the db after the service name"),
     ("redis+sentinel://:pw9@qqhost:26379", "needs host:port[,host:port]/service_name"),
+    ("redis+cluster://:pw9@qqhost:x,qqhost:7001", "each cluster node needs host:port"),
+    ("redis+cluster://:pw9@", "needs host:port[,host:port...]"),
+    ("redis+cluster://:pw9@qqhost:7000/3", "a cluster has only db 0"),
+    ("redis+cluster://:pw9@qqhost:7000?db=2", "a cluster has only db 0"),
+    ("rediss+cluster://:pw9@qqhost:7000?socket_timeout=zz", "Invalid value for 'socket_timeout'"),
+    ("redis+cluster://:pw9@qqhost:7000?path=/qq.sock", "a cluster client takes no option 'path'"),
+    ("redis+cluster://:pw9@qqhost:7000?qqopt=1", "a cluster client takes no option 'qqopt'"),
 ])
 def test_a_redis_url_the_client_cannot_read_is_one_line(url, why):
     with pytest.raises(SettingsError) as exc:
@@ -117,10 +128,31 @@ def test_a_redis_url_the_client_cannot_read_is_one_line(url, why):
 
 @pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:p@h:6380/1",
                                  "unix:///run/redis.sock?db=0",
-                                 "redis+sentinel://:p@s1:26379,s2:26379/mymaster/0"])
+                                 "redis+sentinel://:p@s1:26379,s2:26379/mymaster/0",
+                                 "redis+cluster://:p@h1:7000,h2:7001,[::1]:7002",
+                                 "rediss+cluster://u:p@h1:7000/0?ssl_cert_reqs=none"])
 def test_every_documented_redis_url_form_is_accepted(url):
     s = load_settings(_env_file=None, **GOOD, REDIS_URL=url)
     assert s.redis_url is not None and s.redis_url.get_secret_value() == url
+
+
+def test_a_redis_url_names_what_the_store_connects_to():
+    # One parse for validation and connection: what passes here is what the client gets.
+    sentinel = topology.parse("rediss+sentinel://:p%40ss@s1,[::1]:26380/mymaster/2?ssl_ca_certs=/c")
+    assert (sentinel.kind, sentinel.service) == ("sentinel", "mymaster")
+    assert sentinel.hosts == [("s1", 26379), ("::1", 26380)]  # a sentinel's default port
+    assert sentinel.options == {"password": "p@ss", "db": 2, "ssl": True, "ssl_ca_certs": "/c"}
+    cluster = topology.parse("redis+cluster://user:pw@h1,h2:7001")
+    assert cluster.kind == "cluster" and cluster.hosts == [("h1", 6379), ("h2", 7001)]
+    assert cluster.options == {"username": "user", "password": "pw"}
+    assert topology.parse("redis://h/3").kind == "single"
+
+
+def test_an_app_id_that_would_change_key_slots_is_refused():
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_env_file=None, **{**GOOD, "WECHAT_APP_ID": "wx{campaign}1"})
+    assert str(exc.value) == ("invalid settings: WECHAT_APP_ID: may contain only "
+                              "A-Z a-z 0-9 _ -, found '{' '}'")
 
 
 def test_a_token_message_names_the_real_fault_and_never_the_value():

@@ -29,6 +29,7 @@ from wxhook.server.tokens import TokenManager
 
 pytestmark = pytest.mark.redis
 NS = "wxhook:wxtest:"
+LOCK = "{" + NS + "token}:lock"  # in the token's cluster slot
 
 
 @pytest.fixture
@@ -45,13 +46,16 @@ async def store(isolated_redis_url: str) -> Any:
     await s.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def any_store(request: pytest.FixtureRequest) -> Any:
-    """The same contract for both implementations."""
+    """The same contract for both implementations, and for Redis as one server and as a
+    cluster (every key of the contract in a slot of its own)."""
     if request.param == "memory":
         yield MemoryStore()
         return
-    s = RedisStore(request.getfixturevalue("isolated_redis_url"))
+    url = request.getfixturevalue("isolated_redis_url" if request.param == "redis"
+                                  else "cluster_url")
+    s = RedisStore(url)
     yield s
     await s.aclose()
 
@@ -147,6 +151,18 @@ async def test_a_caller_that_gives_up_costs_the_others_nothing(store: RedisStore
     assert gone.cancelled()
 
 
+async def test_closing_under_a_pipeline_leaves_no_connection_open(store: RedisStore) -> None:
+    # A pipeline that connects after the client closed would keep its socket open (an
+    # unclosed socket at shutdown, or in the test that happens to collect it).
+    pending = [asyncio.ensure_future(store.get(NS + "k")) for _ in range(3)]
+    await asyncio.sleep(0)  # queued: their pipeline has not connected yet
+    await store.aclose()
+    assert await asyncio.gather(*pending) == [None] * 3
+    pool = store._redis.connection_pool
+    connections = [*pool._available_connections, *pool._in_use_connections]
+    assert connections and not any(c.is_connected for c in connections)
+
+
 async def test_two_instances_share_and_claim_once(isolated_redis_url: str, store: RedisStore) -> None:
     other = RedisStore(isolated_redis_url)
     try:
@@ -189,7 +205,7 @@ async def test_token_single_refresh_across_managers(isolated_redis_url: str) -> 
 def dead_lock_holder(isolated_redis_url: str) -> None:
     """A real process takes the refresh lock exactly as TokenManager does, then is SIGKILLed."""
     code = ("import redis,sys,time; r=redis.Redis.from_url(sys.argv[1]);"
-            f"assert r.set('{NS}token:lock', b'dead-holder', px=1500, nx=True);"
+            f"assert r.set('{LOCK}', b'dead-holder', px=1500, nx=True);"
             "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, isolated_redis_url], stdout=subprocess.PIPE,
                               cwd=ROOT)
@@ -213,7 +229,7 @@ async def test_killed_lock_holder_blocks_only_for_its_ttl(dead_lock_holder: None
     assert await tm.get(deadline=time.monotonic() + 5) == "AFTER"
     waited = time.monotonic() - started
     assert calls == 1 and 0.5 < waited < 2.0, waited
-    assert await store.get(NS + "token:lock") is None  # released by fence after the refresh
+    assert await store.get(LOCK) is None  # released by fence after the refresh
 
 
 async def test_dedup_across_instances_replays_bytes(isolated_redis_url: str) -> None:
@@ -330,7 +346,20 @@ async def test_outage_falls_back_then_resumes(tmp_path: Path) -> None:
             await s.aclose()
 
 
-async def test_unreachable_at_start_is_reported_never_unready(
+async def test_a_server_refusing_writes_as_a_replica_is_an_outage(tmp_path: Path) -> None:
+    # A master demoted to replica (a failover behind a DNS name or a proxy) answers writes
+    # with READONLY: served from memory like an unreachable server, never a failed push.
+    with redis_server(tmp_path) as master, \
+            redis_server(tmp_path, "--replicaof", "127.0.0.1", str(master.port)) as replica:
+        s = RedisStore(f"redis://127.0.0.1:{replica.port}/0")
+        try:
+            assert await s.set(NS + "k", b"v", ttl=30) is True
+            assert s.down_since is not None and await s.get(NS + "k") == b"v"
+        finally:
+            await s.aclose()
+
+
+async def test_unreachable_at_start_fails_readiness(
         make_settings: Callable[..., Settings], upstream: httpx.AsyncClient) -> None:
     # Pushes are served from memory; every replica would see the same outage, so failing
     # readiness would take them all out of the Service at once.
@@ -363,3 +392,20 @@ async def test_sentinel_url(tmp_path: Path) -> None:
                     assert direct.get(NS + "via-sentinel") == b"1"
             finally:
                 await s.aclose()
+
+
+@pytest.mark.parametrize(("url", "where"), [
+    # A sentinel without a port is on 26379 (it used to stop the store from starting).
+    ("redis+sentinel://:p@s1,[::1]:26380/wx/2", "redis+sentinel://s1,[::1]:26380/wx/2"),
+    ("rediss+sentinel://:p@s1:26379/wx?ssl_ca_certs=/ca.pem", "rediss+sentinel://s1:26379/wx"),
+    ("redis+cluster://:p@h1:7000,h2,[::1]:7002", "redis+cluster://h1:7000,h2,[::1]:7002"),
+    ("rediss+cluster://u:p@h1:7000/0?ssl_cert_reqs=none", "rediss+cluster://h1:7000/0"),
+])
+async def test_every_accepted_url_builds_its_client_without_connecting(
+        url: str, where: str, make_settings: Callable[..., Settings]) -> None:
+    make_settings(REDIS_URL=url)  # accepted at start-up, so the store must take it too
+    s = RedisStore(url)
+    try:
+        assert s.where == where  # no credentials, no query
+    finally:
+        await s.aclose()

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.asyncio.connection import parse_url
 
 from wxhook.errors import SettingsError
+from wxhook.server.store import topology
 
 # `wxhook dev`, `wxhook simulate` and `make run` share these when no WECHAT_* is set, so a
 # fresh clone can walk the whole path without a real account. They open nothing real.
@@ -26,42 +26,6 @@ SANDBOX_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9]{3,32}")
 _AES_RE = re.compile(r"[A-Za-z0-9]{43}")
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
-
-
-def _redis_url_fault(url: str, scheme: str) -> str | None:
-    """What the Redis client would choke on at start-up, said without password or host."""
-    # The same parsing the store does (redis-py's parse_url, our sentinel form), done here
-    # so a bad URL is one line at start-up rather than a traceback from RedisStore().
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "the host is neither a name nor a [bracketed] IPv6 address"
-    if scheme.endswith("+sentinel"):
-        netloc = parts.netloc.rpartition("@")[2]
-        hosts = [h for h in netloc.split(",") if h]
-        path = [p for p in parts.path.split("/") if p]
-        if not hosts or not path:
-            return "needs host:port[,host:port]/service_name[/db]"
-        try:
-            for host in hosts:
-                _ = urlsplit(f"//{host}").port
-        except ValueError:
-            return "each sentinel needs host:port with a port from 0 to 65535"
-        if len(path) > 1 and not path[1].isdigit():
-            return "the db after the service name must be a number"
-        return None
-    try:
-        _ = parts.port
-    except ValueError:
-        return "the port must be a number from 0 to 65535"
-    try:
-        parse_url(url)
-    except ValueError as exc:
-        # redis-py's own words name only the option ("Invalid value for 'db' ...").
-        why = str(exc)
-        return why if why.startswith("Invalid value for '") else "redis-py cannot read it"
-    return None
 
 
 class Settings(BaseSettings):
@@ -182,6 +146,17 @@ class Settings(BaseSettings):
             return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
         return data
 
+    @field_validator("app_id")
+    @classmethod
+    def _app_id_shape(cls, v: str) -> str:
+        # It names every store key (wxhook:<appid>:...): braces would change the Redis
+        # Cluster slot of those keys. A WeChat appid is "wx" and 16 hex digits.
+        bad = sorted({c for c in v if not (c.isascii() and (c.isalnum() or c in "_-"))})
+        if bad:
+            raise ValueError("may contain only A-Z a-z 0-9 _ -, found "
+                             + " ".join(repr(c) for c in bad[:5]))
+        return v
+
     @field_validator("token")
     @classmethod
     def _token_shape(cls, v: SecretStr) -> SecretStr:
@@ -207,13 +182,18 @@ class Settings(BaseSettings):
             return None
         url = v.get_secret_value().strip()
         scheme = url.partition("://")[0].lower() if "://" in url else ""
-        if scheme not in _REDIS_SCHEMES:
+        if scheme not in topology.SCHEMES:
             raise ValueError(
                 "must be a Redis URL: redis://[:password@]host:6379/0, rediss:// (TLS), "
-                "unix:///path/redis.sock or redis+sentinel://host:26379/master"
+                "unix:///path/redis.sock, redis+sentinel://host:26379/master or "
+                "redis+cluster://host:6379,host:6379"
                 + (f" (got scheme {scheme}://)" if scheme else ""))
-        if (fault := _redis_url_fault(url, scheme)) is not None:
-            raise ValueError(f"not a usable {scheme}:// URL: {fault}")
+        try:
+            # The parse the store connects with: a URL that passes here is one it can use,
+            # and a bad one is one line at start-up rather than a traceback from the store.
+            topology.parse(url)
+        except ValueError as exc:
+            raise ValueError(f"not a usable {scheme}:// URL: {exc}") from None
         return SecretStr(url)
 
     @field_validator("message_mode", mode="before")
@@ -352,12 +332,14 @@ def mask_url(url: str) -> str:
     """
     try:
         parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
+        # Sentinel and Cluster URLs name several host:port, after the userinfo.
+        where = parts.netloc.rpartition("@")[2] if "+" in parts.scheme else \
+            (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     except ValueError:
         return "***"
     auth = "***@" if "@" in parts.netloc else ""
     query = "?***" if parts.query else ""
-    return f"{parts.scheme}://{auth}{parts.hostname or ''}{port}{parts.path}{query}"
+    return f"{parts.scheme}://{auth}{where}{parts.path}{query}"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -24,7 +24,7 @@ from wxhook.replies import SUCCESS
 from wxhook.server.logs import get_logger
 from wxhook.server.store.fifo import FifoMemory, digest
 from wxhook.server.waiting import settle_quietly, wait_done
-from wxhook.store import Store
+from wxhook.store import Store, own_slot
 
 _PENDING = b"\x00pending:"  # + the holder's fencing value (no reply starts with a NUL)
 _POLL = 0.05                # how often a retry on another instance looks for the reply
@@ -86,7 +86,7 @@ class Dedup:
             if self.local is not None:
                 self.local.put(mine if isinstance(mine, int) else digest(key), reply)
             elif isinstance(mine, bytes) and not await self.store.replace_if(
-                    self.prefix + key, mine, reply, ttl=self.ttl):
+                    own_slot(self.prefix, key), mine, reply, ttl=self.ttl):
                 # Our lease ran out (a stalled loop) and another try took the push over:
                 # its reply stands.
                 self.log.warning("dedup_claim_lost")
@@ -101,7 +101,7 @@ class Dedup:
     async def _claim_shared(self, key: str) -> bool:
         mine = _PENDING + os.urandom(8).hex().encode()
         try:
-            if not await self.store.set(self.prefix + key, mine, ttl=self.lease, nx=True):
+            if not await self.store.set(own_slot(self.prefix, key), mine, ttl=self.lease, nx=True):
                 return False
         except Exception as exc:  # noqa: BLE001 - store down: answer, at the risk of twice
             self.log.warning("dedup_unavailable", step="claim", error=type(exc).__name__)
@@ -118,12 +118,12 @@ class Dedup:
         while self._claims:
             await asyncio.sleep(self.lease / 4)
             held = [(key, mine) for key, mine in self._claims.items() if isinstance(mine, bytes)]
-            await asyncio.gather(*(self.store.replace_if(self.prefix + key, mine, mine,
+            await asyncio.gather(*(self.store.replace_if(own_slot(self.prefix, key), mine, mine,
                                                          ttl=self.lease)
                                    for key, mine in held), return_exceptions=True)
 
     async def _wait_stored(self, key: str, deadline: float) -> bytes | None:
-        skey = self.prefix + key
+        skey = own_slot(self.prefix, key)
         while True:
             try:
                 value = await self.store.get(skey)

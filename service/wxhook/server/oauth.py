@@ -48,7 +48,7 @@ from wxhook.server.pages import me_page, problem_page
 from wxhook.server.profiles import ProfileRepo, Profiles
 from wxhook.server.ratelimit import WindowLimit
 from wxhook.server.wechat_api import WeChatAPI
-from wxhook.store import Store
+from wxhook.store import Store, own_slot
 
 SCOPES = ("snsapi_userinfo", "snsapi_base")
 STATE_TTL = 600            # seconds a login may take, from /oauth/login to the callback
@@ -190,7 +190,7 @@ class OAuth:
             resp = problem_page("busy", retry_next=next_path)
             resp.headers["retry-after"] = str(int(self.limit.window))
             return resp
-        key = self.prefix + state
+        key = own_slot(self.prefix, state)  # a forged state picks no slot of its own
         record = {"status": "pending", "code": _digest(code)}
         if started is not None and await self.store.set(key, json.dumps(record).encode(),
                                                         ttl=STATE_TTL, nx=True):

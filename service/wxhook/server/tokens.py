@@ -32,7 +32,7 @@ from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
 from wxhook.server.waiting import settle_quietly
 from wxhook.server.wechat_api import WeChatAPI, WeChatHTTP
-from wxhook.store import Store
+from wxhook.store import Store, same_slot
 
 if TYPE_CHECKING:
     import httpx
@@ -54,7 +54,8 @@ class TokenManager:
         self.store = store
         self._fetch = fetch
         self._key = namespace + "token"
-        self._lock_key = namespace + "token:lock"
+        # In the token's slot on a cluster; the token key keeps its name across versions.
+        self._lock_key = same_slot(self._key, ":lock")
         self.metrics = metrics
         self.refresh_ahead = refresh_ahead
         self.config_backoff = config_backoff

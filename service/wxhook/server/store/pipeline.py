@@ -6,13 +6,24 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.asyncio.client import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Unreachable, timed out, still loading its dataset, wrong password (AuthenticationError
-# is a ConnectionError): all mean "answer locally", never "fail the push".
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# is a ConnectionError), a master demoted to replica (READONLY), a cluster in failover
+# (CLUSTERDOWN, a slot no master serves, TRYAGAIN): all mean "answer locally", never "fail
+# the push".
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError, ClusterError,
+               SlotNotCoveredError, RedisClusterUnreachableError, TryAgainError)
 
 
 class AutoPipeline:
@@ -26,7 +37,7 @@ class AutoPipeline:
     its whole pipeline, as a RuntimeError.
     """
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Redis | RedisCluster) -> None:
         self.redis = redis
         self._queue: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None  # takes the queue when it runs
@@ -46,6 +57,13 @@ class AutoPipeline:
             sender.add_done_callback(self._sent)
         self._queue.append((command, fut))
         return fut
+
+    async def drain(self) -> None:
+        """Wait for the pipelines under way: a client closed under one would see it open a
+        connection afterwards, and leave that socket open."""
+        loop = asyncio.get_running_loop()
+        while mine := [t for t in self._flushing if t.get_loop() is loop]:
+            await asyncio.gather(*mine, return_exceptions=True)
 
     def _sent(self, sender: asyncio.Task[None]) -> None:
         self._flushing.discard(sender)

@@ -5,6 +5,10 @@ operation that cannot reach Redis is served by an in-process MemoryStore instead
 is lost for the outage (a retry landing on another instance may run its handler again,
 each process may fetch its own token), answering is not. A circuit keeps the outage cheap:
 after the first failure no push touches Redis until a background probe sees it back.
+
+One server, a Sentinel group or a Cluster (service/store/topology.py). A master that dies
+is an outage like any other until the probe reaches its successor; a Sentinel master that
+is replaced while still running is followed by asking the sentinels (_follow_master).
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
-import redis.asyncio as aioredis
+from redis.asyncio.client import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -25,6 +29,7 @@ from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
 from wxhook.server.store.memory import MemoryStore
 from wxhook.server.store.pipeline import UNREACHABLE, AutoPipeline
+from wxhook.server.store.topology import Client, connect, describe, parse
 
 T = TypeVar("T")
 
@@ -62,10 +67,13 @@ class RedisStore:
         opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
                                 "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
                                 "health_check_interval": 0}
-        self._redis, self._sentinels = _connect(url, opts)
+        self.topology = parse(url)
+        self._redis, self._sentinel = connect(self.topology, opts)
         self._delete_if = self._redis.register_script(_DELETE_IF)  # EVALSHA, reloads on NOSCRIPT
+        # On a cluster the pipeline is split by node and sent to each node at once
+        # (redis-py's ClusterPipeline); every key of ours is alone in its command.
         self._batch = AutoPipeline(self._redis)
-        self.where = _describe(url)
+        self.where = describe(url)
         self.metrics = metrics
         self.probe_interval = probe_interval
         self.log = get_logger("wxhook.store")
@@ -74,11 +82,12 @@ class RedisStore:
         self.fallback_ops = 0                   # operations served locally, this outage
         self.reached = False                    # Redis answered at least once
         self._probe: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None  # Sentinel: follows the master
 
     # -- the Store protocol ----------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        async def remote(_: aioredis.Redis) -> bytes | None:
+        async def remote(_: Client) -> bytes | None:
             value = await self._batch.submit(lambda p: p.get(key))
             return value.encode() if isinstance(value, str) else value  # decode_responses is off
 
@@ -89,19 +98,19 @@ class RedisStore:
         # Milliseconds: the token lock's TTL is a float and must not round down to 0.
         px = None if ttl is None else max(1, int(ttl * 1000))
 
-        async def remote(_: aioredis.Redis) -> bool:
+        async def remote(_: Client) -> bool:
             return bool(await self._batch.submit(lambda p: p.set(key, value, px=px, nx=nx)))
 
         return await self._call(remote, lambda m: m.set(key, value, ttl=ttl, nx=nx))
 
     async def delete(self, key: str) -> None:
-        async def remote(r: aioredis.Redis) -> None:
+        async def remote(r: Client) -> None:
             await r.delete(key)
 
         await self._call(remote, lambda m: m.delete(key))
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
-        async def remote(_: aioredis.Redis) -> bool:
+        async def remote(_: Client) -> bool:
             return bool(await self._delete_if(keys=[key], args=[expected]))
 
         return await self._call(remote, lambda m: m.delete_if(key, expected))
@@ -109,7 +118,7 @@ class RedisStore:
     async def replace_if(self, key: str, expected: bytes, value: bytes, *, ttl: float) -> bool:
         px = max(1, int(ttl * 1000))
 
-        async def remote(_: aioredis.Redis) -> bool:
+        async def remote(_: Client) -> bool:
             # EVAL rather than EVALSHA: it rides the pipeline (every push settles its claim),
             # and the script is compiled once by Redis, whatever the text costs to send.
             return bool(await self._batch.submit(
@@ -118,14 +127,14 @@ class RedisStore:
         return await self._call(remote, lambda m: m.replace_if(key, expected, value, ttl=ttl))
 
     async def hgetall(self, key: str) -> dict[str, str]:
-        async def remote(r: aioredis.Redis) -> dict[str, str]:
+        async def remote(r: Client) -> dict[str, str]:
             raw = await r.hgetall(key)
             return {_text(k): _text(v) for k, v in raw.items()}
 
         return await self._call(remote, lambda m: m.hgetall(key))
 
     async def hset(self, key: str, mapping: dict[str, str]) -> None:
-        async def remote(r: aioredis.Redis) -> None:
+        async def remote(r: Client) -> None:
             fields: dict[Any, Any] = dict(mapping)  # redis-py's Mapping key type is invariant
             await r.hset(key, mapping=fields)
 
@@ -139,7 +148,7 @@ class RedisStore:
         answered; status() reports the degradation instead.
         """
         try:
-            await self._redis.ping()
+            await self._ping()
         except UNREACHABLE as exc:
             if self.down_since is None:
                 self._trip(exc)
@@ -160,15 +169,21 @@ class RedisStore:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        await self._batch.drain()
         await self._redis.aclose()
-        for sentinel in self._sentinels:
-            await sentinel.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
         await self.local.aclose()
 
     # -- the circuit -----------------------------------------------------------------------
 
-    async def _call(self, remote: Callable[[aioredis.Redis], Awaitable[T]],
+    async def _call(self, remote: Callable[[Client], Awaitable[T]],
                     local: Callable[[MemoryStore], Awaitable[T]]) -> T:
+        if self._watch is None and self._sentinel is not None:
+            self._watch = asyncio.get_running_loop().create_task(self._follow_master())
         if self.down_since is None:
             try:
                 result = await remote(self._redis)
@@ -205,42 +220,48 @@ class RedisStore:
         while self.down_since is not None:
             await asyncio.sleep(self.probe_interval)
             try:
-                await self._redis.connection_pool.disconnect()  # drop sockets of the old server
-                await self._redis.ping()
+                if isinstance(self._redis, Redis):
+                    # Drop the sockets of the old server (Sentinel: ask for the master anew).
+                    # A cluster client refreshes its map of nodes itself after an error.
+                    await self._redis.connection_pool.disconnect()
+                await self._ping()
             except UNREACHABLE:
                 continue
             self._recover()
         self._probe = None
 
+    async def _ping(self) -> None:
+        if isinstance(self._redis, RedisCluster):
+            # The masters: every slot is served. (A replica that is down serves none.)
+            await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self._redis.ping()
 
-def _connect(url: str, opts: dict[str, Any]) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
-    """The client and its sentinels: redis://, rediss:// (TLS), unix://, redis+sentinel://."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
-        return aioredis.Redis.from_url(url, **opts), []
-    # redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]
-    netloc = parts.netloc.rpartition("@")[2]
-    hosts = [(h.rpartition(":")[0] or h, int(h.rpartition(":")[2] or 26379))
-             for h in netloc.split(",") if h]
-    path = [p for p in parts.path.split("/") if p]
-    if not path or not hosts:
-        raise ValueError("redis+sentinel:// needs host:port[,host:port]/service_name[/db]")
-    password = unquote(parts.password) if parts.password else None
-    conn = dict(opts, password=password, db=int(path[1]) if len(path) > 1 else 0,
-                ssl=parts.scheme.startswith("rediss"))
-    # The password in the URL is the master's; sentinels themselves are reached without one.
-    timeouts = {k: opts[k] for k in ("socket_timeout", "socket_connect_timeout")}
-    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
-    master: aioredis.Redis = sentinel.master_for(path[0], redis_class=aioredis.Redis, **conn)
-    return master, list(sentinel.sentinels)
+    async def _follow_master(self) -> None:
+        """Sentinel: ask the sentinels for the master every probe_interval.
+
+        A failover that leaves the old master running raises no error here, so without
+        asking, this instance would go on writing to it while instances that connect later
+        use the new one: two halves that share neither claims nor the token. The pool
+        keeps the answer, and a connection to any other address reconnects before its
+        next command (topology.py).
+        """
+        pool = self._redis.connection_pool if isinstance(self._redis, Redis) else None
+        if not isinstance(pool, SentinelConnectionPool):
+            return
+        known = pool.master_address
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                # (It also closes the idle connections when the address changed.)
+                now = await pool.get_master_address()  # type: ignore[no-untyped-call]
+            except UNREACHABLE:
+                continue  # no sentinel answers: keep the master we have
+            if known is not None and now != known:
+                self.log.warning("redis_master_switched", where=self.where,
+                                 master=f"{now[0]}:{now[1]}")
+            known = now
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _describe(url: str) -> str:
-    """host:port/db for logs and /readyz, without the credentials."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}"
