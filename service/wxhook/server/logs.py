@@ -9,6 +9,7 @@ reader gets back is unchanged), the console format writes it as \\x1b or \\u202e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -142,7 +143,10 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     if fmt == "json" and out is not None:
         # orjson straight to bytes: every push writes a line.
         renderer: Any = SafeJSON(structlog.processors.JSONRenderer(serializer=orjson.dumps))
-        factory: Any = lambda *_: StdoutLogger(out)
+
+        def stdout_logger(*_: Any) -> StdoutLogger:
+            return StdoutLogger(out)
+        factory: Any = stdout_logger
     else:  # the console format, or a stream without bytes (a test's capture)
         renderer, factory = text_renderer, structlog.WriteLoggerFactory(file=sys.stdout)
     processors = [*shared, *escape, renderer]
@@ -152,7 +156,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    global _direct
+    global _direct  # noqa: PLW0603 - logging is configured once per process, as structlog
     _direct = (_DirectInfo(processors, stamper, renderer, factory())
                if fmt == "json" and out is not None
                and logging.getLevelName(level) <= logging.INFO else None)
@@ -181,10 +185,8 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
 
 def flush_logs() -> None:
     """Write out whatever stdout still holds (shutdown calls this)."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # stdout closed under us at exit
         sys.stdout.flush()
-    except (OSError, ValueError):
-        pass  # stdout closed under us at exit: nothing left to tell
 
 
 class _DirectInfo:

@@ -165,7 +165,8 @@ class OAuth:
         try:
             return await self._callback(request)
         except Exception:  # noqa: BLE001 - a friendly page, never a 5xx, whatever broke
-            # Logged with its traceback, bounded: a store outage would otherwise write a traceback per callback.
+            # Logged with its traceback, bounded: a store outage would otherwise write a
+            # traceback per callback.
             self.refusals.error("callback_failed", "oauth_callback_failed", exc_info=True)
             return problem_page("error")
 

@@ -19,7 +19,7 @@ from wxhook.server.logs import get_logger
 T = TypeVar("T")
 
 
-async def within(aw: Awaitable[T], timeout: float, *,
+async def within(aw: Awaitable[T], timeout: float, *,  # noqa: ASYNC109 - it is the timeout
                  timer: Callable[[float], asyncio.Timeout] = asyncio.timeout) -> T:
     """Await `aw`, or raise TimeoutError (and cancel it) after `timeout` seconds.
 
@@ -71,7 +71,7 @@ class _Resumed(Generic[T]):
                 return done.value  # type: ignore[no-any-return]
 
 
-async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:
+async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:  # noqa: ASYNC109 - as within
     """Wait until `fut` is done or `timeout` seconds pass; True when done. Never cancels it."""
     if fut.done():
         return True
