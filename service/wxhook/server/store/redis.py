@@ -230,7 +230,7 @@ def _connect(url: str, opts: dict[str, Any]) -> tuple[aioredis.Redis, list[aiore
                 ssl=parts.scheme.startswith("rediss"))
     # The password in the URL is the master's; sentinels themselves are reached without one.
     timeouts = {k: opts[k] for k in ("socket_timeout", "socket_connect_timeout")}
-    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts)
     master: aioredis.Redis = sentinel.master_for(path[0], redis_class=aioredis.Redis, **conn)
     return master, list(sentinel.sentinels)
 
