@@ -116,7 +116,8 @@ class StdoutLogger(structlog.BytesLogger):
     def msg(self, message: bytes) -> None:
         """Write one line."""
         # One write call a line, without BytesLogger's lock: the file object serialises
-        # its own writes, and every push writes a line (the lock: 0.6% of its instructions).
+        # its own writes, and every push writes a line (bench/README.md, "Hand-written
+        # structures", has what the lock costs).
         try:
             self._write(message + b"\n")
             self._flush()
@@ -205,11 +206,11 @@ _direct: _DirectInfo | None = None
 def log_info(log: Any, event: str, fields: dict[str, Any]) -> None:
     """log.info(event, **fields), the same JSON line; `fields` is used up.
 
-    Every push writes one info line: through structlog's bound logger and generic processor
-    chain it cost 8-10% more CPU a push (bench/inproc.py) than its two steps that matter, the
-    timestamp and orjson, run here directly. They run here only while structlog still has
-    the chain configure_logging() built (JSON bytes, INFO enabled); with anything else (the
-    console format, a test capturing logs) the line goes through structlog.
+    Every push writes one info line, so its two steps that matter, the timestamp and orjson,
+    run here directly rather than through structlog's bound logger and generic processor
+    chain (bench/README.md, "Hand-written structures"). They run here only while structlog
+    still has the chain configure_logging() built (JSON bytes, INFO enabled); with anything
+    else (the console format, a test capturing logs) the line goes through structlog.
     """
     d = _direct
     procs = structlog.get_config()["processors"]
