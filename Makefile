@@ -34,8 +34,9 @@ test: install
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q $$(grep -l hypothesis tests/test_*.py)
 
+# The rules ruff applies, and why, are in pyproject.toml; mypy runs strict.
 lint: install
-	$(VENV)/bin/ruff check service handlers tests
+	$(VENV)/bin/ruff check handlers service tests docs bench
 	$(VENV)/bin/mypy handlers service
 
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -120,10 +121,8 @@ class Load:
         send_seconds = clock() - t0
         self.total = n
         self.check_done()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done.wait(), TIMEOUT + 1)
-        except TimeoutError:
-            pass
         now = clock()
         for conn in list(self.busy):  # still unanswered after the timeout
             if now - conn.due >= TIMEOUT:

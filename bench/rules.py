@@ -13,10 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from wxhook.rules import Keyword, parse_rules
 from wxhook.rules_regex import MAX_TEXT

@@ -186,10 +186,8 @@ class RssSampler(threading.Thread):
             pid = todo.pop()
             pids.append(pid)
             for task in Path(f"/proc/{pid}/task").glob("*"):
-                try:
+                with contextlib.suppress(OSError):  # the task ended since the glob
                     todo += [int(c) for c in (task / "children").read_text().split()]
-                except OSError:
-                    pass
         return pids
 
     def sample(self) -> int:
@@ -619,8 +617,8 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]], verdict: dict[
             "every round in brackets; peak RSS the highest of all rounds."
             if meta.get("rounds", 1) > 1 else "")),
         *([f"Note: {meta['note']}."] if meta.get("note") else []), "",
-        ("| scenario | server | req/s | p50 ms | p99 ms | non-2xx | errors | user/info (+batchget) calls "
-         "| token req | peak RSS MB |"),
+        ("| scenario | server | req/s | p50 ms | p99 ms | non-2xx | errors "
+         "| user/info (+batchget) calls | token req | peak RSS MB |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -703,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {ncpu} cpus, Python {platform.python_version()}",
         "server_cpus": plan.server_cpus, "load_cpus": plan.load_cpus,
         "connections": plan.connections,
-        "subscribe_connections": plan.subscribe_connections, "duration": plan.duration, "warmup": plan.warmup,
+        "subscribe_connections": plan.subscribe_connections,
+        "duration": plan.duration, "warmup": plan.warmup,
         "workers": plan.workers, "rounds": a.rounds,
         "upstream_latency_ms": UPSTREAM_LATENCY * 1000,
         "wrk_timeout": WRK_TIMEOUT, "wxhook_cmd": " ".join(WXHOOK_CMD),
@@ -749,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     if "subscribe" in scenarios:
         bound = plan.subscribe_connections / UPSTREAM_LATENCY
         verdict["subscribe_bound_rps"] = round(bound)
-        meta["note"] = (f"subscribe: every push waits >= {UPSTREAM_LATENCY * 1000:.0f} ms upstream, "
+        meta["note"] = (f"subscribe: every push waits >= {UPSTREAM_LATENCY * 1000:.0f} ms "
+                        "upstream, "
                         f"so {plan.subscribe_connections} connections cap any server at "
                         f"{bound:,.0f} req/s")
     md = markdown(meta, plan.results, verdict)

@@ -40,7 +40,7 @@ def includes(text: str, page_path: str) -> list[str]:
 
 def on_config(config: Any) -> Any:
     """Note where the repository is (the site may be built from a copy of it)."""
-    global _root, _docs
+    global _root, _docs  # noqa: PLW0603 - mkdocs hands hooks no state but the module
     _root = Path(config.config_file_path).resolve().parent
     _docs = Path(config.docs_dir).resolve().relative_to(_root).as_posix()
     return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import encodings
 import encodings.aliases
 import pkgutil
@@ -52,10 +53,8 @@ def every_codec_name() -> list[str]:
     names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
     names |= {m.name for m in pkgutil.iter_modules(encodings.__path__)} - {"aliases"}
     for name in list(names):
-        try:
+        with contextlib.suppress(LookupError):  # mbcs, oem: Windows only; still a name to try
             names.add(codecs.lookup(name).name)
-        except LookupError:  # mbcs, oem: Windows only; still a name a sender can write
-            pass
     return sorted(names)
 
 
@@ -87,7 +86,7 @@ def content_for(label: str, n: int) -> str:
 def _carries(label: str, sample: str) -> bool:
     try:
         return bool(codecs.decode(codecs.encode(sample, label), label) == sample)
-    except Exception:  # not a text codec, unknown here, or cannot write the sample
+    except Exception:  # noqa: BLE001 - not a text codec, unknown here, or cannot write it
         return False
 
 
@@ -102,7 +101,7 @@ def in_label(text: str, label: str) -> bytes:
     (with the declaration) where the codec cannot write it."""
     try:
         out = codecs.encode(text, label)
-    except Exception:  # not a text codec, or cannot write the text
+    except Exception:  # noqa: BLE001 - not a text codec, or cannot write the text
         out = None
     return out if isinstance(out, bytes) else text.encode("ascii", "replace")
 
@@ -169,7 +168,7 @@ def allocated_by(fn: Callable[[], Any], runs: int = 3) -> tuple[Any, int]:
         tracemalloc.reset_peak()
         try:
             out: Any = fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a refusal is measured like an answer
             out = exc
         held = tracemalloc.get_traced_memory()[1] - before
         least = held if least is None else min(least, held)
@@ -224,10 +223,8 @@ def _best_of(fn: Callable[[], object], runs: int = 5) -> float:
     best = float("inf")
     for _ in range(runs):
         started = time.perf_counter()
-        try:
+        with contextlib.suppress(XMLError):
             fn()
-        except XMLError:
-            pass
         best = min(best, time.perf_counter() - started)
     return best
 

@@ -170,7 +170,7 @@ def test_one_missing_credential_reads_as_one():
     with pytest.raises(SettingsError) as exc:
         load_settings(_env_file=None, **{**GOOD, "WECHAT_TOKEN": ""})
     assert "missing WECHAT_TOKEN (set it in the environment or .env" in str(exc.value)
-    with pytest.raises(SettingsError, match="missing WECHAT_APP_SECRET, WECHAT_TOKEN .set them"):
+    with pytest.raises(SettingsError, match=r"missing WECHAT_APP_SECRET, WECHAT_TOKEN .set them"):
         load_settings(_env_file=None, WECHAT_APP_ID="wx1")
 
 
@@ -180,7 +180,7 @@ def test_forwarded_allow_ips(value, ok):
     if ok:
         assert load_settings(_env_file=None, **GOOD, WXHOOK_FORWARDED_ALLOW_IPS=value)
     else:
-        with pytest.raises(SettingsError, match="WXHOOK_FORWARDED_ALLOW_IPS: 'nginx.local'"):
+        with pytest.raises(SettingsError, match=r"WXHOOK_FORWARDED_ALLOW_IPS: 'nginx\.local'"):
             load_settings(_env_file=None, **GOOD, WXHOOK_FORWARDED_ALLOW_IPS=value)
 
 

@@ -77,7 +77,7 @@ async def test_a_holder_that_lost_its_lease_cannot_overwrite_the_new_reply(store
     other = Dedup(stores[1], namespace=NS, lease=LEASE)
     assert await stalled.claim("k")
     # The whole loop stalls past the lease (on purpose): no renewal gets through.
-    time.sleep(LEASE + 0.1)  # noqa: ASYNC251
+    time.sleep(LEASE + 0.1)  # noqa: ASYNC251 - blocking the loop is the stall under test
     assert await other.claim("k")  # a retry finds the claim expired and takes the push
     await other.settle("k", b"the new holder's reply")
     with capture_logs() as logs:

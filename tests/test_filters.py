@@ -22,7 +22,10 @@ def text(content: str, openid: str = OTHER) -> TextMessage:
 def test_and_or_not_follow_their_truth_tables(a: bool, b: bool) -> None:
     fa: Filter[InboundMessage] = Filter(lambda m: a)
     fb: Filter[TextMessage] = Filter(lambda m: b)
-    plain = (lambda m: b)  # a plain predicate combines on either side
+
+    def plain(m: InboundMessage) -> bool:  # a plain predicate combines on either side
+        return b
+
     msg = text("x")
     assert (fa & fb)(msg) is (a and b)
     assert (fa | fb)(msg) is (a or b)

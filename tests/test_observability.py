@@ -99,10 +99,12 @@ CONTROLS = ([chr(c) for c in range(0x20)] + ["\x7f"] + [chr(c) for c in range(0x
             + [chr(c) for c in range(0x202A, 0x202F)] + [chr(c) for c in range(0x2066, 0x206A)])
 SEQUENCES = [
     "\x1b[31mred\x1b[0m", "\x1b[2J\x1b[H", "\x1b[?1049h", "\x1b[6n",          # CSI
-    "\x1b]0;pwned\x07", "\x1b]2;title\x1b\\", "\x1b]52;c;ZXZpbA==\x07",       # OSC: title, clipboard
+    # OSC: title, clipboard
+    "\x1b]0;pwned\x07", "\x1b]2;title\x1b\\", "\x1b]52;c;ZXZpbA==\x07",
     "\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\",                  # OSC 8 hyperlink
     "\x1bP+q544e\x1b\\", "\x1b_apc\x1b\\", "\x1b^pm\x1b\\", "\x1bX sos\x1b\\",  # DCS, APC, PM, SOS
-    "\x1bc", "\x1b7\x1b8", "\x1bN", "\x1bO", "\x1b(0", "\x1b#8",                # RIS, DECSC, SS2, SS3
+    # RIS, DECSC, SS2, SS3
+    "\x1bc", "\x1b7\x1b8", "\x1bN", "\x1bO", "\x1b(0", "\x1b#8",
     "\x9b31m", "\x9d0;pwned\x9c", "\x90q\x9c", "\x9f\x9c", "\x8e", "\x8f",      # 8-bit forms
     "ok\rforged line", "a\nfake: entry", "x\u2028fake: entry", "\u202egnp.exe", "\u2066x\u2069",
 ]

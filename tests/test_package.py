@@ -57,7 +57,8 @@ def test_the_handler_api_never_imports_the_server():
 
 def test_the_serving_path_never_imports_the_dev_tools():
     code = ("import sys, wxhook.server.app, wxhook.server.serving; "
-            "print(sorted(m for m in sys.modules if m.startswith(('wxhook.tools', 'wxhook.testing'))))")
+            "print(sorted(m for m in sys.modules "
+            "if m.startswith(('wxhook.tools', 'wxhook.testing'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
@@ -94,7 +95,8 @@ def clean_env(tmp_path_factory):
 def test_one_top_level_package_with_py_typed(clean_env):
     _tmp, env_dir, added = clean_env
     assert {a for a in added if not a.endswith(".dist-info")} == {"wxhook"}
-    assert any((p / "wxhook" / "py.typed").exists() for p in (env_dir / "lib").glob("python*/site-packages"))
+    sites = (env_dir / "lib").glob("python*/site-packages")
+    assert any((p / "wxhook" / "py.typed").exists() for p in sites)
     assert (env_dir / "bin" / "wxhook").exists()
 
 
@@ -111,7 +113,8 @@ def test_an_owner_package_named_like_our_folders_loads(clean_env, owner_package)
             f"r = importlib.import_module('{owner_package}.mine').router\n"
             "async def main():\n"
             "    async with HandlerClient(r) as c:\n"
-            "        print((await c.subscribe())['Content']); print((await c.text('ping'))['Content'])\n"
+            "        print((await c.subscribe())['Content'])\n"
+            "        print((await c.text('ping'))['Content'])\n"
             "asyncio.run(main())")
     out = subprocess.run([env_dir / "bin" / "python", "-c", code], cwd=owner, capture_output=True,
                          text=True)

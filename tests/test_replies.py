@@ -27,7 +27,8 @@ def fields(xml: bytes) -> dict[str, str]:
 
 
 def test_text_reply_envelope():
-    out = render(TextReply("你好"), to_user="oFollower", from_user="gh_acct", create_time=1700000000)
+    out = render(TextReply("你好"), to_user="oFollower", from_user="gh_acct",
+                 create_time=1700000000)
     f = fields(out)
     assert f == {"ToUserName": "oFollower", "FromUserName": "gh_acct", "CreateTime": "1700000000",
                  "MsgType": "text", "Content": "你好"}

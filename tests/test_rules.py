@@ -122,7 +122,9 @@ def test_menu_limits_as_wechat_documents_them():
 
 def test_menu_names_at_the_limits_are_accepted():
     menu = ("menu:\n  button:\n    - {{type: click, name: '{}', key: '{}'}}\n"
-            "    - name: m\n      sub_button: [{{type: view, name: '{}', url: 'https://e.com/{}'}}]\n".format("名" * 5 + "a", "k" * 128, "名" * 20, "u" * (1024 - len("https://e.com/"))))
+            "    - name: m\n"
+            "      sub_button: [{{type: view, name: '{}', url: 'https://e.com/{}'}}]\n").format(
+        "名" * 5 + "a", "k" * 128, "名" * 20, "u" * (1024 - len("https://e.com/")))
     assert _problems(menu) == []
 
 

@@ -12,8 +12,8 @@ from wxhook.server.rules_source import RulesSource
 GOOD = "keywords: [{name: r, equal: x, replies: ['%s']}]\n"
 
 
-async def _until(check, timeout=3.0):
-    for _ in range(int(timeout / 0.01)):
+async def _until(check, seconds=3.0):
+    for _ in range(int(seconds / 0.01)):
         if check():
             return
         await asyncio.sleep(0.01)

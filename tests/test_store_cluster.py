@@ -51,7 +51,7 @@ class KeyLog:
 
 def owners(url: str) -> Callable[[str], int]:
     """key -> the port of the master serving its slot, as the cluster says now."""
-    first = url.split("//")[1].split(",")[0]
+    first = url.split("//")[1].split(",", maxsplit=1)[0]
     with redis.Redis(port=int(first.split(":")[1])) as r:
         ranges = [(lo, hi, int(master[1])) for lo, hi, master, *_ in
                   r.execute_command("CLUSTER", "SLOTS")]

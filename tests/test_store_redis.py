@@ -163,7 +163,8 @@ async def test_closing_under_a_pipeline_leaves_no_connection_open(store: RedisSt
     assert connections and not any(c.is_connected for c in connections)
 
 
-async def test_two_instances_share_and_claim_once(isolated_redis_url: str, store: RedisStore) -> None:
+async def test_two_instances_share_and_claim_once(isolated_redis_url: str,
+                                                  store: RedisStore) -> None:
     other = RedisStore(isolated_redis_url)
     try:
         assert store.shared and other.shared
@@ -207,8 +208,8 @@ def dead_lock_holder(isolated_redis_url: str) -> None:
     code = ("import redis,sys,time; r=redis.Redis.from_url(sys.argv[1]);"
             f"assert r.set('{LOCK}', b'dead-holder', px=1500, nx=True);"
             "print('locked', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code, isolated_redis_url], stdout=subprocess.PIPE,
-                              cwd=ROOT)
+    holder = subprocess.Popen([sys.executable, "-c", code, isolated_redis_url],
+                              stdout=subprocess.PIPE, cwd=ROOT)
     assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -374,7 +375,7 @@ async def test_unreachable_at_start_fails_readiness(
     check = verbose["checks"]["redis"]
     assert verbose["degraded"] == ["redis"]
     assert check["ok"] is False and "Connect" in check["error"] + check["reason"]
-    assert url.split("//")[1].split("/")[0] in check["reason"]
+    assert url.split("//")[1].split("/", maxsplit=1)[0] in check["reason"]
     assert app.state.metrics.registry.get_sample_value(
         "wxhook_dependency_up", {"dependency": "redis"}) == 0
 

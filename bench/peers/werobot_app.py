@@ -28,7 +28,7 @@ robot = werobot.WeRoBot(
 )
 robot.config["SESSION_STORAGE"] = False  # wxhook keeps no per-user session either
 if AES_KEY:
-    robot.crypto  # noqa: B018  (builds MessageCrypt and switches encrypted replies on)
+    robot.crypto  # noqa: B018 - the property builds MessageCrypt: encrypted replies on
 
 _local = threading.local()
 

@@ -92,7 +92,8 @@ QUOTA_ERRCODES = frozenset({45009, 45011})
 # What an operator has to do about a configuration errcode, said plainly.
 CONFIG_HINTS = {
     40013: "WECHAT_APP_ID is not a valid appid: copy it from the console (开发 > 基本配置)",
-    40125: "WECHAT_APP_SECRET is wrong: reset it in the console (开发 > 基本配置) and update it here",
+    40125: ("WECHAT_APP_SECRET is wrong: reset it in the console (开发 > 基本配置) "
+            "and update it here"),
     40243: "the AppSecret is frozen: unfreeze it in the console",
     40164: "this server's outbound IP is not in the API IP whitelist: add it in the console "
     "(开发 > 基本配置 > IP白名单)",

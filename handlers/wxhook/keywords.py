@@ -3,7 +3,8 @@ in order, a text matches first.
 
 A text matches a set when, trimmed and case-folded, it equals one of its `equal` words, holds
 one of its `contain` words, or one of its regexes (RE2: handlers/rules_regex.py) finds
-something in it. It stays fast with hundreds of sets (bench/rules.py): `equal` is one dict
+something in it. Hundreds of sets are matched without trying each in turn (bench/README.md,
+"Rules files with hundreds of keywords"): `equal` is one dict
 lookup; `contain` words are found all at once by one combined pattern of escaped words, then
 looked up by what stands at each place it matched; regexes are run together by RE2's own
 multi-pattern matcher (RE2::Set), which says which of them match in one pass of the text, and

@@ -1,4 +1,4 @@
-"""Inbound pushes as typed, frozen messages (pipeline step 3); wxhook.server.xmldoc reads the XML."""
+"""Inbound pushes as typed, frozen messages (pipeline step 3); wxhook.server.xmldoc reads XML."""
 
 from __future__ import annotations
 

@@ -171,5 +171,6 @@ class ReplyChecker:
         return _BUILD[kind](*values)
 
 
-_BUILD: dict[str, Callable[..., Reply]] = {"news": NewsReply, "image": ImageReply, "voice": VoiceReply,
-                          "video": VideoReply, "music": MusicReply}
+_BUILD: dict[str, Callable[..., Reply]] = {
+    "news": NewsReply, "image": ImageReply, "voice": VoiceReply, "video": VideoReply,
+    "music": MusicReply}

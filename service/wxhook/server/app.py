@@ -56,7 +56,7 @@ def settle_heap() -> None:
     """Freeze what start-up built and collect young objects less often.
 
     Imports and the app leave a large heap that lives as long as the process; every full
-    collection walked it again, which cost more than half of a push (bench/profile.py).
+    collection walked it again (bench/README.md, "Measured choices", has what it cost).
     Frozen, it is never scanned. Pushes mostly allocate objects freed by reference
     counting; the young generation is still collected every GC_THRESHOLD allocations, so
     the few cycles (an exception and its traceback, say) stay short-lived.

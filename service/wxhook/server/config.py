@@ -1,7 +1,7 @@
 """Settings from the environment and `.env`, validated with messages that name the variable.
 
-One module of ~340 lines on purpose: every setting, its default and its validation in one
-place, the list an operator reads next to .env.example.
+Every setting, its default and its validation are here, the list an operator reads next to
+.env.example.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def install() -> None:
 
 def listen(loop: Any, callback: Callable[[], None]) -> None:
     """Run `callback` in `loop` at every SIGHUP, and now for one that came before."""
-    global _listener, _pending
+    global _listener, _pending  # noqa: PLW0603 - a signal has one listener per process
     _listener = (loop, callback)
     if _pending:
         _pending = False
@@ -34,7 +34,7 @@ def listen(loop: Any, callback: Callable[[], None]) -> None:
 
 def unlisten(callback: Callable[[], None]) -> None:
     """Stop calling `callback` (a SIGHUP from now on is kept for the next listener)."""
-    global _listener
+    global _listener  # noqa: PLW0603 - a signal has one listener per process
     if _listener is not None and _listener[1] is callback:
         _listener = None
 
@@ -47,7 +47,7 @@ def take_pending() -> bool:
 
 
 def _on_sighup(signum: int, frame: Any) -> None:
-    global _pending
+    global _pending  # noqa: PLW0603 - a signal has one listener per process
     listener = _listener
     if listener is not None:
         loop, callback = listener

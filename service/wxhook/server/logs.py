@@ -9,6 +9,7 @@ reader gets back is unchanged), the console format writes it as \\x1b or \\u202e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -115,7 +116,8 @@ class StdoutLogger(structlog.BytesLogger):
     def msg(self, message: bytes) -> None:
         """Write one line."""
         # One write call a line, without BytesLogger's lock: the file object serialises
-        # its own writes, and every push writes a line (the lock: 0.6% of its instructions).
+        # its own writes, and every push writes a line (bench/README.md, "Hand-written
+        # structures", has what the lock costs).
         try:
             self._write(message + b"\n")
             self._flush()
@@ -142,7 +144,10 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     if fmt == "json" and out is not None:
         # orjson straight to bytes: every push writes a line.
         renderer: Any = SafeJSON(structlog.processors.JSONRenderer(serializer=orjson.dumps))
-        factory: Any = lambda *_: StdoutLogger(out)
+
+        def stdout_logger(*_: Any) -> StdoutLogger:
+            return StdoutLogger(out)
+        factory: Any = stdout_logger
     else:  # the console format, or a stream without bytes (a test's capture)
         renderer, factory = text_renderer, structlog.WriteLoggerFactory(file=sys.stdout)
     processors = [*shared, *escape, renderer]
@@ -152,7 +157,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    global _direct
+    global _direct  # noqa: PLW0603 - logging is configured once per process, as structlog
     _direct = (_DirectInfo(processors, stamper, renderer, factory())
                if fmt == "json" and out is not None
                and logging.getLevelName(level) <= logging.INFO else None)
@@ -181,10 +186,8 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
 
 def flush_logs() -> None:
     """Write out whatever stdout still holds (shutdown calls this)."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # stdout closed under us at exit
         sys.stdout.flush()
-    except (OSError, ValueError):
-        pass  # stdout closed under us at exit: nothing left to tell
 
 
 class _DirectInfo:
@@ -203,11 +206,11 @@ _direct: _DirectInfo | None = None
 def log_info(log: Any, event: str, fields: dict[str, Any]) -> None:
     """log.info(event, **fields), the same JSON line; `fields` is used up.
 
-    Every push writes one info line: through structlog's bound logger and generic processor
-    chain it cost 8-10% more CPU a push (bench/inproc.py) than its two steps that matter, the
-    timestamp and orjson, run here directly. They run here only while structlog still has
-    the chain configure_logging() built (JSON bytes, INFO enabled); with anything else (the
-    console format, a test capturing logs) the line goes through structlog.
+    Every push writes one info line, so its two steps that matter, the timestamp and orjson,
+    run here directly rather than through structlog's bound logger and generic processor
+    chain (bench/README.md, "Hand-written structures"). They run here only while structlog
+    still has the chain configure_logging() built (JSON bytes, INFO enabled); with anything
+    else (the console format, a test capturing logs) the line goes through structlog.
     """
     d = _direct
     procs = structlog.get_config()["processors"]

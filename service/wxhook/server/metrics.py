@@ -21,7 +21,8 @@ class Metrics:
                               ["msg_type", "event", "outcome"], registry=r)
         self.push_latency = Histogram("wxhook_push_latency_seconds", "Time to answer a push",
                                       buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_calls = Counter("wxhook_upstream_calls", "WeChat API calls by api and errcode",
+        self.upstream_calls = Counter("wxhook_upstream_calls",
+                                      "WeChat API calls by api and errcode",
                                       ["api", "errcode"], registry=r)
         self.upstream_latency = Histogram("wxhook_upstream_latency_seconds",
                                           "WeChat API call latency", ["api"],

@@ -5,9 +5,6 @@ gives it, so a follower who signs in here is greeted by name again. The state pa
 single-use (a set-nx key in the Store, so it holds across instances), expires, and is bound
 to the browser that started the login by an HMAC-signed cookie (login CSRF; its bounds are
 in oauth_state.py).
-
-One module of ~340 lines: the login, the callback, their rate limit and the session cookie
-share their signing and are checked together when this flow is reviewed.
 """
 
 from __future__ import annotations
@@ -165,7 +162,8 @@ class OAuth:
         try:
             return await self._callback(request)
         except Exception:  # noqa: BLE001 - a friendly page, never a 5xx, whatever broke
-            # Logged with its traceback, bounded: a store outage would otherwise write a traceback per callback.
+            # Logged with its traceback, bounded: a store outage would otherwise write a
+            # traceback per callback.
             self.refusals.error("callback_failed", "oauth_callback_failed", exc_info=True)
             return problem_page("error")
 

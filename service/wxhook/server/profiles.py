@@ -56,8 +56,8 @@ class Profiles:
     def __init__(self, api: WeChatAPI, repo: ProfileRepo, *, ttl: float = 3600,
                  batch_window: float = 0.002, maxsize: int = 20_000,
                  max_batches_in_flight: int = 8) -> None:
-        # ~500 bytes an entry in a TTLCache: 20,000 keep a campaign's followers of the last
-        # minutes for their SCANs and re-follows; a campaign brings new ones, looked up once.
+        # 20,000 keep a campaign's followers of the last minutes for their SCANs and
+        # re-follows, in bounded memory; a campaign brings new ones, looked up once.
         self.api = api
         self.repo = repo
         self.batch_window = batch_window

@@ -109,7 +109,8 @@ def app_factory() -> Any:
 
 def uvicorn_kwargs() -> dict[str, Any]:
     """uvicorn's options for wxhook (serve and dev alike)."""
-    # proxy_headers off here: uvicorn's middleware would wrap /wechat too (~5% of a push);
+    # proxy_headers off here: uvicorn's middleware would wrap /wechat too, a cost on every
+    # push for an address the route never reads (bench/README.md, "Measured choices");
     # _BehindProxy applies it, from WXHOOK_FORWARDED_ALLOW_IPS, to the other routes only.
     # ws "none": no route speaks WebSocket, so no handshake code is reachable by a client.
     return {"loop": "uvloop", "http": "httptools", "ws": "none", "access_log": False,

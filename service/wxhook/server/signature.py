@@ -77,10 +77,10 @@ class _NonceTable:
     """One second's nonces: an open-addressing table in three arrays of machine words.
 
     A push leaves its nonce here for the whole timestamp window, so under a flood this
-    holds a quarter of a million entries. As a dict of str to (digest, arrival) that was
-    ~200 bytes an entry (the nonce string, a tuple, a bytes object, a dict slot): 48 MiB
-    at the bound. Here a slot is 20 bytes (key, digest, arrival) at a load of at most a
-    half: ~8 MiB.
+    holds a quarter of a million entries. As a dict of str to (digest, arrival) each was
+    four Python objects (the nonce string, a tuple, a bytes object, a dict slot); here a
+    slot is three machine words (key, digest, arrival) at a load of at most a half
+    (bench/README.md, "Hand-written structures", has the memory of both).
     """
 
     __slots__ = ("arrivals", "digests", "keys", "mask", "used")

@@ -179,10 +179,8 @@ class _Supervisor(Multiprocess):
     def handle_hup(self) -> None:
         pids = [p.pid for p in self.processes if p.pid is not None]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # died since; replaced at the next look
                 os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:  # died since; replaced at the next look
-                pass
         self.log.info("sighup_passed_on", workers=pids)
 
     def handle_ttin(self) -> None:

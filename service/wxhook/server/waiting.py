@@ -19,13 +19,13 @@ from wxhook.server.logs import get_logger
 T = TypeVar("T")
 
 
-async def within(aw: Awaitable[T], timeout: float, *,
+async def within(aw: Awaitable[T], timeout: float, *,  # noqa: ASYNC109 - it is the timeout
                  timer: Callable[[float], asyncio.Timeout] = asyncio.timeout) -> T:
     """Await `aw`, or raise TimeoutError (and cancel it) after `timeout` seconds.
 
-    asyncio.timeout() around a body read that need not wait cost 13-20% of a plaintext push
-    (bench/README.md); a coroutine's first step runs here first, so only an await that
-    suspends pays for the timer.
+    A coroutine's first step runs here first, so only an await that suspends pays for the
+    timer. asyncio.timeout() around every body read, which almost never waits, cost a push
+    too much to keep (bench/README.md, "Hand-written structures").
     """
     if not isinstance(aw, CoroutineType):  # (an ABC check here costs more than it saves)
         async with timer(timeout):
@@ -71,7 +71,7 @@ class _Resumed(Generic[T]):
                 return done.value  # type: ignore[no-any-return]
 
 
-async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:
+async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:  # noqa: ASYNC109 - as within
     """Wait until `fut` is done or `timeout` seconds pass; True when done. Never cancels it."""
     if fut.done():
         return True

@@ -39,8 +39,8 @@ class NotSent(UpstreamUnavailable):
 
 
 def _loads(content: bytes) -> Any:
-    """orjson, not resp.json(): a batchget answer of 100 profiles is ~30 KB, and parsing it
-    with the json module cost ~4 us of CPU a subscribe. orjson refuses a lone surrogate's
+    """orjson, not resp.json(): a batchget answer of 100 profiles is ~30 KB, parsed on the
+    subscribe path (bench/README.md, "Measured choices"). orjson refuses a lone surrogate's
     escape, which WeChat sends in nicknames cut inside an emoji: the json module reads
     those (replies.xml_safe cleans them later), so the answer is not lost."""
     try:

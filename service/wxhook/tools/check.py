@@ -110,9 +110,9 @@ async def run_check(settings: Settings | None = None, *,
         except SettingsError as exc:
             _line(False, "settings", str(exc))
             return 2
+    keys = f", {len(settings.aes_keys)} AES keys" if len(settings.aes_keys) > 1 else ""
     _line(True, "settings", f"appid {settings.app_id}, API {settings.api_base}, "
-          f"{settings.mode} mode"
-          f"{', ' + str(len(settings.aes_keys)) + ' AES keys' if len(settings.aes_keys) > 1 else ''}")
+          f"{settings.mode} mode{keys}")
     if settings.api_base != WECHAT_API_BASE:
         _line(None, "stand-in API", f"WECHAT_API_BASE is {settings.api_base}, not WeChat's "
               f"{WECHAT_API_BASE}")

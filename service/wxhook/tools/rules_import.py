@@ -125,7 +125,8 @@ def console_to_rules(autoreply: Any, selfmenu: Any) -> tuple[str, list[str]]:
     if imp.clicks:
         doc["clicks"] = imp.clicks
     parts = [("# Imported from the WeChat console by `wxhook rules import`.\n"
-              "# Check it with `wxhook rules check FILE`; push the menu with `wxhook menu push`.\n")]
+              "# Check it with `wxhook rules check FILE`; "
+              "push the menu with `wxhook menu push`.\n")]
     for section in ("subscribe", "keywords", "default", "menu", "clicks"):
         notes = imp.notes.get(section, [])
         text = "".join(f"# {n}\n" for n in notes)

@@ -104,7 +104,8 @@ def decode_reply(body: bytes, *, crypto: MessageCrypto | None) -> dict[str, str]
 
 def _signature_hint(settings: Settings) -> str:
     source = ("the built-in sandbox token (no WECHAT_* set)" if settings.sandbox
-              and settings.app_id == SANDBOX_APP_ID else "WECHAT_TOKEN from the environment or .env")
+              and settings.app_id == SANDBOX_APP_ID
+              else "WECHAT_TOKEN from the environment or .env")
     return (f"the server refused the signature: simulate signs with {source}"
             f" ({len(settings.token.get_secret_value())} characters) and, with --aes, "
             "WECHAT_ENCODING_AES_KEY; set the same values as the server's (run simulate "

@@ -1,13 +1,13 @@
 """The retry memory of one process: replies kept for WeChat's retries, first in, first out.
 
 Every push leaves its reply record here for the dedup TTL, so under a campaign's flood this
-holds hundreds of thousands of entries. As a dict of str to bytes an entry cost ~290 bytes
-(a ~100-byte key string, a bytes object, a dict slot, an expiry bucket): a 60-s subscribe
-flood held 58 MB of them. Here nothing per entry is a Python object: a 128-bit digest of
-the key, its expiry and where its bytes lie take 32 bytes in a ring, the bytes themselves
-sit in a circular log, and an open-addressing index of 4-byte slots finds them; ~80 bytes
-an entry in all. Every entry has the same TTL, so entries expire in the order they came
-and the oldest go first when the ring or the log is full.
+holds hundreds of thousands of entries. As a dict of str to bytes an entry is four Python
+objects (a ~100-byte key string, a bytes object, a dict slot, an expiry bucket). Here
+nothing per entry is a Python object: a 128-bit digest of the key, its expiry and where
+its bytes lie take 32 bytes in a ring, the bytes themselves sit in a circular log, and an
+open-addressing index of 4-byte slots finds them (bench/README.md, "Hand-written
+structures", has the memory of both). Every entry has the same TTL, so entries expire in
+the order they came and the oldest go first when the ring or the log is full.
 
 The memory is anonymous mmap: pages cost RSS only once written, so a quiet server does not
 pay for the bound it never reaches, and pages behind the oldest entry are handed back.

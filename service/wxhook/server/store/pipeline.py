@@ -30,8 +30,8 @@ class AutoPipeline:
     """GETs and SETs issued in one turn of the event loop go to Redis as one pipeline.
 
     Every push makes two or three of them (nonce, dedup claim, dedup record), and redis-py
-    spends ~45 us of CPU on a command sent alone, ~15 us on one among 64 in a pipeline
-    (bench --workers 2: 6,300 -> 11,600 plain pushes/s). A command waits for at most
+    spends far less CPU on a command among many in a pipeline than on one sent alone
+    (bench/README.md, "Several workers with Redis"). A command waits for at most
     the rest of the current loop turn, not for a timer. An error of one command (WRONGTYPE,
     say) is that command's alone; a malformed one (the Store API takes bytes: a bug) fails
     its whole pipeline, as a RuntimeError.

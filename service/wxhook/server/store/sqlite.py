@@ -85,7 +85,7 @@ class SqliteProfileRepo:
         """Close the connection and stop the thread."""
         if self._finalizer.alive:
             await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: self._close_conn())
+                self._executor, self._close_conn)
             self._finalizer()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -147,7 +147,7 @@ class SandboxState:
 
     def _take_fault(self, path: str) -> Fault | None:
         for fault in self.faults:
-            if (fault.path == path or fault.path == "*") and (fault.times is None or fault.times > 0):
+            if fault.path in (path, "*") and (fault.times is None or fault.times > 0):
                 if fault.times is not None:
                     fault.times -= 1
                 return fault
@@ -156,7 +156,8 @@ class SandboxState:
     def _issue_basic(self) -> str:
         now = self.clock()
         # Killed tokens answer 40001 exactly like unknown ones, so forgetting them is safe.
-        for key in [k for k, t in self._tokens.items() if t.dies_at is not None and t.dies_at <= now]:
+        dead = [k for k, t in self._tokens.items() if t.dies_at is not None and t.dies_at <= now]
+        for key in dead:
             del self._tokens[key]
         if self._basic is not None and self._basic in self._tokens:
             # WeChat keeps the previous token alive for about 5 minutes, then kills it.
