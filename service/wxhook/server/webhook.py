@@ -71,8 +71,9 @@ class Webhook:
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, account: str = "default") -> None:
         self.settings = settings
+        self.account = account
         self.store = store
         # Keys in a shared store (Redis) name the appid; without one, nonces and retry
         # replies stay in memories of this process and use no store key.
@@ -104,9 +105,10 @@ class Webhook:
             try:
                 status, body, headers = 200, await self.guard.verify_url(query), _ECHO
                 # A verbatim repeat is answered again: its line is bounded like a refusal's.
-                self.refusals.info("url_verified", "url_verified")
+                self.refusals.info("url_verified", "url_verified", account=self.account)
             except GuardError as exc:
-                status, body, headers = self._refuse(exc, {"method": "GET"})
+                status, body, headers = self._refuse(exc, {"method": "GET",
+                                                           "account": self.account})
         else:
             status, body, headers = 405, b"method not allowed", _TEXT
         await send({"type": "http.response.start", "status": status,
@@ -122,7 +124,7 @@ class Webhook:
         self._pushes += 1
         # Every push line has the same keys, so queries over the logs need no special cases.
         rec: dict[str, Any] = {"request_id": f"{self._rid}{self._pushes:x}",
-                               "appid": self.settings.app_id, "handler": None,
+                               "account": self.account, "appid": self.settings.app_id, "handler": None,
                                "reply_type": None, "deadline_fallback": False}
         try:
             admitted = await self.guard.admit(scope, receive, q, deadline)
@@ -210,7 +212,7 @@ class Webhook:
         try:
             ctx = Context(deadline=deadline, profiles=self.profiles, api=self.api,
                           settings=self.settings, log=self.log, states=self.states,
-                          openid=msg.openid)
+                          openid=msg.openid, account=self.account)
             try:
                 reply = await self.router.dispatch(msg, ctx)
             except Exception as exc:
