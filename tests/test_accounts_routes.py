@@ -301,3 +301,37 @@ async def test_without_an_accounts_file_wechat_is_the_default_account(make_app, 
         assert decode_reply(resp.content, crypto=None)["Content"].startswith("default:")
         assert (await client.post("/wechat/default", params=push.params,
                                   content=push.body)).status_code == 404
+
+
+async def test_refusals_spread_over_many_accounts_share_one_bound(tmp_path, build,
+                                                                  connect) -> None:
+    lines = ["accounts:"]
+    for i in range(30):
+        lines += [f"  - name: a{i}", f"    app_id: wxflood{i:04d}", "    app_secret: s",
+                  "    token: tokenA"]
+    path = tmp_path / "flood.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    client = await connect(build(str(path), clock=lambda: 0.0))
+    with capture_logs() as logs:
+        for i in range(30):  # a bad signature at every account's URL
+            resp = await send(client, f"/wechat/a{i}", push_for(NEWS))
+            assert resp.status_code == 403
+    assert len([line for line in logs if line["event"] == "push_refused"]) <= 10
+
+
+async def test_two_instances_on_redis_fetch_one_token_per_account(build, connect, sandbox,
+                                                                  redis_url) -> None:
+    from wxhook.server.store.redis import RedisStore
+
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    try:
+        clients = [await connect(build(store=store)) for store in stores]
+        pushes = [send(client, f"/wechat/{acct['name']}",
+                       push_for(acct, openid=f"oRedis{acct['name']}{i:022d}"[:28]))
+                  for i in range(10) for acct in (SHOP, NEWS) for client in clients]
+        answers = await asyncio.gather(*pushes)
+        assert all(r.status_code == 200 for r in answers)
+        assert dict(sandbox.token_calls) == {SHOP["app_id"]: 1, NEWS["app_id"]: 1}
+    finally:
+        for store in stores:
+            await store.aclose()
