@@ -24,7 +24,7 @@ from wxhook.errors import SettingsError
 from wxhook.router import Router
 from wxhook.rules import RulesError
 from wxhook.rules_router import RulesAnswerer
-from wxhook.server.accounts import Account
+from wxhook.server.accounts import Account, load_accounts
 from wxhook.server.config import SANDBOX_APP_ID, Settings
 from wxhook.server.delivery import LateDelivery
 from wxhook.server.loglimit import LimitedLog
@@ -68,6 +68,37 @@ def account_settings(base: Settings, account: Account) -> Settings:
         "session_secret": SecretStr(hashlib.sha256(seed.encode()).hexdigest())})
 
 
+def load_sources(base: Settings, accounts: dict[str, Account],
+                 metrics: Metrics | None = None) -> dict[str, RulesSource]:
+    """Each rules file the accounts name, read now, and each handlers module imported, so
+    start-up refuses a bad one (SettingsError); accounts naming one file share its source."""
+    on_result = None if metrics is None else (
+        lambda result: metrics.rules_reloads.labels(result).inc())
+    sources: dict[str, RulesSource] = {}
+    for account in accounts.values():
+        path = account.rules or base.rules
+        if path and path not in sources:
+            try:
+                sources[path] = RulesSource(path, on_result=on_result)
+            except RulesError as exc:
+                raise SettingsError(f"account {account.name}: rules {path} is not valid:\n  "
+                                    + "\n  ".join(exc.problems)) from None
+    for spec in {account.handlers or base.handlers for account in accounts.values()}:
+        default_router(spec)  # a module that cannot be imported: SettingsError
+    return sources
+
+
+def settings_of(base: Settings, name: str) -> Settings:
+    """The settings of account `name` in base's WXHOOK_ACCOUNTS (SettingsError: none such)."""
+    if not base.accounts:
+        raise SettingsError(f"--account {name} needs WXHOOK_ACCOUNTS (an accounts file)")
+    accounts = load_accounts(base.accounts)
+    if name not in accounts:
+        known = ", ".join(list(accounts)[:10]) + (", ..." if len(accounts) > 10 else "")
+        raise SettingsError(f"no account named {name!r} in {base.accounts} (known: {known})")
+    return account_settings(base, accounts[name])
+
+
 class AccountHub:
     """ASGI app for `/wechat/{name}`: the named account's webhook, or 404."""
 
@@ -86,20 +117,7 @@ class AccountHub:
         self.clock = clock
         self.wall_clock = wall_clock
         self.built: dict[str, Bundle] = {}
-        # Rules files are read now, so start-up refuses a bad one; accounts naming the same
-        # file share one source (and one watcher).
-        self.rules: dict[str, RulesSource] = {}
-        for account in accounts.values():
-            path = account.rules or base.rules
-            if path and path not in self.rules:
-                try:
-                    self.rules[path] = RulesSource(path, on_result=lambda r: metrics
-                                                   .rules_reloads.labels(r).inc())
-                except RulesError as exc:
-                    raise SettingsError(f"account {account.name}: rules {path} is not valid:\n  "
-                                        + "\n  ".join(exc.problems)) from None
-        for spec in {account.handlers or base.handlers for account in accounts.values()}:
-            default_router(spec)  # imported now: a missing module refuses start-up (SettingsError)
+        self.rules = load_sources(base, accounts, metrics)
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
 
