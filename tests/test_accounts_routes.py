@@ -335,3 +335,23 @@ async def test_two_instances_on_redis_fetch_one_token_per_account(build, connect
     finally:
         for store in stores:
             await store.aclose()
+
+
+async def test_saved_profiles_are_per_account_in_one_file_and_thread(tmp_path, build, connect,
+                                                                     sandbox) -> None:
+    import threading
+
+    from wxhook.server.store.sqlite import SqliteProfileRepo
+
+    sandbox.empty_nicknames = True  # user/info names nobody: the saved profile is all
+    seed = SqliteProfileRepo(tmp_path / "var" / "profiles.sqlite3", appid=str(SHOP["app_id"]))
+    await seed.put(DEMO_OPENID, {"nickname": "ShopFan"})
+    await seed.aclose()
+    app = build()
+    client = await connect(app)
+    async with started(app):
+        shop = reply_of(await send(client, "/wechat/shop", push_for(SHOP)), SHOP)
+        news = reply_of(await send(client, "/wechat/news", push_for(NEWS)), NEWS)
+        threads = [t for t in threading.enumerate() if t.name.startswith("wxhook-sqlite")]
+    assert (shop["Content"], news["Content"]) == ("Welcome, ShopFan!", "Welcome!")
+    assert len(threads) == 1  # one connection for every account, not one each

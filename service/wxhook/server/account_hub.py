@@ -46,14 +46,13 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8"),
 
 @dataclass(slots=True)
 class Bundle:
-    """One account's serving pieces; `http` and `repo` are closed with it when it owns them."""
+    """One account's serving pieces; `http` is closed with it when it owns it."""
 
     settings: Settings
     webhook: Webhook
     tokens: TokenManager
     delivery: LateDelivery
     http: httpx.AsyncClient | None
-    repo: SqliteProfileRepo | None
 
 
 def account_settings(base: Settings, account: Account) -> Settings:
@@ -117,6 +116,7 @@ class AccountHub:
         self.clock = clock
         self.wall_clock = wall_clock
         self.built: dict[str, Bundle] = {}
+        self.sqlite: SqliteProfileRepo | None = None
         self.rules = load_sources(base, accounts, metrics)
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
@@ -155,11 +155,9 @@ class AccountHub:
         namespace = f"wxhook:{settings.app_id}:"
         api, tokens = api_with_tokens(http, settings, store=self.store, namespace=namespace,
                                       metrics=self.metrics, clock=self.wall_clock)
-        own_repo = None if self.profile_repo is not None or self.store.shared else \
-            SqliteProfileRepo(settings.profile_db, appid=settings.app_id,
-                              sandbox_appid=SANDBOX_APP_ID)
         repo: ProfileRepo = (self.profile_repo if self.profile_repo is not None
-                             else own_repo if own_repo is not None
+                             else self._sqlite().view(settings.app_id)
+                             if not self.store.shared
                              else StoreProfileRepo(self.store, namespace=namespace))
         profiles = Profiles(api, repo, ttl=settings.profile_ttl,
                             batch_window=settings.batch_window)
@@ -177,7 +175,7 @@ class AccountHub:
         # account URLs must not multiply the lines it writes.
         webhook.refusals = self.refusals
         webhook.guard.quiet = self.guard_quiet
-        return Bundle(settings, webhook, tokens, delivery, own_http, own_repo)
+        return Bundle(settings, webhook, tokens, delivery, own_http)
 
     async def aclose(self, grace: float) -> int:
         """Give late deliveries `grace` seconds, close what the accounts own; the number of
@@ -187,6 +185,16 @@ class AccountHub:
         for bundle in bundles:
             if bundle.http is not None:
                 await bundle.http.aclose()
-            if bundle.repo is not None:
-                await bundle.repo.aclose()
+        if self.sqlite is not None:
+            await self.sqlite.aclose()
         return sum(left)
+
+    def _sqlite(self) -> SqliteProfileRepo:
+        """The profile file every account shares without Redis (rows keyed by appid)."""
+        if self.sqlite is None:
+            # The sandbox's appid as the file's owner: no account adopts the rows of a
+            # single-account file written before the appid key (they are not its followers
+            # more than another account's).
+            self.sqlite = SqliteProfileRepo(self.base.profile_db, appid=SANDBOX_APP_ID,
+                                            sandbox_appid=SANDBOX_APP_ID)
+        return self.sqlite
