@@ -99,3 +99,14 @@ def test_check_speaks_for_one_account(tmp_path: Path) -> None:
     for res in (good, bad, every, unknown):
         out = res.stdout + res.stderr
         assert SHOP_SECRET not in out and SANDBOX_SECRET not in out
+
+
+def test_the_sandbox_stands_in_for_every_account_of_the_file(tmp_path: Path) -> None:
+    path = accounts_file(tmp_path)
+    env = {"WXHOOK_ACCOUNTS": str(path), "NEWS_SECRET": SANDBOX_SECRET}
+    with sandbox_process(env=env) as api:
+        checks = [run(["check", "--account", name], {**env, "WECHAT_API_BASE": api}, tmp_path)
+                  for name in ("news", "shop")]
+    for res in checks:
+        assert res.returncode == 0, res.stdout
+        assert "[ok] access token" in res.stdout and SHOP_SECRET not in res.stdout

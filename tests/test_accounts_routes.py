@@ -355,3 +355,23 @@ async def test_saved_profiles_are_per_account_in_one_file_and_thread(tmp_path, b
         threads = [t for t in threading.enumerate() if t.name.startswith("wxhook-sqlite")]
     assert (shop["Content"], news["Content"]) == ("Welcome, ShopFan!", "Welcome!")
     assert len(threads) == 1  # one connection for every account, not one each
+
+
+async def test_one_account_rules_reload_leaves_the_other_alone(tmp_path, build,
+                                                               connect) -> None:
+    app = build(rules=True)
+    client = await connect(app)
+
+    async def price(acct: dict[str, Any]) -> str:
+        push = push_for(acct, "text", text="price")
+        return reply_of(await send(client, f"/wechat/{acct['name']}", push), acct)["Content"]
+
+    shop_rules = tmp_path / "shop.rules.yaml"
+    shop_rules.write_text("keywords: [{name: p, equal: price, replies: ['shop v2']}]\n",
+                          encoding="utf-8")
+    assert app.state.hub.rules[str(shop_rules)].reload("SIGHUP")
+    assert (await price(SHOP), await price(NEWS)) == ("shop v2", "news price list")
+    shop_rules.write_text("keywords: [{name: p, regex: ['('], replies: []}]\n",
+                          encoding="utf-8")
+    assert not app.state.hub.rules[str(shop_rules)].reload("SIGHUP")  # broken: kept
+    assert (await price(SHOP), await price(NEWS)) == ("shop v2", "news price list")

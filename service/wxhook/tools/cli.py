@@ -162,6 +162,20 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     app = create_sandbox(appid=appid,
                          secret=args.secret or settings.app_secret.get_secret_value(),
                          latency=args.latency, empty_nicknames=args.empty_nicknames)
+    if settings.accounts:
+        # With an accounts file it stands in for each of its accounts as well.
+        from wxhook.errors import SettingsError
+        from wxhook.server.accounts import load_accounts
+
+        try:
+            accounts = load_accounts(settings.accounts)
+        except SettingsError as exc:
+            print(f"wxhook: {exc}", file=sys.stderr)
+            return 2
+        for account in accounts.values():
+            app.state.sandbox.add_account(account.app_id,
+                                          account.app_secret.get_secret_value())
+        appid = f"{appid} and the {len(accounts)} accounts of {settings.accounts}"
     print(f"wxhook sandbox on http://{args.host}:{args.port} for appid {appid} "
           "(control API under /_sandbox/)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, **uvicorn_kwargs())
