@@ -375,3 +375,14 @@ async def test_one_account_rules_reload_leaves_the_other_alone(tmp_path, build,
                           encoding="utf-8")
     assert not app.state.hub.rules[str(shop_rules)].reload("SIGHUP")  # broken: kept
     assert (await price(SHOP), await price(NEWS)) == ("shop v2", "news price list")
+
+
+async def test_probes_and_metrics_answer_with_an_accounts_file(build, connect) -> None:
+    app = build()
+    client = await connect(app)
+    async with started(app):
+        await send(client, "/wechat/shop", push_for(SHOP))
+        assert (await client.get("/healthz")).json() == {"status": "alive"}
+        assert (await client.get("/readyz")).json() == {"ready": True}
+        assert "wxhook_pushes_total" in (await client.get("/metrics")).text
+        assert (await client.get("/oauth/login")).status_code == 404  # not per account yet
