@@ -386,3 +386,34 @@ async def test_probes_and_metrics_answer_with_an_accounts_file(build, connect) -
         assert (await client.get("/readyz")).json() == {"ready": True}
         assert "wxhook_pushes_total" in (await client.get("/metrics")).text
         assert (await client.get("/oauth/login")).status_code == 404  # not per account yet
+
+
+async def test_pushes_are_counted_per_account(build, connect) -> None:
+    metrics = Metrics()
+    client = await connect(build(metrics=metrics))
+    await send(client, "/wechat/shop", push_for(SHOP))
+    await send(client, "/wechat/shop", push_for(SHOP, "text", text="help"))
+    await send(client, "/wechat/news", push_for(SHOP))  # refused at news
+    for _ in range(3):
+        await send(client, "/wechat/nobody", push_for(SHOP))  # 404: no series of its own
+
+    def value(account: str, outcome: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "wxhook_account_pushes_total", {"account": account, "outcome": outcome})
+    assert value("shop", "replied") == 2 and value("news", "rejected") == 1
+    assert value("news", "replied") is None and value("nobody", "rejected") is None
+    names = {s.labels.get("account") for m in metrics.registry.collect()
+             if m.name == "wxhook_account_pushes" for s in m.samples}
+    assert names == {"shop", "news"}
+
+
+async def test_one_account_without_a_file_adds_no_account_series(make_app, make_push) -> None:
+    metrics = Metrics()
+    app = make_app(metrics=metrics)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        push = make_push("subscribe")
+        assert (await client.post("/wechat", params=push.params,
+                                  content=push.body)).status_code == 200
+    assert not [s for m in metrics.registry.collect() if m.name == "wxhook_account_pushes"
+                for s in m.samples]
