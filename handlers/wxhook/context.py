@@ -39,6 +39,7 @@ class Context:
     match: Match | None = None
     states: States | None = None         # where follower state lives (None: nowhere)
     openid: str = ""                     # whose state `state()` reads
+    account: str = "default"             # the accounts file's name (WXHOOK_ACCOUNTS)
     _state: Loaded | None = field(default=None, repr=False)
 
     def remaining(self) -> float:

@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from wxhook.defaults import default_router
 from wxhook.router import Router
 from wxhook.rules_router import RulesAnswerer
+from wxhook.server.account_hub import PREFIX, AccountHub
+from wxhook.server.accounts import load_accounts
 from wxhook.server.config import SANDBOX_APP_ID, Settings
 from wxhook.server.delivery import LateDelivery
 from wxhook.server.logs import flush_logs, get_logger
@@ -43,12 +45,18 @@ class WxhookApp(FastAPI):
     the webhook answers every failure itself, so /wechat skips them.
     """
 
-    webhook: Webhook
+    webhook: Webhook | None = None  # the WECHAT_* account at /wechat
+    hub: AccountHub | None = None   # the accounts file's, at /wechat/{name}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/wechat":
-            await self.webhook(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/wechat" and self.webhook is not None:
+                await self.webhook(scope, receive, send)
+                return
+            if self.hub is not None and path.startswith(PREFIX):
+                await self.hub(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -81,7 +89,12 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
                wall_clock: Callable[[], float] = time.time) -> FastAPI:
     """Build the ASGI app for one account; `clock` is the monotonic clock of its TTL
     memories, `wall_clock` the epoch time of push timestamps, nonces and token expiry and
-    back-off (tests pass virtual time for both)."""
+    back-off (tests pass virtual time for both). With WXHOOK_ACCOUNTS, the app of every
+    account in that file (create_accounts_app)."""
+    if settings.accounts:
+        return create_accounts_app(settings, http=http, store=store, router=router,
+                                   profile_repo=profile_repo, metrics=metrics, clock=clock,
+                                   wall_clock=wall_clock)
     metrics = Metrics() if metrics is None else metrics
     own_http = http is None
     http = new_http_client(timeout=settings.http_timeout) if http is None else http
@@ -143,6 +156,51 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     app.state.rules = rules
     app.state.readiness = readiness
 
+    _add_probes(app, readiness, metrics)
+    return app
+
+
+def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
+                        store: Store | None = None, router: Router | None = None,
+                        profile_repo: ProfileRepo | None = None, metrics: Metrics | None = None,
+                        clock: Callable[[], float] = time.monotonic,
+                        wall_clock: Callable[[], float] = time.time) -> FastAPI:
+    """The app of every account in WXHOOK_ACCOUNTS, each at /wechat/{name}; `router`, when
+    given, answers for all of them (tests), else each account's handlers and rules do."""
+    accounts = load_accounts(settings.accounts)  # AccountsError (a SettingsError): refuse
+    metrics = Metrics() if metrics is None else metrics
+    store = _default_store(settings, metrics, clock) if store is None else store
+    hub = AccountHub(settings, accounts, store=store, metrics=metrics, http=http,
+                     router=router, profile_repo=profile_repo, clock=clock,
+                     wall_clock=wall_clock)
+    readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics)
+    log = get_logger("wxhook")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("startup", **settings.summary(), accounts=len(accounts), pid=os.getpid())
+        settle_heap()
+        async with watching(*hub.rules.values()), readiness.serving():
+            yield
+        left = await hub.aclose(SHUTDOWN_GRACE)
+        log.info("shutdown", late_deliveries_abandoned=left)
+        flush_logs()
+        await store.aclose()
+
+    app = WxhookApp(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
+                    openapi_url=None)
+    app.hub = hub
+    app.state.settings = settings
+    app.state.store = store
+    app.state.hub = hub
+    app.state.metrics = metrics
+    app.state.readiness = readiness
+    _add_probes(app, readiness, metrics)
+    return app
+
+
+def _add_probes(app: FastAPI, readiness: Readiness, metrics: Metrics) -> None:
+    """/healthz, /readyz and /metrics, the same with one account or many."""
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
@@ -160,4 +218,3 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
             data = generate_latest(metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
-    return app

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
         "Replies without code: a rules file (YAML) of keywords, default reply, greetings per "
         "QR scene, menu clicks and the menu. Checked at start-up, reloaded on SIGHUP and "
         "when the file changes."))
+    accounts: str = Field("", alias="WXHOOK_ACCOUNTS", description=(
+        "Several accounts in one deployment: an accounts file (YAML), each account's "
+        "pushes at `/wechat/NAME` (docs/accounts.md). Set, the WECHAT_* account is not "
+        "used and `/wechat` answers 404. Checked at start-up."))
     forwarded_allow_ips: str = Field(
         "127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS", description=(
         "The reverse proxies whose X-Forwarded-For/-Proto are believed for the OAuth pages "
@@ -261,7 +265,7 @@ class Settings(BaseSettings):
             raise ValueError(f"WXHOOK_MESSAGE_MODE={self.message_mode} needs "
                              "WECHAT_ENCODING_AES_KEY (the console's EncodingAESKey)")
         missing = [name for name, value in given.items() if not value]
-        if missing and not self.sandbox:
+        if missing and not self.sandbox and not self.accounts:
             raise ValueError(
                 "missing " + ", ".join(missing)
                 + f" (set {'it' if len(missing) == 1 else 'them'} in the environment or .env;"

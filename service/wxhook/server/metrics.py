@@ -63,4 +63,9 @@ class Metrics:
         self.log_lines_suppressed = Counter(
             "wxhook_log_lines_suppressed", "Warning lines left out by the per-second bound "
             "(a flood of refused pushes)", ["event"], registry=r)
+        # Only with an accounts file; the label is an account's name from that file, never
+        # a name from a request (an unknown one is 404 before any count).
+        self.account_pushes = Counter(
+            "wxhook_account_pushes", "Pushes per account of WXHOOK_ACCOUNTS, by outcome "
+            "(as wxhook_pushes_total's)", ["account", "outcome"], registry=r)
         self.multiprocess = multiproc

@@ -63,7 +63,7 @@ def from_this_host(request: Request) -> bool:
 class Readiness:
     """This instance's readiness, and the state of what all instances share."""
 
-    def __init__(self, *, tokens: TokenManager, store: Store, api: WeChatAPI,
+    def __init__(self, *, tokens: TokenManager | None, store: Store, api: WeChatAPI | None,
                  rules: RulesSource | None, metrics: Metrics) -> None:
         self.tokens = tokens
         self.store = store
@@ -83,18 +83,21 @@ class Readiness:
 
     def observe(self) -> dict[str, dict[str, Any]]:
         """The shared dependencies as this process last saw them; sets their gauges."""
-        token = self.tokens.status()
-        # Not cached and no error: no push needed one yet. That is not a fault.
-        token_ok = bool(token["cached"]) or "error" not in token
-        out: dict[str, dict[str, Any]] = {"token": {"ok": token_ok, **token}}
-        self.metrics.dependency_up.labels("token").set(1 if token_ok else 0)
+        out: dict[str, dict[str, Any]] = {}
+        # None with an accounts file: each account has its own token (not reported here yet).
+        if self.tokens is not None:
+            token = self.tokens.status()
+            # Not cached and no error: no push needed one yet. That is not a fault.
+            token_ok = bool(token["cached"]) or "error" not in token
+            out["token"] = {"ok": token_ok, **token}
+            self.metrics.dependency_up.labels("token").set(1 if token_ok else 0)
         status_of = getattr(self.store, "status", None)
         if self.store.shared and callable(status_of):
             redis = status_of()  # RedisStore: where, and whether an outage is served locally
             redis_ok = "fallback_local_s" not in redis
             out["redis"] = {"ok": redis_ok, **redis}
             self.metrics.dependency_up.labels("redis").set(1 if redis_ok else 0)
-        circuits = self.api.circuits()
+        circuits = self.api.circuits() if self.api is not None else None
         if circuits:
             out["circuits_open"] = {"ok": False, **circuits}
         return out
@@ -102,7 +105,7 @@ class Readiness:
     async def look(self, *, fetch_token: bool) -> dict[str, dict[str, Any]]:
         """observe(), after asking Redis (and, when none is cached, WeChat for a token)."""
         errors: dict[str, dict[str, str]] = {}
-        if fetch_token and not self.tokens.status()["cached"]:
+        if fetch_token and self.tokens is not None and not self.tokens.status()["cached"]:
             try:
                 await self.tokens.get(deadline=time.monotonic() + TOKEN_WAIT)
             except WeChatAPIError:

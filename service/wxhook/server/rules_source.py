@@ -142,23 +142,25 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 @contextlib.asynccontextmanager
-async def watching(source: RulesSource | None) -> AsyncIterator[None]:
-    """While the app runs: reload on SIGHUP and when the file changes."""
+async def watching(*given: RulesSource | None) -> AsyncIterator[None]:
+    """While the app runs: reload each file on SIGHUP and when it changes."""
     log = get_logger("wxhook.rules")
+    sources = [s for s in given if s is not None]
 
     def on_sighup() -> None:
-        if source is not None:
+        for source in sources:
             source.reload("SIGHUP")
-        else:  # wxhook.server.hangup keeps SIGHUP from ending the process; say it did nothing
+        # hangup keeps SIGHUP from ending the process; with nothing to reload, say so.
+        if not sources:
             log.info("sighup_ignored", pid=os.getpid(),
                      why="no rules file (WXHOOK_RULES) to reload")
 
     loop = asyncio.get_running_loop()
     hangup.listen(loop, on_sighup)
-    watcher = loop.create_task(source.watch()) if source is not None else None
+    watchers = [loop.create_task(source.watch()) for source in sources]
     try:
         yield
     finally:
         hangup.unlisten(on_sighup)
-        if watcher is not None:
+        for watcher in watchers:
             watcher.cancel()

@@ -83,7 +83,8 @@ class _BehindProxy:
         return getattr(self.app, name)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/wechat":
+        if scope["type"] == "http" and (scope["path"] == "/wechat"
+                                        or scope["path"].startswith("/wechat/")):
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
         return await self.proxied(scope, receive, send)
 

@@ -71,8 +71,9 @@ class Webhook:
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, account: str = "default") -> None:
         self.settings = settings
+        self.account = account
         self.store = store
         # Keys in a shared store (Redis) name the appid; without one, nonces and retry
         # replies stay in memories of this process and use no store key.
@@ -92,6 +93,9 @@ class Webhook:
                                             clock=clock))
         self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
         self._counters: dict[tuple[str, str, str], Any] = {}
+        # outcome -> wxhook_account_pushes_total's child; None: not counted per account (one
+        # account, at /wechat). The accounts file's hub turns it on.
+        self.per_account: dict[str, Any] | None = None
         # Request ids: a random prefix per process and a counter (no syscall per push).
         self._rid = os.urandom(4).hex() + "-"
         self._pushes = 0
@@ -104,9 +108,10 @@ class Webhook:
             try:
                 status, body, headers = 200, await self.guard.verify_url(query), _ECHO
                 # A verbatim repeat is answered again: its line is bounded like a refusal's.
-                self.refusals.info("url_verified", "url_verified")
+                self.refusals.info("url_verified", "url_verified", account=self.account)
             except GuardError as exc:
-                status, body, headers = self._refuse(exc, {"method": "GET"})
+                status, body, headers = self._refuse(exc, {"method": "GET",
+                                                           "account": self.account})
         else:
             status, body, headers = 405, b"method not allowed", _TEXT
         await send({"type": "http.response.start", "status": status,
@@ -122,7 +127,8 @@ class Webhook:
         self._pushes += 1
         # Every push line has the same keys, so queries over the logs need no special cases.
         rec: dict[str, Any] = {"request_id": f"{self._rid}{self._pushes:x}",
-                               "appid": self.settings.app_id, "handler": None,
+                               "account": self.account, "appid": self.settings.app_id,
+                               "handler": None,
                                "reply_type": None, "deadline_fallback": False}
         try:
             admitted = await self.guard.admit(scope, receive, q, deadline)
@@ -210,7 +216,7 @@ class Webhook:
         try:
             ctx = Context(deadline=deadline, profiles=self.profiles, api=self.api,
                           settings=self.settings, log=self.log, states=self.states,
-                          openid=msg.openid)
+                          openid=msg.openid, account=self.account)
             try:
                 reply = await self.router.dispatch(msg, ctx)
             except Exception as exc:
@@ -277,6 +283,12 @@ class Webhook:
         if child is None:
             child = self._counters[labels] = self.metrics.pushes.labels(*labels)
         child.inc()
+        if self.per_account is not None:
+            mine = self.per_account.get(outcome)
+            if mine is None:
+                mine = self.per_account[outcome] = self.metrics.account_pushes.labels(
+                    self.account, outcome)
+            mine.inc()
 
     def _refuse(self, exc: GuardError,
                 rec: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

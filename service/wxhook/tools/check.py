@@ -95,11 +95,12 @@ def _redis_failure(settings: Settings, exc: BaseException) -> None:
 
 
 async def run_check(settings: Settings | None = None, *,
-                    env_file: dict[str, str] | None = None) -> int:
+                    env_file: dict[str, str] | None = None, account: str = "") -> int:
     """Print a report; return 0 when everything needed to serve works.
 
     With `env_file` (systemd's EnvironmentFile= read by wxhook.tools.envfile) those values are
-    the settings, over the environment, and .env is not read.
+    the settings, over the environment, and .env is not read. With `account`, the checks are
+    those of that account of the accounts file (WXHOOK_ACCOUNTS).
     """
     print("wxhook check")
     if settings is None:
@@ -110,6 +111,22 @@ async def run_check(settings: Settings | None = None, *,
         except SettingsError as exc:
             _line(False, "settings", str(exc))
             return 2
+    if settings.accounts or account:
+        from wxhook.server.account_hub import settings_of
+        from wxhook.server.accounts import load_accounts
+
+        try:
+            names = list(load_accounts(settings.accounts)) if settings.accounts else []
+            if not account:
+                _line(True, "accounts", f"{len(names)} in {settings.accounts}")
+                _more("next", "check one account's credentials with --account NAME")
+                print("result: ready to serve")
+                return 0
+            settings = settings_of(settings, account)
+        except SettingsError as exc:
+            _line(False, "accounts", str(exc))
+            return 2
+        print(f"  account {account}")
     keys = f", {len(settings.aes_keys)} AES keys" if len(settings.aes_keys) > 1 else ""
     _line(True, "settings", f"appid {settings.app_id}, API {settings.api_base}, "
           f"{settings.mode} mode{keys}")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 EXAMPLE_RULES = "rules.example.yaml"
 
 SANDBOX_PROFILE_DB = "var/profiles-sandbox.sqlite3"
+SIMULATE_URL = "http://127.0.0.1:8000/wechat"
 
 
 def _handlers_or_exit(settings: Settings) -> None:
@@ -26,6 +27,19 @@ def _handlers_or_exit(settings: Settings) -> None:
 
     try:
         default_router(settings.handlers)
+    except SettingsError as exc:
+        print(f"wxhook: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _accounts_or_exit(settings: Settings) -> None:
+    """Refuse to start with a bad accounts file (or an account's rules or handlers)."""
+    from wxhook.errors import SettingsError
+    from wxhook.server.account_hub import load_sources
+    from wxhook.server.accounts import load_accounts
+
+    try:
+        load_sources(settings, load_accounts(settings.accounts))
     except SettingsError as exc:
         print(f"wxhook: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -46,6 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     rules_or_exit(settings)
+    if settings.accounts:
+        _accounts_or_exit(settings)
     from wxhook.server.multiproc import prepare_metrics_dir
 
     made = prepare_metrics_dir() if args.workers > 1 or os.environ.get(
@@ -146,6 +162,20 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     app = create_sandbox(appid=appid,
                          secret=args.secret or settings.app_secret.get_secret_value(),
                          latency=args.latency, empty_nicknames=args.empty_nicknames)
+    if settings.accounts:
+        # With an accounts file it stands in for each of its accounts as well.
+        from wxhook.errors import SettingsError
+        from wxhook.server.accounts import load_accounts
+
+        try:
+            accounts = load_accounts(settings.accounts)
+        except SettingsError as exc:
+            print(f"wxhook: {exc}", file=sys.stderr)
+            return 2
+        for account in accounts.values():
+            app.state.sandbox.add_account(account.app_id,
+                                          account.app_secret.get_secret_value())
+        appid = f"{appid} and the {len(accounts)} accounts of {settings.accounts}"
     print(f"wxhook sandbox on http://{args.host}:{args.port} for appid {appid} "
           "(control API under /_sandbox/)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, **uvicorn_kwargs())
@@ -158,7 +188,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from wxhook.tools.simulate import simulate
 
     settings = settings_or_exit(WXHOOK_SANDBOX=True)
-    return asyncio.run(simulate(settings, kind=args.kind, url=args.url, openid=args.openid,
+    url = args.url
+    if args.account:
+        from wxhook.errors import SettingsError
+        from wxhook.server.account_hub import settings_of
+
+        try:
+            settings = settings_of(settings, args.account)
+        except SettingsError as exc:
+            print(f"wxhook: {exc}", file=sys.stderr)
+            return 2
+        if url == SIMULATE_URL:
+            url = f"{SIMULATE_URL}/{args.account}"
+    return asyncio.run(simulate(settings, kind=args.kind, url=url, openid=args.openid,
                                 text=args.text, event_key=args.event_key, aes=args.aes,
                                 repeat=args.repeat, insecure=args.insecure))
 
@@ -180,7 +222,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"wxhook: cannot read --env-file {args.env_file}: "
                   f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return 2
-    return asyncio.run(run_check(env_file=env_file))
+    return asyncio.run(run_check(env_file=env_file, account=args.account))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -244,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "send it and print the decoded reply.",
                        )
     m.add_argument("kind", help="subscribe, unsubscribe, SCAN, CLICK, ... or text, image, ...")
-    m.add_argument("--url", default="http://127.0.0.1:8000/wechat", help="the push URL")
+    m.add_argument("--url", default=SIMULATE_URL, help="the push URL (with --account: "
+                   "/wechat/NAME)")
+    m.add_argument("--account", default="", metavar="NAME",
+                   help="sign as this account of WXHOOK_ACCOUNTS")
     m.add_argument("--openid", default="oSandboxDemoFollower00000001",
                    help="the sender (FromUserName)")
     m.add_argument("--text", default="hello", help="Content of a text message")
@@ -262,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read settings from FILE as systemd's EnvironmentFile= does (quotes, "
                         "spaces in values, # comments), instead of .env; the environment "
                         "still applies where FILE does not set a name")
+    c.add_argument("--account", default="", metavar="NAME",
+                   help="check this account of WXHOOK_ACCOUNTS (its token, its callback IPs)")
     c.set_defaults(func=cmd_check)
     add_commands(sub)
     return p

@@ -81,6 +81,11 @@ class SqliteProfileRepo:
         await self._run(lambda conn: conn.execute(
             "DELETE FROM account_profiles WHERE appid = ? AND openid = ?", (self.appid, openid)))
 
+    def view(self, appid: str) -> AccountRows:
+        """Another account's rows in the same file, through this repo's one connection and
+        thread (many accounts: one thread, not one each); closed with this repo."""
+        return AccountRows(self, appid)
+
     async def aclose(self) -> None:
         """Close the connection and stop the thread."""
         if self._finalizer.alive:
@@ -106,6 +111,23 @@ class SqliteProfileRepo:
             if self.appid != self.sandbox_appid:
                 _adopt_legacy(self._holder.conn, self.appid)
         return self._holder.conn
+
+
+class AccountRows:
+    """One account's profiles in a SqliteProfileRepo's file (SqliteProfileRepo.view)."""
+
+    def __init__(self, repo: SqliteProfileRepo, appid: str) -> None:
+        self.repo = repo
+        self.appid = appid
+
+    async def get(self, openid: str) -> dict[str, str] | None:
+        """The stored profile, or None."""
+        return await self.repo._run(lambda conn: _read(conn, self.appid, openid))
+
+    async def put(self, openid: str, profile: dict[str, str]) -> None:
+        """Merge `profile` into the stored one."""
+        fields = {str(k): str(v) for k, v in profile.items()}
+        await self.repo._run(lambda conn: _merge(conn, self.appid, openid, fields))
 
 
 def _open(path: Path) -> sqlite3.Connection:

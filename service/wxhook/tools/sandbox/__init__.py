@@ -17,7 +17,14 @@ from starlette.routing import Route
 
 from wxhook.tools.sandbox import console, oauth, wechat
 from wxhook.tools.sandbox.control import _control_routes
-from wxhook.tools.sandbox.state import DEMO_OPENID, DEMO_PROFILE, Fault, SandboxState, _err
+from wxhook.tools.sandbox.state import (
+    DEMO_OPENID,
+    DEMO_PROFILE,
+    Fault,
+    SandboxState,
+    _err,
+    _json_body,
+)
 
 __all__ = ["DEMO_OPENID", "DEMO_PROFILE", "Fault", "SandboxState", "create_sandbox"]
 
@@ -46,7 +53,10 @@ def _api_route(st: SandboxState, method: str, path: str,
                sleep: Callable[[float], Awaitable[None]]) -> Route:
     async def endpoint(request: Request) -> Response:
         st.calls[path] += 1
-        fault = st._take_fault(path)
+        appid = await _caller(request, st)
+        if path in _TOKEN_PATHS:
+            st.token_calls[str(appid)] += 1
+        fault = st._take_fault(path, appid)
         delay = st.latency + (fault.latency if fault is not None else 0.0)
         if delay > 0:
             await sleep(delay)
@@ -59,6 +69,22 @@ def _api_route(st: SandboxState, method: str, path: str,
 
     return Route(path, endpoint, methods=[method])
 
+
+_TOKEN_PATHS = frozenset({"/cgi-bin/token", "/cgi-bin/stable_token"})
+
+
+async def _caller(request: Request, st: SandboxState) -> str | None:
+    """Which account is calling: the appid it sends, or the one its access token names."""
+    q = request.query_params
+    if "appid" in q:
+        return q["appid"]
+    if "access_token" in q:
+        return st._owner(q["access_token"])
+    if request.method == "POST":
+        body = await _json_body(request)  # starlette keeps the body for the handler
+        if body is not None and isinstance(body.get("appid"), str):
+            return str(body["appid"])
+    return None
 
 
 _INDEX = """wxhook sandbox WeChat API: a local stand-in for api.weixin.qq.com (not WeChat).

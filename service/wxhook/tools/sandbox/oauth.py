@@ -26,7 +26,7 @@ from wxhook.tools.sandbox.state import (
 
 async def _authorize(request: Request, st: SandboxState) -> Response:
     q = request.query_params
-    if q.get("appid") != st.appid:
+    if q.get("appid") not in st.accounts:
         return PlainTextResponse("appid 参数错误 (wrong appid)", status_code=400)
     scope = q.get("scope", "")
     if scope not in ("snsapi_base", "snsapi_userinfo"):
@@ -75,7 +75,7 @@ async def _sns_refresh(request: Request, st: SandboxState) -> Response:
     q = request.query_params
     if q.get("grant_type") != "refresh_token":
         return _err(40002)
-    if q.get("appid") != st.appid:
+    if q.get("appid") not in st.accounts:
         return _err(40013)
     refresh = q.get("refresh_token", "")
     grant = st._refresh.get(refresh)

@@ -56,11 +56,13 @@ class Fault:
     errcode: int | None = None
     http_status: int | None = None
     times: int | None = None
+    appid: str | None = None  # only calls of this account (by appid, or by its token)
 
 
 @dataclass
 class _Token:
     expires_at: float
+    appid: str = ""  # whose global token
     dies_at: float | None = None  # set when a newer token supersedes this one
     openid: str = ""  # web (sns) tokens only
     scope: str = ""
@@ -83,6 +85,9 @@ class SandboxState:
                  callback_ips: list[str] | None = None) -> None:
         self.appid = appid
         self.secret = secret
+        # Every account the sandbox stands in for: appid -> secret (add_account adds one).
+        self.accounts: dict[str, str] = {appid: secret}
+        self.token_calls: collections.Counter[str] = collections.Counter()  # by appid
         self.token_ttl = token_ttl
         self.grace = grace
         self.clock = clock
@@ -102,8 +107,8 @@ class SandboxState:
 
     def _reset_tokens(self) -> None:
         self._tokens: dict[str, _Token] = {}  # global tokens, both pools
-        self._basic: str | None = None  # newest /cgi-bin/token token
-        self._stable: str | None = None  # current stable token
+        self._basic: dict[str, str] = {}  # appid -> newest /cgi-bin/token token
+        self._stable: dict[str, str] = {}  # appid -> current stable token
         self._web: dict[str, _Token] = {}
         self._refresh: dict[str, _Code] = {}
         self._codes: dict[str, _Code] = {}
@@ -112,6 +117,10 @@ class SandboxState:
     def token_requests(self) -> int:
         """Requests to /cgi-bin/token and /cgi-bin/stable_token."""
         return self.calls["/cgi-bin/token"] + self.calls["/cgi-bin/stable_token"]
+
+    def add_account(self, appid: str, secret: str) -> None:
+        """Stand in for one more account: its appid/secret pair gets tokens of its own."""
+        self.accounts[appid] = secret
 
     def add_fault(self, fault: Fault) -> None:
         """Add a fault rule; earlier rules win."""
@@ -124,7 +133,8 @@ class SandboxState:
     def invalidate_tokens(self) -> None:
         """Kill every global access token issued so far (next use answers 40001)."""
         self._tokens.clear()
-        self._basic = self._stable = None
+        self._basic.clear()
+        self._stable.clear()
 
     def mint_oauth_code(self, openid: str, scope: str = "snsapi_userinfo") -> str:
         """Issue an OAuth code as if `openid` had just authorised in the browser."""
@@ -139,37 +149,46 @@ class SandboxState:
     def reset(self) -> None:
         """Forget counters, faults, tokens, codes and sent messages; keep the configuration."""
         self.calls.clear()
+        self.token_calls.clear()
         self.sent.clear()
         self.faults.clear()
         self._reset_tokens()
 
     # -- used by the routes below ----------------------------------------------------
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, appid: str | None) -> Fault | None:
         for fault in self.faults:
+            if fault.appid is not None and fault.appid != appid:
+                continue
             if fault.path in (path, "*") and (fault.times is None or fault.times > 0):
                 if fault.times is not None:
                     fault.times -= 1
                 return fault
         return None
 
-    def _issue_basic(self) -> str:
+    def _owner(self, token: str | None) -> str | None:
+        """The appid a global token was issued to (None: no such token)."""
+        found = self._tokens.get(token) if token else None
+        return found.appid if found is not None else None
+
+    def _issue_basic(self, appid: str) -> str:
         now = self.clock()
         # Killed tokens answer 40001 exactly like unknown ones, so forgetting them is safe.
         dead = [k for k, t in self._tokens.items() if t.dies_at is not None and t.dies_at <= now]
         for key in dead:
             del self._tokens[key]
-        if self._basic is not None and self._basic in self._tokens:
+        previous = self._basic.get(appid)
+        if previous is not None and previous in self._tokens:
             # WeChat keeps the previous token alive for about 5 minutes, then kills it.
-            old = self._tokens[self._basic]
+            old = self._tokens[previous]
             old.dies_at = min(old.expires_at, now + self.grace)
-        self._basic = _new_token()
-        self._tokens[self._basic] = _Token(now + self.token_ttl)
-        return self._basic
+        token = self._basic[appid] = _new_token()
+        self._tokens[token] = _Token(now + self.token_ttl, appid=appid)
+        return token
 
-    def _issue_stable(self, force: bool) -> tuple[str, int]:
+    def _issue_stable(self, appid: str, force: bool) -> tuple[str, int]:
         now = self.clock()
-        old = self._stable
+        old = self._stable.get(appid)
         current = self._tokens.get(old) if old is not None else None
         if old is not None and current is not None:
             left = current.expires_at - now
@@ -178,9 +197,9 @@ class SandboxState:
             elif left > STABLE_RENEW:
                 return old, int(left)
         # Renewing in the last 5 minutes leaves the old stable token valid until it expires.
-        self._stable = _new_token()
-        self._tokens[self._stable] = _Token(now + self.token_ttl)
-        return self._stable, self.token_ttl
+        token = self._stable[appid] = _new_token()
+        self._tokens[token] = _Token(now + self.token_ttl, appid=appid)
+        return token, self.token_ttl
 
     def _check_token(self, token: str | None, pool: dict[str, _Token] | None = None) -> int:
         if not token:
@@ -247,9 +266,9 @@ def _client_error(st: SandboxState, got: Any, want: str, appid: Any, secret: Any
     """The error WeChat gives for a bad grant_type, appid, secret or caller IP, if any."""
     if got != want:
         return _err(40002)
-    if appid != st.appid:
+    if not isinstance(appid, str) or appid not in st.accounts:
         return _err(40013)
-    if secret != st.secret:
+    if secret != st.accounts[appid]:
         return _err(40125)
     if whitelist and not st.ip_whitelisted:
         return _err(40164, "invalid ip 1.2.3.4 ipv6 ::ffff:1.2.3.4, not in whitelist")

@@ -22,7 +22,8 @@ async def _token(request: Request, st: SandboxState) -> Response:
     if error := _client_error(st, q.get("grant_type"), "client_credential", q.get("appid"),
                               q.get("secret")):
         return error
-    return JSONResponse({"access_token": st._issue_basic(), "expires_in": st.token_ttl})
+    appid = str(q.get("appid"))
+    return JSONResponse({"access_token": st._issue_basic(appid), "expires_in": st.token_ttl})
 
 
 async def _stable_token(request: Request, st: SandboxState) -> Response:
@@ -32,7 +33,7 @@ async def _stable_token(request: Request, st: SandboxState) -> Response:
     if error := _client_error(st, body.get("grant_type"), "client_credential",
                               body.get("appid"), body.get("secret")):
         return error
-    token, expires_in = st._issue_stable(body.get("force_refresh") is True)
+    token, expires_in = st._issue_stable(str(body.get("appid")), body.get("force_refresh") is True)
     return JSONResponse({"access_token": token, "expires_in": expires_in})
 
 

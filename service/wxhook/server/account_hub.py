@@ -1,0 +1,201 @@
+"""Many accounts in one process: `/wechat/{name}`, each account's pieces built on its first push.
+
+Each account gets what a single-account deployment has, built from its own credentials:
+its Settings, HTTP client, token manager, profiles, router and webhook (guard, dedup,
+state), all keyed `wxhook:{appid}:`. Nothing is shared but the store and the metrics, so
+one account's wrong secret, token back-off or hanging upstream holds only its own
+connections and locks. Nothing is built, and nothing asked of WeChat, before an account's
+first push: a file of a thousand accounts starts as fast as one of two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from pydantic import SecretStr
+
+from wxhook.defaults import default_router
+from wxhook.errors import SettingsError
+from wxhook.router import Router
+from wxhook.rules import RulesError
+from wxhook.rules_router import RulesAnswerer
+from wxhook.server.accounts import Account, load_accounts
+from wxhook.server.config import SANDBOX_APP_ID, Settings
+from wxhook.server.delivery import LateDelivery
+from wxhook.server.loglimit import LimitedLog
+from wxhook.server.logs import get_logger
+from wxhook.server.metrics import Metrics
+from wxhook.server.profiles import ProfileRepo, Profiles, StoreProfileRepo
+from wxhook.server.rules_source import RulesSource
+from wxhook.server.store.sqlite import SqliteProfileRepo
+from wxhook.server.tokens import TokenManager, api_with_tokens
+from wxhook.server.webhook import Webhook
+from wxhook.server.wechat_api import new_http_client
+from wxhook.store import Store
+
+PREFIX = "/wechat/"
+_NOT_FOUND = b"no such account"
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8"),
+         (b"content-length", str(len(_NOT_FOUND)).encode())]
+
+
+@dataclass(slots=True)
+class Bundle:
+    """One account's serving pieces; `http` is closed with it when it owns it."""
+
+    settings: Settings
+    webhook: Webhook
+    tokens: TokenManager
+    delivery: LateDelivery
+    http: httpx.AsyncClient | None
+
+
+def account_settings(base: Settings, account: Account) -> Settings:
+    """`base` with the account's credentials, mode, rules and handlers in place."""
+    # The session secret signs OAuth state and cookies: never the same for two accounts.
+    seed = (f"wxhook-session:{account.name}:{account.app_id}:"
+            f"{account.app_secret.get_secret_value()}:{base.session_secret.get_secret_value()}")
+    return base.model_copy(update={
+        "app_id": account.app_id, "app_secret": account.app_secret, "token": account.token,
+        "encoding_aes_key": account.encoding_aes_key, "message_mode": account.message_mode,
+        "rules": account.rules or base.rules, "handlers": account.handlers or base.handlers,
+        "session_secret": SecretStr(hashlib.sha256(seed.encode()).hexdigest())})
+
+
+def load_sources(base: Settings, accounts: dict[str, Account],
+                 metrics: Metrics | None = None) -> dict[str, RulesSource]:
+    """Each rules file the accounts name, read now, and each handlers module imported, so
+    start-up refuses a bad one (SettingsError); accounts naming one file share its source."""
+    on_result = None if metrics is None else (
+        lambda result: metrics.rules_reloads.labels(result).inc())
+    sources: dict[str, RulesSource] = {}
+    for account in accounts.values():
+        path = account.rules or base.rules
+        if path and path not in sources:
+            try:
+                sources[path] = RulesSource(path, on_result=on_result)
+            except RulesError as exc:
+                raise SettingsError(f"account {account.name}: rules {path} is not valid:\n  "
+                                    + "\n  ".join(exc.problems)) from None
+    for spec in {account.handlers or base.handlers for account in accounts.values()}:
+        default_router(spec)  # a module that cannot be imported: SettingsError
+    return sources
+
+
+def settings_of(base: Settings, name: str) -> Settings:
+    """The settings of account `name` in base's WXHOOK_ACCOUNTS (SettingsError: none such)."""
+    if not base.accounts:
+        raise SettingsError(f"--account {name} needs WXHOOK_ACCOUNTS (an accounts file)")
+    accounts = load_accounts(base.accounts)
+    if name not in accounts:
+        known = ", ".join(list(accounts)[:10]) + (", ..." if len(accounts) > 10 else "")
+        raise SettingsError(f"no account named {name!r} in {base.accounts} (known: {known})")
+    return account_settings(base, accounts[name])
+
+
+class AccountHub:
+    """ASGI app for `/wechat/{name}`: the named account's webhook, or 404."""
+
+    def __init__(self, base: Settings, accounts: dict[str, Account], *, store: Store,
+                 metrics: Metrics, http: httpx.AsyncClient | None = None,
+                 router: Router | None = None, profile_repo: ProfileRepo | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.base = base
+        self.accounts = accounts
+        self.store = store
+        self.metrics = metrics
+        self.http = http
+        self.router = router
+        self.profile_repo = profile_repo
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.built: dict[str, Bundle] = {}
+        self.sqlite: SqliteProfileRepo | None = None
+        self.rules = load_sources(base, accounts, metrics)
+        self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
+        self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
+
+    async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
+        name = str(scope["path"])[len(PREFIX):]
+        bundle = self.built.get(name)
+        if bundle is None:
+            bundle = self.bundle(name)
+        if bundle is not None:
+            await bundle.webhook(scope, receive, send)
+            return
+        # Anyone can ask for any name: the line is bounded like a refused push's.
+        self.refusals.warning("unknown_account", "push_refused", status=404,
+                              reason="unknown_account", path_length=len(name))
+        await send({"type": "http.response.start", "status": 404, "headers": _TEXT})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": _NOT_FOUND})  # type: ignore[operator]
+
+    def bundle(self, name: str) -> Bundle | None:
+        """The account's pieces, built now if this is its first push; None: no such account."""
+        bundle = self.built.get(name)
+        if bundle is None and (account := self.accounts.get(name)) is not None:
+            # No await between the look-up and the store: concurrent first pushes of one
+            # account build it once (and so fetch its token once).
+            bundle = self.built[name] = self._build(account)
+        return bundle
+
+    def _build(self, account: Account) -> Bundle:
+        settings = account_settings(self.base, account)
+        # Its own client (pool) unless tests inject one: a hanging upstream of one account
+        # fills only its own connections.
+        own_http = None if self.http is not None else new_http_client(
+            timeout=settings.http_timeout)
+        http = own_http if own_http is not None else self.http
+        assert http is not None
+        namespace = f"wxhook:{settings.app_id}:"
+        api, tokens = api_with_tokens(http, settings, store=self.store, namespace=namespace,
+                                      metrics=self.metrics, clock=self.wall_clock)
+        repo: ProfileRepo = (self.profile_repo if self.profile_repo is not None
+                             else self._sqlite().view(settings.app_id)
+                             if not self.store.shared
+                             else StoreProfileRepo(self.store, namespace=namespace))
+        profiles = Profiles(api, repo, ttl=settings.profile_ttl,
+                            batch_window=settings.batch_window)
+        delivery = LateDelivery(api, metrics=self.metrics)
+        router = self.router
+        if router is None:
+            source = self.rules.get(settings.rules)
+            answerer = None if source is None else RulesAnswerer(
+                source.current, store=self.store, namespace=namespace)
+            router = default_router(settings.handlers, rules=answerer)
+        webhook = Webhook(settings, store=self.store, router=router, api=api,
+                          profiles=profiles, delivery=delivery, metrics=self.metrics,
+                          clock=self.clock, wall_clock=self.wall_clock, account=account.name)
+        # One bound for refused pushes across all accounts: spreading a flood over many
+        # account URLs must not multiply the lines it writes.
+        webhook.refusals = self.refusals
+        webhook.guard.quiet = self.guard_quiet
+        webhook.per_account = {}  # wxhook_account_pushes_total, labelled by this name
+        return Bundle(settings, webhook, tokens, delivery, own_http)
+
+    async def aclose(self, grace: float) -> int:
+        """Give late deliveries `grace` seconds, close what the accounts own; the number of
+        late deliveries abandoned."""
+        bundles = list(self.built.values())
+        left = await asyncio.gather(*(b.delivery.drain(grace) for b in bundles))
+        for bundle in bundles:
+            if bundle.http is not None:
+                await bundle.http.aclose()
+        if self.sqlite is not None:
+            await self.sqlite.aclose()
+        return sum(left)
+
+    def _sqlite(self) -> SqliteProfileRepo:
+        """The profile file every account shares without Redis (rows keyed by appid)."""
+        if self.sqlite is None:
+            # The sandbox's appid as the file's owner: no account adopts the rows of a
+            # single-account file written before the appid key (they are not its followers
+            # more than another account's).
+            self.sqlite = SqliteProfileRepo(self.base.profile_db, appid=SANDBOX_APP_ID,
+                                            sandbox_appid=SANDBOX_APP_ID)
+        return self.sqlite
