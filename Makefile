@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wxhook needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The editable install maps `wxhook` with an import hook that mypy and editors cannot
+	@# follow; a path entry per source folder lets them find the package from any directory.
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "wxhook-src.pth").write_text("$(CURDIR)/handlers\n$(CURDIR)/service\n")'
 	@touch $(STAMP)
 
 install: $(STAMP)
