@@ -182,7 +182,7 @@ IN_XML = [c for c in CONTROLS if c in "\t\n\r" or ord(c) >= 0x7F] + [
     "a\nfake: entry", "x\u2028fake: entry", "\u202egnp.exe", "\u2066x\u2069"]
 
 
-def _pushes_with_controls(url):
+def _pushes_with_controls(url, log=None):
     import httpx
 
     from tests.support import TOKEN
@@ -195,7 +195,11 @@ def _pushes_with_controls(url):
                f"{'event' if i % 2 else 'text' + p}]]></MsgType><Event><![CDATA[{p}]]></Event>"
                f"<Content><![CDATA[hi]]></Content><MsgId>{i + 1}</MsgId></xml>").encode()
         push = sign_push(xml, token=TOKEN, openid="o")
-        r = httpx.post(url + "/wechat", params=push.params, content=xml, timeout=10)
+        try:
+            r = httpx.post(url + "/wechat", params=push.params, content=xml, timeout=10)
+        except httpx.ConnectError:  # the server is gone: what it wrote says why
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise AssertionError(f"push {i} ({p!r}): server unreachable\n{tail}") from None
         assert r.status_code == 200, (p, r.text)
 
 
@@ -208,7 +212,7 @@ def test_a_push_carrying_controls_reaches_the_log_written_out(tmp_path, fmt):
 
     log = tmp_path / "server.log"
     with sandbox_process() as api, server_process(api, log_path=log, WXHOOK_LOG_FORMAT=fmt) as url:
-        _pushes_with_controls(url)
+        _pushes_with_controls(url, log)
     text = log.read_bytes().decode("utf-8")
     assert not UNSAFE & set(text), sorted(hex(ord(c)) for c in UNSAFE & set(text))
     assert not [line for line in text.split("\n") if line.startswith(("fake: entry",

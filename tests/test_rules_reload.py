@@ -285,9 +285,6 @@ def test_a_worker_started_again_while_the_file_is_broken_runs_the_last_good_rule
         with proc_cm as proc:
             _until(lambda: len(worker_pids(proc.pid)) == 2, timeout=20)
             serving = worker_pids(proc.pid)
-            # A good change every worker takes (the last good rules are these, not the
-            # ones serve started with), then a broken file every worker refuses.
-            path.write_text(GOOD % "v2")
             states: dict[int, dict] = {}
 
             def every_worker(check):
@@ -302,8 +299,16 @@ def test_a_worker_started_again_while_the_file_is_broken_runs_the_last_good_rule
                         check(states[p]) for p in serving)
                 return met
             try:
-                _until(every_worker(lambda s: s["last_error"] is None and s["loaded_by"] ==
-                                    "file changed"), timeout=40)
+                # Every worker has loaded v1 before the file changes: a worker still
+                # starting would read v2 at start, not as a change.
+                _until(every_worker(lambda s: s["last_error"] is None), timeout=40)
+                first = states[min(serving)]["version"]
+                # A good change every worker takes (the last good rules are these, not the
+                # ones serve started with), then a broken file every worker refuses.
+                path.write_text(GOOD % "v2")
+                states.clear()
+                _until(every_worker(lambda s: s["last_error"] is None and s["version"] != first
+                                    and s["loaded_by"] == "file changed"), timeout=40)
                 good = states[min(serving)]["version"]
                 path.write_text(BROKEN)
                 _until(every_worker(lambda s: s["last_error"] is not None), timeout=40)
