@@ -7,6 +7,7 @@ decorator's own conditions. They all register through Router.register().
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
@@ -53,14 +54,14 @@ class Decorator(Protocol[M]):
     def __call__(self, handler: HandlerOf[M, R], /) -> HandlerOf[M, R]: ...
 
 
-class Decorators:
+class Decorators(ABC):
     """The decorators; Router supplies register()."""
 
+    @abstractmethod
     def register(self, handler: HandlerOf[M, R], *, msg_types: tuple[str, ...] = (),
                  events: tuple[str, ...] = (), match: Match | None = None,
                  kinds: tuple[type[M], ...] = (), found: Found | None = None) -> HandlerOf[M, R]:
         """Add a handler (Router.register)."""
-        raise NotImplementedError
 
     def _on(self, kinds: tuple[type[M], ...], *, msg_types: tuple[str, ...] = (),
             events: tuple[str, ...] = (), test: Callable[[M], bool] | None = None,
