@@ -108,6 +108,9 @@ def server_env(creds: gen.Creds, scenario: str, workers: int = 1) -> dict[str, s
         # The same job as the WeRoBot peer: text is answered "You said: <text>".
         "WXHOOK_HANDLERS": "bench.handlers:router", "PYTHONPATH": str(ROOT),
     })
+    # bench/ab.py: wxhook's code from another checkout, ahead of this one's on the path.
+    if src := os.environ.get("BENCH_WXHOOK_SRC"):
+        env["PYTHONPATH"] = os.pathsep.join([f"{src}/handlers", f"{src}/service", str(ROOT)])
     if scenario == "aes":
         env["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
     if workers > 1:
