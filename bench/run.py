@@ -1,7 +1,7 @@
 """wxhook benchmark: wxhook vs WeRoBot vs a bare-ASGI ceiling, side by side in one run.
 
     .venv/bin/python bench/run.py [--only wxhook,werobot,bare]
-                                  [--scenarios plain,aes,subscribe,open]
+                                  [--scenarios plain,aes,subscribe,accounts,open]
                                   [--duration 12] [--warmup 2.5] [--workers 1] [--quick]
                                   [--open-rates 1000,3000,5000] [--open-seconds 20]
 
@@ -58,6 +58,8 @@ TARGETS = {
     "plain_vs_werobot": 3.0, "plain_vs_ceiling": 0.30, "aes_vs_werobot": 3.0,
     "subscribe_vs_werobot": 8.0, "subscribe_p50_ms": 45.0, "subscribe_p99_ms": 250.0,
     "subscribe_token_requests": 1, "subscribe_calls_per_1000": 50, "rss_mb": 150.0,
+    # Issue 21: a push to one of 1,000 accounts costs what a single-account push costs.
+    "accounts_vs_plain": 0.95,
 }
 # The open-loop scenario: subscribes at these fixed arrival rates (bench/openloop.py).
 OPEN_RATES = (1000, 3000, 5000)
@@ -89,7 +91,7 @@ class Server:
 
 SERVERS = {
     "bare": Server("bare", ("plain",), None),
-    "werobot": Server("werobot", gen.SCENARIOS, None),
+    "werobot": Server("werobot", ("plain", "aes", "subscribe"), None),
     "wxhook": Server("wxhook", gen.SCENARIOS, "/healthz"),
 }
 
@@ -113,6 +115,11 @@ def server_env(creds: gen.Creds, scenario: str, workers: int = 1) -> dict[str, s
         env["PYTHONPATH"] = os.pathsep.join([f"{src}/handlers", f"{src}/service", str(ROOT)])
     if scenario == "aes":
         env["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    if scenario == "accounts":
+        accounts = LOGS / "accounts.yaml"
+        accounts.parent.mkdir(parents=True, exist_ok=True)
+        accounts.write_text(gen.accounts_yaml())
+        env["WXHOOK_ACCOUNTS"] = str(accounts)
     if workers > 1:
         env["REDIS_URL"] = BENCH_REDIS_URL
         subprocess.run(["redis-cli", "-u", BENCH_REDIS_URL, "flushdb"], check=False,
@@ -247,7 +254,7 @@ def validate(server: str, scenario: str, port: int, creds: gen.Creds, seq: gen.S
     sample = ""
     with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=10) as client:
         for push in gen.pushes(scenario, n, creds, seq):
-            r = client.post(f"/wechat?{push.query}", content=push.body,
+            r = client.post(f"{push.path}?{push.query}", content=push.body,
                             headers={"Content-Type": "text/xml"})
             if r.status_code != 200:
                 raise AssertionError(f"HTTP {r.status_code}: {r.text[:300]}")
@@ -381,6 +388,8 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
         end = up.stats()
         if not proc.alive():
             raise RuntimeError(f"server died during the run:\n{proc.tail()}")
+        if scenario == "accounts":
+            res["accounts_served"] = accounts_served(port)
         measured_calls = {k: v - after_warm["calls"].get(k, 0) for k, v in end["calls"].items()}
         res.update({
             "ok": True,
@@ -406,6 +415,13 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             proc.stop()
         res["log"] = str(log.relative_to(ROOT))
     return res
+
+
+def accounts_served(port: int) -> int:
+    """How many accounts answered pushes (and so had their pieces built), from /metrics."""
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
+    return len(set(re.findall(r'^wxhook_account_pushes_total\{account="([^"]+)"', text,
+                              re.MULTILINE)))
 
 
 def run_open(port: int, pool: str, rate: int, seconds: float, cpus: str) -> dict[str, Any]:
@@ -567,6 +583,7 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
     pc = ratio(rps("wxhook", "plain"), rps("bare", "plain"))
     aw = ratio(rps("wxhook", "aes"), rps("werobot", "aes"))
     sw = ratio(rps("wxhook", "subscribe"), rps("werobot", "subscribe"))
+    ap = ratio(rps("wxhook", "accounts"), rps("wxhook", "plain"))
     check("plain: wxhook / WeRoBot", pw, f">= {t['plain_vs_werobot']}x",
           None if pw is None else pw >= t["plain_vs_werobot"] and clean("plain"))
     check("plain: wxhook / bare ceiling", pc, f">= {t['plain_vs_ceiling']:.0%}",
@@ -575,6 +592,9 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
           None if aw is None else aw >= t["aes_vs_werobot"] and clean("aes"))
     check("subscribe: wxhook / WeRoBot", sw, f">= {t['subscribe_vs_werobot']}x",
           None if sw is None else sw >= t["subscribe_vs_werobot"] and clean("subscribe"))
+    check(f"accounts: wxhook over {gen.ACCOUNTS:,} accounts / one account (plain)", ap,
+          f">= {t['accounts_vs_plain']}",
+          None if ap is None else ap >= t["accounts_vs_plain"] and clean("accounts"))
     sub = by.get(("wxhook", "subscribe"))
     check("subscribe: wxhook p50 (ms)", sub and sub["p50_ms"], f"<= {t['subscribe_p50_ms']:.0f}",
           None if not sub else sub["p50_ms"] <= t["subscribe_p50_ms"])
@@ -594,7 +614,7 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
     return {"checks": checks, "failed_runs": failed,
             "ratios": {name: None if v is None else round(v, 3) for name, v in (
                 ("plain_vs_werobot", pw), ("plain_vs_ceiling", pc), ("aes_vs_werobot", aw),
-                ("subscribe_vs_werobot", sw))}}
+                ("subscribe_vs_werobot", sw), ("accounts_vs_plain", ap))}}
 
 
 def lookup_calls(r: dict[str, Any]) -> int:
@@ -651,8 +671,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="wxhook vs WeRoBot vs bare ASGI, one run")
     p.add_argument("--only", default="bare,werobot,wxhook",
                    help="comma list of servers: wxhook,werobot,bare")
-    p.add_argument("--scenarios", default="plain,aes,subscribe,open",
-                   help="comma list: plain,aes,subscribe,open")
+    p.add_argument("--scenarios", default="plain,aes,subscribe,accounts,open",
+                   help="comma list: plain,aes,subscribe,accounts,open")
     p.add_argument("--open-rates", default=",".join(map(str, OPEN_RATES)),
                    help="open scenario: subscribes a second, a comma list")
     p.add_argument("--open-seconds", type=int, default=OPEN_SECONDS,

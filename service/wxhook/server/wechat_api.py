@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
@@ -49,9 +51,21 @@ def _loads(content: bytes) -> Any:
         return json.loads(content)
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """httpx's default TLS settings (certifi, or SSL_CERT_FILE/SSL_CERT_DIR), built once.
+
+    A client builds its own context otherwise, reading the whole CA bundle each time: with
+    an accounts file every account has its own client, and a thousand copies of the bundle
+    would cost a thousand times its memory, and each account's first push that read.
+    """
+    return httpx.create_ssl_context()
+
+
 def new_http_client(*, timeout: float = 3.0) -> httpx.AsyncClient:
-    """The one shared client: explicit timeouts, a pool sized for subscribe bursts."""
+    """An account's client: explicit timeouts, a pool sized for subscribe bursts."""
     return httpx.AsyncClient(
+        verify=_tls(),
         timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50,
                             keepalive_expiry=30.0),
