@@ -8,8 +8,9 @@ Each revision is exported once (`git archive`, no worktree) and its wxhook code 
 ahead of this checkout's on the server's path; everything else (bench/, the venv, wrk, the
 stand-in API) is this checkout's, so only the code under test differs. Round k runs A then
 B, round k+1 B then A, so a machine that speeds up or slows down favours neither. Prints
-every round's req/s, each round's B/A and the ratio of the medians; writes them to
-bench/results/ab-latest.json.
+every round's req/s and the server's CPU time a reply in the measured run (the steadier
+figure when other work shares the machine), each round's B/A and the ratio of the medians;
+writes them to bench/results/ab-latest.json.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     run.LOGS.mkdir(parents=True, exist_ok=True)
     rps: dict[str, dict[str, list[float]]] = {s: {"A": [], "B": []} for s in scenarios}
     rss: dict[str, dict[str, list[float]]] = {s: {"A": [], "B": []} for s in scenarios}
+    cpu: dict[str, dict[str, list[float]]] = {s: {"A": [], "B": []} for s in scenarios}
     loads: list[str] = []
     with tempfile.TemporaryDirectory(prefix="wxhook-ab-") as src_dir:
         srcs = {"A": export(a.a, Path(src_dir)), "B": export(a.b, Path(src_dir))}
@@ -95,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                                 return 1
                             rps[scenario][side].append(r["rps"])
                             rss[scenario][side].append(r["peak_rss_mb"])
+                            cpu[scenario][side].append(r["cpu_us_per_req"])
                             print(f"round {k + 1} {scenario:9} {side} ({getattr(a, side.lower())})"
-                                  f": {r['rps']:,.0f} req/s  p99 {r['p99_ms']:.1f} ms  "
+                                  f": {r['rps']:,.0f} req/s  {r['cpu_us_per_req']} us CPU a "
+                                  f"reply  p99 {r['p99_ms']:.1f} ms  "
                                   f"RSS {r['peak_rss_mb']} MB  load {loads[-1]}", flush=True)
         finally:
             up.proc.stop()
@@ -110,13 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         ra, rb = rps[s]["A"], rps[s]["B"]
         pairs = [b / x for x, b in zip(ra, rb, strict=True)]
         ratio = statistics.median(rb) / statistics.median(ra)
+        ca, cb = cpu[s]["A"], cpu[s]["B"]
+        cpairs = [b / x for x, b in zip(ca, cb, strict=True)]
+        cratio = statistics.median(cb) / statistics.median(ca)
         summary["scenarios"][s] = {"A": ra, "B": rb, "pair_ratios": pairs,
                                    "median_ratio": ratio, "rss_A": rss[s]["A"],
-                                   "rss_B": rss[s]["B"]}
-        print(f"  {s}: A {' / '.join(f'{x:,.0f}' for x in ra)}   "
+                                   "rss_B": rss[s]["B"], "cpu_us_A": ca, "cpu_us_B": cb,
+                                   "cpu_pair_ratios": cpairs, "cpu_median_ratio": cratio}
+        print(f"  {s} req/s: A {' / '.join(f'{x:,.0f}' for x in ra)}   "
               f"B {' / '.join(f'{x:,.0f}' for x in rb)}   "
               f"B/A {' '.join(f'{x:.3f}' for x in pairs)}   medians {ratio:.3f} "
               f"({(ratio - 1) * 100:+.1f}%)")
+        print(f"  {s} us CPU a reply: A {' / '.join(f'{x}' for x in ca)}   "
+              f"B {' / '.join(f'{x}' for x in cb)}   "
+              f"B/A {' '.join(f'{x:.3f}' for x in cpairs)}   medians {cratio:.3f} "
+              f"({(cratio - 1) * 100:+.1f}%)")
     out = run.RESULTS / "ab-latest.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return 0

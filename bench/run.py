@@ -215,6 +215,16 @@ class RssSampler(threading.Thread):
         while not self._halt.wait(0.1):
             self.peak_kb = max(self.peak_kb, self.sample())
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process tree has used so far."""
+        ticks = 0
+        for pid in self._tree():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # Fields 14 and 15 (utime, stime), counted after the command's ")".
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> float:
         self._halt.set()
         self.join()
@@ -376,7 +386,9 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             prefix, gen_s = write_pool(tmp, f"{name}-{scenario}-run{attempt}", scenario, n, port,
                                        creds, seq, shards)
             print(f"    pool: {n:,} distinct requests generated in {gen_s:.1f}s", flush=True)
+            cpu = rss.cpu_seconds()
             run = run_wrk(port, prefix, plan.duration, shards, plan.load_cpus, conns)
+            cpu = rss.cpu_seconds() - cpu
             remove_pool(prefix, shards)
             if not run["exhausted_threads"]:
                 break
@@ -395,6 +407,9 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             "ok": True,
             "rps": round(run["rps"], 1),
             "requests": run["requests"],
+            # The server's own CPU a reply during the measured run: steadier than req/s
+            # when other work shares the machine (it takes cores, not this process's CPU).
+            "cpu_us_per_req": round(cpu / run["requests"] * 1e6, 1) if run["requests"] else None,
             "pool_size": n,
             "p50_ms": run["p50_us"] / 1000, "p90_ms": run["p90_us"] / 1000,
             "p99_ms": run["p99_us"] / 1000, "max_ms": run["lat_max_us"] / 1000,
