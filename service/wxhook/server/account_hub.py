@@ -32,6 +32,8 @@ from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
 from wxhook.server.profiles import ProfileRepo, Profiles, StoreProfileRepo
 from wxhook.server.rules_source import RulesSource
+from wxhook.server.signature import LocalNonces
+from wxhook.server.store.fifo import FifoMemory
 from wxhook.server.store.sqlite import SqliteProfileRepo
 from wxhook.server.tokens import TokenManager, api_with_tokens
 from wxhook.server.webhook import Webhook
@@ -120,6 +122,12 @@ class AccountHub:
         self.rules = load_sources(base, accounts, metrics)
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
+        # Without Redis, one retry memory and one nonce memory for all the accounts, keys
+        # filed under each account's appid: each is bounded for the process, so a thousand
+        # accounts hold what one busy account would, not a thousand bounds' worth.
+        self.retries = None if store.shared else FifoMemory(ttl=base.dedup_ttl, clock=clock)
+        self.nonces = None if store.shared else LocalNonces(window=base.timestamp_window,
+                                                            clock=wall_clock)
 
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
         name = str(scope["path"])[len(PREFIX):]
@@ -170,7 +178,8 @@ class AccountHub:
             router = default_router(settings.handlers, rules=answerer)
         webhook = Webhook(settings, store=self.store, router=router, api=api,
                           profiles=profiles, delivery=delivery, metrics=self.metrics,
-                          clock=self.clock, wall_clock=self.wall_clock, account=account.name)
+                          clock=self.clock, wall_clock=self.wall_clock, account=account.name,
+                          retries=self.retries, nonces=self.nonces)
         # One bound for refused pushes across all accounts: spreading a flood over many
         # account URLs must not multiply the lines it writes.
         webhook.refusals = self.refusals

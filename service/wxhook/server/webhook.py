@@ -24,6 +24,8 @@ from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger, log_info, mask_openid, upstream_trace
 from wxhook.server.metrics import Metrics
 from wxhook.server.profiles import Profiles
+from wxhook.server.signature import LocalNonces
+from wxhook.server.store.fifo import FifoMemory
 from wxhook.server.wechat_api import WeChatAPI
 from wxhook.state import States
 from wxhook.store import Store
@@ -71,16 +73,20 @@ class Webhook:
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time, account: str = "default") -> None:
+                 wall_clock: Callable[[], float] = time.time, account: str = "default",
+                 retries: FifoMemory | None = None, nonces: LocalNonces | None = None) -> None:
         self.settings = settings
         self.account = account
         self.store = store
         # Keys in a shared store (Redis) name the appid; without one, nonces and retry
         # replies stay in memories of this process and use no store key.
         namespace = f"wxhook:{settings.app_id}:"
+        # `retries` and `nonces`: the process memories every account of an accounts file
+        # shares (each bounded for the whole process); a single account makes its own.
         self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics,
-                           clock=wall_clock)
-        self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl, clock=clock)
+                           clock=wall_clock, nonces=nonces)
+        self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl, clock=clock,
+                           local=retries)
         self.router = router
         self.api = api
         self.profiles = profiles
