@@ -184,7 +184,7 @@ class AccountHub:
         # account URLs must not multiply the lines it writes.
         webhook.refusals = self.refusals
         webhook.guard.quiet = self.guard_quiet
-        webhook.per_account = {}  # wxhook_account_pushes_total, labelled by this name
+        webhook.per_account = True  # wxhook_account_pushes_total, labelled by this name
         return Bundle(settings, webhook, tokens, delivery, own_http)
 
     async def aclose(self, grace: float) -> int:
