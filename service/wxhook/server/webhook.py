@@ -7,8 +7,8 @@ injection and validation cost more than the whole guard (see the README's profil
 from __future__ import annotations
 
 import asyncio
-import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -102,9 +102,6 @@ class Webhook:
         # Pushes counted in wxhook_account_pushes_total too: the accounts file's hub turns it
         # on (one account, at /wechat, has no account label).
         self.per_account = False
-        # Request ids: a random prefix per process and a counter (no syscall per push).
-        self._rid = os.urandom(4).hex() + "-"
-        self._pushes = 0
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         # latin-1: any bytes decode (a stray one fails the signature, never the parse).
@@ -131,9 +128,8 @@ class Webhook:
                     q: dict[str, str]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         started = time.monotonic()
         deadline = started + self.settings.deadline
-        self._pushes += 1
         # Every push line has the same keys, so queries over the logs need no special cases.
-        rec: dict[str, Any] = {"request_id": f"{self._rid}{self._pushes:x}",
+        rec: dict[str, Any] = {"request_id": uuid.uuid4().hex,
                                "account": self.account, "appid": self.settings.app_id,
                                "handler": None,
                                "reply_type": None, "deadline_fallback": False}
