@@ -10,25 +10,10 @@ from wxhook.server.logs import get_logger
 
 
 async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:  # noqa: ASYNC109 - a wait
-    """Wait until `fut` is done or `timeout` seconds pass; True when done. Never cancels it."""
-    if fut.done():
-        return True
-    if timeout <= 0:
-        return False
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    fut.add_done_callback(wake)
-    timer = loop.call_later(timeout, wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        fut.remove_done_callback(wake)
+    """Wait until `fut` is done or `timeout` seconds pass; True when done. Never cancels it
+    (asyncio.wait neither cancels nor raises what `fut` raises)."""
+    if not fut.done() and timeout > 0:
+        await asyncio.wait((fut,), timeout=timeout)
     return fut.done()
 
 

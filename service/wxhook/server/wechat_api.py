@@ -8,7 +8,6 @@ import json
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -111,10 +110,8 @@ class WeChatHTTP:
         try:
             # httpx's timeout is per phase (pool, connect, write, read); bound the whole call.
             async with asyncio.timeout(timeout):
-                # The query encoded here: httpx would parse the URL twice to merge `params`.
-                url = f"{self.base}{path}?{urlencode(params)}" if params else self.base + path
                 resp = await self.http.request(
-                    method, url, timeout=timeout,
+                    method, self.base + path, params=params, timeout=timeout,
                     content=None if json is None else orjson.dumps(json),
                     headers=None if json is None else _JSON_BODY)
             if resp.status_code >= 400:
