@@ -46,6 +46,10 @@ def child(scenario: str, n: int) -> None:
     })
     if scenario == "aes":
         os.environ["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    if scenario == "accounts":
+        path = Path(os.environ["BENCH_PROFILE_DB"]).with_name("accounts.yaml")
+        path.write_text(gen.accounts_yaml())
+        os.environ["WXHOOK_ACCOUNTS"] = str(path)
     import httpx
     import orjson
 
@@ -89,12 +93,13 @@ def child(scenario: str, n: int) -> None:
         os.environ["WXHOOK_HANDLERS"] = "bench.handlers:router"
     own = scenario in ("subscribe", "rules")
     app = create_app(Settings(), router=None if own else router, http=http)
-    warm = 1000
+    # accounts: a warm-up long enough to build every account (20 pushes each on average).
+    warm = 20 * gen.ACCOUNTS if scenario == "accounts" else 1000
     pushes = gen.pushes("plain" if scenario == "rules" else scenario, n + warm, creds,
                         gen.Sequence())
 
     async def one(push: gen.Push) -> None:
-        scope = {"type": "http", "method": "POST", "path": "/wechat",
+        scope = {"type": "http", "method": "POST", "path": push.path,
                  "query_string": push.query.encode(), "client": ("127.0.0.1", 1),
                  "headers": [(b"content-length", str(len(push.body)).encode())]}
         messages = [{"type": "http.request", "body": push.body, "more_body": False}]
@@ -134,8 +139,8 @@ def _peak_rss_mb() -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("scenario", nargs="?", default="plain", choices=("plain", "aes", "subscribe",
-                                                                "rules"))
+    p.add_argument("scenario", nargs="?", default="plain",
+                   choices=("plain", "aes", "subscribe", "rules", "accounts"))
     p.add_argument("--pushes", type=int, default=60_000)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

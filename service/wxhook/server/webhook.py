@@ -7,6 +7,7 @@ injection and validation cost more than the whole guard (see the README's profil
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -102,6 +103,12 @@ class Webhook:
         # Pushes counted in wxhook_account_pushes_total too: the accounts file's hub turns it
         # on (one account, at /wechat, has no account label).
         self.per_account = False
+        # Each label set's child looked up once: labels() takes a lock and builds its key on
+        # every call, twice a push with an accounts file. The label values are bounded (see
+        # _MSG_TYPES), so are these caches.
+        self._pushes_of = functools.cache(metrics.pushes.labels)
+        self._account_pushes_of = functools.cache(
+            functools.partial(metrics.account_pushes.labels, account))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         # latin-1: any bytes decode (a stray one fails the signature, never the parse).
@@ -281,9 +288,9 @@ class Webhook:
     def _count(self, msg_type: str, event: str, outcome: str) -> None:
         labels = (msg_type if msg_type in _MSG_TYPES else "other",
                   event if event in _EVENTS else "other", outcome)
-        self.metrics.pushes.labels(*labels).inc()
+        self._pushes_of(*labels).inc()
         if self.per_account:
-            self.metrics.account_pushes.labels(self.account, outcome).inc()
+            self._account_pushes_of(outcome).inc()
 
     def _refuse(self, exc: GuardError,
                 rec: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
