@@ -56,6 +56,40 @@ def test_openids_are_masked():
     assert mask_openid("short") == "***"
 
 
+_SAME_LINE_TWICE = r"""
+import structlog
+from wxhook.server.logs import configure_logging, flush_logs, get_logger, log_info
+configure_logging(level="INFO", fmt="json")
+log = get_logger("wxhook")
+fields = {"request_id": "r-1", "handler": None, "openid": "oABC***WXYZ", "latency_ms": 0.5,
+          "upstream": ["user/info:0"], "name": "刺猬 \"q\"", "odd": {1, 2}}
+log.info("push", **fields)
+log_info(log, "push", dict(fields))
+with structlog.testing.capture_logs() as captured:
+    log_info(log, "push", dict(fields))
+assert captured == [{**fields, "event": "push", "log_level": "info"}], captured
+configure_logging(level="WARNING", fmt="json")
+log_info(get_logger("wxhook"), "push", dict(fields))  # below the level: no line
+flush_logs()
+"""
+
+
+def test_the_direct_push_line_is_the_line_structlog_writes():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SAME_LINE_TWICE], capture_output=True,
+                         check=True, timeout=60).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 2, out
+    theirs, ours = lines
+    assert list(ours) == list(theirs) and ours["event"] == "push" and ours["level"] == "info"
+    assert ours["odd"] == theirs["odd"]  # what JSON cannot hold is rendered the same way
+    assert {k: v for k, v in ours.items() if k != "timestamp"} == \
+        {k: v for k, v in theirs.items() if k != "timestamp"}
+
+
 # -- control characters never reach an operator's terminal -----------------------------------
 
 # Every C0 control, DEL, every C1 control, the separators and bidi controls that break or
@@ -79,13 +113,13 @@ UNSAFE = set(CONTROLS) - {"\n"}
 
 _LOG_ALL = r"""
 import json, logging, sys
-from wxhook.server.logs import configure_logging, flush_logs, get_logger
+from wxhook.server.logs import configure_logging, flush_logs, get_logger, log_info
 payloads = json.loads(sys.stdin.read())
 configure_logging(level="INFO", fmt=sys.argv[1])
 log = get_logger("wxhook.push")
 for p in payloads:
     log.warning("push_refused", msg_type=p, nested={"k": [p], p: 1})
-    log.info("push", msg_type=p, wx_event="subscribe" + p, openid=p + "***")
+    log_info(log, "push", {"msg_type": p, "wx_event": "subscribe" + p, "openid": p + "***"})
     logging.getLogger("uvicorn.error").warning("Invalid %s request", p)
     try:
         raise ValueError(p)

@@ -153,6 +153,10 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    global _direct  # noqa: PLW0603 - logging is configured once per process, as structlog
+    _direct = (_DirectInfo(processors, stamper, renderer, factory())
+               if fmt == "json" and out is not None
+               and logging.getLevelName(level) <= logging.INFO else None)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -180,6 +184,38 @@ def flush_logs() -> None:
     """Write out whatever stdout still holds (shutdown calls this)."""
     with contextlib.suppress(OSError, ValueError):  # stdout closed under us at exit
         sys.stdout.flush()
+
+
+class _DirectInfo:
+    """The chain configure_logging() built, for info lines that need none of its generality."""
+
+    __slots__ = ("logger", "processors", "renderer", "stamper")
+
+    def __init__(self, processors: list[Any], stamper: Any, renderer: Any, logger: Any) -> None:
+        self.processors, self.stamper, self.renderer = processors, stamper, renderer
+        self.logger = logger
+
+
+_direct: _DirectInfo | None = None
+
+
+def log_info(log: Any, event: str, fields: dict[str, Any]) -> None:
+    """log.info(event, **fields), the same JSON line; `fields` is used up.
+
+    Every push writes one info line, so its two steps that matter, the timestamp and orjson,
+    run here directly rather than through structlog's bound logger and generic processor
+    chain (bench/README.md, "Hand-written structures"). They run here only while structlog
+    still has the chain configure_logging() built (JSON bytes, INFO enabled); with anything
+    else (the console format, a test capturing logs) the line goes through structlog.
+    """
+    d = _direct
+    procs = structlog.get_config()["processors"]
+    if d is None or procs is not d.processors or procs[-1] is not d.renderer:
+        log.info(event, **fields)
+        return
+    fields["event"] = event
+    fields["level"] = "info"
+    d.logger.info(d.renderer(None, "info", d.stamper(None, "info", fields)))
 
 
 def get_logger(name: str = "wxhook") -> Any:

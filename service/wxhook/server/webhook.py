@@ -23,7 +23,7 @@ from wxhook.server.dedup import Dedup
 from wxhook.server.delivery import Answered, LateDelivery
 from wxhook.server.guard import Admission, ClientGone, Guard
 from wxhook.server.loglimit import LimitedLog
-from wxhook.server.logs import get_logger, mask_openid, upstream_trace
+from wxhook.server.logs import get_logger, log_info, mask_openid, upstream_trace
 from wxhook.server.metrics import Metrics
 from wxhook.server.profiles import Profiles
 from wxhook.server.signature import LocalNonces
@@ -179,8 +179,9 @@ class Webhook:
         self._count(msg.msg_type, msg.event, outcome)
         self.metrics.push_latency.observe(elapsed)
         # A copy: a handler that overruns still logs with `rec` after this line is written.
-        self.log.info("push", **rec, dedup_hit=retried, latency_ms=round(elapsed * 1000, 2),
-                      upstream=[f"{api}:{code}" for api, code in trace])
+        log_info(self.log, "push", {**rec, "dedup_hit": retried,
+                                    "latency_ms": round(elapsed * 1000, 2),
+                                    "upstream": [f"{api}:{code}" for api, code in trace]})
         return 200, reply, (_TEXT if reply == SUCCESS else _XML)
 
     async def _first_try(self, key: str, admitted: Admission, deadline: float, started: float,
