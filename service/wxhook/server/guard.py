@@ -6,7 +6,6 @@ that the route answers with a 4xx: a malformed or hostile push never becomes a 5
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
 from wxhook.server.signature import LocalNonces, SharedNonces, check_signed
+from wxhook.server.waiting import within
 from wxhook.server.xmldoc import parse_fields, safe_mode_encrypt
 from wxhook.store import Store
 
@@ -192,8 +192,7 @@ class Guard:
         while True:
             try:
                 # A sender that stalls mid-body must not hold the request open forever.
-                async with asyncio.timeout(deadline - time.monotonic()):
-                    message = await receive()
+                message = await within(receive(), deadline - time.monotonic())
             except TimeoutError:
                 raise GuardError("the body did not arrive before the deadline", status=408,
                                  reason="slow_body") from None
