@@ -339,6 +339,15 @@ async def test_other_methods_are_405(client):
     assert r.status_code == 405
 
 
+def test_parse_query_matches_the_standard_parser():
+    from urllib.parse import parse_qsl
+
+    from wxhook.server.guard import parse_query
+    for raw in (b"signature=ab&timestamp=1&nonce=2&openid=o_x-1", b"a=%E4%BD%A0+b&b=&&c",
+                b"msg_signature=x%3Dy&encrypt_type=aes", b""):
+        assert parse_query(raw) == dict(parse_qsl(raw.decode(), keep_blank_values=True))
+
+
 async def test_unknown_types_are_counted_as_other(app, client):
     import re
     xml = (b"<xml><ToUserName>gh</ToUserName><FromUserName>oX</FromUserName><CreateTime>1"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import unquote_plus
 
 from wxhook.errors import BodyTooLarge, FreshnessError, GuardError, SignatureError, XMLError
 from wxhook.messages import InboundMessage, build_message
@@ -36,6 +37,21 @@ _PLAIN = b""                # a plaintext push's body (unkeyed, as records befor
 _SEALED = b"wxhook-aes"     # an encrypted push's body
 _VERIFY = b"wxhook-verify"  # a URL verification's echostr
 _REFUSED = b"wxhook-mode"   # a push refused for its mode: no other shape may use its query
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """The query string as a dict; WeChat's values are plain, so decoding is rarely needed."""
+    out: dict[str, str] = {}
+    for part in raw.decode("latin-1").split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)
+        out[key] = value
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 from wxhook.errors import GuardError
 from wxhook.messages import InboundMessage
@@ -21,7 +20,7 @@ from wxhook.router import Context, Router
 from wxhook.server.config import Settings
 from wxhook.server.dedup import Dedup
 from wxhook.server.delivery import Answered, LateDelivery
-from wxhook.server.guard import Admission, ClientGone, Guard
+from wxhook.server.guard import Admission, ClientGone, Guard, parse_query
 from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger, log_info, mask_openid, upstream_trace
 from wxhook.server.metrics import Metrics
@@ -114,8 +113,7 @@ class Webhook:
         self._pushes = 0
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        # latin-1: any bytes decode (a stray one fails the signature, never the parse).
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        query = parse_query(scope["query_string"])
         if scope["method"] == "POST":
             status, body, headers = await self._push(scope, receive, query)
         elif scope["method"] in ("GET", "HEAD"):
