@@ -385,7 +385,7 @@ async def test_probes_and_metrics_answer_with_an_accounts_file(build, connect) -
         assert (await client.get("/healthz")).json() == {"status": "alive"}
         assert (await client.get("/readyz")).json() == {"ready": True}
         assert "wxhook_pushes_total" in (await client.get("/metrics")).text
-        assert (await client.get("/oauth/login")).status_code == 404  # not per account yet
+        assert (await client.get("/oauth/login")).status_code == 404  # /oauth/{name}/ only
 
 
 async def test_pushes_are_counted_per_account(build, connect) -> None:

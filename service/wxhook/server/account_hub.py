@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from wxhook.defaults import default_router
 from wxhook.errors import SettingsError
@@ -30,7 +33,9 @@ from wxhook.server.delivery import LateDelivery
 from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
+from wxhook.server.oauth import OAuth
 from wxhook.server.profiles import ProfileRepo, Profiles, StoreProfileRepo
+from wxhook.server.ratelimit import WindowLimit
 from wxhook.server.rules_source import RulesSource
 from wxhook.server.store.sqlite import SqliteProfileRepo
 from wxhook.server.tokens import TokenManager, api_with_tokens
@@ -53,6 +58,7 @@ class Bundle:
     tokens: TokenManager
     delivery: LateDelivery
     http: httpx.AsyncClient | None
+    oauth: OAuth
 
 
 def account_settings(base: Settings, account: Account) -> Settings:
@@ -120,6 +126,11 @@ class AccountHub:
         self.rules = load_sources(base, accounts, metrics)
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
+        # Sign-ins of all accounts count together, and their refusals share one bound: a
+        # client spreading over many accounts' callbacks gets no more than at one.
+        self.oauth_limit = WindowLimit(per_client=base.oauth_limit_per_client,
+                                       total=base.oauth_limit_total)
+        self.oauth_refusals = LimitedLog(get_logger("wxhook.oauth"), metrics=metrics)
 
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
         name = str(scope["path"])[len(PREFIX):]
@@ -176,7 +187,26 @@ class AccountHub:
         webhook.refusals = self.refusals
         webhook.guard.quiet = self.guard_quiet
         webhook.per_account = {}  # wxhook_account_pushes_total, labelled by this name
-        return Bundle(settings, webhook, tokens, delivery, own_http)
+        oauth = OAuth(settings, api=api, store=self.store, repo=repo, profiles=profiles,
+                      namespace=namespace, metrics=self.metrics, limit=self.oauth_limit,
+                      account=account.name, refusals=self.oauth_refusals)
+        return Bundle(settings, webhook, tokens, delivery, own_http, oauth)
+
+    def oauth_routes(self) -> list[Route]:
+        """/oauth/{name}/login, /oauth/{name}/callback and /me/{name}: the account's OAuth."""
+        def to(step: str) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                bundle = self.bundle(request.path_params["name"])
+                if bundle is None:
+                    self.refusals.warning("unknown_account", "oauth_refused", status=404,
+                                          reason="unknown_account")
+                    return PlainTextResponse(_NOT_FOUND.decode(), status_code=404)
+                handler: Callable[[Request], Awaitable[Response]] = getattr(bundle.oauth, step)
+                return await handler(request)
+            return endpoint
+        return [Route("/oauth/{name}/login", to("login"), methods=["GET", "HEAD"]),
+                Route("/oauth/{name}/callback", to("callback"), methods=["GET"]),
+                Route("/me/{name}", to("me"), methods=["GET", "HEAD"])]
 
     async def aclose(self, grace: float) -> int:
         """Give late deliveries `grace` seconds, close what the accounts own; the number of

@@ -190,6 +190,7 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
     app = WxhookApp(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                     openapi_url=None)
     app.hub = hub
+    app.router.routes.extend(hub.oauth_routes())
     app.state.settings = settings
     app.state.store = store
     app.state.hub = hub

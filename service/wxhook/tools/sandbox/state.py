@@ -74,6 +74,7 @@ class _Code:
     scope: str
     issued_at: float
     used: bool = False
+    appid: str | None = None  # the account it was issued for: another's exchange is 40029
 
 
 class SandboxState:
@@ -136,14 +137,15 @@ class SandboxState:
         self._basic.clear()
         self._stable.clear()
 
-    def mint_oauth_code(self, openid: str, scope: str = "snsapi_userinfo") -> str:
+    def mint_oauth_code(self, openid: str, scope: str = "snsapi_userinfo",
+                        appid: str | None = None) -> str:
         """Issue an OAuth code as if `openid` had just authorised in the browser."""
         if not _OPENID.fullmatch(openid):
             raise ValueError(f"not a well-formed openid: {openid!r}")
         if scope not in ("snsapi_base", "snsapi_userinfo"):
             raise ValueError(f"unknown scope: {scope!r}")
         code = secrets.token_hex(16)
-        self._codes[code] = _Code(openid, scope, self.clock())
+        self._codes[code] = _Code(openid, scope, self.clock(), appid=appid)
         return code
 
     def reset(self) -> None:
