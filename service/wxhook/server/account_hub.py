@@ -164,15 +164,16 @@ class AccountHub:
         http = own_http if own_http is not None else self.http
         assert http is not None
         namespace = f"wxhook:{settings.app_id}:"
+        metrics = self.metrics.for_account(account.name)  # its series: account="{name}"
         api, tokens = api_with_tokens(http, settings, store=self.store, namespace=namespace,
-                                      metrics=self.metrics, clock=self.wall_clock)
+                                      metrics=metrics, clock=self.wall_clock)
         repo: ProfileRepo = (self.profile_repo if self.profile_repo is not None
                              else self._sqlite().view(settings.app_id)
                              if not self.store.shared
                              else StoreProfileRepo(self.store, namespace=namespace))
         profiles = Profiles(api, repo, ttl=settings.profile_ttl,
                             batch_window=settings.batch_window)
-        delivery = LateDelivery(api, metrics=self.metrics)
+        delivery = LateDelivery(api, metrics=metrics)
         router = self.router
         if router is None:
             source = self.rules.get(settings.rules)
@@ -180,15 +181,14 @@ class AccountHub:
                 source.current, store=self.store, namespace=namespace)
             router = default_router(settings.handlers, rules=answerer)
         webhook = Webhook(settings, store=self.store, router=router, api=api,
-                          profiles=profiles, delivery=delivery, metrics=self.metrics,
+                          profiles=profiles, delivery=delivery, metrics=metrics,
                           clock=self.clock, wall_clock=self.wall_clock, account=account.name)
         # One bound for refused pushes across all accounts: spreading a flood over many
         # account URLs must not multiply the lines it writes.
         webhook.refusals = self.refusals
         webhook.guard.quiet = self.guard_quiet
-        webhook.per_account = {}  # wxhook_account_pushes_total, labelled by this name
         oauth = OAuth(settings, api=api, store=self.store, repo=repo, profiles=profiles,
-                      namespace=namespace, metrics=self.metrics, limit=self.oauth_limit,
+                      namespace=namespace, metrics=metrics, limit=self.oauth_limit,
                       account=account.name, refusals=self.oauth_refusals)
         return Bundle(settings, webhook, tokens, delivery, own_http, oauth)
 

@@ -173,7 +173,8 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
     hub = AccountHub(settings, accounts, store=store, metrics=metrics, http=http,
                      router=router, profile_repo=profile_repo, clock=clock,
                      wall_clock=wall_clock)
-    readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics)
+    readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics,
+                          hub=hub)
     log = get_logger("wxhook")
 
     @asynccontextmanager

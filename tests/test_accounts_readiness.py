@@ -1,0 +1,82 @@
+"""/readyz's operator view with an accounts file, through the real routes: each account in
+use with its token, faults by name, the accounts no push needed yet counted, and the same
+bounded answer for a thousand accounts; the token gauge per account."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests import test_accounts_routes as routes
+from tests.support import started
+from tests.test_accounts_routes import NEWS, SHOP, push_for, send
+from wxhook.server.metrics import Metrics
+from wxhook.server.readiness import MAX_LISTED, NOT_YET_USED
+from wxhook.tools.sandbox import Fault
+
+release, sandbox_app, sandbox, build, connect = (
+    routes.release, routes.sandbox_app, routes.sandbox, routes.build, routes.connect)
+
+
+async def test_the_operator_view_reports_each_account_in_use(build, connect, sandbox) -> None:
+    metrics = Metrics()
+    app = build(metrics=metrics)
+    client = await connect(app)
+    sandbox.add_fault(Fault(path="/cgi-bin/stable_token", errcode=40125,
+                            appid=str(NEWS["app_id"])))
+    async with started(app):
+        view = (await client.get("/readyz?verbose")).json()
+        assert view["checks"]["accounts"] == {"ok": True, "total": 2, "in_use": 0,
+                                              "not_yet_used": 2, "faulty": 0, "faults": {}}
+        await send(client, "/wechat/shop", push_for(SHOP))
+        await send(client, "/wechat/news", push_for(NEWS))  # its token is refused: 40125
+        resp = await client.get("/readyz?verbose")
+        assert resp.status_code == 200  # a fault of WeChat's never fails readiness
+        view = resp.json()
+        accounts = view["checks"]["accounts"]
+        assert (view["ready"], view["degraded"]) == (True, ["accounts"])
+        assert {k: accounts[k] for k in ("total", "in_use", "not_yet_used", "faulty")} == {
+            "total": 2, "in_use": 2, "not_yet_used": 0, "faulty": 1}
+        assert list(accounts["faults"]) == ["news"]
+        news = accounts["faults"]["news"]["token"]
+        assert news["ok"] is False and news["error"]["errcode"] == 40125 and news["fix"]
+        shop = (await client.get("/readyz?verbose&account=shop")).json()["checks"]["account"]
+        assert shop["ok"] is True and shop["token"]["cached"] is True
+        assert shop["app_id"] == SHOP["app_id"]
+        assert NEWS["secret"] not in resp.text and SHOP["secret"] not in resp.text
+
+        def up(account: str) -> float | None:
+            return metrics.registry.get_sample_value(
+                "wxhook_dependency_up", {"dependency": "token", "account": account})
+        assert (up("shop"), up("news")) == (1, 0)
+        assert (await client.get("/readyz")).json() == {"ready": True}
+
+
+async def test_the_operator_view_of_a_thousand_accounts_is_bounded(tmp_path: Path, build,
+                                                                   connect) -> None:
+    lines = ["accounts:"]
+    for i in range(1000):  # appids the sandbox does not know: every token fetch fails
+        lines += [f"  - name: acct{i:04d}", f"    app_id: wxgen{i:012d}",
+                  f"    app_secret: secret-{i}", f"    token: token{i:04d}"]
+    path = tmp_path / "many.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    app = build(str(path))
+    client = await connect(app)
+    async with started(app):
+        for i in range(MAX_LISTED + 10):
+            acct = {"name": f"acct{i:04d}", "app_id": f"wxgen{i:012d}",
+                    "token": f"token{i:04d}", "aes": None}
+            assert (await send(client, f"/wechat/acct{i:04d}", push_for(acct))).status_code == 200
+        resp = await client.get("/readyz?verbose")
+        accounts = resp.json()["checks"]["accounts"]
+        assert {k: accounts[k] for k in ("total", "in_use", "not_yet_used", "faulty")} == {
+            "total": 1000, "in_use": MAX_LISTED + 10, "not_yet_used": 1000 - MAX_LISTED - 10,
+            "faulty": MAX_LISTED + 10}
+        assert list(accounts["faults"]) == [f"acct{i:04d}" for i in range(MAX_LISTED)]
+        assert accounts["faults_not_listed"] == 10
+        assert len(resp.content) < 20_000  # not one entry per account of the file
+        unused = (await client.get("/readyz?verbose&account=acct0999")).json()
+        assert unused["checks"]["account"] == {"ok": True, "name": "acct0999",
+                                               "state": NOT_YET_USED}
+        assert "acct0999" not in app.state.hub.built  # looking builds nothing
+        nobody = (await client.get("/readyz?verbose&account=nobody")).json()
+        assert nobody["checks"]["account"]["ok"] is False
