@@ -140,3 +140,32 @@ def test_check_names_the_account_whose_rules_or_handlers_cannot_load(tmp_path: P
     assert "rules: " in shop and "shop.rules.yaml" in shop and "handlers: " in shop
     assert "[ok] news:" in res.stdout
     assert SHOP_SECRET not in res.stdout + res.stderr
+
+
+def test_menu_and_rules_import_act_for_the_named_account(tmp_path: Path) -> None:
+    path = accounts_file(tmp_path)
+    (tmp_path / "shop.rules.yaml").write_text(
+        "menu:\n  button:\n    - {type: click, name: Shop, key: SHOP}\n"
+        "clicks:\n  SHOP: The shop.\n", encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8") + "    rules: shop.rules.yaml\n",
+                    encoding="utf-8")
+    env = {"WXHOOK_ACCOUNTS": str(path), "NEWS_SECRET": SANDBOX_SECRET}
+    with sandbox_process(env=env) as api:
+        env["WECHAT_API_BASE"] = api
+        pushed = run(["menu", "push", "--account", "shop"], env, tmp_path)  # shop's rules
+        shop = run(["menu", "show", "--account", "shop"], env, tmp_path)
+        news = run(["menu", "show", "--account", "news"], env, tmp_path)
+        imported = run(["rules", "import", "--account", "shop"], env, tmp_path)
+        deleted = run(["menu", "delete", "--account", "news"], env, tmp_path)
+        still = run(["menu", "show", "--account", "shop"], env, tmp_path)
+        unknown = run(["menu", "show", "--account", "nope"], env, tmp_path)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "to account shop (appid wxshop00000000001)" in pushed.stdout
+    assert shop.returncode == 0 and '"name": "Shop"' in shop.stdout
+    assert news.returncode == 1 and "46003" in news.stderr  # news has no menu of its own
+    assert imported.returncode == 0, imported.stderr
+    assert "name: Shop" in imported.stdout and "SHOP" in imported.stdout
+    assert deleted.returncode == 0 and '"name": "Shop"' in still.stdout  # news's, not shop's
+    assert unknown.returncode == 2 and "no account named 'nope'" in unknown.stderr
+    for res in (pushed, shop, news, imported, deleted, still, unknown):
+        assert SHOP_SECRET not in res.stdout + res.stderr

@@ -103,7 +103,7 @@ class SandboxState:
         # The console's configuration (WeChat's documented samples) and the API menu.
         self.autoreply: dict[str, Any] = copy.deepcopy(AUTOREPLY_SAMPLE)
         self.selfmenu: dict[str, Any] = copy.deepcopy(SELFMENU_CONSOLE_SAMPLE)
-        self.menu: dict[str, Any] | None = None
+        self.menus: dict[str, dict[str, Any]] = {}  # appid -> the menu made through the API
         self._reset_tokens()
 
     def _reset_tokens(self) -> None:
@@ -122,6 +122,11 @@ class SandboxState:
     def add_account(self, appid: str, secret: str) -> None:
         """Stand in for one more account: its appid/secret pair gets tokens of its own."""
         self.accounts[appid] = secret
+
+    @property
+    def menu(self) -> dict[str, Any] | None:
+        """The API-made menu of the sandbox's own account (each account has its own)."""
+        return self.menus.get(self.appid)
 
     def add_fault(self, fault: Fault) -> None:
         """Add a fault rule; earlier rules win."""
