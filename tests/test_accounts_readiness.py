@@ -1,10 +1,12 @@
 """/readyz's operator view with an accounts file, through the real routes: each account in
 use with its token, faults by name, the accounts no push needed yet counted, and the same
-bounded answer for a thousand accounts; the token gauge per account."""
+bounded answer for a thousand accounts; the token gauge per account; the start-up line."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from structlog.testing import capture_logs
 
 from tests import test_accounts_routes as routes
 from tests.support import started
@@ -53,13 +55,7 @@ async def test_the_operator_view_reports_each_account_in_use(build, connect, san
 
 async def test_the_operator_view_of_a_thousand_accounts_is_bounded(tmp_path: Path, build,
                                                                    connect) -> None:
-    lines = ["accounts:"]
-    for i in range(1000):  # appids the sandbox does not know: every token fetch fails
-        lines += [f"  - name: acct{i:04d}", f"    app_id: wxgen{i:012d}",
-                  f"    app_secret: secret-{i}", f"    token: token{i:04d}"]
-    path = tmp_path / "many.yaml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    app = build(str(path))
+    app = build(many(tmp_path, 1000))  # appids the sandbox does not know: tokens fail
     client = await connect(app)
     async with started(app):
         for i in range(MAX_LISTED + 10):
@@ -80,3 +76,30 @@ async def test_the_operator_view_of_a_thousand_accounts_is_bounded(tmp_path: Pat
         assert "acct0999" not in app.state.hub.built  # looking builds nothing
         nobody = (await client.get("/readyz?verbose&account=nobody")).json()
         assert nobody["checks"]["account"]["ok"] is False
+
+
+def many(tmp_path: Path, n: int) -> str:
+    lines = ["accounts:"]
+    for i in range(n):
+        lines += [f"  - name: acct{i:04d}", f"    app_id: wxgen{i:012d}",
+                  f"    app_secret: secret-{i}", f"    token: token{i:04d}"]
+    path = tmp_path / "many.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+async def test_the_startup_line_names_the_accounts_not_wechat_settings(tmp_path: Path,
+                                                                       build) -> None:
+    for path, count, names in [
+            (None, 2, "shop, news"),
+            (many(tmp_path, 1000), 1000,
+             "acct0000, acct0001, acct0002, acct0003, acct0004, ... (995 more)")]:
+        app = build(path)
+        with capture_logs() as logs:
+            async with started(app):
+                pass
+        line = next(line for line in logs if line["event"] == "startup")
+        assert (line["accounts"], line["account_names"]) == (count, names)
+        assert "app_id" not in line and "app_secret" not in line and "token" not in line
+        assert line["api_base"] == "http://sandbox"
+        assert "secret-1" not in str(line) and str(SHOP["secret"]) not in str(line)

@@ -17,7 +17,7 @@ from wxhook.defaults import default_router
 from wxhook.router import Router
 from wxhook.rules_router import RulesAnswerer
 from wxhook.server.account_hub import PREFIX, AccountHub
-from wxhook.server.accounts import load_accounts
+from wxhook.server.accounts import load_accounts, summary
 from wxhook.server.config import SANDBOX_APP_ID, Settings
 from wxhook.server.delivery import LateDelivery
 from wxhook.server.logs import flush_logs, get_logger
@@ -179,7 +179,7 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("startup", **settings.summary(), accounts=len(accounts), pid=os.getpid())
+        log.info("startup", **summary(settings, accounts), pid=os.getpid())
         settle_heap()
         async with watching(*hub.rules.values()), readiness.serving():
             yield
