@@ -716,6 +716,9 @@ def test_nginx_limits_timeouts_and_locations() -> None:
     # TLS server: modern protocols, OAuth proxied, metrics restricted.
     assert re.search(r"ssl_protocols\s+TLSv1\.2\s+TLSv1\.3;", tls)
     assert "location /oauth/" in tls and "location = /me" in tls
+    # An accounts file's URLs: /wechat/NAME, /oauth/NAME/..., /me/NAME.
+    assert re.search(r"location\s+/wechat/\s*\{[^}]*proxy_pass\s+http://", tls)
+    assert re.search(r"location\s+/me/\s*\{[^}]*proxy_pass\s+http://", tls)
     metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", tls)
     assert metrics and "deny all;" in metrics.group(1)
     plain_metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", plain)
