@@ -102,3 +102,7 @@ async def test_oauth_routes_are_per_account_only(build, connect) -> None:
                  "/oauth/nobody/callback", "/me/nobody", "/oauth/SHOP/login"):
         assert (await client.get(path)).status_code == 404, path
     assert (await client.get("/oauth/shop/login")).status_code == 302
+    with capture_logs() as logs:  # anyone can ask for any name: the lines are bounded
+        for i in range(50):
+            assert (await client.get(f"/oauth/n{i}/callback")).status_code == 404
+    assert 1 <= len([line for line in logs if line["event"] == "oauth_refused"]) <= 10

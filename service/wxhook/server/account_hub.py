@@ -1,11 +1,12 @@
 """Many accounts in one process: `/wechat/{name}`, each account's pieces built on its first push.
 
 Each account gets what a single-account deployment has, built from its own credentials:
-its Settings, HTTP client, token manager, profiles, router and webhook (guard, dedup,
-state), all keyed `wxhook:{appid}:`. Nothing is shared but the store and the metrics, so
-one account's wrong secret, token back-off or hanging upstream holds only its own
+its Settings, HTTP client, token manager, profiles, router, webhook (guard, dedup, state)
+and OAuth (/oauth/{name}/, /me/{name}), all keyed `wxhook:{appid}:`. Nothing is shared
+but the store, the metrics and the bounds on what anyone can cause (log lines, sign-ins),
+so one account's wrong secret, token back-off or hanging upstream holds only its own
 connections and locks. Nothing is built, and nothing asked of WeChat, before an account's
-first push: a file of a thousand accounts starts as fast as one of two.
+first push or sign-in: a file of a thousand accounts starts as fast as one of two.
 """
 
 from __future__ import annotations
@@ -194,19 +195,20 @@ class AccountHub:
 
     def oauth_routes(self) -> list[Route]:
         """/oauth/{name}/login, /oauth/{name}/callback and /me/{name}: the account's OAuth."""
-        def to(step: str) -> Callable[[Request], Awaitable[Response]]:
+        Step = Callable[[Request], Awaitable[Response]]
+
+        def to(step: Callable[[OAuth], Step]) -> Step:
             async def endpoint(request: Request) -> Response:
                 bundle = self.bundle(request.path_params["name"])
-                if bundle is None:
-                    self.refusals.warning("unknown_account", "oauth_refused", status=404,
-                                          reason="unknown_account")
+                if bundle is None:  # anyone can ask for any name: bounded like a push's
+                    self.oauth_refusals.warning("unknown_account", "oauth_refused",
+                                                status=404, reason="unknown_account")
                     return PlainTextResponse(_NOT_FOUND.decode(), status_code=404)
-                handler: Callable[[Request], Awaitable[Response]] = getattr(bundle.oauth, step)
-                return await handler(request)
+                return await step(bundle.oauth)(request)
             return endpoint
-        return [Route("/oauth/{name}/login", to("login"), methods=["GET", "HEAD"]),
-                Route("/oauth/{name}/callback", to("callback"), methods=["GET"]),
-                Route("/me/{name}", to("me"), methods=["GET", "HEAD"])]
+        return [Route("/oauth/{name}/login", to(lambda o: o.login), methods=["GET", "HEAD"]),
+                Route("/oauth/{name}/callback", to(lambda o: o.callback), methods=["GET"]),
+                Route("/me/{name}", to(lambda o: o.me), methods=["GET", "HEAD"])]
 
     async def aclose(self, grace: float) -> int:
         """Give late deliveries `grace` seconds, close what the accounts own; the number of
