@@ -4,12 +4,15 @@ secret, signing key and cookies; a sign-in started for one account is refused at
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from structlog.testing import capture_logs
 
 from tests import test_accounts_routes as routes
+from tests.support import started
 from tests.test_accounts_routes import NEWS, SHOP
 from wxhook.server.oauth import SESSION_COOKIE
 from wxhook.server.oauth_state import COOKIE
@@ -18,6 +21,14 @@ from wxhook.server.oauth_state import COOKIE
 release, sandbox_app, sandbox, build, connect = (
     routes.release, routes.sandbox_app, routes.sandbox, routes.build, routes.connect)
 JAR = "testserver.local"  # the domain httpx files the test server's cookies under
+
+
+@pytest.fixture
+async def client(build, connect) -> AsyncIterator[httpx.AsyncClient]:
+    """A browser on the two-account app, between its start-up and its shutdown."""
+    app = build()
+    async with started(app):
+        yield await connect(app)
 
 
 async def start(client: httpx.AsyncClient, name: str, next_path: str = "/page") -> httpx.URL:
@@ -39,9 +50,8 @@ def cookie(client: httpx.AsyncClient, name: str) -> Any:
     return found[0]
 
 
-async def test_each_account_signs_in_with_its_own_app(build, connect, upstream,
+async def test_each_account_signs_in_with_its_own_app(client, upstream,
                                                       sandbox) -> None:
-    client = await connect(build())
     for acct in (SHOP, NEWS):
         name = str(acct["name"])
         url = await start(client, name, f"/{name}-page")
@@ -60,8 +70,7 @@ async def test_each_account_signs_in_with_its_own_app(build, connect, upstream,
     assert sandbox.calls["/sns/oauth2/access_token"] == 2
 
 
-async def test_me_knows_only_the_accounts_signed_in(build, connect, upstream) -> None:
-    client = await connect(build())
+async def test_me_knows_only_the_accounts_signed_in(client, upstream) -> None:
     back = await authorize(upstream, await start(client, "shop"))
     assert (await client.get(back.path, params=dict(back.params))).status_code == 303
     assert "Hello, 刺猬宝宝" in (await client.get("/me/shop")).text
@@ -76,9 +85,8 @@ async def test_me_knows_only_the_accounts_signed_in(build, connect, upstream) ->
         assert "Sign in with WeChat" in (await thief.get("/me/news")).text
 
 
-async def test_a_state_of_one_account_is_refused_at_another(build, connect, upstream,
+async def test_a_state_of_one_account_is_refused_at_another(client, upstream,
                                                             sandbox) -> None:
-    client = await connect(build())
     back = await authorize(upstream, await start(client, "news"))
     params = dict(back.params)
     # The browser keeps news's cookie to news's paths: at shop's callback it has none.
@@ -96,8 +104,7 @@ async def test_a_state_of_one_account_is_refused_at_another(build, connect, upst
     assert (r.status_code, r.headers["location"]) == (303, "/page")
 
 
-async def test_oauth_routes_are_per_account_only(build, connect) -> None:
-    client = await connect(build())
+async def test_oauth_routes_are_per_account_only(client) -> None:
     for path in ("/oauth/login", "/oauth/callback", "/me", "/oauth/nobody/login",
                  "/oauth/nobody/callback", "/me/nobody", "/oauth/SHOP/login"):
         assert (await client.get(path)).status_code == 404, path

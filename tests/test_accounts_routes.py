@@ -390,12 +390,14 @@ async def test_probes_and_metrics_answer_with_an_accounts_file(build, connect) -
 
 async def test_metrics_carry_the_account_of_the_file(build, connect) -> None:
     metrics = Metrics()
-    client = await connect(build(metrics=metrics))
-    await send(client, "/wechat/shop", push_for(SHOP))
-    await send(client, "/wechat/shop", push_for(SHOP, "text", text="help"))
-    await send(client, "/wechat/news", push_for(SHOP))  # refused at news
-    for _ in range(3):
-        await send(client, "/wechat/nobody", push_for(SHOP))  # 404: no series of its own
+    app = build(metrics=metrics)
+    client = await connect(app)
+    async with started(app):
+        await send(client, "/wechat/shop", push_for(SHOP))
+        await send(client, "/wechat/shop", push_for(SHOP, "text", text="help"))
+        await send(client, "/wechat/news", push_for(SHOP))  # refused at news
+        for _ in range(3):
+            await send(client, "/wechat/nobody", push_for(SHOP))  # 404: no series of its own
 
     def value(name: str, **labels: str) -> float:
         return metrics.registry.get_sample_value(name, labels) or 0.0
