@@ -27,8 +27,9 @@ async def test_the_operator_view_reports_each_account_in_use(build, connect, san
                             appid=str(NEWS["app_id"])))
     async with started(app):
         view = (await client.get("/readyz?verbose")).json()
-        assert view["checks"]["accounts"] == {"ok": True, "total": 2, "in_use": 0,
-                                              "not_yet_used": 2, "faulty": 0, "faults": {}}
+        assert view["checks"]["accounts"] == {
+            "ok": True, "total": 2, "in_use": 0, "not_yet_used": 2, "faulty": 0, "faults": {},
+            "others": {"shop": NOT_YET_USED, "news": NOT_YET_USED}}  # a small file: whole
         await send(client, "/wechat/shop", push_for(SHOP))
         await send(client, "/wechat/news", push_for(NEWS))  # its token is refused: 40125
         resp = await client.get("/readyz?verbose")
@@ -39,6 +40,9 @@ async def test_the_operator_view_reports_each_account_in_use(build, connect, san
         assert {k: accounts[k] for k in ("total", "in_use", "not_yet_used", "faulty")} == {
             "total": 2, "in_use": 2, "not_yet_used": 0, "faulty": 1}
         assert list(accounts["faults"]) == ["news"]
+        assert list(accounts["others"]) == ["shop"]
+        assert accounts["others"]["shop"]["token"]["ok"] is True
+        assert "others_not_listed" not in accounts
         news = accounts["faults"]["news"]["token"]
         assert news["ok"] is False and news["error"]["errcode"] == 40125 and news["fix"]
         shop = (await client.get("/readyz?verbose&account=shop")).json()["checks"]["account"]
@@ -69,6 +73,7 @@ async def test_the_operator_view_of_a_thousand_accounts_is_bounded(tmp_path: Pat
             "faulty": MAX_LISTED + 10}
         assert list(accounts["faults"]) == [f"acct{i:04d}" for i in range(MAX_LISTED)]
         assert accounts["faults_not_listed"] == 10
+        assert accounts["others"] == {} and accounts["others_not_listed"] == 970
         assert len(resp.content) < 20_000  # not one entry per account of the file
         unused = (await client.get("/readyz?verbose&account=acct0999")).json()
         assert unused["checks"]["account"] == {"ok": True, "name": "acct0999",
@@ -103,3 +108,23 @@ async def test_the_startup_line_names_the_accounts_not_wechat_settings(tmp_path:
         assert "app_id" not in line and "app_secret" not in line and "token" not in line
         assert line["api_base"] == "http://sandbox"
         assert "secret-1" not in str(line) and str(SHOP["secret"]) not in str(line)
+
+
+async def test_a_few_faults_leave_room_for_the_healthy_and_the_unused(tmp_path: Path, build,
+                                                                      connect,
+                                                                      sandbox) -> None:
+    app = build(many(tmp_path, 100))
+    client = await connect(app)
+    sandbox.add_account("wxgen000000000001", "secret-1")  # acct0001's token works
+    async with started(app):
+        for i in (1, 0):  # acct0000's appid is unknown to the sandbox: its token fails
+            acct = {"name": f"acct{i:04d}", "app_id": f"wxgen{i:012d}",
+                    "token": f"token{i:04d}", "aes": None}
+            assert (await send(client, f"/wechat/acct{i:04d}", push_for(acct))).status_code == 200
+        accounts = (await client.get("/readyz?verbose")).json()["checks"]["accounts"]
+    assert list(accounts["faults"]) == ["acct0000"]
+    others = accounts["others"]
+    assert list(others)[0] == "acct0001" and others["acct0001"]["token"]["ok"] is True
+    assert list(others)[1:] == [f"acct{i:04d}" for i in range(2, MAX_LISTED)]
+    assert set(list(others.values())[1:]) == {NOT_YET_USED}
+    assert accounts["others_not_listed"] == 100 - MAX_LISTED

@@ -171,9 +171,11 @@ class Readiness:
             checks["rules"] = self.rules.status()  # a refused file keeps the old rules: ready
         dependencies = await self.look(fetch_token=True)
         checks.update(dependencies)
-        name = request.query_params.get("account")
-        if self.hub is not None and name is not None:
-            checks["account"] = await self._account(name)
+        if self.hub is not None:
+            self._list_healthy(checks["accounts"])
+            name = request.query_params.get("account")
+            if name is not None:
+                checks["account"] = await self._account(name)
         degraded = sorted(name for name, check in dependencies.items() if not check["ok"])
         return JSONResponse({"ready": ready, "problems": problems, "degraded": degraded,
                              "checks": checks}, status_code=status)
@@ -199,6 +201,27 @@ class Readiness:
         if len(faults) > len(listed):
             out["faults_not_listed"] = len(faults) - len(listed)
         return out
+
+    def _list_healthy(self, accounts: dict[str, Any]) -> None:
+        """Fill the room the faults leave (MAX_LISTED in all) with the other accounts: those
+        in use with their token, then those not yet used; a small file is shown whole."""
+        assert self.hub is not None
+        room = MAX_LISTED - len(accounts["faults"])
+        others: dict[str, Any] = {}
+        for name, bundle in list(self.hub.built.items()):
+            if len(others) >= room:
+                break
+            if name not in accounts["faults"]:
+                others[name] = {"token": token_check(bundle.tokens)}
+        for name in self.hub.accounts:
+            if len(others) >= room:
+                break
+            if name not in self.hub.built:
+                others[name] = NOT_YET_USED
+        accounts["others"] = others
+        shown = len(accounts["faults"]) + len(others) + accounts.get("faults_not_listed", 0)
+        if accounts["total"] > shown:
+            accounts["others_not_listed"] = accounts["total"] - shown
 
     async def _account(self, name: str) -> dict[str, Any]:
         """One account in full: its token (fetched now if none is cached), circuits, rules."""
