@@ -74,6 +74,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         copy = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "rules.last-good")
         save_last_good(settings.rules, copy)
         os.environ[LAST_GOOD_ENV] = copy
+    if args.workers > 1 and settings.accounts:
+        from wxhook.server import accounts_source
+
+        # The same for the accounts file (and, beside it, each rules file it names).
+        copy = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "accounts.last-good")
+        accounts_source.save_last_good(settings.accounts, copy)
+        os.environ[accounts_source.LAST_GOOD_ENV] = copy
     from wxhook.server.logs import configure_logging, get_logger
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
