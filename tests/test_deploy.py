@@ -719,6 +719,8 @@ def test_nginx_limits_timeouts_and_locations() -> None:
             assert f"proxy_set_header {header}" in body
     # /wechat only over TLS; port 80 sends everything but the ACME challenge to https.
     assert re.search(r"location\s+=?\s*/wechat\s*\{[^}]*proxy_pass\s+http://", tls)
+    # With an accounts file: /wechat/NAME.
+    assert re.search(r"location\s+/wechat/\s*\{[^}]*proxy_pass\s+http://wxhook_app;", tls)
     assert "/wechat" not in plain
     assert "return 301 https://" in plain
     # TLS server: modern protocols, OAuth proxied, metrics restricted.
