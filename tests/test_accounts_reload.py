@@ -341,3 +341,23 @@ def test_status_names_no_secret(accounts, monkeypatch) -> None:
     assert not any(secret in str(source.status()) for secret in SECRETS)
     assert source.status()["accounts"] == 2
 
+
+
+async def test_a_worker_started_while_a_rules_file_is_broken_runs_its_last_good_rules(
+        tmp_path, accounts, build, connect, monkeypatch) -> None:
+    copy = tmp_path / "metrics" / "accounts.last-good"
+    copy.parent.mkdir()
+    monkeypatch.setenv("WXHOOK_ACCOUNTS_LAST_GOOD", str(copy))
+    rules = tmp_path / "shop.rules.yaml"
+    rules.write_text("keywords: [{name: p, equal: price, replies: ['shop v1']}]\n")
+    write(accounts, entry(SHOP, rules="shop.rules.yaml"), entry(NEWS))
+    build(str(accounts))  # the worker that ran: each rules file's copy beside the accounts'
+    rules.write_text("keywords: [{name: p, regex: ['('], replies: []}]\n")
+    again = build(str(accounts))  # started again: no refusal, the rules it had
+    client = await connect(again)
+    push = push_for(SHOP, "text", text="price")
+    assert reply_of(await send(client, "/wechat/shop", push), SHOP)["Content"] == "shop v1"
+    assert "bad regex" in again.state.hub.rules[str(rules)].status()["last_error"]
+    monkeypatch.delenv("WXHOOK_ACCOUNTS_LAST_GOOD")
+    with pytest.raises(SettingsError, match="bad regex"):
+        build(str(accounts))
