@@ -361,3 +361,31 @@ async def test_a_worker_started_while_a_rules_file_is_broken_runs_its_last_good_
     monkeypatch.delenv("WXHOOK_ACCOUNTS_LAST_GOOD")
     with pytest.raises(SettingsError, match="bad regex"):
         build(str(accounts))
+
+
+async def test_shutdown_closes_an_account_still_retiring(accounts, build, connect, sandbox_app,
+                                                         monkeypatch) -> None:
+    from wxhook.server import app as app_module
+    from wxhook.server.app import create_app
+    from wxhook.server.store.memory import MemoryStore
+
+    monkeypatch.setattr(app_module, "SHUTDOWN_GRACE", 0.3)
+    never = asyncio.Event()  # the handler never finishes: its late delivery is abandoned
+    async with listening(sandbox_app) as base:
+        settings = load_settings(_env_file=None, WXHOOK_ACCOUNTS=str(accounts),
+                                 WECHAT_API_BASE=base, WXHOOK_DEADLINE=0.3)
+        app = create_app(settings, store=MemoryStore(), metrics=Metrics(),
+                         router=slow_router(never))
+        client = await connect(app)
+        with capture_logs() as logs:
+            async with started(app):
+                resp = await send(client, "/wechat/shop", push_for(SHOP, "text", text="x"))
+                assert resp.content == b"success"
+                old = app.state.hub.built["shop"]
+                write(accounts, entry(NEWS))
+                assert app.state.accounts.reload("SIGHUP")
+                assert list(app.state.hub.retiring.values()) == [old]
+            # The lifespan ended in its grace, the retiring account's client closed with it.
+            assert old.http is not None and old.http.is_closed
+    (line,) = [x for x in logs if x["event"] == "shutdown"]
+    assert line["late_deliveries_abandoned"] == 1
