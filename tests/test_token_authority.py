@@ -153,6 +153,18 @@ async def test_the_right_key_gets_the_token_wxhook_uses(make_app, keyed, connect
     assert counted(app, account="default", caller="other", action="get", outcome="ok") == 1
 
 
+async def test_expires_in_is_the_seconds_the_token_has_left(make_app, keyed, connect,
+                                                          sandbox) -> None:
+    now = [1_000_000.0]
+    client = connect(make_app(settings=keyed, wall_clock=lambda: now[0]))
+    first = (await client.get(TOKEN_URL, headers=AUTH)).json()
+    assert first["expires_in"] == 7200
+    now[0] += 1000
+    later = (await client.get(TOKEN_URL, headers=AUTH)).json()
+    assert later == {"access_token": first["access_token"], "expires_in": 6200}
+    assert sandbox.token_requests == 1
+
+
 async def test_the_key_is_compared_as_digests_of_one_length(make_app, keyed, connect,
                                                             monkeypatch) -> None:
     # No length leak: whatever length was sent, two 32-byte digests are compared, in
@@ -298,6 +310,37 @@ async def test_two_instances_and_a_caller_share_one_upstream_fetch(make_app, key
             await store.aclose()
 
 
+@pytest.mark.redis
+async def test_a_report_at_another_instance_compares_with_the_stored_token(
+        make_app, keyed, connect, sandbox, redis_url) -> None:
+    from wxhook.server.store.redis import RedisStore
+
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    try:
+        apps = [make_app(settings=keyed, store=store) for store in stores]
+        a, b = (connect(app) for app in apps)
+        first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+        assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == first
+        sandbox.invalidate_tokens()
+        second = (await a.post(INVALID_URL, headers=AUTH,
+                               json={"access_token": first})).json()["access_token"]
+        assert sandbox.token_requests == 2
+        # B still holds the first in memory; the second, A's, is rejected and reported at B:
+        # it is the current one for the deployment, so B expires it and fetches once.
+        sandbox.invalidate_tokens()
+        resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
+        third = resp.json()["access_token"]
+        assert third not in (first, second) and sandbox.token_requests == 3
+        assert counted(apps[1], account="default", caller="other", action="invalid",
+                       outcome="expired") == 1
+        # A hands out B's token without a fetch of its own.
+        assert (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
+        assert sandbox.token_requests == 3
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 # --------------------------------------------------------------------------- many accounts
 
 
@@ -328,7 +371,12 @@ async def test_each_account_of_the_file_by_its_name(tmp_path: Path, upstream, sa
             resp = await client.get(f"/internal/accounts/{unknown}/token", headers=AUTH)
         assert resp.status_code == 404
         assert unknown not in str(logs)  # the name is the caller's: its length only
+    # Without the key, a name is not even looked up: 401 whether it exists or not.
+    for name in ("shop", "attacker-chosen"):
+        assert (await client.get(f"/internal/accounts/{name}/token")).status_code == 401
     # Labels: the file's names, and "other" for anything else.
+    assert counted(app, account="other", caller="other", action="get",
+                   outcome="unauthorized") == 1
     assert counted(app, account="shop", caller="other", action="get", outcome="ok") == 1
     assert counted(app, account="other", caller="other", action="get",
                    outcome="unknown_account") == 3

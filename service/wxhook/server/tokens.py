@@ -101,17 +101,17 @@ class TokenManager:
         return self._token
 
     async def follow_store(self) -> None:
-        """Drop this process's token when the store holds another one.
+        """Take the stored token when it is another than this process's.
 
         A peer that refreshed (its own 40001, a report to the token authority) replaced the
-        stored token; this process would go on handing out its older copy until a call of
-        its own failed. The next get() then adopts the stored one, without a fetch.
+        stored token; this process would go on using its older copy until a call of its own
+        failed. Compared with the stored one, a reported token is expired (or found stale)
+        exactly as it would be on the instance that stored it.
         """
-        if self._raw is None:
-            return
         raw = await self.store.get(self._key)
         if raw is not None and raw != self._raw:
             self._token, self._raw, self._expires_at = None, None, 0.0
+            await self._adopt_stored(30.0)  # unless it is the one that failed here
 
     async def lease(self, *, deadline: float | None = None) -> tuple[str, int]:
         """The token every instance uses now, and the whole seconds it has left."""
