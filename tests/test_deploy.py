@@ -234,6 +234,51 @@ def test_kustomization_lists_existing_files_but_not_the_example_secret() -> None
     assert "secret.example.yaml" not in kust["resources"]
 
 
+# The token authority's routes: the account's access token, for the owner's own systems.
+INTERNAL_PATHS = ("/internal/accounts/default/token", "/internal/accounts/shop/token/invalid",
+                  "/internal/docs", "/internal/openapi.json")
+PUBLIC_PATHS = {"/wechat", "/wechat/", "/oauth", "/me", "/healthz"}
+
+
+def ingress_routes(path: str, rule: dict[str, Any]) -> bool:
+    """Whether an Ingress path rule routes `path` (Exact, or Prefix by path elements)."""
+    if rule["pathType"] == "Exact":
+        return bool(path == rule["path"])
+    prefix = rule["path"].rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or prefix == ""
+
+
+def test_k8s_publishes_only_the_public_paths() -> None:
+    ingresses = load_yaml_docs(DEPLOY / "k8s" / "ingress.yaml")
+    assert ingresses and all(i["kind"] == "Ingress" for i in ingresses)
+    svc = k8s("service.yaml")
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    rules = []
+    for ing in ingresses:
+        assert "defaultBackend" not in ing["spec"]
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] == svc["metadata"]["name"]
+                assert path["backend"]["service"]["port"]["name"] in port_names
+                rules.append(path)
+    assert {r["path"] for r in rules} <= PUBLIC_PATHS
+    for path in (*INTERNAL_PATHS, "/metrics", "/readyz", "/"):
+        assert not any(ingress_routes(path, r) for r in rules), path
+    for path in ("/wechat", "/wechat/shop", "/oauth/login", "/me"):  # the matcher works
+        assert any(ingress_routes(path, r) for r in rules), path
+    # Pushes answered before WeChat gives up; the OAuth pages may wait longer.
+    timeouts = {i["metadata"]["name"]: int(i["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/proxy-read-timeout"]) for i in ingresses}
+    assert timeouts["wxhook"] < 5
+    # Nothing else publishes the pods: a ClusterIP Service, no host ports.
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    (c,) = k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    assert all("hostPort" not in p for p in c["ports"])
+    assert "ingress.yaml" in k8s("kustomization.yaml")["resources"]
+    # The key is a secret: never in the ConfigMap.
+    assert "WXHOOK_INTERNAL_KEY" not in k8s("configmap.yaml")["data"]
+
+
 # ---------------------------------------------------------------------------- grafana
 
 
@@ -644,6 +689,44 @@ def test_nginx_limits_timeouts_and_locations() -> None:
     assert metrics and "deny all;" in metrics.group(1)
     plain_metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", plain)
     assert plain_metrics and "deny all;" in plain_metrics.group(1)
+
+
+def nginx_location(server: str, path: str) -> str:
+    """The body of the location nginx picks for `path` in one server block: an exact match,
+    else the longest prefix if it is ^~, else the first regex that matches, else the
+    longest prefix."""
+    exact, prefixes, regexes = None, [], []
+    for kind, where, body in re.findall(r"location\s+(=|\^~|~\*?)?\s*(\S+)\s*\{([^}]*)\}",
+                                        server):
+        if kind == "=" and where == path:
+            exact = body
+        elif kind in ("", "^~") and path.startswith(where):
+            prefixes.append((len(where), kind, body))
+        elif kind.startswith("~") and re.search(where, path,
+                                                 re.IGNORECASE if kind == "~*" else 0):
+            regexes.append(body)
+    if exact is not None:
+        return exact
+    longest = max(prefixes, default=None)
+    if longest is not None and longest[1] == "^~":
+        return longest[2]
+    if regexes:
+        return regexes[0]
+    assert longest is not None, f"no location for {path}"
+    return longest[2]
+
+
+def test_nginx_never_passes_the_token_authority_on() -> None:
+    servers = nginx_servers(NGINX.read_text(encoding="utf-8"))
+    tls = next(s for s in servers if re.search(r"listen\s+443\s+ssl", s))
+    for server in servers:
+        for path in INTERNAL_PATHS:
+            chosen = nginx_location(server, path)
+            assert "return 404;" in chosen and "proxy_pass" not in chosen, path
+    # The emulation picks what nginx would: the public paths are passed on.
+    for path in ("/wechat", "/oauth/callback", "/me", "/healthz"):
+        assert "proxy_pass" in nginx_location(tls, path), path
+    assert "deny all;" in nginx_location(tls, "/metrics")
 
 
 def test_nginx_access_log_leaves_out_query_strings() -> None:
