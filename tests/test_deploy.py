@@ -7,10 +7,13 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import free_port
 
 yaml = pytest.importorskip("yaml")
 
@@ -749,7 +752,10 @@ def test_nginx_access_log_leaves_out_query_strings() -> None:
             assert leak not in fmt, f"log_format {words[1]} logs {leak.strip()}"
 
 
-def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
+def nginx_config(tmp_path: Path, rewrite: Any = None) -> tuple[str, Path]:
+    """nginx and a throwaway main config that includes the site (its certificate a
+    self-signed one, its logs under tmp_path, `rewrite` applied to its text); skipped
+    without nginx or openssl."""
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
     )
@@ -768,7 +774,7 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
     site = re.sub(r"/etc/letsencrypt/live/[^/]+/fullchain\.pem", str(cert), site)
     site = re.sub(r"/etc/letsencrypt/live/[^/]+/privkey\.pem", str(key), site)
     site = site.replace("/var/log/nginx/", f"{tmp_path}/")
-    (tmp_path / "site.conf").write_text(site, encoding="utf-8")
+    (tmp_path / "site.conf").write_text(rewrite(site) if rewrite else site, encoding="utf-8")
     temp_paths = "\n".join(
         f"  {kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy")
     )
@@ -779,6 +785,11 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
         f"  include {tmp_path}/site.conf;\n}}\n",
         encoding="utf-8",
     )
+    return nginx, main
+
+
+def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
+    nginx, main = nginx_config(tmp_path)
     proc = subprocess.run(
         [nginx, "-t", "-p", str(tmp_path), "-c", str(main)],
         check=False,
@@ -787,6 +798,69 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "test is successful" in proc.stderr
+
+
+def test_nginx_answers_the_token_authority_404_and_passes_pushes_on(tmp_path: Path) -> None:
+    # The site as shipped, run: only its ports (free ones on loopback) and its upstream (a
+    # stand-in that records every path it is asked for) differ.
+    import http.server
+    import threading
+
+    import httpx
+
+    seen: list[str] = []
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"upstream")
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    plain, tls = free_port(), free_port()
+
+    def rewrite(site: str) -> str:
+        site = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", site)
+        site = site.replace("listen 80;", f"listen 127.0.0.1:{plain};")
+        site = site.replace("listen 443 ssl", f"listen 127.0.0.1:{tls} ssl")
+        return site.replace("server 127.0.0.1:8000;",
+                            f"server 127.0.0.1:{upstream.server_address[1]};")
+
+    nginx, main = nginx_config(tmp_path, rewrite)
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(main), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        host = {"Host": "wx.example.com"}
+        with httpx.Client(verify=False, timeout=5) as client:
+            for _ in range(100):  # until it listens
+                try:
+                    client.get(f"https://127.0.0.1:{tls}/healthz", headers=host)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            for base in (f"http://127.0.0.1:{plain}", f"https://127.0.0.1:{tls}"):
+                for path in (*INTERNAL_PATHS, "/internal//accounts/default/token",
+                             "/%69nternal/accounts/default/token", "/internal/"):
+                    resp = client.get(base + path, headers={**host, "Authorization": "Bearer x"})
+                    assert resp.status_code == 404, (base, path, resp.status_code)
+                    resp = client.post(base + path, headers=host, json={"access_token": "x"})
+                    assert resp.status_code == 404, (base, path, resp.status_code)
+            assert client.post(f"https://127.0.0.1:{tls}/wechat", headers=host).text == "upstream"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        upstream.shutdown()
+        upstream.server_close()
+    assert "/wechat" in seen
+    assert not [p for p in seen if "nternal" in p], seen
 
 
 # ----------------------------------------------------------------------------- README
