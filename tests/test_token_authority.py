@@ -20,8 +20,10 @@ from structlog.testing import capture_logs
 from tests.support import (
     SANDBOX_APP_ID,
     SANDBOX_SECRET,
+    TOKEN,
     WXHOOK,
     free_port,
+    isolated_redis,
     sandbox_process,
     server_process,
 )
@@ -32,7 +34,7 @@ from wxhook.server.config import load_settings
 from wxhook.server.metrics import Metrics
 from wxhook.server.store.memory import MemoryStore
 from wxhook.tools.sandbox import SandboxState
-from wxhook.tools.simulate import Push, decode_reply
+from wxhook.tools.simulate import Push, decode_reply, push_xml, sign_push
 
 KEY = "k3y-for-the-token-authority-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -478,7 +480,46 @@ async def test_the_docs_are_there_only_with_the_key(make_app, keyed, connect) ->
         assert (await client.get(path, headers=AUTH)).status_code == 404
 
 
-# ------------------------------------------------------------------ a real server, the CLI
+# ------------------------------------------------------------------ real servers, the CLI
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_two_servers_one_redis_a_crm_and_one_fetch(tmp_path: Path) -> None:
+    # What an owner runs: two `wxhook serve` on one Redis, WeChat pushing to both, and a CRM
+    # asking both for the token; then WeChat kills the token and the CRM reports it.
+    def subscribe(openid: str) -> Push:
+        return sign_push(push_xml("subscribe", openid=openid), token=TOKEN, openid=openid)
+
+    with isolated_redis(tmp_path) as redis, sandbox_process(latency="0.03") as sb, \
+            server_process(sb, REDIS_URL=redis, WXHOOK_INTERNAL_KEY=KEY) as a, \
+            server_process(sb, REDIS_URL=redis, WXHOOK_INTERNAL_KEY=KEY) as b:
+        crm = {**AUTH, "X-Wxhook-Caller": "crm"}
+        async with httpx.AsyncClient(timeout=20) as c:
+            async def wave(tag: str) -> set[str]:
+                pushes = [c.post(f"{(a, b)[i % 2]}/wechat", params=p.params, content=p.body)
+                          for i, p in enumerate(subscribe(f"o{tag}{i:0{27 - len(tag)}d}")
+                                                for i in range(20))]
+                asks = [c.get(base + TOKEN_URL, headers=crm) for base in (a, b) * 5]
+                answers = await asyncio.gather(*pushes, *asks)
+                for r in answers[:20]:
+                    assert greeting(r).startswith("Welcome, Follower-"), r.text
+                assert {r.status_code for r in answers[20:]} == {200}
+                return {r.json()["access_token"] for r in answers[20:]}
+
+            async def token_requests() -> int:
+                return int((await c.get(sb + "/_sandbox/stats")).json()["token_requests"])
+
+            (first,) = await wave("Before")
+            assert await token_requests() == 1
+            await c.post(sb + "/_sandbox/invalidate")
+            resp = await c.post(a + INVALID_URL, headers=crm, json={"access_token": first})
+            assert resp.status_code == 200 and resp.json()["access_token"] != first
+            assert await wave("After") == {resp.json()["access_token"]}
+            assert await token_requests() == 2
+            for base in (a, b):
+                wrong = await c.get(base + TOKEN_URL, headers={"Authorization": "Bearer no"})
+                assert wrong.status_code == 401
 
 
 def run_cli(*args: str, key: str = KEY, stdin: str = "") -> subprocess.CompletedProcess[str]:
