@@ -166,7 +166,7 @@ class TokenAuthority:
             self.count(account, caller, action, "rate_limited")
             wait = max(1, math.ceil(self.limit.retry_after(client)))
             self.lines.warning("rate_limited", "internal_rate_limited", client=client,
-                             caller=caller, action=action, retry_in_s=wait)
+                               caller=caller, action=action, retry_in_s=wait)
             return JSONResponse({"detail": "too many requests from this address; ask "
                                  "again after Retry-After seconds"}, status_code=429,
                                 headers={"Retry-After": str(wait)})
@@ -174,8 +174,8 @@ class TokenAuthority:
             caller = self.caller(request.headers.get("x-wxhook-caller"), trusted=False)
             self.count(account, caller, action, "unauthorized")
             self.lines.warning("unauthorized", "internal_unauthorized", client=client,
-                             caller=caller, action=action,
-                             has_header="authorization" in request.headers)
+                               caller=caller, action=action,
+                               has_header="authorization" in request.headers)
             return JSONResponse({"detail": "needs Authorization: Bearer <WXHOOK_INTERNAL_KEY>"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         request.state.caller = self.caller(request.headers.get("x-wxhook-caller"),
@@ -196,8 +196,8 @@ class TokenAuthority:
         if tokens is None:
             self.count(OTHER, request.state.caller, action, "unknown_account")
             self.lines.warning("unknown_account", "internal_unknown_account",
-                             caller=request.state.caller, action=action,
-                             name_length=len(name))
+                               caller=request.state.caller, action=action,
+                               name_length=len(name))
         return tokens
 
     async def get_token(self, name: str, request: Request) -> Response | TokenAnswer:
@@ -224,9 +224,9 @@ class TokenAuthority:
         await tokens.follow_store()
         was_current = report.access_token == tokens.current
         refresh_allowed = await tokens.invalidate(report.access_token)
-        outcome = ("backoff" if not refresh_allowed else "expired" if was_current else "stale")
+        outcome = "backoff" if not refresh_allowed else "expired" if was_current else "stale"
         self.lines.info(f"reported:{name}", "internal_token_reported_invalid", account=name,
-                      caller=caller, outcome=outcome)
+                        caller=caller, outcome=outcome)
         try:
             token, left = await tokens.lease(deadline=time.monotonic() + LEASE_WAIT)
         except WeChatAPIError as exc:
@@ -265,6 +265,7 @@ class TokenAuthority:
             429: {"model": Problem, "description": "Too many requests from this address"},
             503: {"model": Problem, "description": "No valid token now (WeChat refused, or "
                                                    "refreshes are backing off)"}}
+
         async def get_token(request: Request, name: AccountName) -> Response | TokenAnswer:
             """The account's access token, the one every wxhook instance uses; fetched from
             WeChat only when none is valid."""
@@ -291,7 +292,7 @@ class TokenAuthority:
                 schema.update(get_openapi(
                     title="wxhook token authority", version="1",
                     description="The account's access token for the owner's other systems.",
-                    routes=[r for r in router.routes if getattr(r, "include_in_schema", False)]))
+                    routes=router.routes))  # those in the schema: not the docs' own
             return JSONResponse(schema)
 
         async def docs() -> HTMLResponse:
