@@ -40,6 +40,7 @@ KNOWN_METRICS = frozenset(
         "wxhook_ready",
         "wxhook_dependency_up",
         "wxhook_log_lines_suppressed_total",
+        "wxhook_internal_token_requests_total",
     }
 )
 HISTOGRAMS = frozenset({"wxhook_push_latency_seconds", "wxhook_upstream_latency_seconds"})
@@ -413,6 +414,7 @@ def promtool_tests() -> dict[str, Any]:
     """Synthetic series that must (and must not) fire the main alerts."""
     errors = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="error"}'
     oks = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="ok"}'
+    authority = 'wxhook_internal_token_requests_total{job="wxhook",account="default",action="get"'
     return {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
@@ -443,6 +445,14 @@ def promtool_tests() -> dict[str, Any]:
                         "series": 'wxhook_dependency_up{job="wxhook",instance="b:8000",'
                                   'dependency="redis"}',
                         "values": "1x15",
+                    },
+                    {   # a caller with a stale key, and another served as it should be
+                        "series": authority + ',outcome="unauthorized",caller="other"}',
+                        "values": "0+2x30",
+                    },
+                    {
+                        "series": authority + ',outcome="ok",caller="crm"}',
+                        "values": "0+9x30",
                     },
                 ],
                 "alert_rule_test": [
@@ -487,6 +497,18 @@ def promtool_tests() -> dict[str, Any]:
                             expected_alert("WxhookRedisUnreachable",
                                            {"job": "wxhook", "instance": "a:8000"})
                         ],
+                    },
+                    {
+                        "eval_time": "5m",
+                        "alertname": "WxhookTokenAuthorityRefusing",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "25m",
+                        "alertname": "WxhookTokenAuthorityRefusing",
+                        "exp_alerts": [expected_alert("WxhookTokenAuthorityRefusing", {
+                            "job": "wxhook", "account": "default", "caller": "other",
+                            "outcome": "unauthorized"})],
                     },
                     {
                         "eval_time": "7m",
