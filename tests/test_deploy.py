@@ -7,10 +7,13 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import free_port
 
 yaml = pytest.importorskip("yaml")
 
@@ -38,6 +41,7 @@ KNOWN_METRICS = frozenset(
         "wxhook_ready",
         "wxhook_dependency_up",
         "wxhook_log_lines_suppressed_total",
+        "wxhook_internal_token_requests_total",
     }
 )
 HISTOGRAMS = frozenset({"wxhook_push_latency_seconds", "wxhook_upstream_latency_seconds"})
@@ -316,6 +320,51 @@ def test_accounts_example_parses_when_its_vars_are_set(tmp_path: Path) -> None:
     assert list(accounts) == ["shop", "news"]
 
 
+# The token authority's routes: the account's access token, for the owner's own systems.
+INTERNAL_PATHS = ("/internal/accounts/default/token", "/internal/accounts/shop/token/invalid",
+                  "/internal/docs", "/internal/openapi.json")
+PUBLIC_PATHS = {"/wechat", "/wechat/", "/oauth", "/me", "/healthz"}
+
+
+def ingress_routes(path: str, rule: dict[str, Any]) -> bool:
+    """Whether an Ingress path rule routes `path` (Exact, or Prefix by path elements)."""
+    if rule["pathType"] == "Exact":
+        return bool(path == rule["path"])
+    prefix = rule["path"].rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or prefix == ""
+
+
+def test_k8s_publishes_only_the_public_paths() -> None:
+    ingresses = load_yaml_docs(DEPLOY / "k8s" / "ingress.yaml")
+    assert ingresses and all(i["kind"] == "Ingress" for i in ingresses)
+    svc = k8s("service.yaml")
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    rules = []
+    for ing in ingresses:
+        assert "defaultBackend" not in ing["spec"]
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] == svc["metadata"]["name"]
+                assert path["backend"]["service"]["port"]["name"] in port_names
+                rules.append(path)
+    assert {r["path"] for r in rules} <= PUBLIC_PATHS
+    for path in (*INTERNAL_PATHS, "/metrics", "/readyz", "/"):
+        assert not any(ingress_routes(path, r) for r in rules), path
+    for path in ("/wechat", "/wechat/shop", "/oauth/login", "/me"):  # the matcher works
+        assert any(ingress_routes(path, r) for r in rules), path
+    # Pushes answered before WeChat gives up; the OAuth pages may wait longer.
+    timeouts = {i["metadata"]["name"]: int(i["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/proxy-read-timeout"]) for i in ingresses}
+    assert timeouts["wxhook"] < 5
+    # Nothing else publishes the pods: a ClusterIP Service, no host ports.
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    (c,) = k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    assert all("hostPort" not in p for p in c["ports"])
+    assert "ingress.yaml" in k8s("kustomization.yaml")["resources"]
+    # The key is a secret: never in the ConfigMap.
+    assert "WXHOOK_INTERNAL_KEY" not in k8s("configmap.yaml")["data"]
+
+
 # ---------------------------------------------------------------------------- grafana
 
 
@@ -449,6 +498,7 @@ def promtool_tests() -> dict[str, Any]:
     """Synthetic series that must (and must not) fire the main alerts."""
     errors = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="error"}'
     oks = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="ok"}'
+    authority = 'wxhook_internal_token_requests_total{job="wxhook",account="default",action="get"'
     return {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
@@ -479,6 +529,14 @@ def promtool_tests() -> dict[str, Any]:
                         "series": 'wxhook_dependency_up{job="wxhook",instance="b:8000",'
                                   'dependency="redis"}',
                         "values": "1x15",
+                    },
+                    {   # a caller with a stale key, and another served as it should be
+                        "series": authority + ',outcome="unauthorized",caller="other"}',
+                        "values": "0+2x30",
+                    },
+                    {
+                        "series": authority + ',outcome="ok",caller="crm"}',
+                        "values": "0+9x30",
                     },
                 ],
                 "alert_rule_test": [
@@ -523,6 +581,18 @@ def promtool_tests() -> dict[str, Any]:
                             expected_alert("WxhookRedisUnreachable",
                                            {"job": "wxhook", "instance": "a:8000"})
                         ],
+                    },
+                    {
+                        "eval_time": "5m",
+                        "alertname": "WxhookTokenAuthorityRefusing",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "25m",
+                        "alertname": "WxhookTokenAuthorityRefusing",
+                        "exp_alerts": [expected_alert("WxhookTokenAuthorityRefusing", {
+                            "job": "wxhook", "account": "default", "caller": "other",
+                            "outcome": "unauthorized"})],
                     },
                     {
                         "eval_time": "7m",
@@ -732,6 +802,44 @@ def test_nginx_limits_timeouts_and_locations() -> None:
     assert plain_metrics and "deny all;" in plain_metrics.group(1)
 
 
+def nginx_location(server: str, path: str) -> str:
+    """The body of the location nginx picks for `path` in one server block: an exact match,
+    else the longest prefix if it is ^~, else the first regex that matches, else the
+    longest prefix."""
+    exact, prefixes, regexes = None, [], []
+    for kind, where, body in re.findall(r"location\s+(=|\^~|~\*?)?\s*(\S+)\s*\{([^}]*)\}",
+                                        server):
+        if kind == "=" and where == path:
+            exact = body
+        elif kind in ("", "^~") and path.startswith(where):
+            prefixes.append((len(where), kind, body))
+        elif kind.startswith("~") and re.search(where, path,
+                                                 re.IGNORECASE if kind == "~*" else 0):
+            regexes.append(body)
+    if exact is not None:
+        return exact
+    longest = max(prefixes, default=None)
+    if longest is not None and longest[1] == "^~":
+        return longest[2]
+    if regexes:
+        return regexes[0]
+    assert longest is not None, f"no location for {path}"
+    return longest[2]
+
+
+def test_nginx_never_passes_the_token_authority_on() -> None:
+    servers = nginx_servers(NGINX.read_text(encoding="utf-8"))
+    tls = next(s for s in servers if re.search(r"listen\s+443\s+ssl", s))
+    for server in servers:
+        for path in INTERNAL_PATHS:
+            chosen = nginx_location(server, path)
+            assert "return 404;" in chosen and "proxy_pass" not in chosen, path
+    # The emulation picks what nginx would: the public paths are passed on.
+    for path in ("/wechat", "/oauth/callback", "/me", "/healthz"):
+        assert "proxy_pass" in nginx_location(tls, path), path
+    assert "deny all;" in nginx_location(tls, "/metrics")
+
+
 def test_nginx_access_log_leaves_out_query_strings() -> None:
     # Query strings carry signatures, openids and OAuth codes: every access log of the site
     # uses a format of its own that has the path ($uri) and nothing with the query in it.
@@ -752,7 +860,10 @@ def test_nginx_access_log_leaves_out_query_strings() -> None:
             assert leak not in fmt, f"log_format {words[1]} logs {leak.strip()}"
 
 
-def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
+def nginx_config(tmp_path: Path, rewrite: Any = None) -> tuple[str, Path]:
+    """nginx and a throwaway main config that includes the site (its certificate a
+    self-signed one, its logs under tmp_path, `rewrite` applied to its text); skipped
+    without nginx or openssl."""
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
     )
@@ -771,7 +882,7 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
     site = re.sub(r"/etc/letsencrypt/live/[^/]+/fullchain\.pem", str(cert), site)
     site = re.sub(r"/etc/letsencrypt/live/[^/]+/privkey\.pem", str(key), site)
     site = site.replace("/var/log/nginx/", f"{tmp_path}/")
-    (tmp_path / "site.conf").write_text(site, encoding="utf-8")
+    (tmp_path / "site.conf").write_text(rewrite(site) if rewrite else site, encoding="utf-8")
     temp_paths = "\n".join(
         f"  {kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy")
     )
@@ -782,6 +893,11 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
         f"  include {tmp_path}/site.conf;\n}}\n",
         encoding="utf-8",
     )
+    return nginx, main
+
+
+def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
+    nginx, main = nginx_config(tmp_path)
     proc = subprocess.run(
         [nginx, "-t", "-p", str(tmp_path), "-c", str(main)],
         check=False,
@@ -790,6 +906,69 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "test is successful" in proc.stderr
+
+
+def test_nginx_answers_the_token_authority_404_and_passes_pushes_on(tmp_path: Path) -> None:
+    # The site as shipped, run: only its ports (free ones on loopback) and its upstream (a
+    # stand-in that records every path it is asked for) differ.
+    import http.server
+    import threading
+
+    import httpx
+
+    seen: list[str] = []
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"upstream")
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    plain, tls = free_port(), free_port()
+
+    def rewrite(site: str) -> str:
+        site = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", site)
+        site = site.replace("listen 80;", f"listen 127.0.0.1:{plain};")
+        site = site.replace("listen 443 ssl", f"listen 127.0.0.1:{tls} ssl")
+        return site.replace("server 127.0.0.1:8000;",
+                            f"server 127.0.0.1:{upstream.server_address[1]};")
+
+    nginx, main = nginx_config(tmp_path, rewrite)
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(main), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        host = {"Host": "wx.example.com"}
+        with httpx.Client(verify=False, timeout=5) as client:
+            for _ in range(100):  # until it listens
+                try:
+                    client.get(f"https://127.0.0.1:{tls}/healthz", headers=host)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            for base in (f"http://127.0.0.1:{plain}", f"https://127.0.0.1:{tls}"):
+                for path in (*INTERNAL_PATHS, "/internal//accounts/default/token",
+                             "/%69nternal/accounts/default/token", "/internal/"):
+                    resp = client.get(base + path, headers={**host, "Authorization": "Bearer x"})
+                    assert resp.status_code == 404, (base, path, resp.status_code)
+                    resp = client.post(base + path, headers=host, json={"access_token": "x"})
+                    assert resp.status_code == 404, (base, path, resp.status_code)
+            assert client.post(f"https://127.0.0.1:{tls}/wechat", headers=host).text == "upstream"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        upstream.shutdown()
+        upstream.server_close()
+    assert "/wechat" in seen
+    assert not [p for p in seen if "nternal" in p], seen
 
 
 # ----------------------------------------------------------------------------- README

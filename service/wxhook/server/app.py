@@ -19,6 +19,7 @@ from wxhook.rules_router import RulesAnswerer
 from wxhook.server.account_hub import PREFIX, AccountHub
 from wxhook.server.accounts_source import LAST_GOOD_ENV as ACCOUNTS_LAST_GOOD_ENV
 from wxhook.server.accounts_source import AccountsSource, watching_accounts
+from wxhook.server.authority import file_accounts, mount_authority, single_account
 from wxhook.server.config import SANDBOX_APP_ID, Settings
 from wxhook.server.delivery import LateDelivery
 from wxhook.server.logs import flush_logs, get_logger
@@ -158,6 +159,8 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     app.state.readiness = readiness
 
     _add_probes(app, readiness, metrics)
+    mount_authority(app, settings.internal_key, single_account(tokens), metrics=metrics,
+                    per_client=settings.internal_limit)
     return app
 
 
@@ -203,6 +206,8 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
     app.state.metrics = metrics
     app.state.readiness = readiness
     _add_probes(app, readiness, metrics)
+    mount_authority(app, settings.internal_key, file_accounts(hub), metrics=metrics,
+                    per_client=settings.internal_limit)
     return app
 
 

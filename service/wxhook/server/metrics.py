@@ -72,4 +72,10 @@ class Metrics:
         self.account_pushes = Counter(
             "wxhook_account_pushes", "Pushes per account of WXHOOK_ACCOUNTS, by outcome "
             "(as wxhook_pushes_total's)", ["account", "outcome"], registry=r)
+        # The token authority (WXHOOK_INTERNAL_KEY). account: a name of the deployment's
+        # (else "other"); caller: the X-Wxhook-Caller name, bounded (authority.py).
+        self.internal_token_requests = Counter(
+            "wxhook_internal_token_requests", "Token authority requests, by account, caller, "
+            "action (get, invalid, docs) and outcome", ["account", "caller", "action",
+                                                        "outcome"], registry=r)
         self.multiprocess = multiproc

@@ -1,4 +1,4 @@
-"""wxhook serve | dev | sandbox | simulate | check | rules | menu: the command line."""
+"""wxhook serve | dev | sandbox | simulate | check | rules | menu | token: the command line."""
 
 from __future__ import annotations
 
@@ -246,6 +246,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
+    from wxhook.tools import token_cli
     from wxhook.tools.rules_cli import add_commands
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check this account of WXHOOK_ACCOUNTS (its token, its callback IPs)")
     c.set_defaults(func=cmd_check)
     add_commands(sub)
+    token_cli.add_commands(sub)
     return p
 
 
