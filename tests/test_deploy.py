@@ -33,6 +33,7 @@ KNOWN_METRICS = frozenset(
         "wxhook_deadline_fallbacks_total",
         "wxhook_late_deliveries_total",
         "wxhook_rules_reloads_total",
+        "wxhook_accounts_reloads_total",
         "wxhook_follow_ups_total",
         "wxhook_guard_failures_total",
         "wxhook_circuit_open",
@@ -166,14 +167,15 @@ def test_deployment_probes_security_and_env() -> None:
     refs = {next(iter(e.values()))["name"] for e in c["envFrom"]}
     assert refs == {"wxhook-secrets", "wxhook-config"}
 
-    # Every writable path is an emptyDir, including the multiprocess metrics dir.
+    # Every writable path is an emptyDir, including the multiprocess metrics dir; the rest
+    # (the accounts file's ConfigMap) is mounted read-only.
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert "/tmp" in mounts
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     assert env["PROMETHEUS_MULTIPROC_DIR"] in mounts
-    for name in mounts.values():
-        assert "emptyDir" in volumes[name]
+    for mount in c["volumeMounts"]:
+        assert "emptyDir" in volumes[mount["name"]] or mount.get("readOnly") is True, mount
 
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["http"] == 8000
@@ -236,6 +238,86 @@ def test_kustomization_lists_existing_files_but_not_the_example_secret() -> None
     for res in kust["resources"]:
         assert (DEPLOY / "k8s" / res).is_file(), res
     assert "secret.example.yaml" not in kust["resources"]
+
+
+# --------------------------------------------------------------------------- accounts
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def valid_value(var: str) -> str:
+    """A value of the right shape for the ${VAR} (placeholders are not: REPLACE_ME_...)."""
+    if var.endswith("AES_KEY"):
+        return "A" * 43
+    if var.endswith("TOKEN"):
+        return "Tok" + str(abs(hash(var)) % 10**8)
+    return f"secret-of-{var.lower()}"
+
+
+def test_k8s_accounts_file_names_only_secret_vars_and_parses(tmp_path: Path) -> None:
+    from wxhook.server.accounts import load_accounts
+
+    cm = k8s("accounts-configmap.yaml")
+    assert cm["metadata"]["name"] == "wxhook-accounts"
+    text = cm["data"]["accounts.yaml"]
+    used = set(_VAR.findall(text))
+    secret = k8s("secret.example.yaml")["stringData"]
+    assert used and used <= set(secret), f"not in secret.example.yaml: {used - set(secret)}"
+    for var in used:
+        assert "REPLACE_ME" in secret[var], f"{var} must be an obvious placeholder"
+    # No secret in the ConfigMap: every secret field is a ${VAR}.
+    for field in ("app_secret", "token", "encoding_aes_key"):
+        for value in re.findall(rf"{field}: *(\S+)", text):
+            assert _VAR.fullmatch(value), (field, value)
+    path = tmp_path / "accounts.yaml"
+    path.write_text(text, encoding="utf-8")
+    accounts = load_accounts(str(path), {var: valid_value(var) for var in used})
+    assert list(accounts) == ["shop", "news"]
+
+
+def test_k8s_mounts_the_accounts_file_where_the_configmap_points() -> None:
+    dep = k8s("deployment.yaml")
+    pod = dep["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name")
+                 == "wxhook-accounts"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    # A subPath mount never sees a ConfigMap change: the reload would not either.
+    assert "subPath" not in mount and mount["readOnly"] is True
+    text = (DEPLOY / "k8s" / "configmap.yaml").read_text(encoding="utf-8")
+    (where,) = re.findall(r'#\s*WXHOOK_ACCOUNTS:\s*"([^"]+)"', text)
+    assert where == f"{mount['mountPath']}/accounts.yaml"
+    assert "accounts-configmap.yaml" in k8s("kustomization.yaml")["resources"]
+    # Off by default: the one WECHAT_* account serves at /wechat as before.
+    assert "WXHOOK_ACCOUNTS" not in k8s("configmap.yaml")["data"]
+
+
+def test_compose_accounts_override_mounts_a_folder() -> None:
+    base = load_one(DEPLOY / "docker-compose.yml")
+    assert "WXHOOK_ACCOUNTS" not in base["services"]["wxhook"]["environment"]
+    app = load_one(DEPLOY / "docker-compose.accounts.yml")["services"]["wxhook"]
+    where = app["environment"]["WXHOOK_ACCOUNTS"]
+    (volume,) = app["volumes"]
+    source, target, mode = volume.split(":")
+    # The folder: a bind mount of a single file keeps showing the file it was made with.
+    assert (source, mode) == ("../accounts", "ro")
+    assert where == f"{target}/accounts.yaml"
+
+
+def test_systemd_unit_says_where_the_accounts_file_and_its_vars_go() -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    assert "WXHOOK_ACCOUNTS=/etc/wxhook/accounts.yaml" in text
+    assert "systemctl restart wxhook" in text and "systemctl reload wxhook" in text
+
+
+def test_accounts_example_parses_when_its_vars_are_set(tmp_path: Path) -> None:
+    from wxhook.server.accounts import load_accounts
+
+    example = DEPLOY.parent / "accounts.example.yaml"
+    used = set(_VAR.findall(example.read_text(encoding="utf-8")))
+    env_example = (DEPLOY.parent / ".env.example").read_text(encoding="utf-8")
+    assert "WXHOOK_ACCOUNTS" in env_example
+    accounts = load_accounts(str(example), {var: valid_value(var) for var in used})
+    assert list(accounts) == ["shop", "news"]
 
 
 # The token authority's routes: the account's access token, for the owner's own systems.
@@ -380,6 +462,8 @@ def test_alerts_cover_the_promised_conditions() -> None:
     assert 'wxhook_dependency_up{dependency="token"}' in rules["WxhookAccessTokenUnavailable"][
         "expr"]
     assert 'wxhook_dependency_up{dependency="redis"}' in rules["WxhookRedisUnreachable"]["expr"]
+    assert 'wxhook_accounts_reloads_total{result="failed"}' in rules[
+        "WxhookAccountsFileRefused"]["expr"]
 
 
 def test_k8s_says_which_path_each_probe_uses_and_why() -> None:
@@ -705,6 +789,8 @@ def test_nginx_limits_timeouts_and_locations() -> None:
             assert f"proxy_set_header {header}" in body
     # /wechat only over TLS; port 80 sends everything but the ACME challenge to https.
     assert re.search(r"location\s+=?\s*/wechat\s*\{[^}]*proxy_pass\s+http://", tls)
+    # With an accounts file: /wechat/NAME.
+    assert re.search(r"location\s+/wechat/\s*\{[^}]*proxy_pass\s+http://wxhook_app;", tls)
     assert "/wechat" not in plain
     assert "return 301 https://" in plain
     # TLS server: modern protocols, OAuth proxied, metrics restricted.

@@ -17,7 +17,8 @@ from wxhook.defaults import default_router
 from wxhook.router import Router
 from wxhook.rules_router import RulesAnswerer
 from wxhook.server.account_hub import PREFIX, AccountHub
-from wxhook.server.accounts import load_accounts
+from wxhook.server.accounts_source import LAST_GOOD_ENV as ACCOUNTS_LAST_GOOD_ENV
+from wxhook.server.accounts_source import AccountsSource, watching_accounts
 from wxhook.server.authority import file_accounts, mount_authority, single_account
 from wxhook.server.config import SANDBOX_APP_ID, Settings
 from wxhook.server.delivery import LateDelivery
@@ -170,20 +171,25 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
                         wall_clock: Callable[[], float] = time.time) -> FastAPI:
     """The app of every account in WXHOOK_ACCOUNTS, each at /wechat/{name}; `router`, when
     given, answers for all of them (tests), else each account's handlers and rules do."""
-    accounts = load_accounts(settings.accounts)  # AccountsError (a SettingsError): refuse
     metrics = Metrics() if metrics is None else metrics
+    # A bad file, rules file or handlers module: SettingsError, refuse to start (unless a
+    # worker started again, with the last good copy to fall back on).
+    source = AccountsSource(settings, metrics=metrics,
+                            last_good=os.environ.get(ACCOUNTS_LAST_GOOD_ENV))
     store = _default_store(settings, metrics, clock) if store is None else store
-    hub = AccountHub(settings, accounts, store=store, metrics=metrics, http=http,
-                     router=router, profile_repo=profile_repo, clock=clock,
-                     wall_clock=wall_clock)
-    readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics)
+    hub = source.hub = AccountHub(settings, source.accounts, store=store, metrics=metrics,
+                                  http=http, router=router, profile_repo=profile_repo,
+                                  clock=clock, wall_clock=wall_clock, sources=source.sources)
+    readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics,
+                          accounts=source)
     log = get_logger("wxhook")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("startup", **settings.summary(), accounts=len(accounts), pid=os.getpid())
+        log.info("startup", **settings.summary(), accounts=len(source.accounts),
+                 pid=os.getpid())
         settle_heap()
-        async with watching(*hub.rules.values()), readiness.serving():
+        async with watching_accounts(source), readiness.serving():
             yield
         left = await hub.aclose(SHUTDOWN_GRACE)
         log.info("shutdown", late_deliveries_abandoned=left)
@@ -196,6 +202,7 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
     app.state.settings = settings
     app.state.store = store
     app.state.hub = hub
+    app.state.accounts = source
     app.state.metrics = metrics
     app.state.readiness = readiness
     _add_probes(app, readiness, metrics)

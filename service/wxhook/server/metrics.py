@@ -54,6 +54,10 @@ class Metrics:
         self.rules_reloads = Counter("wxhook_rules_reloads", "Rules file reloads, by result "
                                      "(failed: the file was refused, the old rules stay)",
                                      ["result"], registry=r)
+        self.accounts_reloads = Counter(
+            "wxhook_accounts_reloads", "Accounts file reloads, by result (failed: the file, "
+            "or a rules file or handlers module it names, was refused; the old set stays)",
+            ["result"], registry=r)
         self.follow_ups = Counter("wxhook_follow_ups", "reply_all replies after the first, "
                                   "sent by customer-service message", ["result"], registry=r)
         self.state_writes = Counter(

@@ -20,7 +20,7 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -60,15 +60,23 @@ def from_this_host(request: Request) -> bool:
     return ip.is_loopback
 
 
+class _Reloaded(Protocol):
+    """A file in force that reloads (the accounts file): what /readyz?verbose shows of it."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Readiness:
     """This instance's readiness, and the state of what all instances share."""
 
     def __init__(self, *, tokens: TokenManager | None, store: Store, api: WeChatAPI | None,
-                 rules: RulesSource | None, metrics: Metrics) -> None:
+                 rules: RulesSource | None, metrics: Metrics,
+                 accounts: _Reloaded | None = None) -> None:
         self.tokens = tokens
         self.store = store
         self.api = api
         self.rules = rules
+        self.accounts = accounts
         self.metrics = metrics
         self.started = False   # start-up finished (the app's lifespan)
         self.stopping = False  # shutdown began
@@ -159,6 +167,8 @@ class Readiness:
         checks: dict[str, Any] = {"settings": {"ok": True}}
         if self.rules is not None:
             checks["rules"] = self.rules.status()  # a refused file keeps the old rules: ready
+        if self.accounts is not None:
+            checks["accounts"] = self.accounts.status()  # the same for the accounts file
         dependencies = await self.look(fetch_token=True)
         checks.update(dependencies)
         degraded = sorted(name for name, check in dependencies.items() if not check["ok"])
