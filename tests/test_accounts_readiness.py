@@ -17,6 +17,7 @@ from wxhook.tools.sandbox import Fault
 
 release, sandbox_app, sandbox, build, connect = (
     routes.release, routes.sandbox_app, routes.sandbox, routes.build, routes.connect)
+COUNTS = ("ok", "accounts", "built", "not_yet_used", "faulty")
 
 
 async def test_the_operator_view_reports_each_account_in_use(build, connect, sandbox) -> None:
@@ -27,9 +28,11 @@ async def test_the_operator_view_reports_each_account_in_use(build, connect, san
                             appid=str(NEWS["app_id"])))
     async with started(app):
         view = (await client.get("/readyz?verbose")).json()
-        assert view["checks"]["accounts"] == {
-            "ok": True, "total": 2, "in_use": 0, "not_yet_used": 2, "faulty": 0, "faults": {},
-            "others": {"shop": NOT_YET_USED, "news": NOT_YET_USED}}  # a small file: whole
+        accounts = view["checks"]["accounts"]
+        assert accounts["loaded_by"] == "start"  # the file in force, in the same check
+        assert {k: accounts[k] for k in COUNTS + ("faults", "others")} == {
+            "ok": True, "accounts": 2, "built": 0, "not_yet_used": 2, "faulty": 0,
+            "faults": {}, "others": {"shop": NOT_YET_USED, "news": NOT_YET_USED}}  # whole
         await send(client, "/wechat/shop", push_for(SHOP))
         await send(client, "/wechat/news", push_for(NEWS))  # its token is refused: 40125
         resp = await client.get("/readyz?verbose")
@@ -37,8 +40,8 @@ async def test_the_operator_view_reports_each_account_in_use(build, connect, san
         view = resp.json()
         accounts = view["checks"]["accounts"]
         assert (view["ready"], view["degraded"]) == (True, ["accounts"])
-        assert {k: accounts[k] for k in ("total", "in_use", "not_yet_used", "faulty")} == {
-            "total": 2, "in_use": 2, "not_yet_used": 0, "faulty": 1}
+        assert {k: accounts[k] for k in COUNTS} == {
+            "ok": False, "accounts": 2, "built": 2, "not_yet_used": 0, "faulty": 1}
         assert list(accounts["faults"]) == ["news"]
         assert list(accounts["others"]) == ["shop"]
         assert accounts["others"]["shop"]["token"]["ok"] is True
@@ -68,9 +71,9 @@ async def test_the_operator_view_of_a_thousand_accounts_is_bounded(tmp_path: Pat
             assert (await send(client, f"/wechat/acct{i:04d}", push_for(acct))).status_code == 200
         resp = await client.get("/readyz?verbose")
         accounts = resp.json()["checks"]["accounts"]
-        assert {k: accounts[k] for k in ("total", "in_use", "not_yet_used", "faulty")} == {
-            "total": 1000, "in_use": MAX_LISTED + 10, "not_yet_used": 1000 - MAX_LISTED - 10,
-            "faulty": MAX_LISTED + 10}
+        assert {k: accounts[k] for k in COUNTS} == {
+            "ok": False, "accounts": 1000, "built": MAX_LISTED + 10,
+            "not_yet_used": 1000 - MAX_LISTED - 10, "faulty": MAX_LISTED + 10}
         assert list(accounts["faults"]) == [f"acct{i:04d}" for i in range(MAX_LISTED)]
         assert accounts["faults_not_listed"] == 10
         assert accounts["others"] == {} and accounts["others_not_listed"] == 970

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from wxhook.rules import RulesError
 from wxhook.rules_router import RulesAnswerer
 from wxhook.server.accounts import Account, load_accounts
 from wxhook.server.config import SANDBOX_APP_ID, Settings
-from wxhook.server.delivery import LateDelivery
+from wxhook.server.delivery import LATE_LIMIT, LateDelivery
 from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
@@ -45,6 +46,7 @@ from wxhook.server.wechat_api import new_http_client
 from wxhook.store import Store
 
 PREFIX = "/wechat/"
+RETIRE_WAIT = 60.0  # seconds a retired account's pushes get to finish before its close
 _NOT_FOUND = b"no such account"
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8"),
          (b"content-length", str(len(_NOT_FOUND)).encode())]
@@ -60,6 +62,7 @@ class Bundle:
     delivery: LateDelivery
     http: httpx.AsyncClient | None
     oauth: OAuth
+    busy: int = 0  # pushes and sign-ins inside it now: a retired bundle closes after them
 
 
 def account_settings(base: Settings, account: Account) -> Settings:
@@ -75,17 +78,24 @@ def account_settings(base: Settings, account: Account) -> Settings:
 
 
 def load_sources(base: Settings, accounts: dict[str, Account],
-                 metrics: Metrics | None = None) -> dict[str, RulesSource]:
-    """Each rules file the accounts name, read now, and each handlers module imported, so
-    start-up refuses a bad one (SettingsError); accounts naming one file share its source."""
+                 metrics: Metrics | None = None, *, known: dict[str, RulesSource] | None = None,
+                 last_good_dir: str | None = None) -> dict[str, RulesSource]:
+    """Each rules file the accounts name, read now (those in `known` kept as they are), and
+    each handlers module imported, so start-up or a reload refuses a bad one (SettingsError);
+    accounts naming one file share its source. With `last_good_dir` (several workers), each
+    file's last good copy is kept there for a worker started again."""
     on_result = None if metrics is None else (
         lambda result: metrics.rules_reloads.labels(result).inc())
     sources: dict[str, RulesSource] = {}
     for account in accounts.values():
         path = account.rules or base.rules
-        if path and path not in sources:
+        if path and known is not None and path in known:
+            sources[path] = known[path]
+        elif path and path not in sources:
+            copy = None if not last_good_dir else os.path.join(
+                last_good_dir, f"rules-{hashlib.sha256(path.encode()).hexdigest()[:16]}.last-good")
             try:
-                sources[path] = RulesSource(path, on_result=on_result)
+                sources[path] = RulesSource(path, on_result=on_result, last_good=copy)
             except RulesError as exc:
                 raise SettingsError(f"account {account.name}: rules {path} is not valid:\n  "
                                     + "\n  ".join(exc.problems)) from None
@@ -112,7 +122,8 @@ class AccountHub:
                  metrics: Metrics, http: httpx.AsyncClient | None = None,
                  router: Router | None = None, profile_repo: ProfileRepo | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 sources: dict[str, RulesSource] | None = None) -> None:
         self.base = base
         self.accounts = accounts
         self.store = store
@@ -123,8 +134,9 @@ class AccountHub:
         self.clock = clock
         self.wall_clock = wall_clock
         self.built: dict[str, Bundle] = {}
+        self.retiring: dict[asyncio.Task[None], Bundle] = {}  # removed or changed, closing
         self.sqlite: SqliteProfileRepo | None = None
-        self.rules = load_sources(base, accounts, metrics)
+        self.rules = load_sources(base, accounts, metrics) if sources is None else sources
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
         # Sign-ins of all accounts count together, and their refusals share one bound: a
@@ -139,7 +151,11 @@ class AccountHub:
         if bundle is None:
             bundle = self.bundle(name)
         if bundle is not None:
-            await bundle.webhook(scope, receive, send)
+            bundle.busy += 1
+            try:
+                await bundle.webhook(scope, receive, send)
+            finally:
+                bundle.busy -= 1
             return
         # Anyone can ask for any name: the line is bounded like a refused push's.
         self.refusals.warning("unknown_account", "push_refused", status=404,
@@ -204,20 +220,58 @@ class AccountHub:
                     self.oauth_refusals.warning("unknown_account", "oauth_refused",
                                                 status=404, reason="unknown_account")
                     return PlainTextResponse(_NOT_FOUND.decode(), status_code=404)
-                return await step(bundle.oauth)(request)
+                bundle.busy += 1  # a reload retiring the account waits for the exchange
+                try:
+                    return await step(bundle.oauth)(request)
+                finally:
+                    bundle.busy -= 1
             return endpoint
         return [Route("/oauth/{name}/login", to(lambda o: o.login), methods=["GET", "HEAD"]),
                 Route("/oauth/{name}/callback", to(lambda o: o.callback), methods=["GET"]),
                 Route("/me/{name}", to(lambda o: o.me), methods=["GET", "HEAD"])]
 
+    def replace(self, accounts: dict[str, Account],
+                sources: dict[str, RulesSource]) -> tuple[list[str], list[str], list[str]]:
+        """Serve `accounts` (checked, with their rules `sources`) from the next push on; the
+        names added, removed and changed. A removed or changed account's pieces are closed
+        once the pushes inside them are answered and their late deliveries sent; a changed
+        one is built again on its next push; the others keep theirs (tokens, work)."""
+        old = self.accounts
+        added = [name for name in accounts if name not in old]
+        removed = [name for name in old if name not in accounts]
+        changed = [name for name in accounts if name in old and accounts[name] != old[name]]
+        self.accounts, self.rules = accounts, sources
+        for name in removed + changed:
+            bundle = self.built.pop(name, None)
+            if bundle is not None:
+                task = asyncio.get_running_loop().create_task(self._retire(name, bundle))
+                self.retiring[task] = bundle
+                task.add_done_callback(self.retiring.pop)
+        return added, removed, changed
+
+    async def _retire(self, name: str, bundle: Bundle) -> None:
+        # Pushes already inside finish there (the deadline bounds them); then the replies
+        # they handed to late delivery go out (LATE_LIMIT bounds those), then the close.
+        # Polled, not an Event: the push path only counts, and a few looks a second at a
+        # retired account cost nothing.
+        until = time.monotonic() + RETIRE_WAIT
+        while bundle.busy and time.monotonic() < until:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        left = await bundle.delivery.drain(LATE_LIMIT + 5.0)
+        await _close(bundle)
+        get_logger("wxhook.accounts").info("account_retired", account=name,
+                                           late_deliveries_abandoned=left)
+
     async def aclose(self, grace: float) -> int:
-        """Give late deliveries `grace` seconds, close what the accounts own; the number of
-        late deliveries abandoned."""
-        bundles = list(self.built.values())
+        """Give late deliveries `grace` seconds, close what the accounts own (those retiring
+        too); the number of late deliveries abandoned."""
+        for task in list(self.retiring):
+            task.cancel()
+        bundles = [*self.built.values(), *self.retiring.values()]
+        await asyncio.gather(*self.retiring, return_exceptions=True)
         left = await asyncio.gather(*(b.delivery.drain(grace) for b in bundles))
         for bundle in bundles:
-            if bundle.http is not None:
-                await bundle.http.aclose()
+            await _close(bundle)
         if self.sqlite is not None:
             await self.sqlite.aclose()
         return sum(left)
@@ -231,3 +285,9 @@ class AccountHub:
             self.sqlite = SqliteProfileRepo(self.base.profile_db, appid=SANDBOX_APP_ID,
                                             sandbox_appid=SANDBOX_APP_ID)
         return self.sqlite
+
+
+async def _close(bundle: Bundle) -> None:
+    """Close what the account's pieces own."""
+    if bundle.http is not None and not bundle.http.is_closed:
+        await bundle.http.aclose()

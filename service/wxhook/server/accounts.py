@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from wxhook.errors import SettingsError
@@ -59,12 +60,32 @@ class AccountsError(SettingsError):
 
 
 def load_accounts(path: str, environ: Mapping[str, str] | None = None) -> dict[str, Account]:
-    """The accounts in `path` by name, in file order; AccountsError lists every problem."""
-    env = os.environ if environ is None else environ
+    """The accounts in `path` by name, in file order; AccountsError lists every problem.
+
+    `${VAR}` reads `environ`, by default this process's environment and then `.env` in the
+    working directory (where the settings come from too), both as they are now.
+    """
+    return parse_accounts(read_accounts(path), path, environ)
+
+
+def read_accounts(path: str) -> bytes:
+    """The file's bytes (AccountsError when it cannot be read)."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise AccountsError(path, [f"{path}: cannot read: {exc.strerror or exc}"]) from None
+
+
+def environment() -> dict[str, str]:
+    """What `${VAR}` reads: the process's environment, then `.env` for names it lacks."""
+    return {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
+
+
+def parse_accounts(data: bytes, path: str,
+                   environ: Mapping[str, str] | None = None) -> dict[str, Account]:
+    """The accounts in `data`, read from (or copied from) `path`: problems name `path`, and
+    `rules` paths are relative to its folder."""
+    env = environment() if environ is None else environ
     try:
         doc = parse_yaml(data)
     except yaml.YAMLError as exc:

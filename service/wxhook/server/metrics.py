@@ -86,6 +86,10 @@ class Metrics:
         self.rules_reloads = Counter("wxhook_rules_reloads", "Rules file reloads, by result "
                                      "(failed: the file was refused, the old rules stay)",
                                      ["result"], registry=r)
+        self.accounts_reloads = Counter(
+            "wxhook_accounts_reloads", "Accounts file reloads, by result (failed: the file, "
+            "or a rules file or handlers module it names, was refused; the old set stays)",
+            ["result"], registry=r)
         self._follow_ups = Counter("wxhook_follow_ups", "reply_all replies after the first, "
                                    "sent by customer-service message", [a, "result"],
                                    registry=r)
@@ -96,6 +100,12 @@ class Metrics:
         self.log_lines_suppressed = Counter(
             "wxhook_log_lines_suppressed", "Warning lines left out by the per-second bound "
             "(a flood of refused pushes)", ["event"], registry=r)
+        # The token authority (WXHOOK_INTERNAL_KEY). account: a name of the deployment's
+        # (else "other"); caller: the X-Wxhook-Caller name, bounded (authority.py).
+        self.internal_token_requests = Counter(
+            "wxhook_internal_token_requests", "Token authority requests, by account, caller, "
+            "action (get, invalid, docs) and outcome", ["account", "caller", "action",
+                                                        "outcome"], registry=r)
         self.multiprocess = multiproc
         self._bind(DEFAULT_ACCOUNT)
 

@@ -24,7 +24,7 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -69,17 +69,24 @@ def from_this_host(request: Request) -> bool:
     return ip.is_loopback
 
 
+class _Reloaded(Protocol):
+    """A file in force that reloads (the accounts file): what /readyz?verbose shows of it."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Readiness:
     """This instance's readiness, and the state of what all instances share."""
 
     def __init__(self, *, tokens: TokenManager | None, store: Store, api: WeChatAPI | None,
                  rules: RulesSource | None, metrics: Metrics,
-                 hub: AccountHub | None = None) -> None:
+                 accounts: _Reloaded | None = None, hub: AccountHub | None = None) -> None:
         self.tokens = tokens
         self.hub = hub  # the accounts file's accounts (then tokens, api and rules are None)
         self.store = store
         self.api = api
         self.rules = rules
+        self.accounts = accounts
         self.metrics = metrics
         self.started = False   # start-up finished (the app's lifespan)
         self.stopping = False  # shutdown began
@@ -169,9 +176,14 @@ class Readiness:
         checks: dict[str, Any] = {"settings": {"ok": True}}
         if self.rules is not None:
             checks["rules"] = self.rules.status()  # a refused file keeps the old rules: ready
+        if self.accounts is not None:
+            checks["accounts"] = self.accounts.status()  # the same for the accounts file
         dependencies = await self.look(fetch_token=True)
+        file_status = checks.get("accounts", {})
         checks.update(dependencies)
         if self.hub is not None:
+            # One check: the accounts file in force, and how its accounts are doing.
+            checks["accounts"] = {**file_status, **dependencies["accounts"]}
             self._list_healthy(checks["accounts"])
             name = request.query_params.get("account")
             if name is not None:
@@ -195,7 +207,7 @@ class Readiness:
                                                    if circuits else {})}
         total = len(self.hub.accounts)
         listed = dict(sorted(faults.items())[:MAX_LISTED])
-        out: dict[str, Any] = {"ok": not faults, "total": total, "in_use": len(built),
+        out: dict[str, Any] = {"ok": not faults, "accounts": total, "built": len(built),
                                "not_yet_used": max(0, total - len(built)),
                                "faulty": len(faults), "faults": listed}
         if len(faults) > len(listed):
@@ -220,8 +232,8 @@ class Readiness:
                 others[name] = NOT_YET_USED
         accounts["others"] = others
         shown = len(accounts["faults"]) + len(others) + accounts.get("faults_not_listed", 0)
-        if accounts["total"] > shown:
-            accounts["others_not_listed"] = accounts["total"] - shown
+        if accounts["accounts"] > shown:
+            accounts["others_not_listed"] = accounts["accounts"] - shown
 
     async def _account(self, name: str) -> dict[str, Any]:
         """One account in full: its token (fetched now if none is cached), circuits, rules."""

@@ -95,6 +95,32 @@ class TokenManager:
             raise UpstreamUnavailable(None, "token refresh still running at the deadline",
                                       api="token") from None
 
+    @property
+    def current(self) -> str | None:
+        """This process's token, as cached (None: none yet, or expired)."""
+        return self._token
+
+    async def follow_store(self) -> None:
+        """Take the stored token when it is another than this process's.
+
+        A peer that refreshed (its own 40001, a report to the token authority) replaced the
+        stored token; this process would go on using its older copy until a call of its own
+        failed. Compared with the stored one, a reported token is expired (or found stale)
+        exactly as it would be on the instance that stored it.
+        """
+        raw = await self.store.get(self._key)
+        if raw is not None and raw != self._raw:
+            self._token, self._raw, self._expires_at = None, None, 0.0
+            await self._adopt_stored(30.0)  # unless it is the one that failed here
+
+    async def lease(self, *, deadline: float | None = None) -> tuple[str, int]:
+        """The token every instance uses now, and the whole seconds it has left."""
+        await self.follow_store()
+        while True:
+            token = await self.get(deadline=deadline)
+            if token == self._token:  # not expired again while we waited for it
+                return token, max(0, int(self._expires_at - self.clock()))
+
     async def invalidate(self, failed: str) -> bool:
         """Expire `failed` locally and in the store, but only if it is still the current one.
 
