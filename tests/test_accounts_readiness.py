@@ -4,6 +4,7 @@ bounded answer for a thousand accounts; the token gauge per account; the start-u
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from structlog.testing import capture_logs
@@ -131,3 +132,35 @@ async def test_a_few_faults_leave_room_for_the_healthy_and_the_unused(tmp_path: 
     assert others["acct0001"]["token"]["ok"] is True
     assert set(list(others.values())[1:]) == {NOT_YET_USED}
     assert accounts["others_not_listed"] == 100 - MAX_LISTED
+
+
+async def test_a_removed_account_leaves_no_gauge_behind(tmp_path: Path, build, connect,
+                                                        sandbox) -> None:
+    from tests.test_accounts_reload import entry, write
+
+    path = tmp_path / "reload.yaml"
+    write(path, entry(SHOP), entry(NEWS))
+    sandbox.add_fault(Fault(path="/cgi-bin/stable_token", errcode=40125,
+                            appid=str(NEWS["app_id"])))
+    metrics = Metrics()
+    app = build(str(path), metrics=metrics)
+    client = await connect(app)
+
+    def up(account: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "wxhook_dependency_up", {"dependency": "token", "account": account})
+    async with started(app):
+        await send(client, "/wechat/shop", push_for(SHOP))
+        await send(client, "/wechat/news", push_for(NEWS))
+        await client.get("/readyz?verbose")
+        assert (up("shop"), up("news")) == (1, 0)  # news's token alert would fire
+        write(path, entry(SHOP))
+        assert app.state.accounts.reload("SIGHUP")
+        for _ in range(100):
+            if not app.state.hub.retiring:
+                break
+            await asyncio.sleep(0.05)
+        accounts = (await client.get("/readyz?verbose")).json()["checks"]["accounts"]
+        # news is gone: no series of it for an alert to stay on; shop's is as it was.
+        assert (up("shop"), up("news")) == (1, None)
+        assert accounts["faulty"] == 0 and "news" not in accounts["others"]

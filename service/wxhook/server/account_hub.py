@@ -259,6 +259,8 @@ class AccountHub:
             await asyncio.sleep(0.05)
         left = await bundle.delivery.drain(LATE_LIMIT + 5.0)
         await _close(bundle)
+        if name not in self.accounts:  # removed, not changed: no gauge of it stays behind
+            self.metrics.forget_account(name)
         get_logger("wxhook.accounts").info("account_retired", account=name,
                                            late_deliveries_abandoned=left)
 

@@ -116,6 +116,19 @@ class Metrics:
         view._bind(account)
         return view
 
+    def forget_account(self, account: str) -> None:
+        """An account no longer served (removed from the file): its gauges set back to
+        healthy and dropped, so no alert stays on the last value it had. Its counters stay:
+        they only stop growing. (In multiprocess mode the files keep the healthy value.)"""
+        for gauge, order, healthy in ((self.dependency_up, ("dependency", "account"), 1.0),
+                                      (self._token_age, ("account",), 0.0),
+                                      (self._circuit_open, ("account", "api"), 0.0)):
+            seen = {tuple(sample.labels[k] for k in order) for metric in gauge.collect()
+                    for sample in metric.samples if sample.labels.get("account") == account}
+            for values in seen:
+                gauge.labels(*values).set(healthy)
+                gauge.remove(*values)
+
     def _bind(self, account: str) -> None:
         self.account = account
         for name in _CHILDREN:  # a copy's children are its own account's
