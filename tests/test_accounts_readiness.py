@@ -31,7 +31,7 @@ async def test_the_operator_view_reports_each_account_in_use(build, connect, san
         view = (await client.get("/readyz?verbose")).json()
         accounts = view["checks"]["accounts"]
         assert accounts["loaded_by"] == "start"  # the file in force, in the same check
-        assert {k: accounts[k] for k in COUNTS + ("faults", "others")} == {
+        assert {k: accounts[k] for k in (*COUNTS, "faults", "others")} == {
             "ok": True, "accounts": 2, "built": 0, "not_yet_used": 2, "faulty": 0,
             "faults": {}, "others": {"shop": NOT_YET_USED, "news": NOT_YET_USED}}  # whole
         await send(client, "/wechat/shop", push_for(SHOP))
