@@ -424,6 +424,40 @@ def test_dashboard_is_importable_and_uses_known_metrics() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
 
 
+# Metrics with an `account` label (service/wxhook/server/metrics.py): every panel that
+# reads one is filtered by the dashboard's account variable.
+PER_ACCOUNT = frozenset({
+    "wxhook_pushes_total", "wxhook_push_latency_seconds", "wxhook_upstream_calls_total",
+    "wxhook_upstream_latency_seconds", "wxhook_token_refreshes_total",
+    "wxhook_token_age_seconds", "wxhook_dedup_hits_total", "wxhook_deadline_fallbacks_total",
+    "wxhook_late_deliveries_total", "wxhook_guard_failures_total", "wxhook_circuit_open",
+    "wxhook_follow_ups_total", "wxhook_state_writes_total", "wxhook_dependency_up"})
+_SELECTOR_RE = re.compile(r"(wxhook_[a-z_]+)(\{[^}]*\})?")
+
+
+def test_dashboard_filters_every_account_metric_by_the_account_variable() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "wxhook-dashboard.json").read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    account = variables["account"]
+    assert "label_values(wxhook_pushes_total" in account["query"]["query"]
+    assert account["query"]["query"].endswith(", account)")
+    assert account["includeAll"] and account["multi"] and account["allValue"] == ".*"
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    for panel in panels:
+        for target in panel["targets"]:
+            for name, selector in _SELECTOR_RE.findall(target["expr"]):
+                base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+                if base in PER_ACCOUNT:
+                    # dependency_up's Redis row has no account: `$account|` keeps it.
+                    assert 'account=~"$account' in selector, (panel["title"], target["expr"])
+                else:
+                    assert "account" not in selector, (panel["title"], target["expr"])
+    by_account = [t["expr"] for p in panels for t in p["targets"]
+                  if "by (account)" in t["expr"]]
+    assert any("wxhook_pushes_total" in e for e in by_account)
+    assert any("wxhook_dependency_up" in e for e in by_account)
+
+
 # ------------------------------------------------------------------------- prometheus
 
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -462,6 +496,18 @@ def test_alerts_cover_the_promised_conditions() -> None:
     assert 'wxhook_dependency_up{dependency="token"}' in rules["WxhookAccessTokenUnavailable"][
         "expr"]
     assert 'wxhook_dependency_up{dependency="redis"}' in rules["WxhookRedisUnreachable"]["expr"]
+    # What an account does is alerted per account; what all share is not.
+    for name in ("WxhookAccessTokenUnavailable", "WxhookTokenRefreshFailing",
+                 "WxhookTokenStale", "WxhookCircuitOpen", "WxhookDeadlineFallbacksRising",
+                 "WxhookLateDeliveriesFailing", "WxhookGuardFailuresSpike",
+                 "WxhookPushesRejected", "WxhookPushLatencyHigh"):
+        expr = str(rules[name]["expr"])
+        groupings = re.findall(r"by \(([^)]*)\)", expr)
+        assert groupings and all("account" in g for g in groupings), name
+        assert "{{ $labels.account }}" in rules[name]["annotations"]["summary"], name
+    for name in ("WxhookNotReady", "WxhookRedisUnreachable", "WxhookRulesFileRefused",
+                 "WxhookStoreFallbacks"):
+        assert "account" not in str(rules[name]["expr"]), name
     assert 'wxhook_accounts_reloads_total{result="failed"}' in rules[
         "WxhookAccountsFileRefused"]["expr"]
 
@@ -496,8 +542,11 @@ def expected_alert(alertname: str, labels: dict[str, str]) -> dict[str, Any]:
 
 def promtool_tests() -> dict[str, Any]:
     """Synthetic series that must (and must not) fire the main alerts."""
-    errors = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="error"}'
-    oks = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="ok"}'
+    errors = ('wxhook_token_refreshes_total{job="wxhook",account="shop",reason="expired",'
+              'result="error"}')
+    oks = 'wxhook_token_refreshes_total{job="wxhook",account="shop",reason="expired",result="ok"}'
+    news_oks = ('wxhook_token_refreshes_total{job="wxhook",account="news",reason="expired",'
+                'result="ok"}')
     authority = 'wxhook_internal_token_requests_total{job="wxhook",account="default",action="get"'
     return {
         "rule_files": [str(ALERTS)],
@@ -512,13 +561,19 @@ def promtool_tests() -> dict[str, Any]:
                         "values": "1 1 0x10",
                     },
                     {
-                        "series": 'wxhook_circuit_open{job="wxhook",api="user_info"}',
+                        "series": 'wxhook_circuit_open{job="wxhook",account="shop",'
+                                  'api="user_info"}',
                         "values": "1x10",
                     },
                     {
                         "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
-                                  'dependency="token"}',
+                                  'account="shop",dependency="token"}',
                         "values": "1 0x10",
+                    },
+                    {
+                        "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
+                                  'account="news",dependency="token"}',
+                        "values": "1x15",
                     },
                     {
                         "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
@@ -544,7 +599,8 @@ def promtool_tests() -> dict[str, Any]:
                         "eval_time": "15m",
                         "alertname": "WxhookTokenRefreshFailing",
                         "exp_alerts": [
-                            expected_alert("WxhookTokenRefreshFailing", {"job": "wxhook"})
+                            expected_alert("WxhookTokenRefreshFailing",
+                                           {"job": "wxhook", "account": "shop"})
                         ],
                     },
                     {
@@ -571,7 +627,8 @@ def promtool_tests() -> dict[str, Any]:
                         "alertname": "WxhookAccessTokenUnavailable",
                         "exp_alerts": [
                             expected_alert("WxhookAccessTokenUnavailable",
-                                           {"job": "wxhook", "instance": "a:8000"})
+                                           {"job": "wxhook", "instance": "a:8000",
+                                            "account": "shop"})
                         ],
                     },
                     {
@@ -599,7 +656,8 @@ def promtool_tests() -> dict[str, Any]:
                         "alertname": "WxhookCircuitOpen",
                         "exp_alerts": [
                             expected_alert(
-                                "WxhookCircuitOpen", {"job": "wxhook", "api": "user_info"}
+                                "WxhookCircuitOpen",
+                                {"job": "wxhook", "account": "shop", "api": "user_info"}
                             )
                         ],
                     },
@@ -617,6 +675,24 @@ def promtool_tests() -> dict[str, Any]:
                         "eval_time": "15m",
                         "alertname": "WxhookTokenRefreshFailing",
                         "exp_alerts": [],
+                    },
+                ],
+            },
+            {
+                # Another account's successes do not hide one account's failures.
+                "interval": "1m",
+                "input_series": [
+                    {"series": errors, "values": "0+1x20"},
+                    {"series": news_oks, "values": "0+1x20"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "WxhookTokenRefreshFailing",
+                        "exp_alerts": [
+                            expected_alert("WxhookTokenRefreshFailing",
+                                           {"job": "wxhook", "account": "shop"})
+                        ],
                     },
                 ],
             },
@@ -796,6 +872,9 @@ def test_nginx_limits_timeouts_and_locations() -> None:
     # TLS server: modern protocols, OAuth proxied, metrics restricted.
     assert re.search(r"ssl_protocols\s+TLSv1\.2\s+TLSv1\.3;", tls)
     assert "location /oauth/" in tls and "location = /me" in tls
+    # An accounts file's URLs: /wechat/NAME, /oauth/NAME/..., /me/NAME.
+    assert re.search(r"location\s+/wechat/\s*\{[^}]*proxy_pass\s+http://", tls)
+    assert re.search(r"location\s+/me/\s*\{[^}]*proxy_pass\s+http://", tls)
     metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", tls)
     assert metrics and "deny all;" in metrics.group(1)
     plain_metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", plain)

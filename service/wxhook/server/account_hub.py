@@ -1,11 +1,12 @@
 """Many accounts in one process: `/wechat/{name}`, each account's pieces built on its first push.
 
 Each account gets what a single-account deployment has, built from its own credentials:
-its Settings, HTTP client, token manager, profiles, router and webhook (guard, dedup,
-state), all keyed `wxhook:{appid}:`. Nothing is shared but the store and the metrics, so
-one account's wrong secret, token back-off or hanging upstream holds only its own
+its Settings, HTTP client, token manager, profiles, router, webhook (guard, dedup, state)
+and OAuth (/oauth/{name}/, /me/{name}), all keyed `wxhook:{appid}:`. Nothing is shared
+but the store, the metrics and the bounds on what anyone can cause (log lines, sign-ins),
+so one account's wrong secret, token back-off or hanging upstream holds only its own
 connections and locks. Nothing is built, and nothing asked of WeChat, before an account's
-first push: a file of a thousand accounts starts as fast as one of two.
+first push or sign-in: a file of a thousand accounts starts as fast as one of two.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from wxhook.defaults import default_router
 from wxhook.errors import SettingsError
@@ -31,7 +35,9 @@ from wxhook.server.delivery import LATE_LIMIT, LateDelivery
 from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
+from wxhook.server.oauth import OAuth
 from wxhook.server.profiles import ProfileRepo, Profiles, StoreProfileRepo
+from wxhook.server.ratelimit import WindowLimit
 from wxhook.server.rules_source import RulesSource
 from wxhook.server.store.sqlite import SqliteProfileRepo
 from wxhook.server.tokens import TokenManager, api_with_tokens
@@ -55,7 +61,8 @@ class Bundle:
     tokens: TokenManager
     delivery: LateDelivery
     http: httpx.AsyncClient | None
-    busy: int = 0  # pushes inside it now: a retired bundle is closed once none is left
+    oauth: OAuth
+    busy: int = 0  # pushes and sign-ins inside it now: a retired bundle closes after them
 
 
 def account_settings(base: Settings, account: Account) -> Settings:
@@ -132,6 +139,11 @@ class AccountHub:
         self.rules = load_sources(base, accounts, metrics) if sources is None else sources
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
+        # Sign-ins of all accounts count together, and their refusals share one bound: a
+        # client spreading over many accounts' callbacks gets no more than at one.
+        self.oauth_limit = WindowLimit(per_client=base.oauth_limit_per_client,
+                                       total=base.oauth_limit_total)
+        self.oauth_refusals = LimitedLog(get_logger("wxhook.oauth"), metrics=metrics)
 
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
         name = str(scope["path"])[len(PREFIX):]
@@ -169,15 +181,16 @@ class AccountHub:
         http = own_http if own_http is not None else self.http
         assert http is not None
         namespace = f"wxhook:{settings.app_id}:"
+        metrics = self.metrics.for_account(account.name)  # its series: account="{name}"
         api, tokens = api_with_tokens(http, settings, store=self.store, namespace=namespace,
-                                      metrics=self.metrics, clock=self.wall_clock)
+                                      metrics=metrics, clock=self.wall_clock)
         repo: ProfileRepo = (self.profile_repo if self.profile_repo is not None
                              else self._sqlite().view(settings.app_id)
                              if not self.store.shared
                              else StoreProfileRepo(self.store, namespace=namespace))
         profiles = Profiles(api, repo, ttl=settings.profile_ttl,
                             batch_window=settings.batch_window)
-        delivery = LateDelivery(api, metrics=self.metrics)
+        delivery = LateDelivery(api, metrics=metrics)
         router = self.router
         if router is None:
             source = self.rules.get(settings.rules)
@@ -185,14 +198,37 @@ class AccountHub:
                 source.current, store=self.store, namespace=namespace)
             router = default_router(settings.handlers, rules=answerer)
         webhook = Webhook(settings, store=self.store, router=router, api=api,
-                          profiles=profiles, delivery=delivery, metrics=self.metrics,
+                          profiles=profiles, delivery=delivery, metrics=metrics,
                           clock=self.clock, wall_clock=self.wall_clock, account=account.name)
         # One bound for refused pushes across all accounts: spreading a flood over many
         # account URLs must not multiply the lines it writes.
         webhook.refusals = self.refusals
         webhook.guard.quiet = self.guard_quiet
-        webhook.per_account = {}  # wxhook_account_pushes_total, labelled by this name
-        return Bundle(settings, webhook, tokens, delivery, own_http)
+        oauth = OAuth(settings, api=api, store=self.store, repo=repo, profiles=profiles,
+                      namespace=namespace, metrics=metrics, limit=self.oauth_limit,
+                      account=account.name, refusals=self.oauth_refusals)
+        return Bundle(settings, webhook, tokens, delivery, own_http, oauth)
+
+    def oauth_routes(self) -> list[Route]:
+        """/oauth/{name}/login, /oauth/{name}/callback and /me/{name}: the account's OAuth."""
+        Step = Callable[[Request], Awaitable[Response]]
+
+        def to(step: Callable[[OAuth], Step]) -> Step:
+            async def endpoint(request: Request) -> Response:
+                bundle = self.bundle(request.path_params["name"])
+                if bundle is None:  # anyone can ask for any name: bounded like a push's
+                    self.oauth_refusals.warning("unknown_account", "oauth_refused",
+                                                status=404, reason="unknown_account")
+                    return PlainTextResponse(_NOT_FOUND.decode(), status_code=404)
+                bundle.busy += 1  # a reload retiring the account waits for the exchange
+                try:
+                    return await step(bundle.oauth)(request)
+                finally:
+                    bundle.busy -= 1
+            return endpoint
+        return [Route("/oauth/{name}/login", to(lambda o: o.login), methods=["GET", "HEAD"]),
+                Route("/oauth/{name}/callback", to(lambda o: o.callback), methods=["GET"]),
+                Route("/me/{name}", to(lambda o: o.me), methods=["GET", "HEAD"])]
 
     def replace(self, accounts: dict[str, Account],
                 sources: dict[str, RulesSource]) -> tuple[list[str], list[str], list[str]]:
@@ -223,6 +259,8 @@ class AccountHub:
             await asyncio.sleep(0.05)
         left = await bundle.delivery.drain(LATE_LIMIT + 5.0)
         await _close(bundle)
+        if name not in self.accounts:  # removed, not changed: no gauge of it stays behind
+            self.metrics.forget_account(name)
         get_logger("wxhook.accounts").info("account_retired", account=name,
                                            late_deliveries_abandoned=left)
 

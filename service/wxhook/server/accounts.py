@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from wxhook.errors import SettingsError
 from wxhook.rules_yaml import Seq, YamlMap, parse_yaml
-from wxhook.server.config import _AES_RE, _TOKEN_RE, _shape_fault
+from wxhook.server.config import _AES_RE, _TOKEN_RE, Settings, _shape_fault
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -31,6 +31,9 @@ _REQUIRED = ("name", "app_id", "app_secret", "token")
 _OPTIONAL = ("encoding_aes_key", "message_mode", "rules", "handlers")
 _SECRETS = frozenset({"app_secret", "token", "encoding_aes_key"})
 _MODES = ("plain", "compat", "safe")
+NAMES_SHOWN = 5  # account names in the start-up line; the others are counted
+# The settings each account has its own of: the start-up line names none of them.
+_PER_ACCOUNT = ("app_id", "app_secret", "token", "aes_keys", "message_mode")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,17 @@ def parse_accounts(data: bytes, path: str,
     if problems:
         raise AccountsError(path, problems)
     return accounts
+
+
+def summary(settings: Settings, accounts: Mapping[str, Account]) -> dict[str, Any]:
+    """The start-up line's settings with an accounts file: how many accounts and the first
+    names, instead of the WECHAT_* credentials (which no account uses)."""
+    names = list(accounts)
+    shown = ", ".join(names[:NAMES_SHOWN])
+    if len(names) > NAMES_SHOWN:
+        shown += f", ... ({len(names) - NAMES_SHOWN} more)"
+    return {"accounts": len(names), "account_names": shown,
+            **{k: v for k, v in settings.summary().items() if k not in _PER_ACCOUNT}}
 
 
 def _items(doc: Any, path: str, problems: list[str]) -> list[tuple[int, Any]]:

@@ -17,6 +17,7 @@ from wxhook.defaults import default_router
 from wxhook.router import Router
 from wxhook.rules_router import RulesAnswerer
 from wxhook.server.account_hub import PREFIX, AccountHub
+from wxhook.server.accounts import summary
 from wxhook.server.accounts_source import LAST_GOOD_ENV as ACCOUNTS_LAST_GOOD_ENV
 from wxhook.server.accounts_source import AccountsSource, watching_accounts
 from wxhook.server.authority import file_accounts, mount_authority, single_account
@@ -181,13 +182,12 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
                                   http=http, router=router, profile_repo=profile_repo,
                                   clock=clock, wall_clock=wall_clock, sources=source.sources)
     readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics,
-                          accounts=source)
+                          accounts=source, hub=hub)
     log = get_logger("wxhook")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("startup", **settings.summary(), accounts=len(source.accounts),
-                 pid=os.getpid())
+        log.info("startup", **summary(settings, source.accounts), pid=os.getpid())
         settle_heap()
         async with watching_accounts(source), readiness.serving():
             yield
@@ -199,6 +199,7 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
     app = WxhookApp(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                     openapi_url=None)
     app.hub = hub
+    app.router.routes.extend(hub.oauth_routes())
     app.state.settings = settings
     app.state.store = store
     app.state.hub = hub

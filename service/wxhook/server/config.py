@@ -60,14 +60,17 @@ class Settings(BaseSettings):
         "`rediss://` for TLS, `unix:///path/redis.sock`, `redis+sentinel://host:26379/master`. "
         "Not set: everything stays in this one process."))
     public_base_url: str = Field("http://127.0.0.1:8000", alias="PUBLIC_BASE_URL", description=(
-        "This server's public origin; `/oauth/callback` is appended for the OAuth "
-        "redirect_uri. Set it in production to the https origin, e.g. "
+        "This server's public origin; `/oauth/callback` (with an accounts file "
+        "`/oauth/NAME/callback`) is appended for the OAuth redirect_uri. Set it in "
+        "production to the https origin, e.g. "
         "`https://wx.example.com` (cookies are Secure only with https; `wxhook serve` warns "
         "about plain http to anything but loopback)."))
     session_secret: SecretStr = Field(SecretStr(""), alias="SESSION_SECRET", description=(
         "Signs OAuth state and session cookies. Set a long random value in production "
         "(`python -c 'import secrets; print(secrets.token_urlsafe(48))'`); derived from the "
-        "app secret when empty, so it changes whenever the app secret does."))
+        "app secret when empty, so it changes whenever the app secret does. With an "
+        "accounts file each account signs with a key derived from it and the account's "
+        "name, appid and app secret."))
 
     # unset: plain without an EncodingAESKey, compat with one (a key set during a migration
     # keeps working).
@@ -141,7 +144,8 @@ class Settings(BaseSettings):
     oauth_limit_total: int = Field(
         300, ge=1, alias="WXHOOK_OAUTH_LIMIT_TOTAL", description=(
             "OAuth callbacks a minute that may reach WeChat's code exchange, from all "
-            "clients; more is answered 429. Each instance keeps its own count."))
+            "clients (and all accounts of an accounts file); more is answered 429. Each "
+            "instance keeps its own count."))
 
     internal_key: SecretStr | None = Field(None, alias="WXHOOK_INTERNAL_KEY", description=(
         "Turns on the token authority: the owner's other systems (a CRM, a shop) get the "

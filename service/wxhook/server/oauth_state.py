@@ -19,6 +19,7 @@ from urllib.parse import unquote
 DEFAULT_NEXT = "/me"
 COOKIE = "wxhook_oauth"
 PATH = "/oauth/"        # /oauth/login reads the logins in progress, the callback too
+# With an accounts file each account's cookie is COOKIE_{name} on /oauth/{name}/ only.
 LOGINS_KEPT = 3         # newest logins kept; an older one's callback is refused as forged
 MAX_NEXT_BYTES = 512    # a `next` as stored (UTF-8, JSON-escaped); longer is refused
 
@@ -31,22 +32,22 @@ def next_size(raw: str) -> int:
     return len(json.dumps(raw, ensure_ascii=False).encode()) - 2
 
 
-def safe_next(raw: str | None) -> str:
-    """`raw` if it is a plain path on this site, else the default page (no open redirect)."""
+def safe_next(raw: str | None, default: str = DEFAULT_NEXT) -> str:
+    """`raw` if it is a plain path on this site, else `default` (no open redirect)."""
     if not raw or next_size(raw) > MAX_NEXT_BYTES or " " in raw:
-        return DEFAULT_NEXT
+        return default
     layer = raw
     # Check every decoding layer: a proxy or framework may decode once more (%2F%2F -> //).
     for _ in range(4):
         # A space is fine once decoded ("/a%20b"); other whitespace and controls never are.
         if (not layer.startswith("/") or layer.startswith("//") or "\\" in layer
                 or any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in layer)):
-            return DEFAULT_NEXT
+            return default
         decoded = unquote(layer)
         if decoded == layer:  # a next that starts another login would only loop
-            return DEFAULT_NEXT if layer.startswith("/oauth/") else raw
+            return default if layer.startswith("/oauth/") else raw
         layer = decoded
-    return DEFAULT_NEXT  # more encoding layers than any honest link has
+    return default  # more encoding layers than any honest link has
 
 
 @dataclass(frozen=True, slots=True)

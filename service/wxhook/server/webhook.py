@@ -93,9 +93,6 @@ class Webhook:
                                             clock=clock))
         self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
         self._counters: dict[tuple[str, str, str], Any] = {}
-        # outcome -> wxhook_account_pushes_total's child; None: not counted per account (one
-        # account, at /wechat). The accounts file's hub turns it on.
-        self.per_account: dict[str, Any] | None = None
         # Request ids: a random prefix per process and a counter (no syscall per push).
         self._rid = os.urandom(4).hex() + "-"
         self._pushes = 0
@@ -283,12 +280,6 @@ class Webhook:
         if child is None:
             child = self._counters[labels] = self.metrics.pushes.labels(*labels)
         child.inc()
-        if self.per_account is not None:
-            mine = self.per_account.get(outcome)
-            if mine is None:
-                mine = self.per_account[outcome] = self.metrics.account_pushes.labels(
-                    self.account, outcome)
-            mine.inc()
 
     def _refuse(self, exc: GuardError,
                 rec: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

@@ -314,13 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate settings and reach the WeChat API",
                        description="Validate the settings, fetch an access token, call "
                                    "getcallbackip and ping Redis; say what to fix. Exit 0 "
-                                   "only when ready to serve.")
+                                   "only when ready to serve. With WXHOOK_ACCOUNTS: every "
+                                   "account's rules, handlers and token, one line each.")
     c.add_argument("--env-file", metavar="FILE", default=None,
                    help="read settings from FILE as systemd's EnvironmentFile= does (quotes, "
                         "spaces in values, # comments), instead of .env; the environment "
                         "still applies where FILE does not set a name")
     c.add_argument("--account", default="", metavar="NAME",
-                   help="check this account of WXHOOK_ACCOUNTS (its token, its callback IPs)")
+                   help="check only this account of WXHOOK_ACCOUNTS, in full (its token, its "
+                        "callback IPs)")
     c.set_defaults(func=cmd_check)
     add_commands(sub)
     token_cli.add_commands(sub)
