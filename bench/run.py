@@ -40,7 +40,10 @@ VENV_BIN = ROOT / ".venv" / "bin"
 RESULTS = BENCH / "results"
 LOGS = RESULTS / "logs"
 HOST = "127.0.0.1"
-PORTS = {"upstream": 18900, "bare": 18901, "werobot": 18902, "wxhook": 18903}
+# BENCH_PORT_BASE: another run on the same machine (another checkout) needs ports of its own.
+_PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18900"))
+PORTS = {"upstream": _PORT_BASE, "bare": _PORT_BASE + 1, "werobot": _PORT_BASE + 2,
+         "wxhook": _PORT_BASE + 3}
 CONNECTIONS = 64
 # Every subscribe waits >= 30 ms upstream, so throughput <= connections / 30 ms whatever the
 # server: 64 connections cap anyone at ~2,100 req/s while WeRoBot's 32 threads cap it at
