@@ -352,7 +352,9 @@ async def test_saved_profiles_are_per_account_in_one_file_and_thread(tmp_path, b
     async with started(app):
         shop = reply_of(await send(client, "/wechat/shop", push_for(SHOP)), SHOP)
         news = reply_of(await send(client, "/wechat/news", push_for(NEWS)), NEWS)
-        threads = [t for t in threading.enumerate() if t.name.startswith("wxhook-sqlite")]
+        # aiosqlite's threads, one a connection, are named after the function they run.
+        threads = [t for t in threading.enumerate()
+                   if t.name.endswith("(_connection_worker_thread)")]
     assert (shop["Content"], news["Content"]) == ("Welcome, ShopFan!", "Welcome!")
     assert len(threads) == 1  # one connection for every account, not one each
 

@@ -9,14 +9,13 @@ namespace holds its single-use record).
 Since 2021-12-27 user/info answers an empty nickname; sns/userinfo (snsapi_userinfo) still
 gives it, so a follower who signs in here is greeted by name again. The state parameter is
 single-use (a set-nx key in the Store, so it holds across instances), expires, and is bound
-to the browser that started the login by an HMAC-signed cookie (login CSRF; its bounds are
-in oauth_state.py).
+to the browser that started the login by a signed cookie (login CSRF; its bounds are in
+oauth_state.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -46,6 +45,8 @@ from wxhook.server.oauth_state import (
     LoginCookie,
     next_size,
     safe_next,
+    serializer,
+    verified,
 )
 from wxhook.server.pages import me_page, problem_page
 from wxhook.server.profiles import ProfileRepo, Profiles
@@ -62,14 +63,6 @@ _ALNUM = string.ascii_letters + string.digits
 _STATE_RE = re.compile(r"[A-Za-z0-9]{1,128}")   # WeChat's rule for state
 _CODE_ERRORS = {40029, 40163, 42003}             # invalid / already used / expired code
 _DEAD_REFRESH = {40030, 42002}                   # refresh_token invalid / expired
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class OAuth:
@@ -98,12 +91,17 @@ class OAuth:
         self.prefix = namespace + "oauth:state:"
         self.clock = clock  # wall clock: signed timestamps are compared across processes
         self.secure = settings.public_base_url.startswith("https://")
-        self._key = settings.session_secret.get_secret_value().encode()
+        secret = settings.session_secret.get_secret_value()
+
+        def now() -> float:  # self.clock when asked: tests replace it to expire cookies
+            return self.clock()
+
+        self.sessions = serializer(secret, "session", clock=now)
         self.log = get_logger("wxhook.oauth")
         # Shared by every account's OAuth when given: a flood spread over many accounts'
         # callbacks writes no more lines than one at a single account's.
         self.refusals = refusals or LimitedLog(self.log, metrics=metrics)
-        self.logins = LoginCookie(self.sign, self.unsign, ttl=STATE_TTL)
+        self.logins = LoginCookie(serializer(secret, "state", clock=now), ttl=STATE_TTL)
         # Each fresh signed state costs an exchange with the app secret (README: Security).
         self.limit = limit or WindowLimit(per_client=settings.oauth_limit_per_client,
                                           total=settings.oauth_limit_total)
@@ -114,30 +112,7 @@ class OAuth:
                 Route(self.callback_path, self.callback, methods=["GET"]),  # spends the code
                 Route(self.me_path, self.me, methods=["GET", "HEAD"])]
 
-    # -- signed values -----------------------------------------------------------------
-
-    def sign(self, purpose: str, data: dict[str, Any]) -> str:
-        """`data` as a cookie value that only holders of SESSION_SECRET can make."""
-        # UTF-8 as is: an escaped CJK `next` would take twice the bytes in the cookie.
-        body = _b64(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
-        return f"{body}.{_b64(self._mac(purpose, body))}"
-
-    def unsign(self, purpose: str, value: str | None, *, max_age: float) -> dict[str, Any] | None:
-        """The data of a valid, unexpired signed value, else None."""
-        try:
-            body, mac = (value or "").split(".")
-            if not hmac.compare_digest(_unb64(mac), self._mac(purpose, body)):
-                return None
-            data = json.loads(_unb64(body))
-        except ValueError:  # bad base64, bad JSON, wrong number of dots
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("t"), int | float):
-            return None
-        return data if 0 <= self.clock() - data["t"] <= max_age else None
-
-    def _mac(self, purpose: str, body: str) -> bytes:
-        # The purpose is signed too: a state cookie can never pass for a session cookie.
-        return hmac.new(self._key, f"{purpose}.{body}".encode(), hashlib.sha256).digest()
+    # -- cookies -------------------------------------------------------------------------
 
     def _cookie(self, resp: Response, name: str, value: str, *, max_age: int, path: str) -> None:
         resp.set_cookie(name, value, max_age=max_age, path=path, httponly=True,
@@ -145,8 +120,8 @@ class OAuth:
 
     def session_openid(self, request: Request) -> str | None:
         """The openid of the signed-in follower, or None."""
-        data = self.unsign("session", request.cookies.get(self.session_cookie),
-                           max_age=SESSION_TTL)
+        data = verified(self.sessions, request.cookies.get(self.session_cookie),
+                        max_age=SESSION_TTL)
         openid = (data or {}).get("o")
         return openid if isinstance(openid, str) and openid else None
 
@@ -254,8 +229,8 @@ class OAuth:
                       started: Login | None, rest: list[Login]) -> Response:
         # WeChat sometimes calls the redirect twice: the second call finds the state used.
         # The browser that completed this exact state and code just goes on to `next`.
-        session = self.unsign("session", request.cookies.get(self.session_cookie),
-                              max_age=SESSION_TTL)
+        session = verified(self.sessions, request.cookies.get(self.session_cookie),
+                           max_age=SESSION_TTL)
         same_browser = started is not None or (session or {}).get("st") == state
         record: Any = None
         end = time.monotonic() + 2 * self.settings.http_timeout + 1.0
@@ -276,7 +251,7 @@ class OAuth:
                    rest: list[Login]) -> Response:
         # 303: the browser GETs `next`, whatever the method of this request.
         resp = RedirectResponse(next_path, status_code=303, headers={"cache-control": "no-store"})
-        value = self.sign("session", {"o": openid, "st": state, "t": int(self.clock())})
+        value = self.sessions.dumps({"o": openid, "st": state})
         self._cookie(resp, self.session_cookie, value, max_age=SESSION_TTL, path="/")
         if rest:  # the other logins still in progress in this browser stay
             self._cookie(resp, self.state_cookie, self.logins.value(rest), max_age=STATE_TTL,
