@@ -263,6 +263,20 @@ async def test_a_failing_upstream_is_503_with_when_to_ask_again(make_app, keyed,
     assert 1 <= int(resp.headers["retry-after"]) <= 20
 
 
+async def test_a_closed_http_client_is_503_not_a_crash(make_app, keyed, connect,
+                                                      sandbox) -> None:
+    # Whatever closes an account's client under a request (shutdown, a reload), the answer
+    # is "no token now", never a 500.
+    closed = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    await closed.aclose()
+    app = make_app(settings=keyed, http=closed)
+    resp = await connect(app).get(TOKEN_URL, headers=AUTH)
+    assert resp.status_code == 503, resp.text
+    assert 1 <= int(resp.headers["retry-after"]) <= 60
+    assert counted(app, account="default", caller="other", action="get",
+                   outcome="unavailable") == 1
+
+
 # ------------------------------------------------------------------- two instances, one Redis
 
 

@@ -168,6 +168,28 @@ async def test_stable_token_errors_other_than_404_are_not_papered_over(settings)
             await api.fetch_token()
 
 
+@pytest.mark.parametrize("failure", ["closed", "transport"])
+async def test_a_client_that_cannot_send_is_upstream_unavailable(settings, failure):
+    from wxhook.server.wechat_api import NotSent, WeChatHTTP
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("peer closed the connection", request=request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    if failure == "closed":  # a reload or shutdown closed it under the call
+        await http.aclose()
+    try:
+        api = WeChatHTTP(http, settings, metrics=Metrics())
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await api.fetch_token()
+        assert isinstance(caught.value, NotSent) is (failure == "closed")
+        tm = TokenManager(MemoryStore(), api.fetch_token, namespace="t:", metrics=Metrics())
+        with pytest.raises(UpstreamUnavailable):  # the manager's callers see the same
+            await tm.get()
+    finally:
+        await http.aclose()
+
+
 async def test_a_token_rejected_right_after_a_refresh_backs_off_and_the_pause_doubles():
     from wxhook.errors import TokenInvalid
 

@@ -14,12 +14,13 @@ only a request carrying the key, checked before anything else is read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -85,23 +86,28 @@ class Problem(BaseModel):
 class Accounts:
     """The deployment's accounts, as the authority sees them."""
 
-    tokens_of: Callable[[str], TokenManager | None]  # None: no such account
-    known: Callable[[str], bool]                     # without building anything
+    # The account's token manager, usable until the block ends (None: no such account).
+    using: Callable[[str], contextlib.AbstractContextManager[TokenManager | None]]
+    known: Callable[[str], bool]  # without building anything
 
 
 def single_account(tokens: TokenManager) -> Accounts:
     """The WECHAT_* deployment: one account, named `default`."""
-    return Accounts(lambda name: tokens if name == DEFAULT_ACCOUNT else None,
+    return Accounts(lambda name: contextlib.nullcontext(
+                        tokens if name == DEFAULT_ACCOUNT else None),
                     lambda name: name == DEFAULT_ACCOUNT)
 
 
 def file_accounts(hub: AccountHub) -> Accounts:
     """The accounts of WXHOOK_ACCOUNTS (an AccountHub), each built on first use."""
-    def tokens_of(name: str) -> TokenManager | None:
-        bundle = hub.bundle(name)
-        return None if bundle is None else bundle.tokens
+    @contextlib.contextmanager
+    def using(name: str) -> Iterator[TokenManager | None]:
+        # Held like a push or a sign-in: a reload retiring the account closes its HTTP
+        # client only after the token is handed out (or the wait for it ends).
+        with hub.serving(name) as bundle:
+            yield None if bundle is None else bundle.tokens
 
-    return Accounts(tokens_of, lambda name: name in hub.accounts)
+    return Accounts(using, lambda name: name in hub.accounts)
 
 
 def mount_authority(app: FastAPI, key: SecretStr | None, accounts: Accounts, *,
@@ -191,20 +197,21 @@ class TokenAuthority:
 
     # -- the answers -------------------------------------------------------------------
 
-    def _tokens(self, name: str, request: Request, action: str) -> TokenManager | None:
-        tokens = self.accounts.tokens_of(name)
-        if tokens is None:
-            self.count(OTHER, request.state.caller, action, "unknown_account")
-            self.lines.warning("unknown_account", "internal_unknown_account",
-                               caller=request.state.caller, action=action,
-                               name_length=len(name))
-        return tokens
+    def _no_account(self, name: str, request: Request, action: str) -> JSONResponse:
+        self.count(OTHER, request.state.caller, action, "unknown_account")
+        self.lines.warning("unknown_account", "internal_unknown_account",
+                           caller=request.state.caller, action=action, name_length=len(name))
+        return JSONResponse({"detail": "no account of that name"}, status_code=404)
 
     async def get_token(self, name: str, request: Request) -> Response | TokenAnswer:
         """The account's token: the cached one, or one fetch for the whole deployment."""
-        tokens = self._tokens(name, request, "get")
-        if tokens is None:
-            return _no_account()
+        with self.accounts.using(name) as tokens:
+            if tokens is None:
+                return self._no_account(name, request, "get")
+            return await self._lease(name, tokens, request)
+
+    async def _lease(self, name: str, tokens: TokenManager,
+                     request: Request) -> Response | TokenAnswer:
         try:
             token, left = await tokens.lease(deadline=time.monotonic() + LEASE_WAIT)
         except WeChatAPIError as exc:
@@ -216,9 +223,13 @@ class TokenAuthority:
     async def report_invalid(self, name: str, report: InvalidReport,
                              request: Request) -> Response | TokenAnswer:
         """Expire the reported token if it is still the current one; the token to use now."""
-        tokens = self._tokens(name, request, "invalid")
-        if tokens is None:
-            return _no_account()
+        with self.accounts.using(name) as tokens:
+            if tokens is None:
+                return self._no_account(name, request, "invalid")
+            return await self._report(name, tokens, report, request)
+
+    async def _report(self, name: str, tokens: TokenManager, report: InvalidReport,
+                      request: Request) -> Response | TokenAnswer:
         caller = request.state.caller
         # What every instance uses now: another instance may have replaced it already.
         await tokens.follow_store()
@@ -304,10 +315,6 @@ class TokenAuthority:
         router.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False,
                              name="docs")
         return router
-
-
-def _no_account() -> JSONResponse:
-    return JSONResponse({"detail": "no account of that name"}, status_code=404)
 
 
 def _unavailable(tokens: TokenManager, exc: WeChatAPIError) -> JSONResponse:
