@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from structlog.testing import capture_logs
 
 from tests.support import (
@@ -277,6 +279,61 @@ async def test_a_closed_http_client_is_503_not_a_crash(make_app, keyed, connect,
                    outcome="unavailable") == 1
 
 
+async def test_a_report_body_over_4_kib_is_413_unread(make_app, keyed, connect,
+                                                     sandbox) -> None:
+    app = make_app(settings=keyed)
+    client = connect(app)
+    token = (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+    read: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read until the cap
+        for _ in range(1000):
+            read.append(1)
+            yield b" " * 1024
+    big = b'{"access_token": "' + b"x" * 5000 + b'"}'
+    for body in (big, chunks()):
+        resp = await client.post(INVALID_URL, headers={**AUTH, "content-type":
+                                                       "application/json"}, content=body)
+        assert resp.status_code == 413, resp.text
+        assert "x" * 16 not in resp.text and token not in resp.text
+    assert len(read) <= 6  # stopped a little past 4 KiB, not read whole
+    assert counted(app, account="default", caller="other", action="invalid",
+                   outcome="too_large") == 2
+    # Just under the cap is read: a report with whitespace around it is answered.
+    fits = b'{"access_token": "' + token.encode() + b'"}' + b" " * 3900
+    resp = await client.post(INVALID_URL, headers={**AUTH, "content-type": "application/json"},
+                             content=fits)
+    assert resp.status_code == 200, resp.text
+    assert sandbox.token_requests == 2  # it was the current one: expired and fetched again
+
+
+@pytest.mark.parametrize("body", [
+    b'{"access_token": ["TOKEN"]}', b'{"access_token": {"value": "TOKEN"}}',
+    b'{"token": "TOKEN"}', b'{"access_token": "TOKEN", ', b'"TOKEN"'])
+async def test_a_bad_report_is_422_without_its_body(make_app, keyed, connect, sandbox,
+                                                    body) -> None:
+    app = make_app(settings=keyed)
+    client = connect(app)
+    token = (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+    resp = await client.post(INVALID_URL, headers={**AUTH, "content-type": "application/json"},
+                             content=body.replace(b"TOKEN", token.encode()))
+    assert resp.status_code == 422, resp.text
+    assert token not in resp.text and token[:16] not in resp.text
+    problems = resp.json()["detail"]
+    assert problems and all(set(p) == {"loc", "msg", "type"} for p in problems)
+    assert counted(app, account="default", caller="other", action="invalid",
+                   outcome="bad_request") == 1
+    assert sandbox.token_requests == 1  # nothing expired
+
+
+async def test_the_apps_other_routes_keep_their_own_answers(make_app, keyed, connect) -> None:
+    # The internal router's own 413 and 422 leave the app's handlers as they were.
+    app = make_app(settings=keyed)
+    assert RequestValidationError in app.exception_handlers
+    assert app.exception_handlers[RequestValidationError] is \
+        FastAPI().exception_handlers[RequestValidationError]
+
+
 # ------------------------------------------------------------------- two instances, one Redis
 
 
@@ -475,7 +532,8 @@ async def test_no_token_or_key_in_the_logs_and_refusals_are_bounded(make_app, ke
 
 
 async def test_the_docs_are_there_only_with_the_key(make_app, keyed, connect) -> None:
-    client = connect(make_app(settings=keyed))
+    app = make_app(settings=keyed)
+    client = connect(app)
     for path in ("/internal/docs", "/internal/openapi.json"):
         resp = await client.get(path)
         assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
@@ -490,6 +548,13 @@ async def test_the_docs_are_there_only_with_the_key(make_app, keyed, connect) ->
     assert set(schemas["TokenAnswer"]["properties"]) == {"access_token", "expires_in"}
     assert schemas["InvalidReport"]["required"] == ["access_token"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    report = spec["paths"]["/internal/accounts/{name}/token/invalid"]["post"]["responses"]
+    assert {"413", "422"} <= set(report)
+    assert set(schemas["BadField"]["properties"]) == {"loc", "msg", "type"}  # no input
+    # Counted like the token routes: refused and answered.
+    assert counted(app, account="-", caller="other", action="docs", outcome="ok") == 2
+    assert counted(app, account="-", caller="other", action="docs",
+                   outcome="unauthorized") == 4
     # The app's own docs stay off.
     for path in ("/docs", "/openapi.json", "/redoc"):
         assert (await client.get(path, headers=AUTH)).status_code == 404
