@@ -389,9 +389,11 @@ async def test_a_report_at_another_instance_compares_with_the_stored_token(
         make_app, keyed, connect, sandbox, redis_url) -> None:
     from wxhook.server.store.redis import RedisStore
 
+    now = [1_000_000.0]  # one clock for both instances, as NTP gives them
     stores = [RedisStore(redis_url), RedisStore(redis_url)]
     try:
-        apps = [make_app(settings=keyed, store=store) for store in stores]
+        apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
+                for store in stores]
         a, b = (connect(app) for app in apps)
         first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
         assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == first
@@ -399,8 +401,10 @@ async def test_a_report_at_another_instance_compares_with_the_stored_token(
         second = (await a.post(INVALID_URL, headers=AUTH,
                                json={"access_token": first})).json()["access_token"]
         assert sandbox.token_requests == 2
-        # B still holds the first in memory; the second, A's, is rejected and reported at B:
-        # it is the current one for the deployment, so B expires it and fetches once.
+        # B still holds the first in memory; the second, A's, is rejected an hour later and
+        # reported at B: it is the current one for the deployment, so B expires it and
+        # fetches once.
+        now[0] += 3600
         sandbox.invalidate_tokens()
         resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
         third = resp.json()["access_token"]
@@ -409,6 +413,61 @@ async def test_a_report_at_another_instance_compares_with_the_stored_token(
                        outcome="expired") == 1
         # A hands out B's token without a fetch of its own.
         assert (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
+        assert sandbox.token_requests == 3
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+@pytest.mark.redis
+async def test_a_token_rejected_right_after_a_refresh_pauses_every_instance(
+        make_app, keyed, connect, sandbox, redis_url) -> None:
+    from wxhook.server.store.redis import RedisStore
+
+    now = [1_000_000.0]  # one clock for the three instances, as NTP gives them
+    stores = [RedisStore(redis_url) for _ in range(3)]
+    try:
+        apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
+                for store in stores]
+        a, b, c = (connect(app) for app in apps)
+        first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+        sandbox.invalidate_tokens()
+        second = (await a.post(INVALID_URL, headers=AUTH,
+                               json={"access_token": first})).json()["access_token"]
+        assert sandbox.token_requests == 2  # rejected once: refreshed at once
+        assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == second
+        # Its successor is rejected too, seconds after A fetched it, and reported at B: the
+        # second in a row for the deployment, though the first B sees. B pauses.
+        now[0] += 5
+        sandbox.invalidate_tokens()
+        resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["retry-after"] == "30"
+        assert counted(apps[1], account="default", caller="other", action="invalid",
+                       outcome="backoff") == 1
+        # A (which holds the rejected token) and C (which never had one) pause as well:
+        # nothing is fetched anywhere until the pause is over.
+        now[0] += 10
+        for client in (a, c):
+            resp = await client.get(TOKEN_URL, headers=AUTH)
+            assert resp.status_code == 503, resp.text
+            assert resp.headers["retry-after"] == "20"
+        assert sandbox.token_requests == 2
+        for app in (apps[0], apps[2]):
+            status = app.state.tokens.status()
+            assert status["error"]["errcode"] == 40001 and status["retry_in_s"] == 20
+        now[0] += 21  # over: one fetch for the deployment
+        third = (await c.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+        assert third not in (first, second)
+        for client in (a, b):
+            assert (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
+        assert sandbox.token_requests == 3
+        # Rejected at once again, at A this time: the run goes on, the pause doubles.
+        now[0] += 5
+        sandbox.invalidate_tokens()
+        resp = await a.post(INVALID_URL, headers=AUTH, json={"access_token": third})
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "60"
+        assert (await b.get(TOKEN_URL, headers=AUTH)).headers["retry-after"] == "60"
         assert sandbox.token_requests == 3
     finally:
         for store in stores:
