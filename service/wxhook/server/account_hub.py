@@ -173,7 +173,7 @@ class AccountHub:
     def serving(self, name: str) -> Iterator[Bundle | None]:
         """The account's pieces (None: no such account), kept open while the caller uses
         them: a reload that removes or changes the account closes them only after it is
-        done. Everything that works on a bundle across an await takes it from here."""
+        done. Pushes, sign-ins and token authority requests take their bundle from here."""
         bundle = self.bundle(name)
         if bundle is None:
             yield None

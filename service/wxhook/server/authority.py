@@ -317,9 +317,9 @@ class TokenAuthority:
         errors: dict[int | str, dict[str, Any]] = {
             401: {"model": Problem, "description": "No key, or the wrong one"},
             404: {"model": Problem, "description": "No account of that name"},
-            429: {"model": Problem, "description": "Too many requests from this address"},
             422: {"model": BadRequest, "description": "Not a report (the body is never "
                                                       "repeated)"},
+            429: {"model": Problem, "description": "Too many requests from this address"},
             503: {"model": Problem, "description": "No valid token now (WeChat refused, or "
                                                    "refreshes are backing off)"}}
         with_body = {**errors, 413: {"model": Problem,
@@ -343,8 +343,8 @@ class TokenAuthority:
                              summary="The account's access token")
         router.add_api_route("/accounts/{name}/token/invalid", report_invalid,
                              methods=["POST"], response_model=TokenAnswer,
-                             responses=with_body,
-                             name="invalid", summary="Report a token WeChat rejected")
+                             responses=with_body, name="invalid",
+                             summary="Report a token WeChat rejected")
         schema: dict[str, Any] = {}
 
         async def openapi(request: Request) -> JSONResponse:
