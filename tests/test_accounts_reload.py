@@ -389,3 +389,43 @@ async def test_shutdown_closes_an_account_still_retiring(accounts, build, connec
             assert old.http is not None and old.http.is_closed
     (line,) = [x for x in logs if x["event"] == "shutdown"]
     assert line["late_deliveries_abandoned"] == 1
+
+
+async def test_a_token_request_in_flight_finishes_before_its_account_is_closed(
+        accounts, connect, sandbox_app, sandbox) -> None:
+    # A CRM asks the token authority for shop's token while a peer holds the refresh lock;
+    # a reload changes shop meanwhile. The request goes on with the pieces it started on:
+    # their client is closed only after it has its answer.
+    from wxhook.server.app import create_app
+    from wxhook.server.store.memory import MemoryStore
+    from wxhook.store import same_slot
+
+    key = "k3y-for-the-token-authority-0123456789abcdef"
+    auth = {"Authorization": f"Bearer {key}"}
+    async with listening(sandbox_app) as base:
+        settings = load_settings(_env_file=None, WXHOOK_ACCOUNTS=str(accounts),
+                                 WECHAT_API_BASE=base, WXHOOK_INTERNAL_KEY=key)
+        store = MemoryStore()
+        app = create_app(settings, store=store, metrics=Metrics())  # each account its client
+        client = await connect(app)
+        lock = same_slot(f"wxhook:{SHOP['app_id']}:token", ":lock")
+        async with started(app):
+            assert await store.set(lock, b"a-peer", ttl=30, nx=True)  # a peer refreshes
+            inside = asyncio.create_task(client.get("/internal/accounts/shop/token",
+                                                    headers=auth))
+            await asyncio.sleep(0.2)
+            old = app.state.hub.built["shop"]
+            assert old.busy == 1 and not inside.done()
+            write(accounts, entry({**SHOP, "secret": "shop-secret-rotated"}), entry(NEWS))
+            assert app.state.accounts.reload("SIGHUP")
+            await asyncio.sleep(0.3)
+            assert old.http is not None and not old.http.is_closed  # not under the request
+            await store.delete(lock)  # the peer died without a token: this one fetches
+            resp = await inside
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["access_token"]
+            for _ in range(40):
+                if not app.state.hub.retiring:
+                    break
+                await asyncio.sleep(0.05)
+            assert old.busy == 0 and old.http.is_closed and not app.state.hub.retiring

@@ -323,7 +323,7 @@ def test_accounts_example_parses_when_its_vars_are_set(tmp_path: Path) -> None:
 # The token authority's routes: the account's access token, for the owner's own systems.
 INTERNAL_PATHS = ("/internal/accounts/default/token", "/internal/accounts/shop/token/invalid",
                   "/internal/docs", "/internal/openapi.json")
-PUBLIC_PATHS = {"/wechat", "/wechat/", "/oauth", "/me", "/healthz"}
+PUBLIC_PATHS = {"/wechat", "/wechat/", "/oauth", "/me", "/me/", "/healthz"}
 
 
 def ingress_routes(path: str, rule: dict[str, Any]) -> bool:
@@ -340,6 +340,7 @@ def test_k8s_publishes_only_the_public_paths() -> None:
     svc = k8s("service.yaml")
     port_names = {p["name"] for p in svc["spec"]["ports"]}
     rules = []
+    ingress_of: dict[str, list[dict[str, Any]]] = {}  # each Ingress's path rules
     for ing in ingresses:
         assert "defaultBackend" not in ing["spec"]
         for rule in ing["spec"]["rules"]:
@@ -347,6 +348,7 @@ def test_k8s_publishes_only_the_public_paths() -> None:
                 assert path["backend"]["service"]["name"] == svc["metadata"]["name"]
                 assert path["backend"]["service"]["port"]["name"] in port_names
                 rules.append(path)
+                ingress_of.setdefault(ing["metadata"]["name"], []).append(path)
     assert {r["path"] for r in rules} <= PUBLIC_PATHS
     for path in (*INTERNAL_PATHS, "/metrics", "/readyz", "/"):
         assert not any(ingress_routes(path, r) for r in rules), path
@@ -356,6 +358,15 @@ def test_k8s_publishes_only_the_public_paths() -> None:
     timeouts = {i["metadata"]["name"]: int(i["metadata"]["annotations"][
         "nginx.ingress.kubernetes.io/proxy-read-timeout"]) for i in ingresses}
     assert timeouts["wxhook"] < 5
+    # Every OAuth page, an account's of the accounts file included (/oauth/NAME/...,
+    # /me/NAME: the default `next` after its sign-in), through the OAuth Ingress and its
+    # longer timeouts only.
+    for path in ("/oauth/login", "/oauth/callback", "/me", "/oauth/shop/login",
+                 "/oauth/shop/callback", "/me/shop"):
+        routing = {name for name, own in ingress_of.items()
+                   if any(ingress_routes(path, r) for r in own)}
+        assert routing == {"wxhook-oauth"}, path
+    assert timeouts["wxhook-oauth"] > timeouts["wxhook"]
     # Nothing else publishes the pods: a ClusterIP Service, no host ports.
     assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
     (c,) = k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]

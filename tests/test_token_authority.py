@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from structlog.testing import capture_logs
 
 from tests.support import (
@@ -263,6 +265,75 @@ async def test_a_failing_upstream_is_503_with_when_to_ask_again(make_app, keyed,
     assert 1 <= int(resp.headers["retry-after"]) <= 20
 
 
+async def test_a_closed_http_client_is_503_not_a_crash(make_app, keyed, connect,
+                                                      sandbox) -> None:
+    # Whatever closes an account's client under a request (shutdown, a reload), the answer
+    # is "no token now", never a 500.
+    closed = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    await closed.aclose()
+    app = make_app(settings=keyed, http=closed)
+    resp = await connect(app).get(TOKEN_URL, headers=AUTH)
+    assert resp.status_code == 503, resp.text
+    assert 1 <= int(resp.headers["retry-after"]) <= 60
+    assert counted(app, account="default", caller="other", action="get",
+                   outcome="unavailable") == 1
+
+
+async def test_a_report_body_over_4_kib_is_413_unread(make_app, keyed, connect,
+                                                     sandbox) -> None:
+    app = make_app(settings=keyed)
+    client = connect(app)
+    token = (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+    read: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read until the cap
+        for _ in range(1000):
+            read.append(1)
+            yield b" " * 1024
+    big = b'{"access_token": "' + b"x" * 5000 + b'"}'
+    for body in (big, chunks()):
+        resp = await client.post(INVALID_URL, headers={**AUTH, "content-type":
+                                                       "application/json"}, content=body)
+        assert resp.status_code == 413, resp.text
+        assert "x" * 16 not in resp.text and token not in resp.text
+    assert len(read) <= 6  # stopped a little past 4 KiB, not read whole
+    assert counted(app, account="default", caller="other", action="invalid",
+                   outcome="too_large") == 2
+    # Just under the cap is read: a report with whitespace around it is answered.
+    fits = b'{"access_token": "' + token.encode() + b'"}' + b" " * 3900
+    resp = await client.post(INVALID_URL, headers={**AUTH, "content-type": "application/json"},
+                             content=fits)
+    assert resp.status_code == 200, resp.text
+    assert sandbox.token_requests == 2  # it was the current one: expired and fetched again
+
+
+@pytest.mark.parametrize("body", [
+    b'{"access_token": ["TOKEN"]}', b'{"access_token": {"value": "TOKEN"}}',
+    b'{"token": "TOKEN"}', b'{"access_token": "TOKEN", ', b'"TOKEN"'])
+async def test_a_bad_report_is_422_without_its_body(make_app, keyed, connect, sandbox,
+                                                    body) -> None:
+    app = make_app(settings=keyed)
+    client = connect(app)
+    token = (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+    resp = await client.post(INVALID_URL, headers={**AUTH, "content-type": "application/json"},
+                             content=body.replace(b"TOKEN", token.encode()))
+    assert resp.status_code == 422, resp.text
+    assert token not in resp.text and token[:16] not in resp.text
+    problems = resp.json()["detail"]
+    assert problems and all(set(p) == {"loc", "msg", "type"} for p in problems)
+    assert counted(app, account="default", caller="other", action="invalid",
+                   outcome="bad_request") == 1
+    assert sandbox.token_requests == 1  # nothing expired
+
+
+async def test_the_apps_other_routes_keep_their_own_answers(make_app, keyed, connect) -> None:
+    # The internal router's own 413 and 422 leave the app's handlers as they were.
+    app = make_app(settings=keyed)
+    assert RequestValidationError in app.exception_handlers
+    assert app.exception_handlers[RequestValidationError] is \
+        FastAPI().exception_handlers[RequestValidationError]
+
+
 # ------------------------------------------------------------------- two instances, one Redis
 
 
@@ -318,9 +389,11 @@ async def test_a_report_at_another_instance_compares_with_the_stored_token(
         make_app, keyed, connect, sandbox, redis_url) -> None:
     from wxhook.server.store.redis import RedisStore
 
+    now = [1_000_000.0]  # one clock for both instances, as NTP gives them
     stores = [RedisStore(redis_url), RedisStore(redis_url)]
     try:
-        apps = [make_app(settings=keyed, store=store) for store in stores]
+        apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
+                for store in stores]
         a, b = (connect(app) for app in apps)
         first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
         assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == first
@@ -328,8 +401,10 @@ async def test_a_report_at_another_instance_compares_with_the_stored_token(
         second = (await a.post(INVALID_URL, headers=AUTH,
                                json={"access_token": first})).json()["access_token"]
         assert sandbox.token_requests == 2
-        # B still holds the first in memory; the second, A's, is rejected and reported at B:
-        # it is the current one for the deployment, so B expires it and fetches once.
+        # B still holds the first in memory; the second, A's, is rejected an hour later and
+        # reported at B: it is the current one for the deployment, so B expires it and
+        # fetches once.
+        now[0] += 3600
         sandbox.invalidate_tokens()
         resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
         third = resp.json()["access_token"]
@@ -338,6 +413,61 @@ async def test_a_report_at_another_instance_compares_with_the_stored_token(
                        outcome="expired") == 1
         # A hands out B's token without a fetch of its own.
         assert (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
+        assert sandbox.token_requests == 3
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+@pytest.mark.redis
+async def test_a_token_rejected_right_after_a_refresh_pauses_every_instance(
+        make_app, keyed, connect, sandbox, redis_url) -> None:
+    from wxhook.server.store.redis import RedisStore
+
+    now = [1_000_000.0]  # one clock for the three instances, as NTP gives them
+    stores = [RedisStore(redis_url) for _ in range(3)]
+    try:
+        apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
+                for store in stores]
+        a, b, c = (connect(app) for app in apps)
+        first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+        sandbox.invalidate_tokens()
+        second = (await a.post(INVALID_URL, headers=AUTH,
+                               json={"access_token": first})).json()["access_token"]
+        assert sandbox.token_requests == 2  # rejected once: refreshed at once
+        assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == second
+        # Its successor is rejected too, seconds after A fetched it, and reported at B: the
+        # second in a row for the deployment, though the first B sees. B pauses.
+        now[0] += 5
+        sandbox.invalidate_tokens()
+        resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["retry-after"] == "30"
+        assert counted(apps[1], account="default", caller="other", action="invalid",
+                       outcome="backoff") == 1
+        # A (which holds the rejected token) and C (which never had one) pause as well:
+        # nothing is fetched anywhere until the pause is over.
+        now[0] += 10
+        for client in (a, c):
+            resp = await client.get(TOKEN_URL, headers=AUTH)
+            assert resp.status_code == 503, resp.text
+            assert resp.headers["retry-after"] == "20"
+        assert sandbox.token_requests == 2
+        for app in (apps[0], apps[2]):
+            status = app.state.tokens.status()
+            assert status["error"]["errcode"] == 40001 and status["retry_in_s"] == 20
+        now[0] += 21  # over: one fetch for the deployment
+        third = (await c.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+        assert third not in (first, second)
+        for client in (a, b):
+            assert (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
+        assert sandbox.token_requests == 3
+        # Rejected at once again, at A this time: the run goes on, the pause doubles.
+        now[0] += 5
+        sandbox.invalidate_tokens()
+        resp = await a.post(INVALID_URL, headers=AUTH, json={"access_token": third})
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "60"
+        assert (await b.get(TOKEN_URL, headers=AUTH)).headers["retry-after"] == "60"
         assert sandbox.token_requests == 3
     finally:
         for store in stores:
@@ -461,7 +591,8 @@ async def test_no_token_or_key_in_the_logs_and_refusals_are_bounded(make_app, ke
 
 
 async def test_the_docs_are_there_only_with_the_key(make_app, keyed, connect) -> None:
-    client = connect(make_app(settings=keyed))
+    app = make_app(settings=keyed)
+    client = connect(app)
     for path in ("/internal/docs", "/internal/openapi.json"):
         resp = await client.get(path)
         assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
@@ -476,6 +607,13 @@ async def test_the_docs_are_there_only_with_the_key(make_app, keyed, connect) ->
     assert set(schemas["TokenAnswer"]["properties"]) == {"access_token", "expires_in"}
     assert schemas["InvalidReport"]["required"] == ["access_token"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    report = spec["paths"]["/internal/accounts/{name}/token/invalid"]["post"]["responses"]
+    assert {"413", "422"} <= set(report)
+    assert set(schemas["BadField"]["properties"]) == {"loc", "msg", "type"}  # no input
+    # Counted like the token routes: refused and answered.
+    assert counted(app, account="-", caller="other", action="docs", outcome="ok") == 2
+    assert counted(app, account="-", caller="other", action="docs",
+                   outcome="unauthorized") == 4
     # The app's own docs stay off.
     for path in ("/docs", "/openapi.json", "/redoc"):
         assert (await client.get(path, headers=AUTH)).status_code == 404

@@ -12,10 +12,11 @@ first push or sign-in: a file of a thousand accounts starts as fast as one of tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -62,7 +63,9 @@ class Bundle:
     delivery: LateDelivery
     http: httpx.AsyncClient | None
     oauth: OAuth
-    busy: int = 0  # pushes and sign-ins inside it now: a retired bundle closes after them
+    # Pushes, sign-ins and token authority requests inside it now (AccountHub.serving):
+    # a retired bundle closes after them.
+    busy: int = 0
 
 
 def account_settings(base: Settings, account: Account) -> Settings:
@@ -147,16 +150,10 @@ class AccountHub:
 
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
         name = str(scope["path"])[len(PREFIX):]
-        bundle = self.built.get(name)
-        if bundle is None:
-            bundle = self.bundle(name)
-        if bundle is not None:
-            bundle.busy += 1
-            try:
+        with self.serving(name) as bundle:
+            if bundle is not None:
                 await bundle.webhook(scope, receive, send)
-            finally:
-                bundle.busy -= 1
-            return
+                return
         # Anyone can ask for any name: the line is bounded like a refused push's.
         self.refusals.warning("unknown_account", "push_refused", status=404,
                               reason="unknown_account", path_length=len(name))
@@ -171,6 +168,21 @@ class AccountHub:
             # account build it once (and so fetch its token once).
             bundle = self.built[name] = self._build(account)
         return bundle
+
+    @contextlib.contextmanager
+    def serving(self, name: str) -> Iterator[Bundle | None]:
+        """The account's pieces (None: no such account), kept open while the caller uses
+        them: a reload that removes or changes the account closes them only after it is
+        done. Pushes, sign-ins and token authority requests take their bundle from here."""
+        bundle = self.bundle(name)
+        if bundle is None:
+            yield None
+            return
+        bundle.busy += 1
+        try:
+            yield bundle
+        finally:
+            bundle.busy -= 1
 
     def _build(self, account: Account) -> Bundle:
         settings = account_settings(self.base, account)
@@ -215,16 +227,14 @@ class AccountHub:
 
         def to(step: Callable[[OAuth], Step]) -> Step:
             async def endpoint(request: Request) -> Response:
-                bundle = self.bundle(request.path_params["name"])
-                if bundle is None:  # anyone can ask for any name: bounded like a push's
-                    self.oauth_refusals.warning("unknown_account", "oauth_refused",
-                                                status=404, reason="unknown_account")
-                    return PlainTextResponse(_NOT_FOUND.decode(), status_code=404)
-                bundle.busy += 1  # a reload retiring the account waits for the exchange
-                try:
-                    return await step(bundle.oauth)(request)
-                finally:
-                    bundle.busy -= 1
+                # A reload retiring the account waits for the exchange.
+                with self.serving(request.path_params["name"]) as bundle:
+                    if bundle is not None:
+                        return await step(bundle.oauth)(request)
+                # Anyone can ask for any name: bounded like a push's.
+                self.oauth_refusals.warning("unknown_account", "oauth_refused",
+                                            status=404, reason="unknown_account")
+                return PlainTextResponse(_NOT_FOUND.decode(), status_code=404)
             return endpoint
         return [Route("/oauth/{name}/login", to(lambda o: o.login), methods=["GET", "HEAD"]),
                 Route("/oauth/{name}/callback", to(lambda o: o.callback), methods=["GET"]),

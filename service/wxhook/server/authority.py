@@ -14,16 +14,18 @@ only a request carrying the key, checked before anything else is read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -31,6 +33,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field, SecretStr
 from starlette.responses import Response
+from starlette.types import Message
 
 from wxhook.errors import WeChatAPIError
 from wxhook.server.loglimit import LimitedLog
@@ -48,6 +51,7 @@ OTHER = "other"                 # a label value for names nobody vouched for
 CALLER_RE = re.compile(r"[a-z0-9-]{1,32}")
 MAX_CALLERS = 32                # distinct caller labels per process; beyond, "other"
 LEASE_WAIT = 15.0               # seconds a request waits for a refresh (a peer's included)
+MAX_BODY = 4096                 # bytes of a report: a token is at most 2048 characters
 # Each instance keeps its own counts; the overall bound only caps many addresses at once.
 CALLERS_AT_FULL_RATE = 50
 
@@ -73,6 +77,20 @@ class InvalidReport(BaseModel):
                                           "40014 or 42001.")
 
 
+class BadField(BaseModel):
+    """One thing wrong with a request's body (the value itself is never repeated)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class BadRequest(BaseModel):
+    """A body that is not a report: what is wrong, without the body."""
+
+    detail: list[BadField]
+
+
 class Problem(BaseModel):
     """Why there is no token in the answer."""
 
@@ -85,23 +103,28 @@ class Problem(BaseModel):
 class Accounts:
     """The deployment's accounts, as the authority sees them."""
 
-    tokens_of: Callable[[str], TokenManager | None]  # None: no such account
-    known: Callable[[str], bool]                     # without building anything
+    # The account's token manager, usable until the block ends (None: no such account).
+    using: Callable[[str], contextlib.AbstractContextManager[TokenManager | None]]
+    known: Callable[[str], bool]  # without building anything
 
 
 def single_account(tokens: TokenManager) -> Accounts:
     """The WECHAT_* deployment: one account, named `default`."""
-    return Accounts(lambda name: tokens if name == DEFAULT_ACCOUNT else None,
+    return Accounts(lambda name: contextlib.nullcontext(
+                        tokens if name == DEFAULT_ACCOUNT else None),
                     lambda name: name == DEFAULT_ACCOUNT)
 
 
 def file_accounts(hub: AccountHub) -> Accounts:
     """The accounts of WXHOOK_ACCOUNTS (an AccountHub), each built on first use."""
-    def tokens_of(name: str) -> TokenManager | None:
-        bundle = hub.bundle(name)
-        return None if bundle is None else bundle.tokens
+    @contextlib.contextmanager
+    def using(name: str) -> Iterator[TokenManager | None]:
+        # Held like a push or a sign-in: a reload retiring the account closes its HTTP
+        # client only after the token is handed out (or the wait for it ends).
+        with hub.serving(name) as bundle:
+            yield None if bundle is None else bundle.tokens
 
-    return Accounts(tokens_of, lambda name: name in hub.accounts)
+    return Accounts(using, lambda name: name in hub.accounts)
 
 
 def mount_authority(app: FastAPI, key: SecretStr | None, accounts: Accounts, *,
@@ -159,8 +182,7 @@ class TokenAuthority:
     def refusal(self, request: Request, action: str) -> Response | None:
         """429 or 401 for a request that may not go on; None for one that may."""
         client = request.client.host if request.client else ""
-        name = request.path_params.get("name")
-        account = self._label(name) if name is not None else "-"
+        account = self._account_of(request)
         if not self.limit.allow(client):
             caller = self.caller(request.headers.get("x-wxhook-caller"), trusted=False)
             self.count(account, caller, action, "rate_limited")
@@ -182,29 +204,47 @@ class TokenAuthority:
                                            trusted=True)
         return None
 
-    def _label(self, name: str) -> str:
-        return name if self.accounts.known(name) else OTHER
+    def _account_of(self, request: Request) -> str:
+        """The account label: the name when the deployment has it, "-" for the docs."""
+        name = request.path_params.get("name")
+        return "-" if name is None else name if self.accounts.known(name) else OTHER
 
     def count(self, account: str, caller: str, action: str, outcome: str) -> None:
         """wxhook_internal_token_requests_total, every label value bounded."""
         self.metrics.internal_token_requests.labels(account, caller, action, outcome).inc()
 
+    def too_large(self, request: Request, action: str) -> JSONResponse:
+        """413 for a body over MAX_BODY: read no further."""
+        self.count(self._account_of(request), request.state.caller, action, "too_large")
+        return JSONResponse({"detail": f"the body is over {MAX_BODY} bytes; a report is "
+                             '{"access_token": "..."}'}, status_code=413)
+
+    def bad_request(self, request: Request, action: str,
+                    exc: RequestValidationError) -> JSONResponse:
+        """422 saying what is wrong with the body, never repeating it: FastAPI's own answer
+        echoes the input, and the input of a report is an access token."""
+        self.count(self._account_of(request), request.state.caller, action, "bad_request")
+        problems = [BadField(loc=list(e.get("loc", ())), msg=str(e.get("msg", "")),
+                             type=str(e.get("type", ""))) for e in exc.errors()]
+        return JSONResponse(BadRequest(detail=problems).model_dump(), status_code=422)
+
     # -- the answers -------------------------------------------------------------------
 
-    def _tokens(self, name: str, request: Request, action: str) -> TokenManager | None:
-        tokens = self.accounts.tokens_of(name)
-        if tokens is None:
-            self.count(OTHER, request.state.caller, action, "unknown_account")
-            self.lines.warning("unknown_account", "internal_unknown_account",
-                               caller=request.state.caller, action=action,
-                               name_length=len(name))
-        return tokens
+    def _no_account(self, name: str, request: Request, action: str) -> JSONResponse:
+        self.count(OTHER, request.state.caller, action, "unknown_account")
+        self.lines.warning("unknown_account", "internal_unknown_account",
+                           caller=request.state.caller, action=action, name_length=len(name))
+        return JSONResponse({"detail": "no account of that name"}, status_code=404)
 
     async def get_token(self, name: str, request: Request) -> Response | TokenAnswer:
         """The account's token: the cached one, or one fetch for the whole deployment."""
-        tokens = self._tokens(name, request, "get")
-        if tokens is None:
-            return _no_account()
+        with self.accounts.using(name) as tokens:
+            if tokens is None:
+                return self._no_account(name, request, "get")
+            return await self._lease(name, tokens, request)
+
+    async def _lease(self, name: str, tokens: TokenManager,
+                     request: Request) -> Response | TokenAnswer:
         try:
             token, left = await tokens.lease(deadline=time.monotonic() + LEASE_WAIT)
         except WeChatAPIError as exc:
@@ -216,9 +256,13 @@ class TokenAuthority:
     async def report_invalid(self, name: str, report: InvalidReport,
                              request: Request) -> Response | TokenAnswer:
         """Expire the reported token if it is still the current one; the token to use now."""
-        tokens = self._tokens(name, request, "invalid")
-        if tokens is None:
-            return _no_account()
+        with self.accounts.using(name) as tokens:
+            if tokens is None:
+                return self._no_account(name, request, "invalid")
+            return await self._report(name, tokens, report, request)
+
+    async def _report(self, name: str, tokens: TokenManager, report: InvalidReport,
+                      request: Request) -> Response | TokenAnswer:
         caller = request.state.caller
         # What every instance uses now: another instance may have replaced it already.
         await tokens.follow_store()
@@ -249,10 +293,21 @@ class TokenAuthority:
             def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
                 handler = super().get_route_handler()
                 action = str(self.name)
+                has_body = self.body_field is not None
 
                 async def keyed(request: Request) -> Response:
                     refused = authority.refusal(request, action)
-                    return refused if refused is not None else await handler(request)
+                    if refused is not None:
+                        return refused
+                    if has_body:
+                        capped = await _capped(request)
+                        if capped is None:
+                            return authority.too_large(request, action)
+                        request = capped
+                    try:
+                        return await handler(request)
+                    except RequestValidationError as exc:
+                        return authority.bad_request(request, action, exc)
                 return keyed
 
         # Declared for the docs (their Authorize button); KeyedRoute has checked it already.
@@ -262,9 +317,13 @@ class TokenAuthority:
         errors: dict[int | str, dict[str, Any]] = {
             401: {"model": Problem, "description": "No key, or the wrong one"},
             404: {"model": Problem, "description": "No account of that name"},
+            422: {"model": BadRequest, "description": "Not a report (the body is never "
+                                                      "repeated)"},
             429: {"model": Problem, "description": "Too many requests from this address"},
             503: {"model": Problem, "description": "No valid token now (WeChat refused, or "
                                                    "refreshes are backing off)"}}
+        with_body = {**errors, 413: {"model": Problem,
+                                     "description": f"A body over {MAX_BODY} bytes"}}
 
         async def get_token(request: Request, name: AccountName) -> Response | TokenAnswer:
             """The account's access token, the one every wxhook instance uses; fetched from
@@ -283,11 +342,13 @@ class TokenAuthority:
                              response_model=TokenAnswer, responses=errors, name="get",
                              summary="The account's access token")
         router.add_api_route("/accounts/{name}/token/invalid", report_invalid,
-                             methods=["POST"], response_model=TokenAnswer, responses=errors,
-                             name="invalid", summary="Report a token WeChat rejected")
+                             methods=["POST"], response_model=TokenAnswer,
+                             responses=with_body, name="invalid",
+                             summary="Report a token WeChat rejected")
         schema: dict[str, Any] = {}
 
-        async def openapi() -> JSONResponse:
+        async def openapi(request: Request) -> JSONResponse:
+            authority.count("-", request.state.caller, "docs", "ok")
             if not schema:
                 schema.update(get_openapi(
                     title="wxhook token authority", version="1",
@@ -295,7 +356,8 @@ class TokenAuthority:
                     routes=router.routes))  # those in the schema: not the docs' own
             return JSONResponse(schema)
 
-        async def docs() -> HTMLResponse:
+        async def docs(request: Request) -> HTMLResponse:
+            authority.count("-", request.state.caller, "docs", "ok")
             return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json",
                                        title="wxhook token authority")
 
@@ -306,8 +368,26 @@ class TokenAuthority:
         return router
 
 
-def _no_account() -> JSONResponse:
-    return JSONResponse({"detail": "no account of that name"}, status_code=404)
+async def _capped(request: Request) -> Request | None:
+    """`request` with its body read ahead, or None when the body is over MAX_BODY bytes
+    (said by Content-Length, or found while reading: never read further than that)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    replayed = False
+
+    async def receive() -> Message:
+        nonlocal replayed
+        if replayed:  # the body is sent: what comes next is the client leaving
+            return await request.receive()
+        replayed = True
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+    return Request(request.scope, receive)
 
 
 def _unavailable(tokens: TokenManager, exc: WeChatAPIError) -> JSONResponse:
