@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from wxhook.server.config import Settings, load_settings
 from wxhook.server.crypto import MessageCrypto
 from wxhook.server.metrics import Metrics
 from wxhook.server.store.memory import MemoryStore
+from wxhook.server.store.sqlite import SqliteProfileRepo
 from wxhook.tools.sandbox import SandboxState, create_sandbox
 from wxhook.tools.simulate import Push, push_xml, sign_push
 
@@ -42,6 +44,26 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
                 "REDIS_URL", "PUBLIC_BASE_URL", "SESSION_SECRET"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def profile_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SqliteProfileRepo]]:
+    """Every SqliteProfileRepo the test made, closed after it if the test did not."""
+    # An app closes its profile file in its lifespan; most tests drive an app without one.
+    # An unclosed aiosqlite connection warns when dropped (an error here), and its thread
+    # then keeps pytest from exiting. Held here, none is dropped before it is closed.
+    opened: list[SqliteProfileRepo] = []
+    init = SqliteProfileRepo.__init__
+
+    def recorded(self: SqliteProfileRepo, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        opened.append(self)
+
+    monkeypatch.setattr(SqliteProfileRepo, "__init__", recorded)
+    yield opened
+    for repo in opened:
+        if repo._conn is not None:
+            asyncio.run(repo.aclose())
 
 
 @pytest.fixture

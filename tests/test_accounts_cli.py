@@ -94,7 +94,16 @@ def test_check_speaks_for_one_account(tmp_path: Path) -> None:
     assert "account news" in good.stdout and "[ok] access token" in good.stdout
     assert bad.returncode == 1 and "[FAIL] access token: errcode 40013" in bad.stdout
     assert "appid wxshop00000000001" in bad.stdout
-    assert every.returncode == 0 and "[ok] accounts: 2 in" in every.stdout
+    # Without --account: every account, one line each; shop's failure fails the check.
+    assert every.returncode == 1 and "[ok] accounts: 2 in" in every.stdout
+    assert ("  [ok] news: appid wx00000000sandbox, safe mode, access token obtained\n"
+            in every.stdout)
+    assert ("  [FAIL] shop: appid wxshop00000000001, plain mode: access token: errcode 40013"
+            in every.stdout)
+    assert "wxhook sandbox` with the same WXHOOK_ACCOUNTS" in every.stdout
+    assert [line.split("]")[1].split(":")[0].strip() for line in every.stdout.splitlines()
+            if line.startswith(("  [ok] ", "  [FAIL] "))] == ["accounts", "news", "shop"]
+    assert every.stdout.rstrip().endswith("result: FAILED")
     assert unknown.returncode == 2 and "no account named 'nope'" in unknown.stdout
     for res in (good, bad, every, unknown):
         out = res.stdout + res.stderr
@@ -107,6 +116,56 @@ def test_the_sandbox_stands_in_for_every_account_of_the_file(tmp_path: Path) -> 
     with sandbox_process(env=env) as api:
         checks = [run(["check", "--account", name], {**env, "WECHAT_API_BASE": api}, tmp_path)
                   for name in ("news", "shop")]
+        every = run(["check"], {**env, "WECHAT_API_BASE": api}, tmp_path)
     for res in checks:
         assert res.returncode == 0, res.stdout
         assert "[ok] access token" in res.stdout and SHOP_SECRET not in res.stdout
+    assert every.returncode == 0, every.stdout
+    assert "[ok] news:" in every.stdout and "[ok] shop:" in every.stdout
+    assert every.stdout.rstrip().endswith("result: ready to serve")
+
+
+def test_check_names_the_account_whose_rules_or_handlers_cannot_load(tmp_path: Path) -> None:
+    path = accounts_file(tmp_path)
+    (tmp_path / "shop.rules.yaml").write_text("keywords: [{name: p, regex: ['('], "
+                                              "replies: [x]}]\n", encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "    rules: shop.rules.yaml\n    handlers: no_such_pkg.mod:router\n",
+                    encoding="utf-8")
+    env = {"WXHOOK_ACCOUNTS": str(path), "NEWS_SECRET": SANDBOX_SECRET}
+    with sandbox_process(env=env) as api:
+        res = run(["check"], {**env, "WECHAT_API_BASE": api}, tmp_path)
+    assert res.returncode == 1, res.stdout
+    shop = next(line for line in res.stdout.splitlines() if line.startswith("  [FAIL] shop:"))
+    assert "rules: " in shop and "shop.rules.yaml" in shop and "handlers: " in shop
+    assert "[ok] news:" in res.stdout
+    assert SHOP_SECRET not in res.stdout + res.stderr
+
+
+def test_menu_and_rules_import_act_for_the_named_account(tmp_path: Path) -> None:
+    path = accounts_file(tmp_path)
+    (tmp_path / "shop.rules.yaml").write_text(
+        "menu:\n  button:\n    - {type: click, name: Shop, key: SHOP}\n"
+        "clicks:\n  SHOP: The shop.\n", encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8") + "    rules: shop.rules.yaml\n",
+                    encoding="utf-8")
+    env = {"WXHOOK_ACCOUNTS": str(path), "NEWS_SECRET": SANDBOX_SECRET}
+    with sandbox_process(env=env) as api:
+        env["WECHAT_API_BASE"] = api
+        pushed = run(["menu", "push", "--account", "shop"], env, tmp_path)  # shop's rules
+        shop = run(["menu", "show", "--account", "shop"], env, tmp_path)
+        news = run(["menu", "show", "--account", "news"], env, tmp_path)
+        imported = run(["rules", "import", "--account", "shop"], env, tmp_path)
+        deleted = run(["menu", "delete", "--account", "news"], env, tmp_path)
+        still = run(["menu", "show", "--account", "shop"], env, tmp_path)
+        unknown = run(["menu", "show", "--account", "nope"], env, tmp_path)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "to account shop (appid wxshop00000000001)" in pushed.stdout
+    assert shop.returncode == 0 and '"name": "Shop"' in shop.stdout
+    assert news.returncode == 1 and "46003" in news.stderr  # news has no menu of its own
+    assert imported.returncode == 0, imported.stderr
+    assert "name: Shop" in imported.stdout and "SHOP" in imported.stdout
+    assert deleted.returncode == 0 and '"name": "Shop"' in still.stdout  # news's, not shop's
+    assert unknown.returncode == 2 and "no account named 'nope'" in unknown.stderr
+    for res in (pushed, shop, news, imported, deleted, still, unknown):
+        assert SHOP_SECRET not in res.stdout + res.stderr

@@ -352,7 +352,9 @@ async def test_saved_profiles_are_per_account_in_one_file_and_thread(tmp_path, b
     async with started(app):
         shop = reply_of(await send(client, "/wechat/shop", push_for(SHOP)), SHOP)
         news = reply_of(await send(client, "/wechat/news", push_for(NEWS)), NEWS)
-        threads = [t for t in threading.enumerate() if t.name.startswith("wxhook-sqlite")]
+        # aiosqlite's threads, one a connection, are named after the function they run.
+        threads = [t for t in threading.enumerate()
+                   if t.name.endswith("(_connection_worker_thread)")]
     assert (shop["Content"], news["Content"]) == ("Welcome, ShopFan!", "Welcome!")
     assert len(threads) == 1  # one connection for every account, not one each
 
@@ -385,29 +387,41 @@ async def test_probes_and_metrics_answer_with_an_accounts_file(build, connect) -
         assert (await client.get("/healthz")).json() == {"status": "alive"}
         assert (await client.get("/readyz")).json() == {"ready": True}
         assert "wxhook_pushes_total" in (await client.get("/metrics")).text
-        assert (await client.get("/oauth/login")).status_code == 404  # not per account yet
+        assert (await client.get("/oauth/login")).status_code == 404  # /oauth/{name}/ only
 
 
-async def test_pushes_are_counted_per_account(build, connect) -> None:
+async def test_metrics_carry_the_account_of_the_file(build, connect) -> None:
     metrics = Metrics()
-    client = await connect(build(metrics=metrics))
-    await send(client, "/wechat/shop", push_for(SHOP))
-    await send(client, "/wechat/shop", push_for(SHOP, "text", text="help"))
-    await send(client, "/wechat/news", push_for(SHOP))  # refused at news
-    for _ in range(3):
-        await send(client, "/wechat/nobody", push_for(SHOP))  # 404: no series of its own
+    app = build(metrics=metrics)
+    client = await connect(app)
+    async with started(app):
+        await send(client, "/wechat/shop", push_for(SHOP))
+        await send(client, "/wechat/shop", push_for(SHOP, "text", text="help"))
+        await send(client, "/wechat/news", push_for(SHOP))  # refused at news
+        for _ in range(3):
+            await send(client, "/wechat/nobody", push_for(SHOP))  # 404: no series of its own
 
-    def value(account: str, outcome: str) -> float | None:
-        return metrics.registry.get_sample_value(
-            "wxhook_account_pushes_total", {"account": account, "outcome": outcome})
-    assert value("shop", "replied") == 2 and value("news", "rejected") == 1
-    assert value("news", "replied") is None and value("nobody", "rejected") is None
-    names = {s.labels.get("account") for m in metrics.registry.collect()
-             if m.name == "wxhook_account_pushes" for s in m.samples}
-    assert names == {"shop", "news"}
+    def value(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+    pushes = "wxhook_pushes_total"
+    assert value(pushes, account="shop", msg_type="event", event="subscribe",
+                 outcome="replied") == 1
+    assert value(pushes, account="shop", msg_type="text", event="", outcome="replied") == 1
+    assert value(pushes, account="news", msg_type="", event="", outcome="rejected") == 1
+    assert value("wxhook_guard_failures_total", account="news", reason="signature") == 1
+    assert value("wxhook_push_latency_seconds_count", account="shop") == 2
+    # shop's greeting fetched shop's token and profile; news never asked WeChat.
+    assert value("wxhook_token_refreshes_total", account="shop", reason="cold",
+                 result="ok") == 1
+    assert value("wxhook_upstream_calls_total", account="shop", api="user_info",
+                 errcode="0") == 1
+    names = {s.labels["account"] for m in metrics.registry.collect() for s in m.samples
+             if "account" in s.labels}
+    assert names == {"shop", "news"}  # no `default`, no `nobody`
 
 
-async def test_one_account_without_a_file_adds_no_account_series(make_app, make_push) -> None:
+async def test_one_account_without_a_file_is_the_default_account_in_metrics(
+        make_app, make_push) -> None:
     metrics = Metrics()
     app = make_app(metrics=metrics)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -415,5 +429,9 @@ async def test_one_account_without_a_file_adds_no_account_series(make_app, make_
         push = make_push("subscribe")
         assert (await client.post("/wechat", params=push.params,
                                   content=push.body)).status_code == 200
-    assert not [s for m in metrics.registry.collect() if m.name == "wxhook_account_pushes"
-                for s in m.samples]
+    assert metrics.registry.get_sample_value("wxhook_pushes_total", {
+        "account": "default", "msg_type": "event", "event": "subscribe",
+        "outcome": "replied"}) == 1
+    names = {s.labels["account"] for m in metrics.registry.collect() for s in m.samples
+             if "account" in s.labels}
+    assert names == {"default"}

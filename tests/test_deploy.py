@@ -7,10 +7,13 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import free_port
 
 yaml = pytest.importorskip("yaml")
 
@@ -30,6 +33,7 @@ KNOWN_METRICS = frozenset(
         "wxhook_deadline_fallbacks_total",
         "wxhook_late_deliveries_total",
         "wxhook_rules_reloads_total",
+        "wxhook_accounts_reloads_total",
         "wxhook_follow_ups_total",
         "wxhook_guard_failures_total",
         "wxhook_circuit_open",
@@ -37,6 +41,7 @@ KNOWN_METRICS = frozenset(
         "wxhook_ready",
         "wxhook_dependency_up",
         "wxhook_log_lines_suppressed_total",
+        "wxhook_internal_token_requests_total",
     }
 )
 HISTOGRAMS = frozenset({"wxhook_push_latency_seconds", "wxhook_upstream_latency_seconds"})
@@ -162,14 +167,15 @@ def test_deployment_probes_security_and_env() -> None:
     refs = {next(iter(e.values()))["name"] for e in c["envFrom"]}
     assert refs == {"wxhook-secrets", "wxhook-config"}
 
-    # Every writable path is an emptyDir, including the multiprocess metrics dir.
+    # Every writable path is an emptyDir, including the multiprocess metrics dir; the rest
+    # (the accounts file's ConfigMap) is mounted read-only.
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert "/tmp" in mounts
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     assert env["PROMETHEUS_MULTIPROC_DIR"] in mounts
-    for name in mounts.values():
-        assert "emptyDir" in volumes[name]
+    for mount in c["volumeMounts"]:
+        assert "emptyDir" in volumes[mount["name"]] or mount.get("readOnly") is True, mount
 
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["http"] == 8000
@@ -234,6 +240,142 @@ def test_kustomization_lists_existing_files_but_not_the_example_secret() -> None
     assert "secret.example.yaml" not in kust["resources"]
 
 
+# --------------------------------------------------------------------------- accounts
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def valid_value(var: str) -> str:
+    """A value of the right shape for the ${VAR} (placeholders are not: REPLACE_ME_...)."""
+    if var.endswith("AES_KEY"):
+        return "A" * 43
+    if var.endswith("TOKEN"):
+        return "Tok" + str(abs(hash(var)) % 10**8)
+    return f"secret-of-{var.lower()}"
+
+
+def test_k8s_accounts_file_names_only_secret_vars_and_parses(tmp_path: Path) -> None:
+    from wxhook.server.accounts import load_accounts
+
+    cm = k8s("accounts-configmap.yaml")
+    assert cm["metadata"]["name"] == "wxhook-accounts"
+    text = cm["data"]["accounts.yaml"]
+    used = set(_VAR.findall(text))
+    secret = k8s("secret.example.yaml")["stringData"]
+    assert used and used <= set(secret), f"not in secret.example.yaml: {used - set(secret)}"
+    for var in used:
+        assert "REPLACE_ME" in secret[var], f"{var} must be an obvious placeholder"
+    # No secret in the ConfigMap: every secret field is a ${VAR}.
+    for field in ("app_secret", "token", "encoding_aes_key"):
+        for value in re.findall(rf"{field}: *(\S+)", text):
+            assert _VAR.fullmatch(value), (field, value)
+    path = tmp_path / "accounts.yaml"
+    path.write_text(text, encoding="utf-8")
+    accounts = load_accounts(str(path), {var: valid_value(var) for var in used})
+    assert list(accounts) == ["shop", "news"]
+
+
+def test_k8s_mounts_the_accounts_file_where_the_configmap_points() -> None:
+    dep = k8s("deployment.yaml")
+    pod = dep["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name")
+                 == "wxhook-accounts"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    # A subPath mount never sees a ConfigMap change: the reload would not either.
+    assert "subPath" not in mount and mount["readOnly"] is True
+    text = (DEPLOY / "k8s" / "configmap.yaml").read_text(encoding="utf-8")
+    (where,) = re.findall(r'#\s*WXHOOK_ACCOUNTS:\s*"([^"]+)"', text)
+    assert where == f"{mount['mountPath']}/accounts.yaml"
+    assert "accounts-configmap.yaml" in k8s("kustomization.yaml")["resources"]
+    # Off by default: the one WECHAT_* account serves at /wechat as before.
+    assert "WXHOOK_ACCOUNTS" not in k8s("configmap.yaml")["data"]
+
+
+def test_compose_accounts_override_mounts_a_folder() -> None:
+    base = load_one(DEPLOY / "docker-compose.yml")
+    assert "WXHOOK_ACCOUNTS" not in base["services"]["wxhook"]["environment"]
+    app = load_one(DEPLOY / "docker-compose.accounts.yml")["services"]["wxhook"]
+    where = app["environment"]["WXHOOK_ACCOUNTS"]
+    (volume,) = app["volumes"]
+    source, target, mode = volume.split(":")
+    # The folder: a bind mount of a single file keeps showing the file it was made with.
+    assert (source, mode) == ("../accounts", "ro")
+    assert where == f"{target}/accounts.yaml"
+
+
+def test_systemd_unit_says_where_the_accounts_file_and_its_vars_go() -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    assert "WXHOOK_ACCOUNTS=/etc/wxhook/accounts.yaml" in text
+    assert "systemctl restart wxhook" in text and "systemctl reload wxhook" in text
+
+
+def test_accounts_example_parses_when_its_vars_are_set(tmp_path: Path) -> None:
+    from wxhook.server.accounts import load_accounts
+
+    example = DEPLOY.parent / "accounts.example.yaml"
+    used = set(_VAR.findall(example.read_text(encoding="utf-8")))
+    env_example = (DEPLOY.parent / ".env.example").read_text(encoding="utf-8")
+    assert "WXHOOK_ACCOUNTS" in env_example
+    accounts = load_accounts(str(example), {var: valid_value(var) for var in used})
+    assert list(accounts) == ["shop", "news"]
+
+
+# The token authority's routes: the account's access token, for the owner's own systems.
+INTERNAL_PATHS = ("/internal/accounts/default/token", "/internal/accounts/shop/token/invalid",
+                  "/internal/docs", "/internal/openapi.json")
+PUBLIC_PATHS = {"/wechat", "/wechat/", "/oauth", "/me", "/me/", "/healthz"}
+
+
+def ingress_routes(path: str, rule: dict[str, Any]) -> bool:
+    """Whether an Ingress path rule routes `path` (Exact, or Prefix by path elements)."""
+    if rule["pathType"] == "Exact":
+        return bool(path == rule["path"])
+    prefix = rule["path"].rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or prefix == ""
+
+
+def test_k8s_publishes_only_the_public_paths() -> None:
+    ingresses = load_yaml_docs(DEPLOY / "k8s" / "ingress.yaml")
+    assert ingresses and all(i["kind"] == "Ingress" for i in ingresses)
+    svc = k8s("service.yaml")
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    rules = []
+    ingress_of: dict[str, list[dict[str, Any]]] = {}  # each Ingress's path rules
+    for ing in ingresses:
+        assert "defaultBackend" not in ing["spec"]
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] == svc["metadata"]["name"]
+                assert path["backend"]["service"]["port"]["name"] in port_names
+                rules.append(path)
+                ingress_of.setdefault(ing["metadata"]["name"], []).append(path)
+    assert {r["path"] for r in rules} <= PUBLIC_PATHS
+    for path in (*INTERNAL_PATHS, "/metrics", "/readyz", "/"):
+        assert not any(ingress_routes(path, r) for r in rules), path
+    for path in ("/wechat", "/wechat/shop", "/oauth/login", "/me"):  # the matcher works
+        assert any(ingress_routes(path, r) for r in rules), path
+    # Pushes answered before WeChat gives up; the OAuth pages may wait longer.
+    timeouts = {i["metadata"]["name"]: int(i["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/proxy-read-timeout"]) for i in ingresses}
+    assert timeouts["wxhook"] < 5
+    # Every OAuth page, an account's of the accounts file included (/oauth/NAME/...,
+    # /me/NAME: the default `next` after its sign-in), through the OAuth Ingress and its
+    # longer timeouts only.
+    for path in ("/oauth/login", "/oauth/callback", "/me", "/oauth/shop/login",
+                 "/oauth/shop/callback", "/me/shop"):
+        routing = {name for name, own in ingress_of.items()
+                   if any(ingress_routes(path, r) for r in own)}
+        assert routing == {"wxhook-oauth"}, path
+    assert timeouts["wxhook-oauth"] > timeouts["wxhook"]
+    # Nothing else publishes the pods: a ClusterIP Service, no host ports.
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    (c,) = k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    assert all("hostPort" not in p for p in c["ports"])
+    assert "ingress.yaml" in k8s("kustomization.yaml")["resources"]
+    # The key is a secret: never in the ConfigMap.
+    assert "WXHOOK_INTERNAL_KEY" not in k8s("configmap.yaml")["data"]
+
+
 # ---------------------------------------------------------------------------- grafana
 
 
@@ -293,6 +435,40 @@ def test_dashboard_is_importable_and_uses_known_metrics() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
 
 
+# Metrics with an `account` label (service/wxhook/server/metrics.py): every panel that
+# reads one is filtered by the dashboard's account variable.
+PER_ACCOUNT = frozenset({
+    "wxhook_pushes_total", "wxhook_push_latency_seconds", "wxhook_upstream_calls_total",
+    "wxhook_upstream_latency_seconds", "wxhook_token_refreshes_total",
+    "wxhook_token_age_seconds", "wxhook_dedup_hits_total", "wxhook_deadline_fallbacks_total",
+    "wxhook_late_deliveries_total", "wxhook_guard_failures_total", "wxhook_circuit_open",
+    "wxhook_follow_ups_total", "wxhook_state_writes_total", "wxhook_dependency_up"})
+_SELECTOR_RE = re.compile(r"(wxhook_[a-z_]+)(\{[^}]*\})?")
+
+
+def test_dashboard_filters_every_account_metric_by_the_account_variable() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "wxhook-dashboard.json").read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    account = variables["account"]
+    assert "label_values(wxhook_pushes_total" in account["query"]["query"]
+    assert account["query"]["query"].endswith(", account)")
+    assert account["includeAll"] and account["multi"] and account["allValue"] == ".*"
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    for panel in panels:
+        for target in panel["targets"]:
+            for name, selector in _SELECTOR_RE.findall(target["expr"]):
+                base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+                if base in PER_ACCOUNT:
+                    # dependency_up's Redis row has no account: `$account|` keeps it.
+                    assert 'account=~"$account' in selector, (panel["title"], target["expr"])
+                else:
+                    assert "account" not in selector, (panel["title"], target["expr"])
+    by_account = [t["expr"] for p in panels for t in p["targets"]
+                  if "by (account)" in t["expr"]]
+    assert any("wxhook_pushes_total" in e for e in by_account)
+    assert any("wxhook_dependency_up" in e for e in by_account)
+
+
 # ------------------------------------------------------------------------- prometheus
 
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -331,6 +507,20 @@ def test_alerts_cover_the_promised_conditions() -> None:
     assert 'wxhook_dependency_up{dependency="token"}' in rules["WxhookAccessTokenUnavailable"][
         "expr"]
     assert 'wxhook_dependency_up{dependency="redis"}' in rules["WxhookRedisUnreachable"]["expr"]
+    # What an account does is alerted per account; what all share is not.
+    for name in ("WxhookAccessTokenUnavailable", "WxhookTokenRefreshFailing",
+                 "WxhookTokenStale", "WxhookCircuitOpen", "WxhookDeadlineFallbacksRising",
+                 "WxhookLateDeliveriesFailing", "WxhookGuardFailuresSpike",
+                 "WxhookPushesRejected", "WxhookPushLatencyHigh"):
+        expr = str(rules[name]["expr"])
+        groupings = re.findall(r"by \(([^)]*)\)", expr)
+        assert groupings and all("account" in g for g in groupings), name
+        assert "{{ $labels.account }}" in rules[name]["annotations"]["summary"], name
+    for name in ("WxhookNotReady", "WxhookRedisUnreachable", "WxhookRulesFileRefused",
+                 "WxhookStoreFallbacks"):
+        assert "account" not in str(rules[name]["expr"]), name
+    assert 'wxhook_accounts_reloads_total{result="failed"}' in rules[
+        "WxhookAccountsFileRefused"]["expr"]
 
 
 def test_k8s_says_which_path_each_probe_uses_and_why() -> None:
@@ -363,8 +553,12 @@ def expected_alert(alertname: str, labels: dict[str, str]) -> dict[str, Any]:
 
 def promtool_tests() -> dict[str, Any]:
     """Synthetic series that must (and must not) fire the main alerts."""
-    errors = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="error"}'
-    oks = 'wxhook_token_refreshes_total{job="wxhook",reason="expired",result="ok"}'
+    errors = ('wxhook_token_refreshes_total{job="wxhook",account="shop",reason="expired",'
+              'result="error"}')
+    oks = 'wxhook_token_refreshes_total{job="wxhook",account="shop",reason="expired",result="ok"}'
+    news_oks = ('wxhook_token_refreshes_total{job="wxhook",account="news",reason="expired",'
+                'result="ok"}')
+    authority = 'wxhook_internal_token_requests_total{job="wxhook",account="default",action="get"'
     return {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
@@ -378,13 +572,19 @@ def promtool_tests() -> dict[str, Any]:
                         "values": "1 1 0x10",
                     },
                     {
-                        "series": 'wxhook_circuit_open{job="wxhook",api="user_info"}',
+                        "series": 'wxhook_circuit_open{job="wxhook",account="shop",'
+                                  'api="user_info"}',
                         "values": "1x10",
                     },
                     {
                         "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
-                                  'dependency="token"}',
+                                  'account="shop",dependency="token"}',
                         "values": "1 0x10",
+                    },
+                    {
+                        "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
+                                  'account="news",dependency="token"}',
+                        "values": "1x15",
                     },
                     {
                         "series": 'wxhook_dependency_up{job="wxhook",instance="a:8000",'
@@ -396,13 +596,22 @@ def promtool_tests() -> dict[str, Any]:
                                   'dependency="redis"}',
                         "values": "1x15",
                     },
+                    {   # a caller with a stale key, and another served as it should be
+                        "series": authority + ',outcome="unauthorized",caller="other"}',
+                        "values": "0+2x30",
+                    },
+                    {
+                        "series": authority + ',outcome="ok",caller="crm"}',
+                        "values": "0+9x30",
+                    },
                 ],
                 "alert_rule_test": [
                     {
                         "eval_time": "15m",
                         "alertname": "WxhookTokenRefreshFailing",
                         "exp_alerts": [
-                            expected_alert("WxhookTokenRefreshFailing", {"job": "wxhook"})
+                            expected_alert("WxhookTokenRefreshFailing",
+                                           {"job": "wxhook", "account": "shop"})
                         ],
                     },
                     {
@@ -429,7 +638,8 @@ def promtool_tests() -> dict[str, Any]:
                         "alertname": "WxhookAccessTokenUnavailable",
                         "exp_alerts": [
                             expected_alert("WxhookAccessTokenUnavailable",
-                                           {"job": "wxhook", "instance": "a:8000"})
+                                           {"job": "wxhook", "instance": "a:8000",
+                                            "account": "shop"})
                         ],
                     },
                     {
@@ -441,11 +651,24 @@ def promtool_tests() -> dict[str, Any]:
                         ],
                     },
                     {
+                        "eval_time": "5m",
+                        "alertname": "WxhookTokenAuthorityRefusing",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "25m",
+                        "alertname": "WxhookTokenAuthorityRefusing",
+                        "exp_alerts": [expected_alert("WxhookTokenAuthorityRefusing", {
+                            "job": "wxhook", "account": "default", "caller": "other",
+                            "outcome": "unauthorized"})],
+                    },
+                    {
                         "eval_time": "7m",
                         "alertname": "WxhookCircuitOpen",
                         "exp_alerts": [
                             expected_alert(
-                                "WxhookCircuitOpen", {"job": "wxhook", "api": "user_info"}
+                                "WxhookCircuitOpen",
+                                {"job": "wxhook", "account": "shop", "api": "user_info"}
                             )
                         ],
                     },
@@ -463,6 +686,24 @@ def promtool_tests() -> dict[str, Any]:
                         "eval_time": "15m",
                         "alertname": "WxhookTokenRefreshFailing",
                         "exp_alerts": [],
+                    },
+                ],
+            },
+            {
+                # Another account's successes do not hide one account's failures.
+                "interval": "1m",
+                "input_series": [
+                    {"series": errors, "values": "0+1x20"},
+                    {"series": news_oks, "values": "0+1x20"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "WxhookTokenRefreshFailing",
+                        "exp_alerts": [
+                            expected_alert("WxhookTokenRefreshFailing",
+                                           {"job": "wxhook", "account": "shop"})
+                        ],
                     },
                 ],
             },
@@ -635,15 +876,58 @@ def test_nginx_limits_timeouts_and_locations() -> None:
             assert f"proxy_set_header {header}" in body
     # /wechat only over TLS; port 80 sends everything but the ACME challenge to https.
     assert re.search(r"location\s+=?\s*/wechat\s*\{[^}]*proxy_pass\s+http://", tls)
+    # With an accounts file: /wechat/NAME.
+    assert re.search(r"location\s+/wechat/\s*\{[^}]*proxy_pass\s+http://wxhook_app;", tls)
     assert "/wechat" not in plain
     assert "return 301 https://" in plain
     # TLS server: modern protocols, OAuth proxied, metrics restricted.
     assert re.search(r"ssl_protocols\s+TLSv1\.2\s+TLSv1\.3;", tls)
     assert "location /oauth/" in tls and "location = /me" in tls
+    # An accounts file's URLs: /wechat/NAME, /oauth/NAME/..., /me/NAME.
+    assert re.search(r"location\s+/wechat/\s*\{[^}]*proxy_pass\s+http://", tls)
+    assert re.search(r"location\s+/me/\s*\{[^}]*proxy_pass\s+http://", tls)
     metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", tls)
     assert metrics and "deny all;" in metrics.group(1)
     plain_metrics = re.search(r"location\s+[^{]*metrics[^{]*\{([^}]*)\}", plain)
     assert plain_metrics and "deny all;" in plain_metrics.group(1)
+
+
+def nginx_location(server: str, path: str) -> str:
+    """The body of the location nginx picks for `path` in one server block: an exact match,
+    else the longest prefix if it is ^~, else the first regex that matches, else the
+    longest prefix."""
+    exact, prefixes, regexes = None, [], []
+    for kind, where, body in re.findall(r"location\s+(=|\^~|~\*?)?\s*(\S+)\s*\{([^}]*)\}",
+                                        server):
+        if kind == "=" and where == path:
+            exact = body
+        elif kind in ("", "^~") and path.startswith(where):
+            prefixes.append((len(where), kind, body))
+        elif kind.startswith("~") and re.search(where, path,
+                                                 re.IGNORECASE if kind == "~*" else 0):
+            regexes.append(body)
+    if exact is not None:
+        return exact
+    longest = max(prefixes, default=None)
+    if longest is not None and longest[1] == "^~":
+        return longest[2]
+    if regexes:
+        return regexes[0]
+    assert longest is not None, f"no location for {path}"
+    return longest[2]
+
+
+def test_nginx_never_passes_the_token_authority_on() -> None:
+    servers = nginx_servers(NGINX.read_text(encoding="utf-8"))
+    tls = next(s for s in servers if re.search(r"listen\s+443\s+ssl", s))
+    for server in servers:
+        for path in INTERNAL_PATHS:
+            chosen = nginx_location(server, path)
+            assert "return 404;" in chosen and "proxy_pass" not in chosen, path
+    # The emulation picks what nginx would: the public paths are passed on.
+    for path in ("/wechat", "/oauth/callback", "/me", "/healthz"):
+        assert "proxy_pass" in nginx_location(tls, path), path
+    assert "deny all;" in nginx_location(tls, "/metrics")
 
 
 def test_nginx_access_log_leaves_out_query_strings() -> None:
@@ -666,7 +950,10 @@ def test_nginx_access_log_leaves_out_query_strings() -> None:
             assert leak not in fmt, f"log_format {words[1]} logs {leak.strip()}"
 
 
-def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
+def nginx_config(tmp_path: Path, rewrite: Any = None) -> tuple[str, Path]:
+    """nginx and a throwaway main config that includes the site (its certificate a
+    self-signed one, its logs under tmp_path, `rewrite` applied to its text); skipped
+    without nginx or openssl."""
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
     )
@@ -685,7 +972,7 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
     site = re.sub(r"/etc/letsencrypt/live/[^/]+/fullchain\.pem", str(cert), site)
     site = re.sub(r"/etc/letsencrypt/live/[^/]+/privkey\.pem", str(key), site)
     site = site.replace("/var/log/nginx/", f"{tmp_path}/")
-    (tmp_path / "site.conf").write_text(site, encoding="utf-8")
+    (tmp_path / "site.conf").write_text(rewrite(site) if rewrite else site, encoding="utf-8")
     temp_paths = "\n".join(
         f"  {kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy")
     )
@@ -696,6 +983,11 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
         f"  include {tmp_path}/site.conf;\n}}\n",
         encoding="utf-8",
     )
+    return nginx, main
+
+
+def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
+    nginx, main = nginx_config(tmp_path)
     proc = subprocess.run(
         [nginx, "-t", "-p", str(tmp_path), "-c", str(main)],
         check=False,
@@ -704,6 +996,69 @@ def test_nginx_t_accepts_the_site(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "test is successful" in proc.stderr
+
+
+def test_nginx_answers_the_token_authority_404_and_passes_pushes_on(tmp_path: Path) -> None:
+    # The site as shipped, run: only its ports (free ones on loopback) and its upstream (a
+    # stand-in that records every path it is asked for) differ.
+    import http.server
+    import threading
+
+    import httpx
+
+    seen: list[str] = []
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"upstream")
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    plain, tls = free_port(), free_port()
+
+    def rewrite(site: str) -> str:
+        site = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", site)
+        site = site.replace("listen 80;", f"listen 127.0.0.1:{plain};")
+        site = site.replace("listen 443 ssl", f"listen 127.0.0.1:{tls} ssl")
+        return site.replace("server 127.0.0.1:8000;",
+                            f"server 127.0.0.1:{upstream.server_address[1]};")
+
+    nginx, main = nginx_config(tmp_path, rewrite)
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(main), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        host = {"Host": "wx.example.com"}
+        with httpx.Client(verify=False, timeout=5) as client:
+            for _ in range(100):  # until it listens
+                try:
+                    client.get(f"https://127.0.0.1:{tls}/healthz", headers=host)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            for base in (f"http://127.0.0.1:{plain}", f"https://127.0.0.1:{tls}"):
+                for path in (*INTERNAL_PATHS, "/internal//accounts/default/token",
+                             "/%69nternal/accounts/default/token", "/internal/"):
+                    resp = client.get(base + path, headers={**host, "Authorization": "Bearer x"})
+                    assert resp.status_code == 404, (base, path, resp.status_code)
+                    resp = client.post(base + path, headers=host, json={"access_token": "x"})
+                    assert resp.status_code == 404, (base, path, resp.status_code)
+            assert client.post(f"https://127.0.0.1:{tls}/wechat", headers=host).text == "upstream"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        upstream.shutdown()
+        upstream.server_close()
+    assert "/wechat" in seen
+    assert not [p for p in seen if "nternal" in p], seen
 
 
 # ----------------------------------------------------------------------------- README

@@ -227,5 +227,5 @@ def test_quota_45009_repeatedly_answers_every_push_and_opens_a_circuit(sandbox, 
         assert all(greeting(r) == "Welcome!" and took < WINDOW for r, took in results)
         assert sandbox.calls(USER_INFO) - before == 1  # then the circuit holds them back
         metrics = httpx.get(url + "/metrics").text
-        assert 'wxhook_circuit_open{api="user_info"} 1.0' in metrics
+        assert 'wxhook_circuit_open{account="default",api="user_info"} 1.0' in metrics
     assert '"circuit_open"' in log.read_text()

@@ -75,7 +75,7 @@ async def test_a_flood_of_unsigned_pushes_writes_a_bounded_number_of_lines(make_
     assert suppressed(metrics, "push_refused") == 40
     # Every refusal is still counted where alerts look.
     assert metrics.registry.get_sample_value("wxhook_guard_failures_total",
-                                             {"reason": "signature"}) == 50
+                                             {"account": "default", "reason": "signature"}) == 50
 
 
 def test_library_records_are_bounded_per_logger_and_message():

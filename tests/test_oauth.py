@@ -175,6 +175,7 @@ async def test_refresh_token_is_never_logged(client, upstream, app):
     assert any(e["event"] == "oauth_login" for e in logs)
     assert saved["refresh_token"] not in repr(logs)
     assert saved["access_token"] not in repr(logs)
+    assert app.state.settings.session_secret.get_secret_value() not in repr(logs)
     assert OPENID not in repr(logs)  # masked
 
 
@@ -579,32 +580,52 @@ def cookie_header(client: httpx.AsyncClient, path: str = "/oauth/callback") -> s
     return client.build_request("GET", path).headers.get("cookie", "")
 
 
-LONGEST = ["/" + "a" * 511, "/" + "文" * 170 + "a", "/p?q=" + "%E6%96%87" * 56 + "abc",
-           '/"' + '"' * 254 + "a"]  # a quote takes two bytes in the cookie
+def longest(kind: str, seed: int) -> str:
+    """A `next` of exactly 512 bytes as stored, its own for each seed: links that differ
+    leave the cookie's compression nothing to share, the cookie's worst case."""
+    import random
+    import string
+    from urllib.parse import quote
+
+    from wxhook.server.oauth_state import MAX_NEXT_BYTES, next_size
+
+    rng = random.Random(seed)
+    cjk = [chr(rng.randrange(0x4E00, 0x9FA6)) for _ in range(170)]
+    if kind == "ascii":
+        return "/" + "".join(rng.choices(string.ascii_letters + string.digits, k=511))
+    if kind == "cjk":
+        return "/" + "".join(cjk) + "a"
+    if kind == "escaped":
+        return "/p?q=" + "".join(quote(ch) for ch in cjk[:56]) + "abc"
+    link = '/"'  # half of it quotes, each taking two bytes in the cookie
+    while (room := MAX_NEXT_BYTES - next_size(link)) > 0:
+        link += rng.choice(['"'] * 52 + list(string.ascii_letters)) if room > 1 else "a"
+    return link
 
 
-@pytest.mark.parametrize("longest", LONGEST, ids=["ascii", "cjk", "escaped", "quotes"])
+@pytest.mark.parametrize("kind", ["ascii", "cjk", "escaped", "quotes"])
 async def test_many_logins_in_one_browser_keep_one_bounded_state_cookie(
-        client, upstream, sandbox, longest):
+        client, upstream, sandbox, kind):
     from wxhook.server.oauth_state import COOKIE, LOGINS_KEPT, MAX_NEXT_BYTES, next_size
 
-    assert next_size(longest) == MAX_NEXT_BYTES
     authorized = []
     for i in range(40):
-        authorized.append(await authorize(upstream, await start(client, longest)))
+        link = longest(kind, i)
+        assert next_size(link) == MAX_NEXT_BYTES
+        authorized.append((link, await authorize(upstream, await start(client, link))))
         state_cookies = [c for c in client.cookies.jar if c.name != SESSION_COOKIE]
         assert [c.name for c in state_cookies] == [COOKIE], i
         # nginx's large_client_header_buffers is 8 KB, a browser keeps a cookie up to 4 KB.
         assert len(cookie_header(client)) < 3000, i
         assert len(cookie_header(client, "/oauth/login")) < 3000, i
     # The newest logins complete, in any order, each leaving the others in place.
-    for back in reversed(authorized[-LOGINS_KEPT:]):
+    for link, back in reversed(authorized[-LOGINS_KEPT:]):
         r = await client.get(back.path, params=dict(back.params))
         assert r.status_code == 303, r.text
-        assert unquote(r.headers["location"]) == unquote(longest)  # as Starlette quotes it
+        assert unquote(r.headers["location"]) == unquote(link)  # as Starlette quotes it
     assert not [c for c in client.cookies.jar if c.name == COOKIE]  # the last one cleared it
     # An older one was let go, and says so.
-    back = authorized[-LOGINS_KEPT - 1]
+    _, back = authorized[-LOGINS_KEPT - 1]
     r = await client.get(back.path, params=dict(back.params))
     assert_friendly(r, status=403)
     assert sandbox.calls["/sns/oauth2/access_token"] == LOGINS_KEPT
@@ -629,16 +650,65 @@ async def test_a_next_over_512_bytes_is_refused_with_a_clear_page(client, too_lo
     assert safe_next(too_long) == DEFAULT_NEXT
 
 
-async def test_cookies_signed_before_utf8_signing_still_verify(app):
+def signed_by_hand(secret: str, purpose: str, data: dict[str, Any]) -> str:
+    """A value in the format this server signed its cookies in before itsdangerous."""
     import base64
     import hashlib
     import hmac
     import json
 
+    body = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    mac = hmac.new(secret.encode(), f"{purpose}.{body}".encode(), hashlib.sha256).digest()
+    return f"{body}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+async def test_a_cookie_this_server_did_not_sign_for_its_use_is_refused_cleanly(
+        make_app, make_settings, upstream):
+    from wxhook.server.oauth_state import COOKIE
+
+    app = make_app()
     oauth = app.state.oauth
-    body = base64.urlsafe_b64encode(json.dumps(
-        {"o": OPENID, "st": "s", "t": int(time.time()), "n": "/文"},
-        separators=(",", ":")).encode()).rstrip(b"=").decode()
-    mac = hmac.new(oauth._key, f"session.{body}".encode(), hashlib.sha256).digest()
-    value = f"{body}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
-    assert oauth.unsign("session", value, max_age=60)["n"] == "/文"
+    secret = app.state.settings.session_secret.get_secret_value()
+    other = make_app(settings=make_settings(SESSION_SECRET="another-secret-" * 3))
+    async with client_for(app) as browser:
+        await sign_in(browser, upstream)
+        session = browser.cookies[SESSION_COOKIE]
+        state = (await start(browser)).params["state"]
+    async with client_for(other) as browser:
+        await sign_in(browser, upstream)
+        foreign_session = browser.cookies[SESSION_COOKIE]
+    now = int(time.time())
+    sessions = {
+        "valid": session,
+        "another secret": foreign_session,
+        "signed for the login cookie": oauth.logins.signed.dumps({"o": OPENID, "st": "s"}),
+        "the former format": signed_by_hand(secret, "session", {"o": OPENID, "st": "s",
+                                                                "t": now}),
+    }
+    for what, value in sessions.items():
+        async with client_for(app) as browser:
+            browser.cookies.set(SESSION_COOKIE, value)
+            me = await browser.get("/me")
+            assert me.status_code == 200, what
+            assert ("/oauth/login?next=%2Fme" in me.text) == (what != "valid"), what
+    login = [[state, "/x", "snsapi_userinfo", now]]
+    logins = {"signed for the session cookie": oauth.sessions.dumps({"l": login}),
+              "the former format": signed_by_hand(secret, "state", {"t": now, "l": login})}
+    for what, value in logins.items():
+        async with client_for(app) as browser:
+            browser.cookies.set(COOKIE, value, path="/oauth/")
+            r = await browser.get("/oauth/callback", params={"state": state, "code": "c"})
+            assert r.status_code == 400 and "took too long" in r.text, what  # sign in again
+
+
+async def test_a_session_lasts_seven_days(client, upstream, app):
+    from wxhook.server.oauth import SESSION_TTL
+
+    r, _ = await sign_in(client, upstream)
+    assert r.status_code == 303
+    now = time.time()
+    for offset, signed_in in ((SESSION_TTL - 5, True), (SESSION_TTL + 5, False),
+                              (-60, False)):  # signed "in the future": another host's clock
+        app.state.oauth.clock = lambda offset=offset: now + offset
+        me = await client.get("/me")
+        assert ("Hello, 刺猬宝宝" in me.text) == signed_in, offset

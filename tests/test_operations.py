@@ -163,9 +163,9 @@ async def test_a_token_outage_is_reported_and_counted_never_unready(make_app, ki
             body = verbose.json()
             assert body["ready"] is True and body["degraded"] == ["token"]
             assert body["checks"]["token"]["ok"] is False
-            assert gauge(app, "wxhook_dependency_up", dependency="token") == 0
+            assert gauge(app, "wxhook_dependency_up", dependency="token", account="default") == 0
             metrics = (await client.get("/metrics")).text
-            assert 'wxhook_dependency_up{dependency="token"} 0.0' in metrics
+            assert 'wxhook_dependency_up{account="default",dependency="token"} 0.0' in metrics
     if kind == "secret":
         assert body["checks"]["token"]["error"]["errcode"] == 40125
         assert "WECHAT_APP_SECRET" in body["checks"]["token"]["fix"]
@@ -175,7 +175,7 @@ async def test_a_token_that_works_again_clears_the_gauge(make_app):
     app = make_app()
     async with started(app), browser(app) as client:
         assert (await client.get("/readyz?verbose")).json()["degraded"] == []
-        assert gauge(app, "wxhook_dependency_up", dependency="token") == 1
+        assert gauge(app, "wxhook_dependency_up", dependency="token", account="default") == 1
 
 
 async def test_a_redis_outage_served_locally_is_reported_never_unready(make_settings, upstream,
@@ -191,7 +191,7 @@ async def test_a_redis_outage_served_locally_is_reported_never_unready(make_sett
                          metrics=Metrics())
         async with started(app), browser(app) as client:
             assert (await client.get("/readyz?verbose")).json()["degraded"] == []
-            assert gauge(app, "wxhook_dependency_up", dependency="redis") == 1
+            assert gauge(app, "wxhook_dependency_up", dependency="redis", account="") == 1
             srv.stop()
             assert (await welcome(client)).startswith("Welcome")  # served from memory
             r = await client.get("/readyz")
@@ -200,7 +200,7 @@ async def test_a_redis_outage_served_locally_is_reported_never_unready(make_sett
             assert body["ready"] is True and "redis" in body["degraded"]
             assert body["checks"]["redis"]["ok"] is False
             assert "fallback_local_s" in body["checks"]["redis"]
-            assert gauge(app, "wxhook_dependency_up", dependency="redis") == 0
+            assert gauge(app, "wxhook_dependency_up", dependency="redis", account="") == 0
 
 
 @pytest.mark.parametrize("host, headers", [
@@ -262,7 +262,8 @@ def test_the_probe_body_discloses_nothing_the_verbose_view_knows(tmp_path):
             r = httpx.request(method, url + "/readyz", timeout=10)
             assert r.status_code == 200
             assert r.content == (b'{"ready":true}' if method == "GET" else b"")
-        assert 'wxhook_dependency_up{dependency="token"} 0.0' in httpx.get(url + "/metrics").text
+        assert ('wxhook_dependency_up{account="default",dependency="token"} 0.0'
+                in httpx.get(url + "/metrics").text)
 
 
 def _check(env):

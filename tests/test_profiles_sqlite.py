@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import httpx
@@ -68,10 +69,92 @@ async def test_concurrent_merges_keep_every_field(tmp_path: Path):
     await b.aclose()
 
 
-async def test_dropped_repo_closes_without_warnings(tmp_path: Path):
+def connection_threads() -> list[threading.Thread]:
+    """aiosqlite's threads, one a connection (named after the function they run)."""
+    return [t for t in threading.enumerate() if t.name.endswith("_connection_worker_thread)")]
+
+
+def no_connection_thread() -> bool:
+    """Whether every connection's thread has ended (a closed one ends right after)."""
+    for thread in connection_threads():
+        thread.join(timeout=5)
+    return connection_threads() == []
+
+
+async def test_a_repo_dropped_unclosed_says_so_and_stops_its_thread(tmp_path: Path,
+                                                                    profile_files):
     r = SqliteProfileRepo(tmp_path / "p.sqlite3", appid=APPID)
     await r.put(OPENID, {"nickname": "x"})
-    del r  # the finalizer closes the connection; filterwarnings=error catches a leak
+    (thread,) = connection_threads()
+    profile_files.remove(r)  # the suite's own safety net lets go of it
+    with pytest.warns(ResourceWarning, match="deleted before being closed"):
+        del r
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+async def test_close_ends_the_thread_and_a_first_use_racing_it(tmp_path: Path):
+    r = SqliteProfileRepo(tmp_path / "p.sqlite3", appid=APPID)
+    await r.put(OPENID, {"nickname": "x"})
+    await r.aclose()
+    assert no_connection_thread()
+    racing = SqliteProfileRepo(tmp_path / "p.sqlite3", appid=APPID)
+    first_use = asyncio.create_task(racing.get(OPENID))
+    await asyncio.sleep(0)  # it is opening the file
+    await racing.aclose()
+    with pytest.raises(RuntimeError):
+        await first_use
+    assert no_connection_thread()
+
+
+async def test_concurrent_first_calls_open_one_connection(tmp_path: Path):
+    r = SqliteProfileRepo(tmp_path / "p.sqlite3", appid=APPID)
+    await asyncio.gather(*(r.put(f"o{i}", {"n": str(i)}) for i in range(20)))
+    assert len(connection_threads()) == 1
+    assert await r.get("o7") == {"n": "7"}
+    await r.aclose()
+
+
+async def test_an_unwritable_file_fails_each_call_until_it_can_be_written(tmp_path: Path):
+    # Running as root ignores file modes: a file where the directory should be will do.
+    blocker = tmp_path / "var"
+    blocker.write_text("not a directory")
+    r = SqliteProfileRepo(blocker / "profiles.sqlite3", appid=APPID)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            await r.get(OPENID)
+        with pytest.raises(OSError):
+            await r.put(OPENID, {"nickname": "x"})
+    assert no_connection_thread()  # nothing left behind by the failed opens
+    blocker.unlink()
+    await r.put(OPENID, {"nickname": "x"})  # the same repo, once the path is fixed
+    assert await r.get(OPENID) == {"nickname": "x"}
+    await r.aclose()
+
+
+async def test_a_file_sqlite_cannot_write_fails_cleanly(tmp_path: Path):
+    path = tmp_path / "p.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    r = SqliteProfileRepo(path, appid=APPID)
+    with pytest.raises(sqlite3.DatabaseError):
+        await r.get(OPENID)
+    assert no_connection_thread()
+    await r.aclose()
+
+
+async def test_the_app_closes_its_profile_file_on_shutdown(make_app, make_settings, tmp_path,
+                                                           upstream):
+    from tests.test_oauth import client_for, sign_in
+
+    app = make_app(settings=make_settings(WXHOOK_PROFILE_DB=str(tmp_path / "p.sqlite3")))
+    async with app.router.lifespan_context(app):
+        async with client_for(app) as browser:
+            r, _ = await sign_in(browser, upstream)
+            assert r.status_code == 303
+        assert len(connection_threads()) == 1
+    assert no_connection_thread()
+    with pytest.raises(RuntimeError):
+        await app.state.profiles.repo.get(OPENID)
 
 
 def test_app_uses_sqlite_without_redis(make_app, settings):

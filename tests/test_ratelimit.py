@@ -51,3 +51,18 @@ def test_refused_calls_are_not_counted():
 ])
 def test_an_ipv6_client_is_its_64(address, key):
     assert client_key(address) == key
+
+
+def test_retry_after_is_when_the_window_that_refuses_ends():
+    clock = Clock()
+    limit = WindowLimit(per_client=1, total=2, window=60, clock=clock)
+    assert limit.retry_after("a") == 0                # nothing counted yet
+    assert limit.allow("a")
+    clock.now += 10
+    assert limit.retry_after("a") == 50               # its own window: 10 s of 60 gone
+    assert limit.retry_after("b") == 0
+    assert limit.allow("b")                            # everyone's window, started at 500
+    clock.now += 5
+    assert limit.retry_after("c") == 45 and not limit.allow("c")
+    clock.now += 45
+    assert limit.retry_after("a") == 0 and limit.allow("a")

@@ -311,7 +311,7 @@ async def test_reply_all_stops_and_counts_when_wechat_refuses(rclient, rules_app
     assert sandbox.sent == []
     assert sandbox.calls["/cgi-bin/message/custom/send"] == 1  # not the third after a refusal
     sample = rules_app.state.metrics.registry.get_sample_value
-    assert sample("wxhook_follow_ups_total", {"result": "failed"}) == 2
+    assert sample("wxhook_follow_ups_total", {"account": "default", "result": "failed"}) == 2
     assert "follow_up_failed" in capsys.readouterr().out
 
 

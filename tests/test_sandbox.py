@@ -298,6 +298,17 @@ async def test_oauth_code_single_use(client: httpx.AsyncClient, state: SandboxSt
     assert (await web_token(client, code))["errcode"] == 40163
 
 
+async def test_an_oauth_code_is_one_accounts(client: httpx.AsyncClient,
+                                              state: SandboxState) -> None:
+    state.add_account("wxother0000000001", "other-secret")
+    code = state.mint_oauth_code(OPENID, appid=APPID)
+    r = await client.get("/sns/oauth2/access_token", params={
+        "appid": "wxother0000000001", "secret": "other-secret", "code": code,
+        "grant_type": "authorization_code"})
+    assert r.json()["errcode"] == 40029  # issued for APPID: another account cannot spend it
+    assert (await web_token(client, code))["openid"] == OPENID
+
+
 async def test_oauth_code_expired_and_unknown(client: httpx.AsyncClient, state: SandboxState,
                                               clock: FakeClock) -> None:
     code = state.mint_oauth_code(OPENID)

@@ -206,7 +206,7 @@ async def test_workers_share_token_and_metrics(isolated_redis_url: str, tmp_path
         assert await pushes_total(a) == 40
         async with httpx.AsyncClient(timeout=10) as c:
             text = (await c.get(a + "/metrics")).text
-        assert "wxhook_push_latency_seconds_count 40.0" in text.splitlines()
+        assert 'wxhook_push_latency_seconds_count{account="default"} 40.0' in text.splitlines()
 
 
 async def test_redis_stopped_and_restarted_mid_run(tmp_path: Path) -> None:

@@ -377,7 +377,7 @@ async def test_unreachable_at_start_fails_readiness(
     assert check["ok"] is False and "Connect" in check["error"] + check["reason"]
     assert url.split("//")[1].split("/", maxsplit=1)[0] in check["reason"]
     assert app.state.metrics.registry.get_sample_value(
-        "wxhook_dependency_up", {"dependency": "redis"}) == 0
+        "wxhook_dependency_up", {"dependency": "redis", "account": ""}) == 0
 
 
 async def test_sentinel_url(tmp_path: Path) -> None:

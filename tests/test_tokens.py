@@ -168,6 +168,28 @@ async def test_stable_token_errors_other_than_404_are_not_papered_over(settings)
             await api.fetch_token()
 
 
+@pytest.mark.parametrize("failure", ["closed", "transport"])
+async def test_a_client_that_cannot_send_is_upstream_unavailable(settings, failure):
+    from wxhook.server.wechat_api import NotSent, WeChatHTTP
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("peer closed the connection", request=request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    if failure == "closed":  # a reload or shutdown closed it under the call
+        await http.aclose()
+    try:
+        api = WeChatHTTP(http, settings, metrics=Metrics())
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await api.fetch_token()
+        assert isinstance(caught.value, NotSent) is (failure == "closed")
+        tm = TokenManager(MemoryStore(), api.fetch_token, namespace="t:", metrics=Metrics())
+        with pytest.raises(UpstreamUnavailable):  # the manager's callers see the same
+            await tm.get()
+    finally:
+        await http.aclose()
+
+
 async def test_a_token_rejected_right_after_a_refresh_backs_off_and_the_pause_doubles():
     from wxhook.errors import TokenInvalid
 
@@ -195,3 +217,54 @@ async def test_a_token_rejected_right_after_a_refresh_backs_off_and_the_pause_do
     now[0] += 120  # this one lived past the window: its death is an ordinary one
     assert await tm.invalidate(fourth)
     assert await tm.get() == "token-5"
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis),
+                                  pytest.param("cluster", marks=pytest.mark.redis)])
+async def test_a_rejection_counted_by_one_manager_pauses_the_others(kind, request):
+    # Two instances of one account, one store: the run of rejections and the pause are
+    # the deployment's, not each process's.
+    from redis.crc import key_slot
+
+    from wxhook.errors import TokenInvalid
+    from wxhook.server.store.redis import RedisStore
+
+    now = [1_000_000.0]
+    store = MemoryStore() if kind == "memory" else RedisStore(
+        request.getfixturevalue("redis_url" if kind == "redis" else "cluster_url"))
+    keys = set()
+
+    class Noting:  # the store, noting each key it is asked about
+        shared = store.shared
+
+        def __getattr__(self, name):
+            async def noted(key, *args, **kwargs):
+                keys.add(key)
+                return await getattr(store, name)(key, *args, **kwargs)
+            return noted
+    try:
+        up = Upstream()
+        a, b = (TokenManager(Noting(), up.fetch, namespace="wxhook:wxapp:", metrics=Metrics(),
+                             clock=lambda: now[0]) for _ in range(2))
+        first = await a.get()
+        assert await a.invalidate(first)  # rejected once: refreshed at once
+        second = await a.get()
+        assert await b.get() == second and up.calls == 2
+        now[0] += 5  # rejected again at once, seen at B first: the run is 2, pause
+        assert await b.invalidate(second) is False
+        # A sees it fail too (a call in flight with it): the pause is A's as well.
+        assert await a.invalidate(second) is False
+        for manager in (a, b):
+            with pytest.raises(TokenInvalid):
+                await manager.get()
+            assert manager.status()["retry_in_s"] == 30
+        assert up.calls == 2
+        # The token, its lock and the run: one slot of a cluster, the run stored there.
+        assert len(keys) == 3 and len({key_slot(k.encode()) for k in keys}) == 1, keys
+        (run,) = [k for k in keys if k.endswith(":rejected")]
+        assert (await store.get(run)).startswith(b"2|")
+        now[0] += 31
+        third = await b.get()
+        assert await a.get() == third and up.calls == 3
+    finally:
+        await store.aclose()

@@ -190,7 +190,8 @@ async def test_quota_errors_open_a_circuit(serve, sandbox, metrics, capsys, errc
     results = [await greet(client) for _ in range(10)]
     assert all(text == "Welcome!" and took < AT_ONCE for text, took in results)
     assert sandbox.calls[USER_INFO] == 1  # no retry storm against a spent quota
-    assert metrics.registry.get_sample_value("wxhook_circuit_open", {"api": "user_info"}) == 1
+    assert metrics.registry.get_sample_value("wxhook_circuit_open",
+                                             {"account": "default", "api": "user_info"}) == 1
     out = capsys.readouterr().out
     assert "circuit_open" in out and str(errcode) in out
     ready = await client.get("/readyz?verbose")
@@ -255,7 +256,8 @@ async def test_a_token_rejected_right_after_a_refresh_backs_off_instead_of_loopi
     assert sandbox.calls["/cgi-bin/stable_token"] == 2
     assert sandbox.calls[USER_INFO] + sandbox.calls[USER_INFO + "/batchget"] == 2
     assert metrics.registry.get_sample_value(
-        "wxhook_token_refreshes_total", {"reason": "rejected_again", "result": "backoff"}) == 1
+        "wxhook_token_refreshes_total",
+        {"account": "default", "reason": "rejected_again", "result": "backoff"}) == 1
     ready = (await client.get("/readyz?verbose")).json()
     token = ready["checks"]["token"]
     assert "token" in ready["degraded"] and token["ok"] is False

@@ -356,7 +356,8 @@ async def test_unknown_types_are_counted_as_other(app, client):
     await client.post("/wechat", params=push.params, content=push.body)
     text = (await client.get("/metrics")).text
     assert "hologram" not in text
-    assert re.search(r'wxhook_pushes_total\{event="",msg_type="other",outcome="no_reply"\} 1', text)
+    assert re.search(r'wxhook_pushes_total\{account="default",event="",msg_type="other",'
+                     r'outcome="no_reply"\} 1', text)
 
 
 async def test_retries_are_rebuilt_from_a_small_record(app, client, make_push):

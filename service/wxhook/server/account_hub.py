@@ -1,23 +1,29 @@
 """Many accounts in one process: `/wechat/{name}`, each account's pieces built on its first push.
 
 Each account gets what a single-account deployment has, built from its own credentials:
-its Settings, HTTP client, token manager, profiles, router and webhook (guard, dedup,
-state), all keyed `wxhook:{appid}:`. Nothing is shared but the store and the metrics, so
-one account's wrong secret, token back-off or hanging upstream holds only its own
+its Settings, HTTP client, token manager, profiles, router, webhook (guard, dedup, state)
+and OAuth (/oauth/{name}/, /me/{name}), all keyed `wxhook:{appid}:`. Nothing is shared
+but the store, the metrics and the bounds on what anyone can cause (log lines, sign-ins),
+so one account's wrong secret, token back-off or hanging upstream holds only its own
 connections and locks. Nothing is built, and nothing asked of WeChat, before an account's
-first push: a file of a thousand accounts starts as fast as one of two.
+first push or sign-in: a file of a thousand accounts starts as fast as one of two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from wxhook.defaults import default_router
 from wxhook.errors import SettingsError
@@ -26,11 +32,13 @@ from wxhook.rules import RulesError
 from wxhook.rules_router import RulesAnswerer
 from wxhook.server.accounts import Account, load_accounts
 from wxhook.server.config import SANDBOX_APP_ID, Settings
-from wxhook.server.delivery import LateDelivery
+from wxhook.server.delivery import LATE_LIMIT, LateDelivery
 from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
+from wxhook.server.oauth import OAuth
 from wxhook.server.profiles import ProfileRepo, Profiles, StoreProfileRepo
+from wxhook.server.ratelimit import WindowLimit
 from wxhook.server.rules_source import RulesSource
 from wxhook.server.signature import LocalNonces
 from wxhook.server.store.fifo import FifoMemory
@@ -41,6 +49,7 @@ from wxhook.server.wechat_api import new_http_client
 from wxhook.store import Store
 
 PREFIX = "/wechat/"
+RETIRE_WAIT = 60.0  # seconds a retired account's pushes get to finish before its close
 _NOT_FOUND = b"no such account"
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8"),
          (b"content-length", str(len(_NOT_FOUND)).encode())]
@@ -55,6 +64,10 @@ class Bundle:
     tokens: TokenManager
     delivery: LateDelivery
     http: httpx.AsyncClient | None
+    oauth: OAuth
+    # Pushes, sign-ins and token authority requests inside it now (AccountHub.serving):
+    # a retired bundle closes after them.
+    busy: int = 0
 
 
 def account_settings(base: Settings, account: Account) -> Settings:
@@ -70,17 +83,24 @@ def account_settings(base: Settings, account: Account) -> Settings:
 
 
 def load_sources(base: Settings, accounts: dict[str, Account],
-                 metrics: Metrics | None = None) -> dict[str, RulesSource]:
-    """Each rules file the accounts name, read now, and each handlers module imported, so
-    start-up refuses a bad one (SettingsError); accounts naming one file share its source."""
+                 metrics: Metrics | None = None, *, known: dict[str, RulesSource] | None = None,
+                 last_good_dir: str | None = None) -> dict[str, RulesSource]:
+    """Each rules file the accounts name, read now (those in `known` kept as they are), and
+    each handlers module imported, so start-up or a reload refuses a bad one (SettingsError);
+    accounts naming one file share its source. With `last_good_dir` (several workers), each
+    file's last good copy is kept there for a worker started again."""
     on_result = None if metrics is None else (
         lambda result: metrics.rules_reloads.labels(result).inc())
     sources: dict[str, RulesSource] = {}
     for account in accounts.values():
         path = account.rules or base.rules
-        if path and path not in sources:
+        if path and known is not None and path in known:
+            sources[path] = known[path]
+        elif path and path not in sources:
+            copy = None if not last_good_dir else os.path.join(
+                last_good_dir, f"rules-{hashlib.sha256(path.encode()).hexdigest()[:16]}.last-good")
             try:
-                sources[path] = RulesSource(path, on_result=on_result)
+                sources[path] = RulesSource(path, on_result=on_result, last_good=copy)
             except RulesError as exc:
                 raise SettingsError(f"account {account.name}: rules {path} is not valid:\n  "
                                     + "\n  ".join(exc.problems)) from None
@@ -107,7 +127,8 @@ class AccountHub:
                  metrics: Metrics, http: httpx.AsyncClient | None = None,
                  router: Router | None = None, profile_repo: ProfileRepo | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 sources: dict[str, RulesSource] | None = None) -> None:
         self.base = base
         self.accounts = accounts
         self.store = store
@@ -118,8 +139,9 @@ class AccountHub:
         self.clock = clock
         self.wall_clock = wall_clock
         self.built: dict[str, Bundle] = {}
+        self.retiring: dict[asyncio.Task[None], Bundle] = {}  # removed or changed, closing
         self.sqlite: SqliteProfileRepo | None = None
-        self.rules = load_sources(base, accounts, metrics)
+        self.rules = load_sources(base, accounts, metrics) if sources is None else sources
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
         # Without Redis, one retry memory and one nonce memory for all the accounts, keys
@@ -128,15 +150,18 @@ class AccountHub:
         self.retries = None if store.shared else FifoMemory(ttl=base.dedup_ttl, clock=clock)
         self.nonces = None if store.shared else LocalNonces(window=base.timestamp_window,
                                                             clock=wall_clock)
+        # Sign-ins of all accounts count together, and their refusals share one bound: a
+        # client spreading over many accounts' callbacks gets no more than at one.
+        self.oauth_limit = WindowLimit(per_client=base.oauth_limit_per_client,
+                                       total=base.oauth_limit_total)
+        self.oauth_refusals = LimitedLog(get_logger("wxhook.oauth"), metrics=metrics)
 
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
         name = str(scope["path"])[len(PREFIX):]
-        bundle = self.built.get(name)
-        if bundle is None:
-            bundle = self.bundle(name)
-        if bundle is not None:
-            await bundle.webhook(scope, receive, send)
-            return
+        with self.serving(name) as bundle:
+            if bundle is not None:
+                await bundle.webhook(scope, receive, send)
+                return
         # Anyone can ask for any name: the line is bounded like a refused push's.
         self.refusals.warning("unknown_account", "push_refused", status=404,
                               reason="unknown_account", path_length=len(name))
@@ -152,6 +177,21 @@ class AccountHub:
             bundle = self.built[name] = self._build(account)
         return bundle
 
+    @contextlib.contextmanager
+    def serving(self, name: str) -> Iterator[Bundle | None]:
+        """The account's pieces (None: no such account), kept open while the caller uses
+        them: a reload that removes or changes the account closes them only after it is
+        done. Pushes, sign-ins and token authority requests take their bundle from here."""
+        bundle = self.bundle(name)
+        if bundle is None:
+            yield None
+            return
+        bundle.busy += 1
+        try:
+            yield bundle
+        finally:
+            bundle.busy -= 1
+
     def _build(self, account: Account) -> Bundle:
         settings = account_settings(self.base, account)
         # Its own client (pool) unless tests inject one: a hanging upstream of one account
@@ -161,15 +201,16 @@ class AccountHub:
         http = own_http if own_http is not None else self.http
         assert http is not None
         namespace = f"wxhook:{settings.app_id}:"
+        metrics = self.metrics.for_account(account.name)  # its series: account="{name}"
         api, tokens = api_with_tokens(http, settings, store=self.store, namespace=namespace,
-                                      metrics=self.metrics, clock=self.wall_clock)
+                                      metrics=metrics, clock=self.wall_clock)
         repo: ProfileRepo = (self.profile_repo if self.profile_repo is not None
                              else self._sqlite().view(settings.app_id)
                              if not self.store.shared
                              else StoreProfileRepo(self.store, namespace=namespace))
         profiles = Profiles(api, repo, ttl=settings.profile_ttl,
                             batch_window=settings.batch_window)
-        delivery = LateDelivery(api, metrics=self.metrics)
+        delivery = LateDelivery(api, metrics=metrics)
         router = self.router
         if router is None:
             source = self.rules.get(settings.rules)
@@ -177,24 +218,81 @@ class AccountHub:
                 source.current, store=self.store, namespace=namespace)
             router = default_router(settings.handlers, rules=answerer)
         webhook = Webhook(settings, store=self.store, router=router, api=api,
-                          profiles=profiles, delivery=delivery, metrics=self.metrics,
+                          profiles=profiles, delivery=delivery, metrics=metrics,
                           clock=self.clock, wall_clock=self.wall_clock, account=account.name,
                           retries=self.retries, nonces=self.nonces)
         # One bound for refused pushes across all accounts: spreading a flood over many
         # account URLs must not multiply the lines it writes.
         webhook.refusals = self.refusals
         webhook.guard.quiet = self.guard_quiet
-        webhook.per_account = True  # wxhook_account_pushes_total, labelled by this name
-        return Bundle(settings, webhook, tokens, delivery, own_http)
+        oauth = OAuth(settings, api=api, store=self.store, repo=repo, profiles=profiles,
+                      namespace=namespace, metrics=metrics, limit=self.oauth_limit,
+                      account=account.name, refusals=self.oauth_refusals)
+        return Bundle(settings, webhook, tokens, delivery, own_http, oauth)
+
+    def oauth_routes(self) -> list[Route]:
+        """/oauth/{name}/login, /oauth/{name}/callback and /me/{name}: the account's OAuth."""
+        Step = Callable[[Request], Awaitable[Response]]
+
+        def to(step: Callable[[OAuth], Step]) -> Step:
+            async def endpoint(request: Request) -> Response:
+                # A reload retiring the account waits for the exchange.
+                with self.serving(request.path_params["name"]) as bundle:
+                    if bundle is not None:
+                        return await step(bundle.oauth)(request)
+                # Anyone can ask for any name: bounded like a push's.
+                self.oauth_refusals.warning("unknown_account", "oauth_refused",
+                                            status=404, reason="unknown_account")
+                return PlainTextResponse(_NOT_FOUND.decode(), status_code=404)
+            return endpoint
+        return [Route("/oauth/{name}/login", to(lambda o: o.login), methods=["GET", "HEAD"]),
+                Route("/oauth/{name}/callback", to(lambda o: o.callback), methods=["GET"]),
+                Route("/me/{name}", to(lambda o: o.me), methods=["GET", "HEAD"])]
+
+    def replace(self, accounts: dict[str, Account],
+                sources: dict[str, RulesSource]) -> tuple[list[str], list[str], list[str]]:
+        """Serve `accounts` (checked, with their rules `sources`) from the next push on; the
+        names added, removed and changed. A removed or changed account's pieces are closed
+        once the pushes inside them are answered and their late deliveries sent; a changed
+        one is built again on its next push; the others keep theirs (tokens, work)."""
+        old = self.accounts
+        added = [name for name in accounts if name not in old]
+        removed = [name for name in old if name not in accounts]
+        changed = [name for name in accounts if name in old and accounts[name] != old[name]]
+        self.accounts, self.rules = accounts, sources
+        for name in removed + changed:
+            bundle = self.built.pop(name, None)
+            if bundle is not None:
+                task = asyncio.get_running_loop().create_task(self._retire(name, bundle))
+                self.retiring[task] = bundle
+                task.add_done_callback(self.retiring.pop)
+        return added, removed, changed
+
+    async def _retire(self, name: str, bundle: Bundle) -> None:
+        # Pushes already inside finish there (the deadline bounds them); then the replies
+        # they handed to late delivery go out (LATE_LIMIT bounds those), then the close.
+        # Polled, not an Event: the push path only counts, and a few looks a second at a
+        # retired account cost nothing.
+        until = time.monotonic() + RETIRE_WAIT
+        while bundle.busy and time.monotonic() < until:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        left = await bundle.delivery.drain(LATE_LIMIT + 5.0)
+        await _close(bundle)
+        if name not in self.accounts:  # removed, not changed: no gauge of it stays behind
+            self.metrics.forget_account(name)
+        get_logger("wxhook.accounts").info("account_retired", account=name,
+                                           late_deliveries_abandoned=left)
 
     async def aclose(self, grace: float) -> int:
-        """Give late deliveries `grace` seconds, close what the accounts own; the number of
-        late deliveries abandoned."""
-        bundles = list(self.built.values())
+        """Give late deliveries `grace` seconds, close what the accounts own (those retiring
+        too); the number of late deliveries abandoned."""
+        for task in list(self.retiring):
+            task.cancel()
+        bundles = [*self.built.values(), *self.retiring.values()]
+        await asyncio.gather(*self.retiring, return_exceptions=True)
         left = await asyncio.gather(*(b.delivery.drain(grace) for b in bundles))
         for bundle in bundles:
-            if bundle.http is not None:
-                await bundle.http.aclose()
+            await _close(bundle)
         if self.sqlite is not None:
             await self.sqlite.aclose()
         return sum(left)
@@ -208,3 +306,9 @@ class AccountHub:
             self.sqlite = SqliteProfileRepo(self.base.profile_db, appid=SANDBOX_APP_ID,
                                             sandbox_appid=SANDBOX_APP_ID)
         return self.sqlite
+
+
+async def _close(bundle: Bundle) -> None:
+    """Close what the account's pieces own."""
+    if bundle.http is not None and not bundle.http.is_closed:
+        await bundle.http.aclose()

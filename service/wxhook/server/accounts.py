@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from wxhook.errors import SettingsError
 from wxhook.rules_yaml import Seq, YamlMap, parse_yaml
-from wxhook.server.config import _AES_RE, _TOKEN_RE, _shape_fault
+from wxhook.server.config import _AES_RE, _TOKEN_RE, Settings, _shape_fault
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -30,6 +31,9 @@ _REQUIRED = ("name", "app_id", "app_secret", "token")
 _OPTIONAL = ("encoding_aes_key", "message_mode", "rules", "handlers")
 _SECRETS = frozenset({"app_secret", "token", "encoding_aes_key"})
 _MODES = ("plain", "compat", "safe")
+NAMES_SHOWN = 5  # account names in the start-up line; the others are counted
+# The settings each account has its own of: the start-up line names none of them.
+_PER_ACCOUNT = ("app_id", "app_secret", "token", "aes_keys", "message_mode")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +60,32 @@ class AccountsError(SettingsError):
 
 
 def load_accounts(path: str, environ: Mapping[str, str] | None = None) -> dict[str, Account]:
-    """The accounts in `path` by name, in file order; AccountsError lists every problem."""
-    env = os.environ if environ is None else environ
+    """The accounts in `path` by name, in file order; AccountsError lists every problem.
+
+    `${VAR}` reads `environ`, by default this process's environment and then `.env` in the
+    working directory (where the settings come from too), both as they are now.
+    """
+    return parse_accounts(read_accounts(path), path, environ)
+
+
+def read_accounts(path: str) -> bytes:
+    """The file's bytes (AccountsError when it cannot be read)."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise AccountsError(path, [f"{path}: cannot read: {exc.strerror or exc}"]) from None
+
+
+def environment() -> dict[str, str]:
+    """What `${VAR}` reads: the process's environment, then `.env` for names it lacks."""
+    return {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
+
+
+def parse_accounts(data: bytes, path: str,
+                   environ: Mapping[str, str] | None = None) -> dict[str, Account]:
+    """The accounts in `data`, read from (or copied from) `path`: problems name `path`, and
+    `rules` paths are relative to its folder."""
+    env = environment() if environ is None else environ
     try:
         doc = parse_yaml(data)
     except yaml.YAMLError as exc:
@@ -93,6 +117,17 @@ def load_accounts(path: str, environ: Mapping[str, str] | None = None) -> dict[s
     if problems:
         raise AccountsError(path, problems)
     return accounts
+
+
+def summary(settings: Settings, accounts: Mapping[str, Account]) -> dict[str, Any]:
+    """The start-up line's settings with an accounts file: how many accounts and the first
+    names, instead of the WECHAT_* credentials (which no account uses)."""
+    names = list(accounts)
+    shown = ", ".join(names[:NAMES_SHOWN])
+    if len(names) > NAMES_SHOWN:
+        shown += f", ... ({len(names) - NAMES_SHOWN} more)"
+    return {"accounts": len(names), "account_names": shown,
+            **{k: v for k, v in settings.summary().items() if k not in _PER_ACCOUNT}}
 
 
 def _items(doc: Any, path: str, problems: list[str]) -> list[tuple[int, Any]]:

@@ -17,7 +17,10 @@ from wxhook.defaults import default_router
 from wxhook.router import Router
 from wxhook.rules_router import RulesAnswerer
 from wxhook.server.account_hub import PREFIX, AccountHub
-from wxhook.server.accounts import load_accounts
+from wxhook.server.accounts import summary
+from wxhook.server.accounts_source import LAST_GOOD_ENV as ACCOUNTS_LAST_GOOD_ENV
+from wxhook.server.accounts_source import AccountsSource, watching_accounts
+from wxhook.server.authority import file_accounts, mount_authority, single_account
 from wxhook.server.config import SANDBOX_APP_ID, Settings
 from wxhook.server.delivery import LateDelivery
 from wxhook.server.logs import flush_logs, get_logger
@@ -157,6 +160,8 @@ def create_app(settings: Settings, *, http: httpx.AsyncClient | None = None,
     app.state.readiness = readiness
 
     _add_probes(app, readiness, metrics)
+    mount_authority(app, settings.internal_key, single_account(tokens), metrics=metrics,
+                    per_client=settings.internal_limit)
     return app
 
 
@@ -167,20 +172,24 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
                         wall_clock: Callable[[], float] = time.time) -> FastAPI:
     """The app of every account in WXHOOK_ACCOUNTS, each at /wechat/{name}; `router`, when
     given, answers for all of them (tests), else each account's handlers and rules do."""
-    accounts = load_accounts(settings.accounts)  # AccountsError (a SettingsError): refuse
     metrics = Metrics() if metrics is None else metrics
+    # A bad file, rules file or handlers module: SettingsError, refuse to start (unless a
+    # worker started again, with the last good copy to fall back on).
+    source = AccountsSource(settings, metrics=metrics,
+                            last_good=os.environ.get(ACCOUNTS_LAST_GOOD_ENV))
     store = _default_store(settings, metrics, clock) if store is None else store
-    hub = AccountHub(settings, accounts, store=store, metrics=metrics, http=http,
-                     router=router, profile_repo=profile_repo, clock=clock,
-                     wall_clock=wall_clock)
-    readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics)
+    hub = source.hub = AccountHub(settings, source.accounts, store=store, metrics=metrics,
+                                  http=http, router=router, profile_repo=profile_repo,
+                                  clock=clock, wall_clock=wall_clock, sources=source.sources)
+    readiness = Readiness(tokens=None, store=store, api=None, rules=None, metrics=metrics,
+                          accounts=source, hub=hub)
     log = get_logger("wxhook")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("startup", **settings.summary(), accounts=len(accounts), pid=os.getpid())
+        log.info("startup", **summary(settings, source.accounts), pid=os.getpid())
         settle_heap()
-        async with watching(*hub.rules.values()), readiness.serving():
+        async with watching_accounts(source), readiness.serving():
             yield
         left = await hub.aclose(SHUTDOWN_GRACE)
         log.info("shutdown", late_deliveries_abandoned=left)
@@ -190,12 +199,16 @@ def create_accounts_app(settings: Settings, *, http: httpx.AsyncClient | None = 
     app = WxhookApp(title="wxhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                     openapi_url=None)
     app.hub = hub
+    app.router.routes.extend(hub.oauth_routes())
     app.state.settings = settings
     app.state.store = store
     app.state.hub = hub
+    app.state.accounts = source
     app.state.metrics = metrics
     app.state.readiness = readiness
     _add_probes(app, readiness, metrics)
+    mount_authority(app, settings.internal_key, file_accounts(hub), metrics=metrics,
+                    per_client=settings.internal_limit)
     return app
 
 

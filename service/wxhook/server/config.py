@@ -60,14 +60,17 @@ class Settings(BaseSettings):
         "`rediss://` for TLS, `unix:///path/redis.sock`, `redis+sentinel://host:26379/master`. "
         "Not set: everything stays in this one process."))
     public_base_url: str = Field("http://127.0.0.1:8000", alias="PUBLIC_BASE_URL", description=(
-        "This server's public origin; `/oauth/callback` is appended for the OAuth "
-        "redirect_uri. Set it in production to the https origin, e.g. "
+        "This server's public origin; `/oauth/callback` (with an accounts file "
+        "`/oauth/NAME/callback`) is appended for the OAuth redirect_uri. Set it in "
+        "production to the https origin, e.g. "
         "`https://wx.example.com` (cookies are Secure only with https; `wxhook serve` warns "
         "about plain http to anything but loopback)."))
     session_secret: SecretStr = Field(SecretStr(""), alias="SESSION_SECRET", description=(
         "Signs OAuth state and session cookies. Set a long random value in production "
         "(`python -c 'import secrets; print(secrets.token_urlsafe(48))'`); derived from the "
-        "app secret when empty, so it changes whenever the app secret does."))
+        "app secret when empty, so it changes whenever the app secret does. With an "
+        "accounts file each account signs with a key derived from it and the account's "
+        "name, appid and app secret."))
 
     # unset: plain without an EncodingAESKey, compat with one (a key set during a migration
     # keeps working).
@@ -126,7 +129,8 @@ class Settings(BaseSettings):
     accounts: str = Field("", alias="WXHOOK_ACCOUNTS", description=(
         "Several accounts in one deployment: an accounts file (YAML), each account's "
         "pushes at `/wechat/NAME` (docs/accounts.md). Set, the WECHAT_* account is not "
-        "used and `/wechat` answers 404. Checked at start-up."))
+        "used and `/wechat` answers 404. Checked at start-up, reloaded on SIGHUP and when "
+        "the file changes (a bad file keeps the last good one)."))
     forwarded_allow_ips: str = Field(
         "127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS", description=(
         "The reverse proxies whose X-Forwarded-For/-Proto are believed (the OAuth pages use "
@@ -140,7 +144,23 @@ class Settings(BaseSettings):
     oauth_limit_total: int = Field(
         300, ge=1, alias="WXHOOK_OAUTH_LIMIT_TOTAL", description=(
             "OAuth callbacks a minute that may reach WeChat's code exchange, from all "
-            "clients; more is answered 429. Each instance keeps its own count."))
+            "clients (and all accounts of an accounts file); more is answered 429. Each "
+            "instance keeps its own count."))
+
+    internal_key: SecretStr | None = Field(None, alias="WXHOOK_INTERNAL_KEY", description=(
+        "Turns on the token authority: the owner's other systems (a CRM, a shop) get the "
+        "account's access token from wxhook, `GET /internal/accounts/NAME/token` with "
+        "`Authorization: Bearer KEY`, instead of fetching their own and killing wxhook's "
+        "(docs/token-authority.md). At least 32 characters "
+        "(`python -c 'import secrets; print(secrets.token_urlsafe(32))'`); masked in every "
+        "log line. Not set: the `/internal` routes do not exist (404)."))
+    internal_limit: int = Field(600, ge=1, alias="WXHOOK_INTERNAL_LIMIT", description=(
+        "Token authority requests a minute from one client address (an IPv6 client is its "
+        "/64), with or without a valid key; more is answered 429 with Retry-After. Each "
+        "instance keeps its own count."))
+    internal_url: str = Field("http://127.0.0.1:8000", alias="WXHOOK_INTERNAL_URL", description=(
+        "Where `wxhook token show|invalidate` finds a running server's token authority "
+        "(read by the command, not by the server)."))
 
     @model_validator(mode="before")
     @classmethod
@@ -200,12 +220,26 @@ class Settings(BaseSettings):
             raise ValueError(f"not a usable {scheme}:// URL: {exc}") from None
         return SecretStr(url)
 
+    @field_validator("internal_key")
+    @classmethod
+    def _internal_key_shape(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        raw = v.get_secret_value()
+        # It travels in an HTTP header: printable ASCII, no spaces.
+        if not all(33 <= ord(c) <= 126 for c in raw):
+            raise ValueError("may contain only printable ASCII characters without spaces")
+        if len(raw) < 32:
+            raise ValueError(f"must be at least 32 characters (got {len(raw)}): "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return v
+
     @field_validator("message_mode", mode="before")
     @classmethod
     def _mode(cls, v: Any) -> Any:
         return v.strip().lower() or None if isinstance(v, str) else v
 
-    @field_validator("api_base", "oauth_base", "public_base_url")
+    @field_validator("api_base", "oauth_base", "public_base_url", "internal_url")
     @classmethod
     def _url_shape(cls, v: str) -> str:
         if not re.match(r"https?://[^/\s]+", v):
@@ -308,6 +342,8 @@ class Settings(BaseSettings):
             "token_endpoint": self.token_endpoint,
             "deadline": self.deadline,
             "sandbox": self.sandbox,
+            "internal_key": mask(self.internal_key.get_secret_value())
+            if self.internal_key else None,
         }
 
 

@@ -1,16 +1,21 @@
 """OAuth2 web authorization: /oauth/login, /oauth/callback, /me, and profile refresh.
 
+With an accounts file each account has its own: /oauth/{name}/login, /oauth/{name}/callback
+and /me/{name}, its own appid and secret, a session secret of its own (account_settings)
+and cookies named after it, scoped to its own paths; a state started for one account is
+refused at another's callback (another key signed it, another cookie carries it, another
+namespace holds its single-use record).
+
 Since 2021-12-27 user/info answers an empty nickname; sns/userinfo (snsapi_userinfo) still
 gives it, so a follower who signs in here is greeted by name again. The state parameter is
 single-use (a set-nx key in the Store, so it holds across instances), expires, and is bound
-to the browser that started the login by an HMAC-signed cookie (login CSRF; its bounds are
-in oauth_state.py).
+to the browser that started the login by a signed cookie (login CSRF; its bounds are in
+oauth_state.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -40,6 +45,8 @@ from wxhook.server.oauth_state import (
     LoginCookie,
     next_size,
     safe_next,
+    serializer,
+    verified,
 )
 from wxhook.server.pages import me_page, problem_page
 from wxhook.server.profiles import ProfileRepo, Profiles
@@ -58,22 +65,25 @@ _CODE_ERRORS = {40029, 40163, 42003}             # invalid / already used / expi
 _DEAD_REFRESH = {40030, 42002}                   # refresh_token invalid / expired
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class OAuth:
     """The web-authorization flow for one account, and refresh of what it captured."""
 
     def __init__(self, settings: Settings, *, api: WeChatAPI, store: Store, repo: ProfileRepo,
                  profiles: Profiles, namespace: str, metrics: Metrics,
                  clock: Callable[[], float] = time.time,
-                 limit: WindowLimit | None = None) -> None:
+                 limit: WindowLimit | None = None, account: str | None = None,
+                 refusals: LimitedLog | None = None) -> None:
         self.settings = settings
+        # None: the one account of WECHAT_*, at /oauth/login as ever; else the named account
+        # of the accounts file, at /oauth/{account}/login.
+        self.account = account
+        base = "/oauth" if account is None else f"/oauth/{account}"
+        self.login_path, self.callback_path = base + "/login", base + "/callback"
+        self.me_path = "/me" if account is None else f"/me/{account}"
+        self.state_cookie = COOKIE if account is None else f"{COOKIE}_{account}"
+        self.state_path = PATH if account is None else base + "/"
+        self.session_cookie = SESSION_COOKIE if account is None else f"{SESSION_COOKIE}_{account}"
+        self._who: dict[str, str] = {} if account is None else {"account": account}
         self.api = api
         self.store = store
         self.repo = repo
@@ -81,44 +91,28 @@ class OAuth:
         self.prefix = namespace + "oauth:state:"
         self.clock = clock  # wall clock: signed timestamps are compared across processes
         self.secure = settings.public_base_url.startswith("https://")
-        self._key = settings.session_secret.get_secret_value().encode()
+        secret = settings.session_secret.get_secret_value()
+
+        def now() -> float:  # self.clock when asked: tests replace it to expire cookies
+            return self.clock()
+
+        self.sessions = serializer(secret, "session", clock=now)
         self.log = get_logger("wxhook.oauth")
-        self.refusals = LimitedLog(self.log, metrics=metrics)
-        self.logins = LoginCookie(self.sign, self.unsign, ttl=STATE_TTL)
+        # Shared by every account's OAuth when given: a flood spread over many accounts'
+        # callbacks writes no more lines than one at a single account's.
+        self.refusals = refusals or LimitedLog(self.log, metrics=metrics)
+        self.logins = LoginCookie(serializer(secret, "state", clock=now), ttl=STATE_TTL)
         # Each fresh signed state costs an exchange with the app secret (README: Security).
         self.limit = limit or WindowLimit(per_client=settings.oauth_limit_per_client,
                                           total=settings.oauth_limit_total)
 
     def routes(self) -> list[Route]:
-        """/oauth/login, /oauth/callback and /me."""
-        return [Route("/oauth/login", self.login, methods=["GET", "HEAD"]),
-                Route("/oauth/callback", self.callback, methods=["GET"]),  # it spends the code
-                Route("/me", self.me, methods=["GET", "HEAD"])]
+        """/oauth/login, /oauth/callback and /me (of the one account of WECHAT_*)."""
+        return [Route(self.login_path, self.login, methods=["GET", "HEAD"]),
+                Route(self.callback_path, self.callback, methods=["GET"]),  # spends the code
+                Route(self.me_path, self.me, methods=["GET", "HEAD"])]
 
-    # -- signed values -----------------------------------------------------------------
-
-    def sign(self, purpose: str, data: dict[str, Any]) -> str:
-        """`data` as a cookie value that only holders of SESSION_SECRET can make."""
-        # UTF-8 as is: an escaped CJK `next` would take twice the bytes in the cookie.
-        body = _b64(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
-        return f"{body}.{_b64(self._mac(purpose, body))}"
-
-    def unsign(self, purpose: str, value: str | None, *, max_age: float) -> dict[str, Any] | None:
-        """The data of a valid, unexpired signed value, else None."""
-        try:
-            body, mac = (value or "").split(".")
-            if not hmac.compare_digest(_unb64(mac), self._mac(purpose, body)):
-                return None
-            data = json.loads(_unb64(body))
-        except ValueError:  # bad base64, bad JSON, wrong number of dots
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("t"), int | float):
-            return None
-        return data if 0 <= self.clock() - data["t"] <= max_age else None
-
-    def _mac(self, purpose: str, body: str) -> bytes:
-        # The purpose is signed too: a state cookie can never pass for a session cookie.
-        return hmac.new(self._key, f"{purpose}.{body}".encode(), hashlib.sha256).digest()
+    # -- cookies -------------------------------------------------------------------------
 
     def _cookie(self, resp: Response, name: str, value: str, *, max_age: int, path: str) -> None:
         resp.set_cookie(name, value, max_age=max_age, path=path, httponly=True,
@@ -126,9 +120,18 @@ class OAuth:
 
     def session_openid(self, request: Request) -> str | None:
         """The openid of the signed-in follower, or None."""
-        data = self.unsign("session", request.cookies.get(SESSION_COOKIE), max_age=SESSION_TTL)
+        data = verified(self.sessions, request.cookies.get(self.session_cookie),
+                        max_age=SESSION_TTL)
         openid = (data or {}).get("o")
         return openid if isinstance(openid, str) and openid else None
+
+    def _next(self, raw: str | None) -> str:
+        return safe_next(raw, self.me_path)
+
+    def _problem(self, kind: str, *, retry_next: str | None = None,
+                 retry_scope: str | None = None) -> Response:
+        return problem_page(kind, retry_next=retry_next or self.me_path,
+                            retry_scope=retry_scope, login=self.login_path)
 
     # -- routes ------------------------------------------------------------------------
 
@@ -136,25 +139,26 @@ class OAuth:
         """Redirect to WeChat's authorize page with a fresh state bound to this browser."""
         raw_next = request.query_params.get("next")
         if raw_next is not None and next_size(raw_next) > MAX_NEXT_BYTES:
-            return problem_page("long")  # refused, not cut: a cut path is another page
-        next_path = safe_next(raw_next)
+            return self._problem("long")  # refused, not cut: a cut path is another page
+        next_path = self._next(raw_next)
         scope = request.query_params.get("scope") or SCOPES[0]
         if scope not in SCOPES:
-            return problem_page("scope", retry_next=next_path)
+            return self._problem("scope", retry_next=next_path)
         state = "".join(secrets.choice(_ALNUM) for _ in range(32))  # ~190 bits
         # Parameters in WeChat's documented order; connect_redirect=1 asks WeChat not to
         # call the redirect twice, and the fragment is required by the authorize page.
         params = urlencode([
             ("appid", self.settings.app_id),
-            ("redirect_uri", self.settings.public_base_url + "/oauth/callback"),
+            ("redirect_uri", self.settings.public_base_url + self.callback_path),
             ("response_type", "code"), ("scope", scope), ("state", state),
             ("connect_redirect", "1")], quote_via=quote)
         url = f"{self.settings.oauth_base}/connect/oauth2/authorize?{params}#wechat_redirect"
         resp = RedirectResponse(url, status_code=302, headers={"cache-control": "no-store"})
         # One cookie for this browser's logins in progress, whatever their number.
         login = Login(state, next_path, scope, int(self.clock()))
-        self._cookie(resp, COOKIE, self.logins.add(request.cookies.get(COOKIE), login),
-                     max_age=STATE_TTL, path=PATH)
+        self._cookie(resp, self.state_cookie,
+                     self.logins.add(request.cookies.get(self.state_cookie), login),
+                     max_age=STATE_TTL, path=self.state_path)
         return resp
 
     async def callback(self, request: Request) -> Response:
@@ -164,28 +168,29 @@ class OAuth:
         except Exception:  # noqa: BLE001 - a friendly page, never a 5xx, whatever broke
             # Logged with its traceback, bounded: a store outage would otherwise write a
             # traceback per callback.
-            self.refusals.error("callback_failed", "oauth_callback_failed", exc_info=True)
-            return problem_page("error")
+            self.refusals.error("callback_failed", "oauth_callback_failed", exc_info=True,
+                                **self._who)
+            return self._problem("error")
 
     async def _callback(self, request: Request) -> Response:
         q = request.query_params
         state, code = q.get("state", ""), q.get("code", "")
         if not _STATE_RE.fullmatch(state):
-            return problem_page("invalid")
-        logins = self.logins.logins(request.cookies.get(COOKIE))
+            return self._problem("invalid")
+        logins = self.logins.logins(request.cookies.get(self.state_cookie))
         mine = next((x for x in logins or [] if x.state == state), None)
         started = mine if mine and 0 <= self.clock() - mine.began <= STATE_TTL else None
         rest = [x for x in logins or [] if x.state != state]
-        next_path = safe_next(started.next if started else None)
+        next_path = self._next(started.next if started else None)
         if not code:
             # The follower tapped "refuse" (or the link was cut short).
-            return problem_page("cancelled", retry_next=next_path)
+            return self._problem("cancelled", retry_next=next_path)
         client = request.client.host if request.client else ""
         if started is not None and not self.limit.allow(client):
             # Counted before the Store is asked: a callback with a signed state may spend a
             # code exchange (WeChat's repeated redirect counts too; it is no more than two).
-            self.refusals.warning("limit", "oauth_rate_limited", client=client)
-            resp = problem_page("busy", retry_next=next_path)
+            self.refusals.warning("limit", "oauth_rate_limited", client=client, **self._who)
+            resp = self._problem("busy", retry_next=next_path)
             resp.headers["retry-after"] = str(int(self.limit.window))
             return resp
         key = own_slot(self.prefix, state)  # a forged state picks no slot of its own
@@ -195,17 +200,17 @@ class OAuth:
             return await self._complete(key, record, started, code, rest)
         if await self.store.get(key) is not None:
             return await self._repeat(request, key, state, code, started, rest)
-        if mine is not None or (logins is None and request.cookies.get(COOKIE)):
+        if mine is not None or (logins is None and request.cookies.get(self.state_cookie)):
             # Signed but too old (or tampered with): the ten minutes are over.
-            return problem_page("expired")
+            return self._problem("expired")
         # No cookie for this state: forged, or started in another browser (login CSRF).
         self.refusals.warning("no_matching_cookie", "oauth_state_rejected",
-                              reason="no_matching_cookie")
-        return problem_page("forged")
+                              reason="no_matching_cookie", **self._who)
+        return self._problem("forged")
 
     async def _complete(self, key: str, record: dict[str, str], started: Login,
                         code: str, rest: list[Login]) -> Response:
-        next_path = safe_next(started.next)
+        next_path = self._next(started.next)
         try:
             openid, scope = await self.capture(code)
         except Exception as exc:
@@ -217,15 +222,15 @@ class OAuth:
             return self._failure(exc, next_path)
         await self.store.set(key, json.dumps({**record, "status": "done", "openid": openid,
                                               "next": next_path}).encode(), ttl=STATE_TTL)
-        self.log.info("oauth_login", openid=mask_openid(openid), scope=scope)
+        self.log.info("oauth_login", openid=mask_openid(openid), scope=scope, **self._who)
         return self._signed_in(openid, started.state, next_path, rest)
 
     async def _repeat(self, request: Request, key: str, state: str, code: str,
                       started: Login | None, rest: list[Login]) -> Response:
         # WeChat sometimes calls the redirect twice: the second call finds the state used.
         # The browser that completed this exact state and code just goes on to `next`.
-        session = self.unsign("session", request.cookies.get(SESSION_COOKIE),
-                              max_age=SESSION_TTL)
+        session = verified(self.sessions, request.cookies.get(self.session_cookie),
+                           max_age=SESSION_TTL)
         same_browser = started is not None or (session or {}).get("st") == state
         record: Any = None
         end = time.monotonic() + 2 * self.settings.http_timeout + 1.0
@@ -238,39 +243,42 @@ class OAuth:
         if (isinstance(record, dict) and record.get("status") == "done"
                 and hmac.compare_digest(str(record.get("code")), _digest(code))):
             return self._signed_in(str(record["openid"]), state,
-                                   safe_next(str(record.get("next"))), rest)
-        self.refusals.warning("reused", "oauth_state_rejected", reason="reused")
-        return problem_page("reused")
+                                   self._next(str(record.get("next"))), rest)
+        self.refusals.warning("reused", "oauth_state_rejected", reason="reused", **self._who)
+        return self._problem("reused")
 
     def _signed_in(self, openid: str, state: str, next_path: str,
                    rest: list[Login]) -> Response:
         # 303: the browser GETs `next`, whatever the method of this request.
         resp = RedirectResponse(next_path, status_code=303, headers={"cache-control": "no-store"})
-        value = self.sign("session", {"o": openid, "st": state, "t": int(self.clock())})
-        self._cookie(resp, SESSION_COOKIE, value, max_age=SESSION_TTL, path="/")
+        value = self.sessions.dumps({"o": openid, "st": state})
+        self._cookie(resp, self.session_cookie, value, max_age=SESSION_TTL, path="/")
         if rest:  # the other logins still in progress in this browser stay
-            self._cookie(resp, COOKIE, self.logins.value(rest), max_age=STATE_TTL, path=PATH)
+            self._cookie(resp, self.state_cookie, self.logins.value(rest), max_age=STATE_TTL,
+                         path=self.state_path)
         else:
-            resp.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="lax",
-                               secure=self.secure)
+            resp.delete_cookie(self.state_cookie, path=self.state_path, httponly=True,
+                               samesite="lax", secure=self.secure)
         return resp
 
     def _failure(self, exc: WeChatAPIError, next_path: str) -> Response:
         # A code anyone can make up (40029) after a login anyone can start: bounded.
-        self.refusals.warning("failed", "oauth_failed", errcode=exc.errcode, api=exc.api)
+        self.refusals.warning("failed", "oauth_failed", errcode=exc.errcode, api=exc.api,
+                              **self._who)
         if exc.errcode in _CODE_ERRORS:
-            return problem_page("code", retry_next=next_path)
+            return self._problem("code", retry_next=next_path)
         if exc.errcode == 48001:
-            return problem_page("permission", retry_next=next_path, retry_scope=SCOPES[0])
+            return self._problem("permission", retry_next=next_path, retry_scope=SCOPES[0])
         if isinstance(exc, UpstreamUnavailable) or exc.errcode == -1:
-            return problem_page("upstream", retry_next=next_path)
-        return problem_page("failed", retry_next=next_path)
+            return self._problem("upstream", retry_next=next_path)
+        return self._problem("failed", retry_next=next_path)
 
     async def me(self, request: Request) -> Response:
         """Hello, <nickname>, for a signed-in follower; a login link otherwise."""
         openid = self.session_openid(request)
         profile = await self.repo.get(openid) if openid else None
-        return me_page(profile, logged_in=openid is not None)
+        return me_page(profile, logged_in=openid is not None, login=self.login_path,
+                       me=self.me_path)
 
     # -- profiles ----------------------------------------------------------------------
 

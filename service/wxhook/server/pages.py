@@ -52,18 +52,19 @@ def page(title: str, body_html: str, *, status: int = 200) -> HTMLResponse:
     })
 
 
-def login_url(next_path: str, scope: str | None = None) -> str:
-    """The relative /oauth/login link that starts (or restarts) a login."""
+def login_url(next_path: str, scope: str | None = None, *, login: str = "/oauth/login") -> str:
+    """The relative link that starts (or restarts) a login at `login`."""
     params = {"next": next_path} | ({"scope": scope} if scope else {})
-    return "/oauth/login?" + urlencode(params, quote_via=quote)
+    return login + "?" + urlencode(params, quote_via=quote)
 
 
-def me_page(profile: dict[str, str] | None, *, logged_in: bool) -> HTMLResponse:
-    """Hello, <nickname> with the avatar; a login link for a stranger."""
+def me_page(profile: dict[str, str] | None, *, logged_in: bool, login: str = "/oauth/login",
+            me: str = "/me") -> HTMLResponse:
+    """Hello, <nickname> with the avatar; a login link for a stranger (`login`, then `me`)."""
     if not logged_in:
         return page("Sign in", f"""<h1>Hello!</h1>
 <p>Sign in with WeChat so this page knows who you are.</p>
-<a class="button" href="{escape(login_url('/me'))}">Sign in with WeChat</a>""")
+<a class="button" href="{escape(login_url(me, login=login))}">Sign in with WeChat</a>""")
     profile = profile or {}
     nickname = profile.get("nickname", "").strip()
     avatar = profile.get("headimgurl", "")
@@ -74,9 +75,10 @@ def me_page(profile: dict[str, str] | None, *, logged_in: bool) -> HTMLResponse:
         return page(f"Hello, {nickname}", f"{img}\n<h1>Hello, {escape(nickname)}</h1>\n"
                     "<p>You are signed in with WeChat.</p>")
     # snsapi_base logins know the openid only: offer to share the name.
+    share = login_url(me, "snsapi_userinfo", login=login)
     return page("Hello", f"""{img}<h1>Hello!</h1>
 <p>You are signed in, but WeChat did not share your name with us.</p>
-<a class="button" href="{escape(login_url('/me', 'snsapi_userinfo'))}">Share my name</a>""")
+<a class="button" href="{escape(share)}">Share my name</a>""")
 
 
 # Every way a sign-in can fail: (status, title, message). 200 where nobody did anything
@@ -107,11 +109,11 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
 }
 
 
-def problem_page(kind: str, *, retry_next: str = "/me",
-                 retry_scope: str | None = None) -> HTMLResponse:
+def problem_page(kind: str, *, retry_next: str = "/me", retry_scope: str | None = None,
+                 login: str = "/oauth/login") -> HTMLResponse:
     """A friendly failure page (see PROBLEMS) with a link that starts the login again."""
     status, title, message = PROBLEMS[kind]
     return page(title, f"""<h1>{escape(title)}</h1>
 <p>{escape(message)}</p>
-<a class="button" href="{escape(login_url(retry_next, retry_scope))}">Try again</a>""",
+<a class="button" href="{escape(login_url(retry_next, retry_scope, login=login))}">Try again</a>""",
                 status=status)

@@ -52,6 +52,18 @@ class WindowLimit:
         self._all = (everyone[0], everyone[1] + 1)
         return True
 
+    def retry_after(self, address: str) -> float:
+        """Seconds until a call from `address` would be allowed again; 0: now."""
+        now = self.clock()
+        wait = 0.0
+        mine = self._fresh(self._clients.get(client_key(address)), now)
+        if mine[1] >= self.per_client:
+            wait = mine[0] + self.window - now
+        everyone = self._fresh(self._all, now)
+        if everyone[1] >= self.total:
+            wait = max(wait, everyone[0] + self.window - now)
+        return wait
+
     def _fresh(self, counted: tuple[float, int] | None, now: float) -> tuple[float, int]:
         if counted is None or now - counted[0] >= self.window:
             return now, 0

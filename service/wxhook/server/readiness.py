@@ -11,6 +11,10 @@ all, while each instance could still greet with the fallback. Such faults are re
 The probe's answer is `{"ready": true}` and nothing else: it is reachable by whoever
 reaches the port, and the details (WeChat's errmsg carries the egress IP; Redis's host,
 port and db; the rules path) are for an operator on this host.
+
+With an accounts file the operator view stays the same size for two accounts or a
+thousand: counts (in the file, in use, faulty) and the faulty accounts by name, at most
+MAX_LISTED of them; `?verbose&account=NAME` shows one account in full.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -32,8 +36,13 @@ from wxhook.server.tokens import TokenManager
 from wxhook.server.wechat_api import WeChatAPI
 from wxhook.store import Store
 
+if TYPE_CHECKING:
+    from wxhook.server.account_hub import AccountHub
+
 WATCH_INTERVAL = 5.0  # seconds between looks at the shared dependencies
 TOKEN_WAIT = 2.0      # seconds the operator view waits for a token it has to fetch
+MAX_LISTED = 20       # faulty accounts named in the operator view; the others are counted
+NOT_YET_USED = "not yet used"  # an account of the file no push or sign-in has needed yet
 # A request that carries any of these came through a proxy: its socket peer is the proxy,
 # so "from loopback" would say nothing about who is asking.
 PROXY_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
@@ -60,15 +69,24 @@ def from_this_host(request: Request) -> bool:
     return ip.is_loopback
 
 
+class _Reloaded(Protocol):
+    """A file in force that reloads (the accounts file): what /readyz?verbose shows of it."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Readiness:
     """This instance's readiness, and the state of what all instances share."""
 
     def __init__(self, *, tokens: TokenManager | None, store: Store, api: WeChatAPI | None,
-                 rules: RulesSource | None, metrics: Metrics) -> None:
+                 rules: RulesSource | None, metrics: Metrics,
+                 accounts: _Reloaded | None = None, hub: AccountHub | None = None) -> None:
         self.tokens = tokens
+        self.hub = hub  # the accounts file's accounts (then tokens, api and rules are None)
         self.store = store
         self.api = api
         self.rules = rules
+        self.accounts = accounts
         self.metrics = metrics
         self.started = False   # start-up finished (the app's lifespan)
         self.stopping = False  # shutdown began
@@ -84,19 +102,18 @@ class Readiness:
     def observe(self) -> dict[str, dict[str, Any]]:
         """The shared dependencies as this process last saw them; sets their gauges."""
         out: dict[str, dict[str, Any]] = {}
-        # None with an accounts file: each account has its own token (not reported here yet).
         if self.tokens is not None:
-            token = self.tokens.status()
-            # Not cached and no error: no push needed one yet. That is not a fault.
-            token_ok = bool(token["cached"]) or "error" not in token
-            out["token"] = {"ok": token_ok, **token}
-            self.metrics.dependency_up.labels("token").set(1 if token_ok else 0)
+            out["token"] = token = token_check(self.tokens)
+            self.metrics.dependency_up.labels("token", self.metrics.account).set(
+                1 if token["ok"] else 0)
+        if self.hub is not None:
+            out["accounts"] = self._accounts()
         status_of = getattr(self.store, "status", None)
         if self.store.shared and callable(status_of):
             redis = status_of()  # RedisStore: where, and whether an outage is served locally
             redis_ok = "fallback_local_s" not in redis
             out["redis"] = {"ok": redis_ok, **redis}
-            self.metrics.dependency_up.labels("redis").set(1 if redis_ok else 0)
+            self.metrics.dependency_up.labels("redis", "").set(1 if redis_ok else 0)
         circuits = self.api.circuits() if self.api is not None else None
         if circuits:
             out["circuits_open"] = {"ok": False, **circuits}
@@ -121,7 +138,7 @@ class Readiness:
         for name, error in errors.items():
             seen[name] = {**seen.get(name, {}), "ok": False, **error}
             if name == "redis":
-                self.metrics.dependency_up.labels("redis").set(0)
+                self.metrics.dependency_up.labels("redis", "").set(0)
         return seen
 
     @contextlib.asynccontextmanager
@@ -159,8 +176,91 @@ class Readiness:
         checks: dict[str, Any] = {"settings": {"ok": True}}
         if self.rules is not None:
             checks["rules"] = self.rules.status()  # a refused file keeps the old rules: ready
+        if self.accounts is not None:
+            checks["accounts"] = self.accounts.status()  # the same for the accounts file
         dependencies = await self.look(fetch_token=True)
+        file_status = checks.get("accounts", {})
         checks.update(dependencies)
+        if self.hub is not None:
+            # One check: the accounts file in force, and how its accounts are doing.
+            checks["accounts"] = {**file_status, **dependencies["accounts"]}
+            self._list_healthy(checks["accounts"])
+            name = request.query_params.get("account")
+            if name is not None:
+                checks["account"] = await self._account(name)
         degraded = sorted(name for name, check in dependencies.items() if not check["ok"])
         return JSONResponse({"ready": ready, "problems": problems, "degraded": degraded,
                              "checks": checks}, status_code=status)
+
+    def _accounts(self) -> dict[str, Any]:
+        """Counts, and the faulty accounts in use (token or circuits) by name; the token
+        gauge of each account in use."""
+        assert self.hub is not None
+        faults: dict[str, dict[str, Any]] = {}
+        built = list(self.hub.built.items())
+        for name, bundle in built:
+            token = token_check(bundle.tokens)
+            self.metrics.dependency_up.labels("token", name).set(1 if token["ok"] else 0)
+            circuits = bundle.webhook.api.circuits()
+            if not token["ok"] or circuits:
+                faults[name] = {"token": token, **({"circuits_open": circuits}
+                                                   if circuits else {})}
+        total = len(self.hub.accounts)
+        listed = dict(sorted(faults.items())[:MAX_LISTED])
+        out: dict[str, Any] = {"ok": not faults, "accounts": total, "built": len(built),
+                               "not_yet_used": max(0, total - len(built)),
+                               "faulty": len(faults), "faults": listed}
+        if len(faults) > len(listed):
+            out["faults_not_listed"] = len(faults) - len(listed)
+        return out
+
+    def _list_healthy(self, accounts: dict[str, Any]) -> None:
+        """Fill the room the faults leave (MAX_LISTED in all) with the other accounts: those
+        in use with their token, then those not yet used; a small file is shown whole."""
+        assert self.hub is not None
+        room = MAX_LISTED - len(accounts["faults"])
+        others: dict[str, Any] = {}
+        for name, bundle in list(self.hub.built.items()):
+            if len(others) >= room:
+                break
+            if name not in accounts["faults"]:
+                others[name] = {"token": token_check(bundle.tokens)}
+        for name in self.hub.accounts:
+            if len(others) >= room:
+                break
+            if name not in self.hub.built:
+                others[name] = NOT_YET_USED
+        accounts["others"] = others
+        shown = len(accounts["faults"]) + len(others) + accounts.get("faults_not_listed", 0)
+        if accounts["accounts"] > shown:
+            accounts["others_not_listed"] = accounts["accounts"] - shown
+
+    async def _account(self, name: str) -> dict[str, Any]:
+        """One account in full: its token (fetched now if none is cached), circuits, rules."""
+        assert self.hub is not None
+        if name not in self.hub.accounts:
+            return {"ok": False, "error": "no such account in the accounts file"}
+        bundle = self.hub.built.get(name)
+        if bundle is None:
+            return {"ok": True, "name": name, "state": NOT_YET_USED}
+        if not bundle.tokens.status()["cached"]:
+            # A WeChat error is named by tokens.status(); a store error is no 500 either.
+            with contextlib.suppress(Exception):
+                await bundle.tokens.get(deadline=time.monotonic() + TOKEN_WAIT)
+        token = token_check(bundle.tokens)
+        circuits = bundle.webhook.api.circuits()
+        out: dict[str, Any] = {"ok": token["ok"] and not circuits, "name": name,
+                               "app_id": bundle.settings.app_id, "token": token}
+        if circuits:
+            out["circuits_open"] = circuits
+        source = self.hub.rules.get(bundle.settings.rules)
+        if source is not None:
+            out["rules"] = source.status()
+        return out
+
+
+def token_check(tokens: TokenManager) -> dict[str, Any]:
+    """A token manager's status, with ok: not cached and no error is no fault (nothing
+    needed one yet)."""
+    token = tokens.status()
+    return {"ok": bool(token["cached"]) or "error" not in token, **token}

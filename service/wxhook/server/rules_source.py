@@ -94,8 +94,12 @@ class RulesSource:
         """Reload whenever the file's mtime, size or inode changes (runs until cancelled)."""
         while True:
             await asyncio.sleep(interval)
-            if self._stat() != self._stamp:
-                self.reload("file changed")
+            self.poll()
+
+    def poll(self) -> None:
+        """Reload if the file's mtime, size or inode changed since it was last read."""
+        if self._stat() != self._stamp:
+            self.reload("file changed")
 
     def status(self) -> dict[str, Any]:
         """For /readyz: which rules are in force, and why a newer file was refused."""

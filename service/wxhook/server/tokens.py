@@ -8,8 +8,10 @@ token that failed is expired only if it is still the current one.
 A token rejected again right after a refresh (40001 for a token fetched seconds ago: its
 calls carry a stale copy, or another system keeps replacing it) is not fetched again at
 once: the quota is the account's, shared with every other system using the appid. The
-manager backs off, doubling the pause while it goes on, and says so in the log, /readyz
-and wxhook_token_refreshes_total{reason="rejected_again"}.
+deployment backs off, doubling the pause while it goes on, and says so in the log, /readyz
+and wxhook_token_refreshes_total{reason="rejected_again"}. The run of rejections and the
+pause live in the store next to the token, so an instance that did not see the rejection
+pauses too rather than fetch the token its peer just gave up on.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class TokenManager:
         self._key = namespace + "token"
         # In the token's slot on a cluster; the token key keeps its name across versions.
         self._lock_key = same_slot(self._key, ":lock")
+        # "rejections|paused_until": the run of young tokens rejected, for every instance.
+        self._rejected_key = same_slot(self._key, ":rejected")
         self.metrics = metrics
         self.refresh_ahead = refresh_ahead
         self.config_backoff = config_backoff
@@ -74,7 +78,6 @@ class TokenManager:
         self._flight: asyncio.Task[str] | None = None
         self.last_error: WeChatAPIError | None = None
         self._error_until = 0.0
-        self._rejections = 0                 # tokens rejected in a row, each young
         self.fetches = 0                     # upstream token requests made by this process
 
     async def get(self, *, deadline: float | None = None) -> str:
@@ -95,6 +98,35 @@ class TokenManager:
             raise UpstreamUnavailable(None, "token refresh still running at the deadline",
                                       api="token") from None
 
+    @property
+    def current(self) -> str | None:
+        """This process's token, as cached (None: none yet, or expired)."""
+        return self._token
+
+    async def follow_store(self) -> None:
+        """Take the stored token when it is another than this process's.
+
+        A peer that refreshed (its own 40001, a report to the token authority) replaced the
+        stored token; this process would go on using its older copy until a call of its own
+        failed. Compared with the stored one, a reported token is expired (or found stale)
+        exactly as it would be on the instance that stored it.
+        """
+        raw = await self.store.get(self._key)
+        if raw != self._raw:
+            # Gone from the store (a peer expired it: rejected) or replaced: not ours to hand
+            # out any more.
+            self._token, self._raw, self._expires_at = None, None, 0.0
+            if raw is not None:
+                await self._adopt_stored(30.0)  # unless it is the one that failed here
+
+    async def lease(self, *, deadline: float | None = None) -> tuple[str, int]:
+        """The token every instance uses now, and the whole seconds it has left."""
+        await self.follow_store()
+        while True:
+            token = await self.get(deadline=deadline)
+            if token == self._token:  # not expired again while we waited for it
+                return token, max(0, int(self._expires_at - self.clock()))
+
     async def invalidate(self, failed: str) -> bool:
         """Expire `failed` locally and in the store, but only if it is still the current one.
 
@@ -104,24 +136,53 @@ class TokenManager:
         self._bad = failed
         if self._token != failed:
             return True  # an older token (or a peer's): the current one may well work
-        young = self.clock() - self._fetched_at < self.reject_window
-        self._rejections = self._rejections + 1 if young else 1
+        now = self.clock()
+        young = now - self._fetched_at < self.reject_window
         raw = self._raw
         self._token, self._raw, self._expires_at = None, None, 0.0
-        if raw is not None:
-            await self.store.delete_if(self._key, raw)
-        if self._rejections < 2:
+        if raw is None or not await self.store.delete_if(self._key, raw):
+            # A peer expired it first and counted the rejection: its pause is ours too.
+            return not await self._paused()
+        # Expired here for the whole deployment: counted here, once.
+        rejections = (await self._rejection_run())[0] + 1 if young else 1
+        pause = 0.0 if rejections < 2 else min(
+            self.reject_backoff * 2 ** (rejections - 2), self.max_reject_backoff)
+        # Kept past the pause: a token fetched after it and rejected at once goes on the run.
+        await self.store.set(self._rejected_key, f"{rejections}|{now + pause}".encode(),
+                             ttl=pause + self.max_reject_backoff)
+        if not pause:
             return True
-        pause = min(self.reject_backoff * 2 ** (self._rejections - 2), self.max_reject_backoff)
-        self.last_error = TokenInvalid(40001, "the access token was rejected right after a "
-                                       f"refresh; the next refresh in {pause:.0f} s", api="token")
-        self._error_until = self.clock() + pause
+        self._pause(now + pause)
         self.metrics.token_refreshes.labels("rejected_again", "backoff").inc()
-        self.log.error("token_rejected_after_refresh", rejections=self._rejections,
+        self.log.error("token_rejected_after_refresh", rejections=rejections,
                        retry_in_s=pause, fix="check that no other system refreshes this "
                        "appid's token with force_refresh, and that the appid and secret "
                        "belong to the account WeChat pushes for")
         return False
+
+    async def _rejection_run(self) -> tuple[int, float]:
+        """Young tokens rejected in a row, deployment-wide, and until when refreshes pause."""
+        raw = await self.store.get(self._rejected_key)
+        try:
+            count, until = (raw or b"0|0").decode().split("|")
+            return int(count), float(until)
+        except ValueError:
+            return 0, 0.0
+
+    async def _paused(self) -> bool:
+        """Whether refreshes pause now (an instance's rejection pauses them all); noted as
+        this manager's last error, for /readyz and Retry-After."""
+        until = (await self._rejection_run())[1]
+        if until <= self.clock():
+            return False
+        self._pause(until)
+        return True
+
+    def _pause(self, until: float) -> None:
+        wait = until - self.clock()
+        self.last_error = TokenInvalid(40001, "the access token was rejected right after a "
+                                       f"refresh; the next refresh in {wait:.0f} s", api="token")
+        self._error_until = until
 
     def status(self) -> dict[str, object]:
         """For /readyz and `wxhook check`: is a token cached, and what failed last."""
@@ -148,9 +209,7 @@ class TokenManager:
     async def _refresh(self, reason: str) -> str:
         if self.last_error is not None and self.clock() < self._error_until:
             # No retry storm: a wrong secret or whitelist costs a few calls a minute at most.
-            # A fresh exception each time: re-raising one object grows its traceback forever.
-            e = self.last_error
-            raise type(e)(e.errcode, e.errmsg, api=e.api)
+            raise self._last_error_again()
         deadline = time.monotonic() + self.lock_ttl * 2
         # An ahead-of-time refresh must not settle for the token it is replacing.
         margin = self.refresh_ahead if reason == "ahead" else 30.0
@@ -162,6 +221,8 @@ class TokenManager:
                 try:
                     if await self._adopt_stored(margin):  # a peer finished just before we locked
                         return self._token  # type: ignore[return-value]
+                    if await self._paused():  # a peer's rejected token: not fetched again yet
+                        raise self._last_error_again()
                     return await self._fetch_and_store(reason)
                 finally:
                     await self.store.delete_if(self._lock_key, fence)
@@ -170,6 +231,13 @@ class TokenManager:
                 raise UpstreamUnavailable(None, "timed out waiting for a peer's token refresh",
                                           api="token")
             await asyncio.sleep(0.05)
+
+    def _last_error_again(self) -> WeChatAPIError:
+        """The last error as a fresh exception: re-raising one object grows its traceback
+        forever."""
+        e = self.last_error
+        assert e is not None
+        return type(e)(e.errcode, e.errmsg, api=e.api)
 
     async def _adopt_stored(self, margin: float) -> bool:
         raw = await self.store.get(self._key)

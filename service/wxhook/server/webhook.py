@@ -99,15 +99,9 @@ class Webhook:
                              log=LimitedLog(get_logger("wxhook.state"), metrics=metrics,
                                             clock=clock))
         self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
-        # Pushes counted in wxhook_account_pushes_total too: the accounts file's hub turns it
-        # on (one account, at /wechat, has no account label).
-        self.per_account = False
         # Each label set's child looked up once: labels() takes a lock and builds its key on
-        # every call, twice a push with an accounts file. The label values are bounded (see
-        # _MSG_TYPES), so are these caches.
+        # every call. The label values are bounded (see _MSG_TYPES), so is this cache.
         self._pushes_of = functools.cache(metrics.pushes.labels)
-        self._account_pushes_of = functools.cache(
-            functools.partial(metrics.account_pushes.labels, account))
         # Request ids: a random prefix per process and a counter (no syscall per push).
         self._rid = os.urandom(4).hex() + "-"
         self._pushes = 0
@@ -292,8 +286,6 @@ class Webhook:
         labels = (msg_type if msg_type in _MSG_TYPES else "other",
                   event if event in _EVENTS else "other", outcome)
         self._pushes_of(*labels).inc()
-        if self.per_account:
-            self._account_pushes_of(outcome).inc()
 
     def _refuse(self, exc: GuardError,
                 rec: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

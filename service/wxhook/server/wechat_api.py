@@ -141,6 +141,14 @@ class WeChatHTTP:
             errcode = -503
             # The exception text can carry the URL, and the URL carries secrets: keep the type.
             raise UpstreamUnavailable(None, f"{type(exc).__name__}", api=api) from None
+        except RuntimeError:
+            # httpx's "client has been closed": its owner (a reload retiring the account,
+            # shutdown) closed it under this call. Nothing was sent; a caller gets "upstream
+            # unavailable" like any other unreachable API, never a crash of its own.
+            if not self.http.is_closed:
+                raise
+            errcode = -503
+            raise NotSent(None, "HTTP client closed", api=api) from None
         finally:
             self.metrics.upstream_calls.labels(api, str(errcode)).inc()
             self.metrics.upstream_latency.labels(api).observe(time.perf_counter() - started)

@@ -111,17 +111,20 @@ async def run_check(settings: Settings | None = None, *,
         except SettingsError as exc:
             _line(False, "settings", str(exc))
             return 2
-    if settings.accounts or account:
+    if settings.accounts and not account:
+        from wxhook.tools.check_accounts import check_accounts
+
+        code, lines = await check_accounts(settings)
+        print("\n".join(lines))
+        redis_ok = code == 2 or await _redis_ok(settings)  # a refused file: nothing to serve
+        code = code or (0 if redis_ok else 1)
+        print("result: " + ("FAILED" if code else "ready to serve"))
+        sys.stdout.flush()
+        return code
+    if account:
         from wxhook.server.account_hub import settings_of
-        from wxhook.server.accounts import load_accounts
 
         try:
-            names = list(load_accounts(settings.accounts)) if settings.accounts else []
-            if not account:
-                _line(True, "accounts", f"{len(names)} in {settings.accounts}")
-                _more("next", "check one account's credentials with --account NAME")
-                print("result: ready to serve")
-                return 0
             settings = settings_of(settings, account)
         except SettingsError as exc:
             _line(False, "accounts", str(exc))
@@ -154,18 +157,26 @@ async def run_check(settings: Settings | None = None, *,
             except WeChatAPIError as exc:
                 failed = True
                 _api_failure(settings, "callback IPs", exc)
-    if settings.redis_url is not None:
-        from wxhook.server.store.redis import RedisStore
-
-        store = RedisStore(settings.redis_url.get_secret_value(), metrics=Metrics())
-        try:
-            await store.ping()
-            _line(True, "redis", f"reachable at {store.where}")
-        except Exception as exc:  # noqa: BLE001 - report any failure, never crash the check
-            failed = True
-            _redis_failure(settings, exc)
-        finally:
-            await store.aclose()
+    if not await _redis_ok(settings):
+        failed = True
     print("result: " + ("FAILED" if failed else "ready to serve"))
     sys.stdout.flush()
     return 1 if failed else 0
+
+
+async def _redis_ok(settings: Settings) -> bool:
+    """Ping REDIS_URL, if set, and report it; False when it does not answer."""
+    if settings.redis_url is None:
+        return True
+    from wxhook.server.store.redis import RedisStore
+
+    store = RedisStore(settings.redis_url.get_secret_value(), metrics=Metrics())
+    try:
+        await store.ping()
+        _line(True, "redis", f"reachable at {store.where}")
+        return True
+    except Exception as exc:  # noqa: BLE001 - report any failure, never crash the check
+        _redis_failure(settings, exc)
+        return False
+    finally:
+        await store.aclose()

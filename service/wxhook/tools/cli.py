@@ -1,4 +1,4 @@
-"""wxhook serve | dev | sandbox | simulate | check | rules | menu: the command line."""
+"""wxhook serve | dev | sandbox | simulate | check | rules | menu | token: the command line."""
 
 from __future__ import annotations
 
@@ -74,6 +74,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         copy = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "rules.last-good")
         save_last_good(settings.rules, copy)
         os.environ[LAST_GOOD_ENV] = copy
+    if args.workers > 1 and settings.accounts:
+        from wxhook.server import accounts_source
+
+        # The same for the accounts file (and, beside it, each rules file it names).
+        copy = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "accounts.last-good")
+        accounts_source.save_last_good(settings.accounts, copy)
+        os.environ[accounts_source.LAST_GOOD_ENV] = copy
     from wxhook.server.logs import configure_logging, get_logger
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -117,10 +124,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"rules": EXAMPLE_RULES})
     rules_or_exit(settings)
     configure_logging(level=settings.log_level, fmt=os.environ.get("WXHOOK_LOG_FORMAT", "console"))
-    sandbox = create_sandbox(appid=settings.app_id,
-                             secret=settings.app_secret.get_secret_value())
+    sandbox: Any = create_sandbox(appid=settings.app_id,
+                                  secret=settings.app_secret.get_secret_value())
+    if settings.accounts:  # it stands in for every account of the file, as the file is now
+        from wxhook.tools.sandbox.accounts import following_or_exit
+
+        sandbox = following_or_exit(sandbox, settings.accounts)
+    app = app_or_exit(settings)
     servers = [
-        uvicorn.Server(uvicorn.Config(app_or_exit(settings), host=args.host, port=args.port,
+        uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                       **uvicorn_kwargs())),
         uvicorn.Server(uvicorn.Config(sandbox, host="127.0.0.1", port=sb_port,
                                       **uvicorn_kwargs())),
@@ -130,7 +142,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     text = "hours" if settings.rules == EXAMPLE_RULES else "help"
     rules = (f"\n  replies from {settings.rules} (WXHOOK_RULES to use another)"
              if settings.rules else "")
-    print(f"""
+    if settings.accounts:
+        from wxhook.tools.sandbox.accounts import dev_text
+
+        print(dev_text(app.state.accounts.accounts, settings.accounts, url=url, base=base,
+                       rules=rules), flush=True)
+    else:
+        print(f"""
 wxhook dev: the server on {url}, the sandbox WeChat API on {base}
   (built-in sandbox credentials: appid {settings.app_id}, no real account is touched){rules}
 
@@ -159,23 +177,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     # here finds the account it was configured with; none set: the sandbox's own.
     settings = settings_or_exit(WXHOOK_SANDBOX=True)
     appid = args.appid or settings.app_id
-    app = create_sandbox(appid=appid,
-                         secret=args.secret or settings.app_secret.get_secret_value(),
-                         latency=args.latency, empty_nicknames=args.empty_nicknames)
+    app: Any = create_sandbox(appid=appid,
+                              secret=args.secret or settings.app_secret.get_secret_value(),
+                              latency=args.latency, empty_nicknames=args.empty_nicknames)
     if settings.accounts:
         # With an accounts file it stands in for each of its accounts as well.
-        from wxhook.errors import SettingsError
-        from wxhook.server.accounts import load_accounts
+        from wxhook.tools.sandbox.accounts import following_or_exit
 
-        try:
-            accounts = load_accounts(settings.accounts)
-        except SettingsError as exc:
-            print(f"wxhook: {exc}", file=sys.stderr)
-            return 2
-        for account in accounts.values():
-            app.state.sandbox.add_account(account.app_id,
-                                          account.app_secret.get_secret_value())
-        appid = f"{appid} and the {len(accounts)} accounts of {settings.accounts}"
+        app = following_or_exit(app, settings.accounts)
+        appid = (f"{appid} and the {app.count} accounts of {settings.accounts} "
+                 "(read again when it changes)")
     print(f"wxhook sandbox on http://{args.host}:{args.port} for appid {appid} "
           "(control API under /_sandbox/)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, **uvicorn_kwargs())
@@ -235,6 +246,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
+    from wxhook.tools import token_cli
     from wxhook.tools.rules_cli import add_commands
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -302,15 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate settings and reach the WeChat API",
                        description="Validate the settings, fetch an access token, call "
                                    "getcallbackip and ping Redis; say what to fix. Exit 0 "
-                                   "only when ready to serve.")
+                                   "only when ready to serve. With WXHOOK_ACCOUNTS: every "
+                                   "account's rules, handlers and token, one line each.")
     c.add_argument("--env-file", metavar="FILE", default=None,
                    help="read settings from FILE as systemd's EnvironmentFile= does (quotes, "
                         "spaces in values, # comments), instead of .env; the environment "
                         "still applies where FILE does not set a name")
     c.add_argument("--account", default="", metavar="NAME",
-                   help="check this account of WXHOOK_ACCOUNTS (its token, its callback IPs)")
+                   help="check only this account of WXHOOK_ACCOUNTS, in full (its token, its "
+                        "callback IPs)")
     c.set_defaults(func=cmd_check)
     add_commands(sub)
+    token_cli.add_commands(sub)
     return p
 
 

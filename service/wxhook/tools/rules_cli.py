@@ -47,6 +47,7 @@ def add_commands(sub: Any) -> None:
     i = rs.add_parser("import", help="write a rules file reproducing the console's auto-replies "
                       "and menu (get_current_autoreply_info, get_current_selfmenu_info)")
     i.add_argument("--output", "-o", default="", help="file to write (default: standard output)")
+    _account_option(i, "read this account's console (an account of WXHOOK_ACCOUNTS)")
     i.set_defaults(func=cmd_rules_import)
     m = sub.add_parser("menu", help="the custom menu: push it from the rules file, show, delete",
                        description="The account's custom menu: push the rules file's `menu` "
@@ -54,11 +55,20 @@ def add_commands(sub: Any) -> None:
     ms = m.add_subparsers(dest="menu_command", required=True, help="push | show | delete")
     p = ms.add_parser("push", help="check the rules file's `menu`, then menu/create")
     p.add_argument("file", nargs="?", default="",
-                   help="the rules file (default: WXHOOK_RULES, else rules.yaml)")
+                   help="the rules file (default: the account's rules, else WXHOOK_RULES, "
+                        "else rules.yaml)")
+    _account_option(p, "push to this account (an account of WXHOOK_ACCOUNTS)")
     p.set_defaults(func=cmd_menu_push)
-    ms.add_parser("show", help="the menu in force (menu/get)").set_defaults(func=cmd_menu_show)
-    ms.add_parser("delete", help="remove the menu (menu/delete)").set_defaults(
-        func=cmd_menu_delete)
+    show = ms.add_parser("show", help="the menu in force (menu/get)")
+    _account_option(show, "this account's menu (an account of WXHOOK_ACCOUNTS)")
+    show.set_defaults(func=cmd_menu_show)
+    delete = ms.add_parser("delete", help="remove the menu (menu/delete)")
+    _account_option(delete, "this account's menu (an account of WXHOOK_ACCOUNTS)")
+    delete.set_defaults(func=cmd_menu_delete)
+
+
+def _account_option(parser: Any, help_text: str) -> None:
+    parser.add_argument("--account", default="", metavar="NAME", help=help_text)
 
 
 def rules_or_exit(settings: Settings) -> None:
@@ -99,7 +109,7 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
         menu = await api.call("GET", "/cgi-bin/get_current_selfmenu_info", api="selfmenu")
         return auto, menu
 
-    got = _with_api(fetch, "reading the console's configuration")
+    got = _with_api(fetch, "reading the console's configuration", _settings(args.account))
     if got is None:
         return 1
     text, notes = console_to_rules(*got)
@@ -118,7 +128,8 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
 
 def cmd_menu_push(args: argparse.Namespace) -> int:
     """Check the rules file, then push its menu (menu/create)."""
-    path = args.file or _settings().rules or "rules.yaml"
+    settings = _settings(args.account)
+    path = args.file or settings.rules or "rules.yaml"
     try:
         rules = load_rules(path)
     except RulesError as exc:
@@ -132,9 +143,10 @@ def cmd_menu_push(args: argparse.Namespace) -> int:
     async def push(api: WeChatAPI) -> dict[str, Any]:
         return await api.call("POST", "/cgi-bin/menu/create", api="menu_create", json=menu)
 
-    if _with_api(push, "menu/create") is None:
+    if _with_api(push, "menu/create", settings) is None:
         return 1
-    print(f"menu pushed from {path} (version {rules.version})")
+    to = f" to account {args.account} (appid {settings.app_id})" if args.account else ""
+    print(f"menu pushed from {path}{to} (version {rules.version})")
     return 0
 
 
@@ -143,7 +155,7 @@ def cmd_menu_show(args: argparse.Namespace) -> int:
     async def show(api: WeChatAPI) -> dict[str, Any]:
         return await api.call("GET", "/cgi-bin/menu/get", api="menu_get")
 
-    got = _with_api(show, "menu/get")
+    got = _with_api(show, "menu/get", _settings(args.account))
     if got is None:
         return 1
     print(json.dumps(got, ensure_ascii=False, indent=2))
@@ -155,16 +167,22 @@ def cmd_menu_delete(args: argparse.Namespace) -> int:
     async def delete(api: WeChatAPI) -> dict[str, Any]:
         return await api.call("GET", "/cgi-bin/menu/delete", api="menu_delete")
 
-    if _with_api(delete, "menu/delete") is None:
+    if _with_api(delete, "menu/delete", _settings(args.account)) is None:
         return 1
     print("menu deleted")
     return 0
 
 
-def _settings() -> Settings:
+def _settings(account: str = "") -> Settings:
+    """The settings these commands act with: those of `account` of WXHOOK_ACCOUNTS (its
+    appid, secret and rules), else WECHAT_*'s."""
     try:
         # As `simulate`: with no WECHAT_* at all, the built-in sandbox account.
         settings = load_settings(WXHOOK_SANDBOX=True)
+        if account:
+            from wxhook.server.account_hub import settings_of
+
+            return settings_of(settings, account)
     except SettingsError as exc:
         print(f"wxhook: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -176,8 +194,8 @@ def _settings() -> Settings:
     return settings
 
 
-def _with_api(action: Callable[[WeChatAPI], Awaitable[T]], what: str) -> T | None:
-    settings = _settings()
+def _with_api(action: Callable[[WeChatAPI], Awaitable[T]], what: str,
+              settings: Settings) -> T | None:
     # These commands print their own results and failures; the server's log lines
     # (token fetched, ...) would only get in the way of a `menu show | jq`.
     configure_logging(level="CRITICAL", fmt="console")

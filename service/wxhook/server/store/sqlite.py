@@ -2,9 +2,10 @@
 
 OAuth-captured profiles are the only place a nickname still comes from (user/info answers ""
 since 2021-12-27), and asking a follower to authorise again is expensive, so they must
-survive a restart even without Redis. The stdlib sqlite3 module blocks, so every statement
-runs on one dedicated thread that owns the connection: the event loop never waits on disk,
-and one thread means no locking inside the process (WAL and busy_timeout cover others).
+survive a restart even without Redis. The stdlib sqlite3 module blocks, so the connection
+lives on aiosqlite's thread: the event loop never waits on disk. Every statement is a
+transaction of its own, so statements of concurrent requests cannot interleave inside one
+(WAL and busy_timeout cover other processes).
 
 Rows are keyed by (appid, openid): an openid names a follower of one account only, and one
 file may serve several (the sandbox's appid and the production one, say), so a profile
@@ -16,15 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 import time
-import weakref
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
-T = TypeVar("T")
+import aiosqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS account_profiles (
@@ -35,26 +31,23 @@ CREATE TABLE IF NOT EXISTS account_profiles (
     PRIMARY KEY (appid, openid)
 )
 """
-
-
-class _Holder:
-    """The connection, kept outside the repo so the finalizer can close it."""
-
-    conn: sqlite3.Connection | None = None
-
-
-def _close(holder: _Holder, executor: ThreadPoolExecutor) -> None:
-    if holder.conn is not None:
-        holder.conn.close()
-        holder.conn = None
-    executor.shutdown(wait=False)
+# One statement, so one transaction that takes the write lock before it reads: two processes
+# merging the same follower cannot lose each other's fields (a Redis HSET's semantics).
+_MERGE = """
+INSERT INTO account_profiles (appid, openid, data, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (appid, openid) DO UPDATE
+SET data = json_patch(data, excluded.data), updated_at = excluded.updated_at
+"""
 
 
 class SqliteProfileRepo:
     """ProfileRepo on a local SQLite file (WAL mode), one account's rows; the file is 0600.
 
-    Rows of a file from before the account key belong to the first account other than
-    `sandbox_appid` that opens it (production's followers must not lose their profiles).
+    The file is opened on first use (building an app touches no disk) and closed by
+    aclose(); an open or a statement that fails raises to its caller, and the next call
+    tries again. Rows of a file from before the account key belong to the first account
+    other than `sandbox_appid` that opens it (production's followers must not lose their
+    profiles).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, appid: str,
@@ -62,24 +55,22 @@ class SqliteProfileRepo:
         self.path = Path(path)
         self.appid = appid
         self.sandbox_appid = sandbox_appid
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wxhook-sqlite")
-        self._holder = _Holder()
-        # A repo dropped without aclose() (tests, scripts) must not leak the connection.
-        self._finalizer = weakref.finalize(self, _close, self._holder, self._executor)
+        self._conn: aiosqlite.Connection | None = None
+        self._opening = asyncio.Lock()
+        self._closed = False
 
     async def get(self, openid: str) -> dict[str, str] | None:
         """The stored profile, or None."""
-        return await self._run(lambda conn: _read(conn, self.appid, openid))
+        return await _read(await self._db(), self.appid, openid)
 
     async def put(self, openid: str, profile: dict[str, str]) -> None:
         """Merge `profile` into the stored one (same semantics as a Redis HSET)."""
-        fields = {str(k): str(v) for k, v in profile.items()}
-        await self._run(lambda conn: _merge(conn, self.appid, openid, fields))
+        await _merge(await self._db(), self.appid, openid, profile)
 
     async def delete(self, openid: str) -> None:
         """Remove a profile (a follower asked to be forgotten)."""
-        await self._run(lambda conn: conn.execute(
-            "DELETE FROM account_profiles WHERE appid = ? AND openid = ?", (self.appid, openid)))
+        await (await self._db()).execute(
+            "DELETE FROM account_profiles WHERE appid = ? AND openid = ?", (self.appid, openid))
 
     def view(self, appid: str) -> AccountRows:
         """Another account's rows in the same file, through this repo's one connection and
@@ -87,30 +78,39 @@ class SqliteProfileRepo:
         return AccountRows(self, appid)
 
     async def aclose(self) -> None:
-        """Close the connection and stop the thread."""
-        if self._finalizer.alive:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._close_conn)
-            self._finalizer()
+        """Close the connection and stop its thread."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if not self._finalizer.alive:
-            raise RuntimeError("SqliteProfileRepo is closed")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: fn(self._connection()))
+    async def _db(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            async with self._opening:  # concurrent first calls open one connection
+                if self._conn is None and not self._closed:
+                    conn = await self._open()
+                    if self._closed:  # aclose() ran while it opened
+                        await conn.close()
+                    else:
+                        self._conn = conn
+                if self._conn is None:
+                    raise RuntimeError("SqliteProfileRepo is closed")
+        return self._conn
 
-    def _close_conn(self) -> None:
-        if self._holder.conn is not None:
-            self._holder.conn.close()
-            self._holder.conn = None
-
-    def _connection(self) -> sqlite3.Connection:
-        # Opened lazily, on the worker thread, so building an app touches no disk.
-        if self._holder.conn is None:
-            self._holder.conn = _open(self.path)
+    async def _open(self) -> aiosqlite.Connection:
+        await asyncio.to_thread(_create_private, self.path)
+        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=5.0)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives app crashes
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute(_SCHEMA)
             if self.appid != self.sandbox_appid:
-                _adopt_legacy(self._holder.conn, self.appid)
-        return self._holder.conn
+                await _adopt_legacy(conn, self.appid)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
 
 class AccountRows:
@@ -122,72 +122,47 @@ class AccountRows:
 
     async def get(self, openid: str) -> dict[str, str] | None:
         """The stored profile, or None."""
-        return await self.repo._run(lambda conn: _read(conn, self.appid, openid))
+        return await _read(await self.repo._db(), self.appid, openid)
 
     async def put(self, openid: str, profile: dict[str, str]) -> None:
         """Merge `profile` into the stored one."""
-        fields = {str(k): str(v) for k, v in profile.items()}
-        await self.repo._run(lambda conn: _merge(conn, self.appid, openid, fields))
+        await _merge(await self.repo._db(), self.appid, openid, profile)
 
 
-def _open(path: Path) -> sqlite3.Connection:
+def _create_private(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        # Refresh tokens live here: create the file private before SQLite opens it
-        # (SQLite gives the -wal and -shm files the database file's permissions).
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    # check_same_thread=False only so the finalizer may close it from another thread;
-    # every statement still runs on the one worker thread.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute(_SCHEMA)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    # Refresh tokens live here: create the file private before SQLite opens it (SQLite
+    # gives the -wal and -shm files the database file's permissions).
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def _adopt_legacy(conn: sqlite3.Connection, appid: str) -> None:
+async def _adopt_legacy(conn: aiosqlite.Connection, appid: str) -> None:
     """Move the rows of a file from before the account key (table `profiles`, keyed by
-    openid alone) under `appid`, once."""
-    conn.execute("BEGIN IMMEDIATE")
+    openid alone) under `appid`, once. Runs before the connection is anyone else's."""
+    await conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                        "AND name = 'profiles'").fetchone():
-            conn.execute("INSERT OR IGNORE INTO account_profiles "
-                         "SELECT ?, openid, data, updated_at FROM profiles", (appid,))
-            conn.execute("DROP TABLE profiles")
-        conn.execute("COMMIT")
+        if await conn.execute_fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                       "AND name = 'profiles'"):
+            await conn.execute("INSERT OR IGNORE INTO account_profiles "
+                               "SELECT ?, openid, data, updated_at FROM profiles", (appid,))
+            await conn.execute("DROP TABLE profiles")
+        await conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        await conn.execute("ROLLBACK")
         raise
 
 
-def _read(conn: sqlite3.Connection, appid: str, openid: str) -> dict[str, str] | None:
-    row = conn.execute("SELECT data FROM account_profiles WHERE appid = ? AND openid = ?",
-                       (appid, openid)).fetchone()
-    if row is None:
+async def _read(conn: aiosqlite.Connection, appid: str, openid: str) -> dict[str, str] | None:
+    # One trip to the connection's thread (a cursor kept to fetch from would take three).
+    rows = list(await conn.execute_fetchall(
+        "SELECT data FROM account_profiles WHERE appid = ? AND openid = ?", (appid, openid)))
+    if not rows:
         return None
-    data = json.loads(row[0])
+    data = json.loads(rows[0][0])
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
 
 
-def _merge(conn: sqlite3.Connection, appid: str, openid: str, fields: dict[str, str]) -> None:
-    # IMMEDIATE takes the write lock before reading, so two processes merging the same
-    # follower cannot lose each other's fields.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        current = _read(conn, appid, openid) or {}
-        current.update(fields)
-        conn.execute(
-            "INSERT INTO account_profiles (appid, openid, data, updated_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT(appid, openid) DO UPDATE SET "
-            "data = excluded.data, updated_at = excluded.updated_at",
-            (appid, openid, json.dumps(current, ensure_ascii=False), time.time()))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+async def _merge(conn: aiosqlite.Connection, appid: str, openid: str,
+                 profile: dict[str, str]) -> None:
+    fields = json.dumps({str(k): str(v) for k, v in profile.items()}, ensure_ascii=False)
+    await conn.execute(_MERGE, (appid, openid, fields, time.time()))

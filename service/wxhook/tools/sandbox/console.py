@@ -18,14 +18,20 @@ async def _autoreply(request: Request, st: SandboxState) -> Response:
     return JSONResponse(st.autoreply)
 
 
+def _caller(request: Request, st: SandboxState) -> str:
+    """The account a token-bearing call is for: each has its own menu."""
+    return st._owner(request.query_params.get("access_token")) or st.appid
+
+
 async def _selfmenu(request: Request, st: SandboxState) -> Response:
     if code := st._check_token(request.query_params.get("access_token")):
         return _err(code)
-    if st.menu is None:
+    menu = st.menus.get(_caller(request, st))
+    if menu is None:
         return JSONResponse(st.selfmenu)
     # A menu made through the API replaces the console's, in the console's own shape.
     return JSONResponse({"is_menu_open": 1, "selfmenu_info": {
-        "button": [_console_shape(b) for b in st.menu["button"]]}})
+        "button": [_console_shape(b) for b in menu["button"]]}})
 
 
 def _console_shape(button: dict[str, Any]) -> dict[str, Any]:
@@ -44,20 +50,21 @@ async def _menu_create(request: Request, st: SandboxState) -> Response:
         first = problems[0]
         return _err(first.errcode, f"{MENU_ERRORS.get(first.errcode, 'invalid menu')} "
                     f"({first.where}: {first.message})")
-    st.menu = {"button": body["button"]}
+    st.menus[_caller(request, st)] = {"button": body["button"]}
     return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
 
 async def _menu_get(request: Request, st: SandboxState) -> Response:
     if code := st._check_token(request.query_params.get("access_token")):
         return _err(code)
-    if st.menu is None:
+    menu = st.menus.get(_caller(request, st))
+    if menu is None:
         return _err(46003, MENU_ERRORS[46003])
-    return JSONResponse({"menu": {"button": st.menu["button"]}})
+    return JSONResponse({"menu": {"button": menu["button"]}})
 
 
 async def _menu_delete(request: Request, st: SandboxState) -> Response:
     if code := st._check_token(request.query_params.get("access_token")):
         return _err(code)
-    st.menu = None
+    st.menus.pop(_caller(request, st), None)
     return JSONResponse({"errcode": 0, "errmsg": "ok"})

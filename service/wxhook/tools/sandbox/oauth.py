@@ -39,7 +39,8 @@ async def _authorize(request: Request, st: SandboxState) -> Response:
     # The sandbox skips the consent screen: the follower authorises at once.
     parts = urlsplit(redirect_uri)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    query += [("code", st.mint_oauth_code(openid, scope)), ("state", q.get("state", ""))]
+    query += [("code", st.mint_oauth_code(openid, scope, q["appid"])),
+              ("state", q.get("state", ""))]
     return RedirectResponse(urlunsplit(parts._replace(query=urlencode(query))), status_code=302)
 
 
@@ -60,7 +61,7 @@ async def _sns_access_token(request: Request, st: SandboxState) -> Response:
                               q.get("secret"), whitelist=False):
         return error
     grant = st._codes.get(q.get("code", ""))
-    if grant is None:
+    if grant is None or grant.appid not in (None, q.get("appid")):  # a code is one account's
         return _err(40029)
     if grant.used:
         return _err(40163)

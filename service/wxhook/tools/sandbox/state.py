@@ -74,6 +74,7 @@ class _Code:
     scope: str
     issued_at: float
     used: bool = False
+    appid: str | None = None  # the account it was issued for: another's exchange is 40029
 
 
 class SandboxState:
@@ -102,7 +103,7 @@ class SandboxState:
         # The console's configuration (WeChat's documented samples) and the API menu.
         self.autoreply: dict[str, Any] = copy.deepcopy(AUTOREPLY_SAMPLE)
         self.selfmenu: dict[str, Any] = copy.deepcopy(SELFMENU_CONSOLE_SAMPLE)
-        self.menu: dict[str, Any] | None = None
+        self.menus: dict[str, dict[str, Any]] = {}  # appid -> the menu made through the API
         self._reset_tokens()
 
     def _reset_tokens(self) -> None:
@@ -122,6 +123,11 @@ class SandboxState:
         """Stand in for one more account: its appid/secret pair gets tokens of its own."""
         self.accounts[appid] = secret
 
+    @property
+    def menu(self) -> dict[str, Any] | None:
+        """The API-made menu of the sandbox's own account (each account has its own)."""
+        return self.menus.get(self.appid)
+
     def add_fault(self, fault: Fault) -> None:
         """Add a fault rule; earlier rules win."""
         self.faults.append(fault)
@@ -136,14 +142,15 @@ class SandboxState:
         self._basic.clear()
         self._stable.clear()
 
-    def mint_oauth_code(self, openid: str, scope: str = "snsapi_userinfo") -> str:
+    def mint_oauth_code(self, openid: str, scope: str = "snsapi_userinfo",
+                        appid: str | None = None) -> str:
         """Issue an OAuth code as if `openid` had just authorised in the browser."""
         if not _OPENID.fullmatch(openid):
             raise ValueError(f"not a well-formed openid: {openid!r}")
         if scope not in ("snsapi_base", "snsapi_userinfo"):
             raise ValueError(f"unknown scope: {scope!r}")
         code = secrets.token_hex(16)
-        self._codes[code] = _Code(openid, scope, self.clock())
+        self._codes[code] = _Code(openid, scope, self.clock(), appid=appid)
         return code
 
     def reset(self) -> None:
