@@ -440,8 +440,8 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
 def accounts_served(port: int) -> int:
     """How many accounts answered pushes (and so had their pieces built), from /metrics."""
     text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
-    return len(set(re.findall(r'^wxhook_account_pushes_total\{account="([^"]+)"', text,
-                              re.MULTILINE)))
+    names = re.findall(r'^wxhook_pushes_total\{[^}]*account="([^"]+)"', text, re.MULTILINE)
+    return len(set(names) - {"default"})
 
 
 def run_open(port: int, pool: str, rate: int, seconds: float, cpus: str) -> dict[str, Any]:
