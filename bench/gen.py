@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import itertools
 import os
+import random
 import secrets
 import struct
 import time
@@ -24,7 +26,10 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-SCENARIOS = ("plain", "aes", "subscribe")
+SCENARIOS = ("plain", "aes", "subscribe", "accounts")
+# The accounts scenario: plain pushes spread uniformly over this many accounts of one
+# accounts file (WXHOOK_ACCOUNTS), each signed with its own account's token.
+ACCOUNTS = 1000
 TO_USER = "gh_3f1e8d2a9b7c"
 TEXT_IN = "hello wxhook"
 
@@ -37,6 +42,25 @@ class Creds:
     app_secret: str = "benchsecret0123456789abcdef012345"
     token: str = "benchtoken"
     encoding_aes_key: str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+@functools.cache
+def bench_accounts(n: int = ACCOUNTS) -> tuple[tuple[str, Creds], ...]:
+    """n accounts, (name, credentials), the same on every call: the server's accounts file
+    (accounts_yaml) and the pushes (scenario "accounts") are generated from this list."""
+    return tuple(
+        (f"acct{i:04d}", Creds(app_id=f"wxbench{i:010d}", app_secret=f"benchsecret{i:022d}",
+                               token=f"benchtoken{i:04d}"))
+        for i in range(1, n + 1))
+
+
+def accounts_yaml(n: int = ACCOUNTS) -> str:
+    """The accounts file for bench_accounts(n): plain mode, no rules, the default handlers."""
+    lines = ["accounts:"]
+    for name, c in bench_accounts(n):
+        lines += [f"  - name: {name}", f"    app_id: {c.app_id}",
+                  f"    app_secret: {c.app_secret}", f"    token: {c.token}"]
+    return "\n".join(lines) + "\n"
 
 
 class Sequence:
@@ -105,17 +129,28 @@ class Push:
     openid: str
     timestamp: str
     nonce: str
+    path: str = "/wechat"
 
 
 def pushes(
-    scenario: str, n: int, creds: Creds, seq: Sequence, *, now: float | None = None
+    scenario: str, n: int, creds: Creds, seq: Sequence, *, now: float | None = None,
+    accounts: int = ACCOUNTS,
 ) -> Iterator[Push]:
-    """Yield n distinct, freshly signed pushes of one scenario."""
+    """Yield n distinct, freshly signed pushes of one scenario.
+
+    "accounts": plain pushes, each to /wechat/{name} of an account chosen uniformly from
+    bench_accounts(accounts) and signed with that account's token (`creds` is not used).
+    """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}")
     crypt = Encryptor(creds.encoding_aes_key, creds.app_id) if scenario == "aes" else None
     base = int(now if now is not None else time.time())
+    spread = bench_accounts(accounts) if scenario == "accounts" else None
+    path = "/wechat"
     for i in range(n):
+        if spread is not None:
+            name, creds = random.choice(spread)
+            path = f"/wechat/{name}"
         ts = base - (i % 20)  # spread over the last 20 s, well inside the ±300 s window
         tss = str(ts)
         nonce = seq.nonce()
@@ -134,12 +169,12 @@ def pushes(
                 f"<xml><ToUserName><![CDATA[{TO_USER}]]></ToUserName>"
                 f"<Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
             )
-        yield Push(query, xml.encode(), user, tss, nonce)
+        yield Push(query, xml.encode(), user, tss, nonce, path)
 
 
-def raw_request(push: Push, host: str, path: str = "/wechat") -> bytes:
+def raw_request(push: Push, host: str) -> bytes:
     head = (
-        f"POST {path}?{push.query} HTTP/1.1\r\nHost: {host}\r\n"
+        f"POST {push.path}?{push.query} HTTP/1.1\r\nHost: {host}\r\n"
         f"Content-Type: text/xml\r\nContent-Length: {len(push.body)}\r\n\r\n"
     )
     return head.encode() + push.body

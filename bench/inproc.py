@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child(scenario: str, n: int) -> None:
+def child(scenario: str, n: int, accounts: int) -> None:
     sys.path.insert(0, str(ROOT))
     import uvloop
 
@@ -46,6 +46,10 @@ def child(scenario: str, n: int) -> None:
     })
     if scenario == "aes":
         os.environ["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    if scenario == "accounts":
+        path = Path(os.environ["BENCH_PROFILE_DB"]).with_name("accounts.yaml")
+        path.write_text(gen.accounts_yaml(accounts))
+        os.environ["WXHOOK_ACCOUNTS"] = str(path)
     import httpx
     import orjson
 
@@ -89,12 +93,13 @@ def child(scenario: str, n: int) -> None:
         os.environ["WXHOOK_HANDLERS"] = "bench.handlers:router"
     own = scenario in ("subscribe", "rules")
     app = create_app(Settings(), router=None if own else router, http=http)
-    warm = 1000
+    # accounts: a warm-up long enough to build every account (20 pushes each on average).
+    warm = max(20 * accounts, 1000) if scenario == "accounts" else 1000
     pushes = gen.pushes("plain" if scenario == "rules" else scenario, n + warm, creds,
-                        gen.Sequence())
+                        gen.Sequence(), accounts=accounts)
 
     async def one(push: gen.Push) -> None:
-        scope = {"type": "http", "method": "POST", "path": "/wechat",
+        scope = {"type": "http", "method": "POST", "path": push.path,
                  "query_string": push.query.encode(), "client": ("127.0.0.1", 1),
                  "headers": [(b"content-length", str(len(push.body)).encode())]}
         messages = [{"type": "http.request", "body": push.body, "more_body": False}]
@@ -125,6 +130,13 @@ def child(scenario: str, n: int) -> None:
     uvloop.run(main())
 
 
+def gen_accounts() -> int:
+    sys.path.insert(0, str(ROOT))
+    from bench import gen
+
+    return gen.ACCOUNTS
+
+
 def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -134,14 +146,16 @@ def _peak_rss_mb() -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("scenario", nargs="?", default="plain", choices=("plain", "aes", "subscribe",
-                                                                "rules"))
+    p.add_argument("scenario", nargs="?", default="plain",
+                   choices=("plain", "aes", "subscribe", "rules", "accounts"))
     p.add_argument("--pushes", type=int, default=60_000)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--accounts", type=int, default=gen_accounts(),
+                   help="accounts: how many the pushes are spread over")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.scenario, a.pushes)
+        child(a.scenario, a.pushes, a.accounts)
         return 0
     figures: list[float] = []
     peaks: list[float] = []
@@ -151,8 +165,8 @@ def main() -> int:
             with open(Path(tmp) / "log", "wb") as log:
                 done = subprocess.run(
                     ["taskset", "-c", "0", sys.executable, __file__, a.scenario, "--child",
-                     "--pushes", str(a.pushes)], stdout=log, stderr=subprocess.PIPE, env=env,
-                    check=False)
+                     "--pushes", str(a.pushes), "--accounts", str(a.accounts)],
+                    stdout=log, stderr=subprocess.PIPE, env=env, check=False)
             if done.returncode:
                 print(done.stderr.decode(), file=sys.stderr)
                 return 1

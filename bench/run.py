@@ -1,7 +1,7 @@
 """wxhook benchmark: wxhook vs WeRoBot vs a bare-ASGI ceiling, side by side in one run.
 
     .venv/bin/python bench/run.py [--only wxhook,werobot,bare]
-                                  [--scenarios plain,aes,subscribe,open]
+                                  [--scenarios plain,aes,subscribe,accounts,open]
                                   [--duration 12] [--warmup 2.5] [--workers 1] [--quick]
                                   [--open-rates 1000,3000,5000] [--open-seconds 20]
 
@@ -61,6 +61,8 @@ TARGETS = {
     "plain_vs_werobot": 3.0, "plain_vs_ceiling": 0.30, "aes_vs_werobot": 3.0,
     "subscribe_vs_werobot": 8.0, "subscribe_p50_ms": 45.0, "subscribe_p99_ms": 250.0,
     "subscribe_token_requests": 1, "subscribe_calls_per_1000": 50, "rss_mb": 150.0,
+    # Issue 21: a push to one of 1,000 accounts costs what a single-account push costs.
+    "accounts_vs_plain": 0.95,
 }
 # The open-loop scenario: subscribes at these fixed arrival rates (bench/openloop.py).
 OPEN_RATES = (1000, 3000, 5000)
@@ -92,7 +94,7 @@ class Server:
 
 SERVERS = {
     "bare": Server("bare", ("plain",), None),
-    "werobot": Server("werobot", gen.SCENARIOS, None),
+    "werobot": Server("werobot", ("plain", "aes", "subscribe"), None),
     "wxhook": Server("wxhook", gen.SCENARIOS, "/healthz"),
 }
 
@@ -111,8 +113,16 @@ def server_env(creds: gen.Creds, scenario: str, workers: int = 1) -> dict[str, s
         # The same job as the WeRoBot peer: text is answered "You said: <text>".
         "WXHOOK_HANDLERS": "bench.handlers:router", "PYTHONPATH": str(ROOT),
     })
+    # bench/ab.py: wxhook's code from another checkout, ahead of this one's on the path.
+    if src := os.environ.get("BENCH_WXHOOK_SRC"):
+        env["PYTHONPATH"] = os.pathsep.join([f"{src}/handlers", f"{src}/service", str(ROOT)])
     if scenario == "aes":
         env["WECHAT_ENCODING_AES_KEY"] = creds.encoding_aes_key
+    if scenario == "accounts":
+        accounts = LOGS / "accounts.yaml"
+        accounts.parent.mkdir(parents=True, exist_ok=True)
+        accounts.write_text(gen.accounts_yaml())
+        env["WXHOOK_ACCOUNTS"] = str(accounts)
     if workers > 1:
         env["REDIS_URL"] = BENCH_REDIS_URL
         subprocess.run(["redis-cli", "-u", BENCH_REDIS_URL, "flushdb"], check=False,
@@ -208,6 +218,16 @@ class RssSampler(threading.Thread):
         while not self._halt.wait(0.1):
             self.peak_kb = max(self.peak_kb, self.sample())
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process tree has used so far."""
+        ticks = 0
+        for pid in self._tree():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # Fields 14 and 15 (utime, stime), counted after the command's ")".
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> float:
         self._halt.set()
         self.join()
@@ -247,7 +267,7 @@ def validate(server: str, scenario: str, port: int, creds: gen.Creds, seq: gen.S
     sample = ""
     with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=10) as client:
         for push in gen.pushes(scenario, n, creds, seq):
-            r = client.post(f"/wechat?{push.query}", content=push.body,
+            r = client.post(f"{push.path}?{push.query}", content=push.body,
                             headers={"Content-Type": "text/xml"})
             if r.status_code != 200:
                 raise AssertionError(f"HTTP {r.status_code}: {r.text[:300]}")
@@ -371,7 +391,9 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             prefix, gen_s = write_pool(tmp, f"{name}-{scenario}-run{attempt}", scenario, n, port,
                                        creds, seq, shards)
             print(f"    pool: {n:,} distinct requests generated in {gen_s:.1f}s", flush=True)
+            cpu = rss.cpu_seconds()
             run = run_wrk(port, prefix, plan.duration, shards, plan.load_cpus, conns)
+            cpu = rss.cpu_seconds() - cpu
             remove_pool(prefix, shards)
             if not run["exhausted_threads"]:
                 break
@@ -383,11 +405,16 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
         end = up.stats()
         if not proc.alive():
             raise RuntimeError(f"server died during the run:\n{proc.tail()}")
+        if scenario == "accounts":
+            res["accounts_served"] = accounts_served(port)
         measured_calls = {k: v - after_warm["calls"].get(k, 0) for k, v in end["calls"].items()}
         res.update({
             "ok": True,
             "rps": round(run["rps"], 1),
             "requests": run["requests"],
+            # The server's own CPU a reply during the measured run: steadier than req/s
+            # when other work shares the machine (it takes cores, not this process's CPU).
+            "cpu_us_per_req": round(cpu / run["requests"] * 1e6, 1) if run["requests"] else None,
             "pool_size": n,
             "p50_ms": run["p50_us"] / 1000, "p90_ms": run["p90_us"] / 1000,
             "p99_ms": run["p99_us"] / 1000, "max_ms": run["lat_max_us"] / 1000,
@@ -408,6 +435,13 @@ def bench_one(plan: Plan, name: str, scenario: str, up: Upstream, creds: gen.Cre
             proc.stop()
         res["log"] = str(log.relative_to(ROOT))
     return res
+
+
+def accounts_served(port: int) -> int:
+    """How many accounts answered pushes (and so had their pieces built), from /metrics."""
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
+    names = re.findall(r'^wxhook_pushes_total\{[^}]*account="([^"]+)"', text, re.MULTILINE)
+    return len(set(names) - {"default"})
 
 
 def run_open(port: int, pool: str, rate: int, seconds: float, cpus: str) -> dict[str, Any]:
@@ -569,6 +603,7 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
     pc = ratio(rps("wxhook", "plain"), rps("bare", "plain"))
     aw = ratio(rps("wxhook", "aes"), rps("werobot", "aes"))
     sw = ratio(rps("wxhook", "subscribe"), rps("werobot", "subscribe"))
+    ap = ratio(rps("wxhook", "accounts"), rps("wxhook", "plain"))
     check("plain: wxhook / WeRoBot", pw, f">= {t['plain_vs_werobot']}x",
           None if pw is None else pw >= t["plain_vs_werobot"] and clean("plain"))
     check("plain: wxhook / bare ceiling", pc, f">= {t['plain_vs_ceiling']:.0%}",
@@ -577,6 +612,9 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
           None if aw is None else aw >= t["aes_vs_werobot"] and clean("aes"))
     check("subscribe: wxhook / WeRoBot", sw, f">= {t['subscribe_vs_werobot']}x",
           None if sw is None else sw >= t["subscribe_vs_werobot"] and clean("subscribe"))
+    check(f"accounts: wxhook over {gen.ACCOUNTS:,} accounts / one account (plain)", ap,
+          f">= {t['accounts_vs_plain']}",
+          None if ap is None else ap >= t["accounts_vs_plain"] and clean("accounts"))
     sub = by.get(("wxhook", "subscribe"))
     check("subscribe: wxhook p50 (ms)", sub and sub["p50_ms"], f"<= {t['subscribe_p50_ms']:.0f}",
           None if not sub else sub["p50_ms"] <= t["subscribe_p50_ms"])
@@ -596,7 +634,7 @@ def summarize(results: list[dict[str, Any]], *, workers: int = 1) -> dict[str, A
     return {"checks": checks, "failed_runs": failed,
             "ratios": {name: None if v is None else round(v, 3) for name, v in (
                 ("plain_vs_werobot", pw), ("plain_vs_ceiling", pc), ("aes_vs_werobot", aw),
-                ("subscribe_vs_werobot", sw))}}
+                ("subscribe_vs_werobot", sw), ("accounts_vs_plain", ap))}}
 
 
 def lookup_calls(r: dict[str, Any]) -> int:
@@ -653,8 +691,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="wxhook vs WeRoBot vs bare ASGI, one run")
     p.add_argument("--only", default="bare,werobot,wxhook",
                    help="comma list of servers: wxhook,werobot,bare")
-    p.add_argument("--scenarios", default="plain,aes,subscribe,open",
-                   help="comma list: plain,aes,subscribe,open")
+    p.add_argument("--scenarios", default="plain,aes,subscribe,accounts,open",
+                   help="comma list: plain,aes,subscribe,accounts,open")
     p.add_argument("--open-rates", default=",".join(map(str, OPEN_RATES)),
                    help="open scenario: subscribes a second, a comma list")
     p.add_argument("--open-seconds", type=int, default=OPEN_SECONDS,

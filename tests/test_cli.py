@@ -67,7 +67,7 @@ async def _client_seen(app, path: str, peer: str) -> tuple[str, str]:
     ("127.0.0.1", "127.0.0.1", "/oauth/login", ("203.0.113.9", "https")),  # nginx on the host
     ("127.0.0.1", "198.51.100.7", "/oauth/login", ("198.51.100.7", "http")),  # not the proxy
     ("10.0.0.0/8", "10.1.2.3", "/oauth/callback", ("203.0.113.9", "https")),  # a proxy subnet
-    ("127.0.0.1", "127.0.0.1", "/wechat", ("127.0.0.1", "http")),  # the push path: untouched
+    ("127.0.0.1", "127.0.0.1", "/wechat", ("203.0.113.9", "https")),  # the push path alike
 ])
 async def test_forwarded_headers_are_believed_from_the_trusted_proxy_only(trusted, peer, path,
                                                                           expect):

@@ -40,6 +40,8 @@ from wxhook.server.oauth import OAuth
 from wxhook.server.profiles import ProfileRepo, Profiles, StoreProfileRepo
 from wxhook.server.ratelimit import WindowLimit
 from wxhook.server.rules_source import RulesSource
+from wxhook.server.signature import LocalNonces
+from wxhook.server.store.fifo import FifoMemory
 from wxhook.server.store.sqlite import SqliteProfileRepo
 from wxhook.server.tokens import TokenManager, api_with_tokens
 from wxhook.server.webhook import Webhook
@@ -142,6 +144,12 @@ class AccountHub:
         self.rules = load_sources(base, accounts, metrics) if sources is None else sources
         self.refusals = LimitedLog(get_logger("wxhook.push"), metrics=metrics, clock=clock)
         self.guard_quiet = LimitedLog(get_logger("wxhook.guard"), metrics=metrics)
+        # Without Redis, one retry memory and one nonce memory for all the accounts, keys
+        # filed under each account's appid: each is bounded for the process, so a thousand
+        # accounts hold what one busy account would, not a thousand bounds' worth.
+        self.retries = None if store.shared else FifoMemory(ttl=base.dedup_ttl, clock=clock)
+        self.nonces = None if store.shared else LocalNonces(window=base.timestamp_window,
+                                                            clock=wall_clock)
         # Sign-ins of all accounts count together, and their refusals share one bound: a
         # client spreading over many accounts' callbacks gets no more than at one.
         self.oauth_limit = WindowLimit(per_client=base.oauth_limit_per_client,
@@ -211,7 +219,8 @@ class AccountHub:
             router = default_router(settings.handlers, rules=answerer)
         webhook = Webhook(settings, store=self.store, router=router, api=api,
                           profiles=profiles, delivery=delivery, metrics=metrics,
-                          clock=self.clock, wall_clock=self.wall_clock, account=account.name)
+                          clock=self.clock, wall_clock=self.wall_clock, account=account.name,
+                          retries=self.retries, nonces=self.nonces)
         # One bound for refused pushes across all accounts: spreading a flood over many
         # account URLs must not multiply the lines it writes.
         webhook.refusals = self.refusals

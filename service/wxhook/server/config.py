@@ -133,9 +133,9 @@ class Settings(BaseSettings):
         "the file changes (a bad file keeps the last good one)."))
     forwarded_allow_ips: str = Field(
         "127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS", description=(
-        "The reverse proxies whose X-Forwarded-For/-Proto are believed for the OAuth pages "
-        "(never for /wechat): IPs or CIDR networks, comma-separated, or * (only when nothing "
-        "else can reach the port)."))
+        "The reverse proxies whose X-Forwarded-For/-Proto are believed (the OAuth pages use "
+        "the client address; /wechat never does): IPs or CIDR networks, comma-separated, or * "
+        "(only when nothing else can reach the port)."))
     oauth_limit_per_client: int = Field(
         20, ge=1, alias="WXHOOK_OAUTH_LIMIT_PER_CLIENT", description=(
             "OAuth callbacks a minute that may reach WeChat's code exchange (a call with the "

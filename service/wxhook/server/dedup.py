@@ -35,15 +35,19 @@ class Dedup:
     """claim() once per push; retries replay() what the claimant settle()s."""
 
     def __init__(self, store: Store, *, namespace: str, ttl: float = 60.0,
-                 lease: float = LEASE, clock: Callable[[], float] = time.monotonic) -> None:
+                 lease: float = LEASE, clock: Callable[[], float] = time.monotonic,
+                 local: FifoMemory | None = None) -> None:
         self.store = store
         self.prefix = namespace + "dedup:"
         self.ttl = ttl
         self.lease = lease
         self.log = get_logger("wxhook.dedup")
         # Without a shared store the replies stay in this process, in a memory made for
-        # hundreds of thousands of them (every push leaves one for the whole TTL).
-        self.local = None if store.shared else FifoMemory(ttl=ttl, clock=clock)
+        # hundreds of thousands of them (every push leaves one for the whole TTL); the
+        # accounts of an accounts file share one (`local`), so keys there name the appid.
+        self.local = None if store.shared else (
+            local if local is not None else FifoMemory(ttl=ttl, clock=clock))
+        self._scope = self.prefix if local is not None else ""
         # Claims held by this process (key -> its fencing value in the store, or its digest
         # in the local memory) and, once a local retry waits, its future.
         self._claims: dict[str, bytes | int] = {}
@@ -57,7 +61,7 @@ class Dedup:
         if self.local is not None:
             # Only this process reads it: _claims is the pending marker, and the memory
             # keeps settled replies only.
-            where = digest(key)
+            where = digest(self._scope + key)
             if self.local.get(where) is not None:
                 return False
             self._claims[key] = where
@@ -76,7 +80,7 @@ class Dedup:
                 return fut.result()
             return SUCCESS
         if self.local is not None:
-            return self.local.get(digest(key)) or SUCCESS
+            return self.local.get(digest(self._scope + key)) or SUCCESS
         return await self._wait_stored(key, deadline)
 
     async def settle(self, key: str, reply: bytes) -> None:
@@ -84,7 +88,8 @@ class Dedup:
         mine = self._claims.get(key)
         try:
             if self.local is not None:
-                self.local.put(mine if isinstance(mine, int) else digest(key), reply)
+                self.local.put(mine if isinstance(mine, int) else digest(self._scope + key),
+                               reply)
             elif isinstance(mine, bytes) and not await self.store.replace_if(
                     own_slot(self.prefix, key), mine, reply, ttl=self.ttl):
                 # Our lease ran out (a stalled loop) and another try took the push over:

@@ -85,7 +85,8 @@ class Guard:
 
     def __init__(self, settings: Settings, *, store: Store, namespace: str,
                  metrics: Metrics, clock: Callable[[], float] = time.time,
-                 build: Callable[[dict[str, str]], InboundMessage] = build_message) -> None:
+                 build: Callable[[dict[str, str]], InboundMessage] = build_message,
+                 nonces: LocalNonces | None = None) -> None:
         self.settings = settings
         self.build = build  # the fields' typing (tests inject a failing one)
         self.mode = settings.mode
@@ -96,7 +97,11 @@ class Guard:
         window = settings.timestamp_window
         self.nonces: LocalNonces | SharedNonces = (
             SharedNonces(store, namespace=namespace, window=window, clock=clock)
-            if store.shared else LocalNonces(window=window, clock=clock))
+            if store.shared else nonces if nonces is not None
+            else LocalNonces(window=window, clock=clock))
+        # The accounts of an accounts file share one process memory (`nonces`): there a
+        # nonce is filed under its account's namespace, so one account's never stops another's.
+        self.nonce_scope = namespace if nonces is not None and not store.shared else ""
         # A verbatim repeat is WeChat retrying only while the dedup record can answer it;
         # later it would run the handler again, so it is refused as a replay.
         self.retry_span = settings.dedup_ttl
@@ -226,7 +231,7 @@ class Guard:
         # 2^64 search.
         digest = hashlib.blake2b(data, digest_size=8, person=shape).digest()
         try:
-            first = await self.nonces.first_seen(ts, nonce, digest)
+            first = await self.nonces.first_seen(ts, self.nonce_scope + nonce, digest)
         except Exception as exc:  # noqa: BLE001 - the store failing must not cost the reply
             self.metrics.store_fallbacks.inc()
             self.quiet.warning("nonce_memory", "nonce_memory_unavailable",

@@ -115,12 +115,8 @@ class StdoutLogger(structlog.BytesLogger):
 
     def msg(self, message: bytes) -> None:
         """Write one line."""
-        # One write call a line, without BytesLogger's lock: the file object serialises
-        # its own writes, and every push writes a line (bench/README.md, "Hand-written
-        # structures", has what the lock costs).
         try:
-            self._write(message + b"\n")
-            self._flush()
+            super().msg(message)
         except (OSError, ValueError):
             type(self).dropped += 1
 

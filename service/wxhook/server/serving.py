@@ -11,6 +11,8 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
 from wxhook.errors import SettingsError
 from wxhook.server.config import Settings, load_settings
 
@@ -57,7 +59,7 @@ def app_or_exit(settings: Settings) -> Any:
     from wxhook.server.loglimit import limit_library_logs
 
     try:
-        app = create_app(settings)
+        app: Any = create_app(settings)
     except SettingsError as exc:
         print(f"wxhook: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -65,28 +67,18 @@ def app_or_exit(settings: Settings) -> Any:
     return _BehindProxy(app, settings.forwarded_allow_ips)
 
 
-class _BehindProxy:
-    """uvicorn's X-Forwarded-* handling for every route but /wechat.
+class _BehindProxy(ProxyHeadersMiddleware):
+    """uvicorn's X-Forwarded-* handling (WXHOOK_FORWARDED_ALLOW_IPS), with the app's own
+    attributes (state, hub) reachable through it.
 
     The client address matters to the OAuth routes (their per-client limits, the logs);
-    behind nginx it is nginx's unless the proxy is trusted. /wechat authenticates by
-    signature and never reads it, so the push path skips the middleware's cost.
+    behind nginx it is nginx's unless the proxy is trusted. /wechat never reads it and gets
+    it all the same: skipping the middleware there was measured not worth its code
+    (bench/README.md, "Hand-written structures").
     """
-
-    def __init__(self, app: Any, trusted: str) -> None:
-        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-        self.app = app
-        self.proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.app, name)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/wechat"
-                                        or scope["path"].startswith("/wechat/")):
-            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
-        return await self.proxied(scope, receive, send)
 
 
 def app_factory() -> Any:
@@ -110,9 +102,8 @@ def app_factory() -> Any:
 
 def uvicorn_kwargs() -> dict[str, Any]:
     """uvicorn's options for wxhook (serve and dev alike)."""
-    # proxy_headers off here: uvicorn's middleware would wrap /wechat too, a cost on every
-    # push for an address the route never reads (bench/README.md, "Measured choices");
-    # _BehindProxy applies it, from WXHOOK_FORWARDED_ALLOW_IPS, to the other routes only.
+    # proxy_headers off here: app_or_exit wraps the app in the same middleware with
+    # WXHOOK_FORWARDED_ALLOW_IPS (uvicorn's own option reads FORWARDED_ALLOW_IPS).
     # ws "none": no route speaks WebSocket, so no handshake code is reachable by a client.
     return {"loop": "uvloop", "http": "httptools", "ws": "none", "access_log": False,
             "log_config": None, "server_header": False, "timeout_graceful_shutdown": 15,

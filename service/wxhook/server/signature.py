@@ -113,19 +113,16 @@ class _NonceTable:
         return arrival
 
     def _grow(self) -> None:
-        # Every table starts small and doubles as its second fills (under load every push
-        # lands in a growing table), so the entries move here in one loop, not a call each.
+        # Every table starts small and doubles as its second fills: each entry is filed
+        # again in the doubled table.
+        old = zip(self.keys, self.digests, self.arrivals, strict=True)
         size = 2 * (self.mask + 1)
-        mask = size - 1
-        keys, digests = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
-        arrivals = array("I", bytes(4 * size))
-        for key, digest, arrival in zip(self.keys, self.digests, self.arrivals, strict=True):
+        self.keys, self.digests = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
+        self.arrivals = array("I", bytes(4 * size))
+        self.mask, self.used = size - 1, 0
+        for key, digest, arrival in old:
             if key:
-                i = key & mask
-                while keys[i]:
-                    i = (i + 1) & mask
-                keys[i], digests[i], arrivals[i] = key, digest, arrival
-        self.keys, self.digests, self.arrivals, self.mask = keys, digests, arrivals, mask
+                self.first_seen(key, digest, arrival)
 
 
 def _nonce_key(nonce: str) -> int:

@@ -1,9 +1,9 @@
 """Waiting until a deadline, at the price of what the wait really needs.
 
-asyncio.wait_for(shield(fut)) and asyncio.wait() do this with a task, a shield or a set
-per call; on a path every push takes, a future and a timer are enough, and an await that
-need not wait at all (uvicorn holds the whole body when a push's headers arrive) needs
-neither: bench/README.md ("Hand-written structures") has what each costs.
+An await that need not wait at all (uvicorn holds the whole body when a push's headers
+arrive) needs no timer: `within` runs its first step before arming one (bench/README.md,
+"Hand-written structures", has what it saves). Waiting for another's future uses
+asyncio.wait, which neither cancels the future nor raises its error.
 """
 
 from __future__ import annotations
@@ -71,26 +71,11 @@ class _Resumed(Generic[T]):
                 return done.value  # type: ignore[no-any-return]
 
 
-async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:  # noqa: ASYNC109 - as within
-    """Wait until `fut` is done or `timeout` seconds pass; True when done. Never cancels it."""
-    if fut.done():
-        return True
-    if timeout <= 0:
-        return False
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    fut.add_done_callback(wake)
-    timer = loop.call_later(timeout, wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        fut.remove_done_callback(wake)
+async def wait_done(fut: asyncio.Future[Any], timeout: float) -> bool:  # noqa: ASYNC109 - a wait
+    """Wait until `fut` is done or `timeout` seconds pass; True when done. Never cancels it
+    (asyncio.wait neither cancels nor raises what `fut` raises)."""
+    if not fut.done() and timeout > 0:
+        await asyncio.wait((fut,), timeout=timeout)
     return fut.done()
 
 

@@ -7,6 +7,7 @@ injection and validation cost more than the whole guard (see the README's profil
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger, log_info, mask_openid, upstream_trace
 from wxhook.server.metrics import Metrics
 from wxhook.server.profiles import Profiles
+from wxhook.server.signature import LocalNonces
+from wxhook.server.store.fifo import FifoMemory
 from wxhook.server.wechat_api import WeChatAPI
 from wxhook.state import States
 from wxhook.store import Store
@@ -71,16 +74,20 @@ class Webhook:
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time, account: str = "default") -> None:
+                 wall_clock: Callable[[], float] = time.time, account: str = "default",
+                 retries: FifoMemory | None = None, nonces: LocalNonces | None = None) -> None:
         self.settings = settings
         self.account = account
         self.store = store
         # Keys in a shared store (Redis) name the appid; without one, nonces and retry
         # replies stay in memories of this process and use no store key.
         namespace = f"wxhook:{settings.app_id}:"
+        # `retries` and `nonces`: the process memories every account of an accounts file
+        # shares (each bounded for the whole process); a single account makes its own.
         self.guard = Guard(settings, store=store, namespace=namespace, metrics=metrics,
-                           clock=wall_clock)
-        self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl, clock=clock)
+                           clock=wall_clock, nonces=nonces)
+        self.dedup = Dedup(store, namespace=namespace, ttl=settings.dedup_ttl, clock=clock,
+                           local=retries)
         self.router = router
         self.api = api
         self.profiles = profiles
@@ -92,7 +99,9 @@ class Webhook:
                              log=LimitedLog(get_logger("wxhook.state"), metrics=metrics,
                                             clock=clock))
         self._running: set[asyncio.Task[Any]] = set()  # strong refs to first tries' tasks
-        self._counters: dict[tuple[str, str, str], Any] = {}
+        # Each label set's child looked up once: labels() takes a lock and builds its key on
+        # every call. The label values are bounded (see _MSG_TYPES), so is this cache.
+        self._pushes_of = functools.cache(metrics.pushes.labels)
         # Request ids: a random prefix per process and a counter (no syscall per push).
         self._rid = os.urandom(4).hex() + "-"
         self._pushes = 0
@@ -276,10 +285,7 @@ class Webhook:
     def _count(self, msg_type: str, event: str, outcome: str) -> None:
         labels = (msg_type if msg_type in _MSG_TYPES else "other",
                   event if event in _EVENTS else "other", outcome)
-        child = self._counters.get(labels)
-        if child is None:
-            child = self._counters[labels] = self.metrics.pushes.labels(*labels)
-        child.inc()
+        self._pushes_of(*labels).inc()
 
     def _refuse(self, exc: GuardError,
                 rec: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -49,9 +50,21 @@ def _loads(content: bytes) -> Any:
         return json.loads(content)
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """httpx's default TLS settings (certifi, or SSL_CERT_FILE/SSL_CERT_DIR), built once.
+
+    A client builds its own context otherwise, reading the whole CA bundle each time: with
+    an accounts file every account has its own client, and a thousand copies of the bundle
+    would cost a thousand times its memory, and each account's first push that read.
+    """
+    return httpx.create_ssl_context()
+
+
 def new_http_client(*, timeout: float = 3.0) -> httpx.AsyncClient:
-    """The one shared client: explicit timeouts, a pool sized for subscribe bursts."""
+    """An account's client: explicit timeouts, a pool sized for subscribe bursts."""
     return httpx.AsyncClient(
+        verify=_tls(),
         timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50,
                             keepalive_expiry=30.0),
@@ -97,10 +110,8 @@ class WeChatHTTP:
         try:
             # httpx's timeout is per phase (pool, connect, write, read); bound the whole call.
             async with asyncio.timeout(timeout):
-                # The query encoded here: httpx would parse the URL twice to merge `params`.
-                url = f"{self.base}{path}?{urlencode(params)}" if params else self.base + path
                 resp = await self.http.request(
-                    method, url, timeout=timeout,
+                    method, self.base + path, params=params, timeout=timeout,
                     content=None if json is None else orjson.dumps(json),
                     headers=None if json is None else _JSON_BODY)
             if resp.status_code >= 400:
