@@ -90,6 +90,9 @@ async def test_a_manual_failover_is_followed_at_once(tmp_path: Path, sandbox: An
                 await s.aclose()
 
 
+# redis-py drops its connections to the killed master without closing them; when the
+# collector finds them late, their __del__ warnings land in this test (seen once in a run).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_killed_master_is_followed(tmp_path: Path, sandbox: Any,
                                            make_app: Callable[..., Any],
                                            make_push: Callable[..., Push]) -> None:
