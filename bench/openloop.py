@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 TIMEOUT = 5.0  # WeChat gives up after 5 s: a slower reply is a failed reply
@@ -33,7 +34,7 @@ MAX_CONNECTIONS = 4096
 
 def read_pool(path: str) -> list[bytes]:
     """The raw requests of one pool file ("<len>\\n<bytes>" each)."""
-    data = open(path, "rb").read()  # noqa: SIM115 - read at once, before the clock starts
+    data = Path(path).read_bytes()  # read at once (and closed), before the clock starts
     out, i = [], 0
     while i < len(data):
         nl = data.index(b"\n", i)

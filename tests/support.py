@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,53 @@ def worker_pids(supervisor: int) -> set[int]:
         except OSError:
             pass
     return pids
+
+
+def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `check()` is true, asking every 0.1 s; AssertionError after `timeout` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+class Workers:
+    """The workers of `wxhook serve --workers N` (pid `supervisor`) and each one's last answer
+    to `ask` (a check that names the pid answering, asked on a new connection each time so
+    every worker gets asked)."""
+
+    def __init__(self, supervisor: int, ask: Callable[[], dict[str, Any]]) -> None:
+        self.supervisor = supervisor
+        self.ask = ask
+        self.serving = worker_pids(supervisor)
+        self.seen: dict[int, dict[str, Any]] = {}
+
+    def every(self, check: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
+        """For until(): every worker serving now has answered, and `check` holds for each."""
+        def met() -> bool:
+            s = self.ask()
+            self.seen[s["pid"]] = s
+            # The workers serving now: on a loaded machine the supervisor may have replaced
+            # one that missed its health ping.
+            self.serving.clear()
+            self.serving.update(worker_pids(self.supervisor))
+            return set(self.seen) >= self.serving and all(
+                check(self.seen[p]) for p in self.serving)
+        return met
+
+    def kill_one(self, *, replaced_within: float) -> tuple[int, int]:
+        """SIGKILL a worker; (its pid, its replacement's, whose answer is in `seen`)."""
+        victim = min(self.serving)
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: len(worker_pids(self.supervisor) - self.serving) == 1,
+              timeout=replaced_within)
+        (new,) = worker_pids(self.supervisor) - self.serving
+        self.seen.clear()
+        until(lambda: new in self.seen or bool(
+            self.seen.update({(s := self.ask())["pid"]: s})), timeout=30)
+        return victim, new
 
 
 def catches(pid: int, sig: int) -> bool:

@@ -10,14 +10,22 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import WXHOOK, free_port, process, sandbox_process, server_env, worker_pids
+from tests.support import (
+    WXHOOK,
+    Workers,
+    free_port,
+    process,
+    sandbox_process,
+    server_env,
+    until,
+    worker_pids,
+)
 from wxhook.server.crypto import MessageCrypto
 from wxhook.tools.simulate import decode_reply, push_xml, sign_push
 
@@ -71,15 +79,6 @@ def accounts_check(url: str) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     check: dict[str, Any] = r.json()["checks"]["accounts"]
     return check
-
-
-def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def events(log: Path, name: str) -> list[dict[str, Any]]:
@@ -182,48 +181,33 @@ def test_every_worker_reloads_and_one_started_again_runs_the_last_good_set(
                                  PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
         with server as proc:
             until(lambda: len(worker_pids(proc.pid)) == 2, timeout=30)
-            serving = worker_pids(proc.pid)
-            seen: dict[int, dict[str, Any]] = {}
-
-            def every_worker(check: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
-                def met() -> bool:
-                    s = accounts_check(url)
-                    seen[s["pid"]] = s
-                    serving.clear()
-                    serving.update(worker_pids(proc.pid))  # one may have been replaced
-                    return set(seen) >= serving and all(check(seen[p]) for p in serving)
-                return met
+            workers = Workers(proc.pid, lambda: accounts_check(url))
+            seen, every_worker = workers.seen, workers.every
             try:
                 until(every_worker(lambda s: s["accounts"] == 2), timeout=40)
-                first = seen[min(serving)]["version"]
+                first = seen[min(workers.serving)]["version"]
                 # SIGHUP, passed on to every worker: each serves the third account.
                 write(path, SHOP_ENTRY, entry(NEWS), THIRD_ENTRY)
                 os.kill(proc.pid, signal.SIGHUP)
                 seen.clear()
                 until(every_worker(lambda s: s["version"] != first and s["accounts"] == 3),
                       timeout=40)
-                good = seen[min(serving)]["version"]
+                good = seen[min(workers.serving)]["version"]
                 for _ in range(6):  # whichever worker answers
                     assert greet(url, THIRD) == WELCOME
                 path.write_text("accounts: [\n")
                 seen.clear()
                 until(every_worker(lambda s: s["last_error"] is not None), timeout=40)
             except AssertionError:
-                raise AssertionError(f"workers {serving}, answers {seen}") from None
-            victim = min(serving)
-            os.kill(victim, signal.SIGKILL)
-            until(lambda: len(worker_pids(proc.pid) - serving) == 1, timeout=30)
-            (new,) = worker_pids(proc.pid) - serving
-            seen.clear()
-            until(lambda: new in seen or bool(seen.update({(s := accounts_check(url))["pid"]:
-                                                           s})), timeout=30)
+                raise AssertionError(f"workers {workers.serving}, answers {seen}") from None
+            victim, new = workers.kill_one(replaced_within=30)
             assert seen[new]["version"] == good and seen[new]["accounts"] == 3
             assert seen[new]["loaded_by"] == "last good copy"
             assert "not valid YAML" in seen[new]["last_error"]
             for _ in range(6):
                 assert greet(url, THIRD) == WELCOME
             time.sleep(2)  # started once, and stays: no crash loop
-            assert worker_pids(proc.pid) == serving - {victim} | {new}
+            assert worker_pids(proc.pid) == workers.serving - {victim} | {new}
             assert proc.poll() is None
     text = log.read_text()
     assert "Traceback" not in text

@@ -10,23 +10,13 @@ import httpx
 import pytest
 
 from bench import gen
+from bench.openloop import read_pool
 from tests.support import started
 from wxhook.server.app import create_app
 from wxhook.server.config import load_settings
 from wxhook.server.metrics import Metrics
 from wxhook.server.store.memory import MemoryStore
 from wxhook.server.xmldoc import reply_fields
-
-
-def read_pool(path: str) -> list[bytes]:
-    """The raw requests of one pool file, as bench/wrk/replay.lua reads them."""
-    data, out, i = Path(path).read_bytes(), [], 0
-    while i < len(data):
-        end = data.index(b"\n", i)
-        size = int(data[i:end])
-        out.append(data[end + 1:end + 1 + size])
-        i = end + 1 + size
-    return out
 
 
 def split(raw: bytes) -> tuple[str, str, dict[str, str], bytes]:

@@ -14,10 +14,12 @@ from tests.conftest import OPENID
 from tests.support import (
     TOKEN,
     WXHOOK,
+    Workers,
     free_port,
     process,
     sandbox_process,
     server_env,
+    until,
     wait_http,
     worker_pids,
 )
@@ -44,12 +46,7 @@ def _rules(url):
 
 
 def _until(check, timeout=8.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+    until(check, timeout)
 
 
 def _write_keeping_stamp(path, text):
@@ -284,51 +281,33 @@ def test_a_worker_started_again_while_the_file_is_broken_runs_the_last_good_rule
                                    PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
         with proc_cm as proc:
             _until(lambda: len(worker_pids(proc.pid)) == 2, timeout=20)
-            serving = worker_pids(proc.pid)
-            states: dict[int, dict] = {}
-
-            def every_worker(check):
-                def met():
-                    s = _rules(url)
-                    states[s["pid"]] = s
-                    # The workers serving now: on a loaded machine the supervisor may
-                    # have replaced one that missed its health ping.
-                    serving.clear()
-                    serving.update(worker_pids(proc.pid))
-                    return set(states) >= serving and all(
-                        check(states[p]) for p in serving)
-                return met
+            workers = Workers(proc.pid, lambda: _rules(url))
+            states, every_worker = workers.seen, workers.every
             try:
                 # Every worker has loaded v1 before the file changes: a worker still
                 # starting would read v2 at start, not as a change.
                 _until(every_worker(lambda s: s["last_error"] is None), timeout=40)
-                first = states[min(serving)]["version"]
+                first = states[min(workers.serving)]["version"]
                 # A good change every worker takes (the last good rules are these, not the
                 # ones serve started with), then a broken file every worker refuses.
                 path.write_text(GOOD % "v2")
                 states.clear()
                 _until(every_worker(lambda s: s["last_error"] is None and s["version"] != first
                                     and s["loaded_by"] == "file changed"), timeout=40)
-                good = states[min(serving)]["version"]
+                good = states[min(workers.serving)]["version"]
                 path.write_text(BROKEN)
                 _until(every_worker(lambda s: s["last_error"] is not None), timeout=40)
             except AssertionError:
-                raise AssertionError(f"workers {serving}, answers {states}") from None
-            victim = min(serving)
-            os.kill(victim, signal.SIGKILL)
+                raise AssertionError(f"workers {workers.serving}, answers {states}") from None
             # Its replacement starts on the rules the other worker runs, and says why.
-            _until(lambda: len(worker_pids(proc.pid) - serving) == 1, timeout=20)
-            (new,) = worker_pids(proc.pid) - serving
-            states.clear()
-            _until(lambda: new in states or bool(states.update({(s := _rules(url))["pid"]: s})),
-                   timeout=30)
+            victim, new = workers.kill_one(replaced_within=20)
             assert states[new]["version"] == good
             assert states[new]["loaded_by"] == "last good copy"
             assert "bad regex" in states[new]["last_error"]
             for _ in range(6):  # whichever worker answers
                 assert _ask(url) == "v2"
             time.sleep(2)  # started once, and stays: no crash loop
-            assert worker_pids(proc.pid) == serving - {victim} | {new}
+            assert worker_pids(proc.pid) == workers.serving - {victim} | {new}
             assert proc.poll() is None
     text = log.read_text()
     assert "Traceback" not in text and "RulesError" not in text

@@ -67,6 +67,21 @@ async def connect() -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
         await c.aclose()
 
 
+@pytest.fixture
+async def redis_stores(redis_url: str) -> AsyncIterator[Callable[[int], list[Any]]]:
+    """redis_stores(n): n clients of one Redis (n instances), closed after the test."""
+    from wxhook.server.store.redis import RedisStore
+
+    made: list[RedisStore] = []
+
+    def make(n: int) -> list[RedisStore]:
+        made.extend(RedisStore(redis_url) for _ in range(n))
+        return made[-n:]
+    yield make
+    for store in made:
+        await store.aclose()
+
+
 def counted(app: Any, **labels: str) -> float:
     """wxhook_internal_token_requests_total for those labels (0 when never counted)."""
     value = app.state.metrics.registry.get_sample_value(
@@ -340,138 +355,120 @@ async def test_the_apps_other_routes_keep_their_own_answers(make_app, keyed, con
 @pytest.mark.redis
 async def test_two_instances_and_a_caller_share_one_upstream_fetch(make_app, keyed, connect,
                                                                    sandbox, make_push,
-                                                                   redis_url) -> None:
-    from wxhook.server.store.redis import RedisStore
+                                                                   redis_stores) -> None:
+    stores = redis_stores(2)
+    apps = [make_app(settings=keyed, store=store) for store in stores]
+    clients = [connect(app) for app in apps]
+    sandbox.latency = 0.03  # an upstream that takes a while: the fetches would overlap
 
-    stores = [RedisStore(redis_url), RedisStore(redis_url)]
-    try:
-        apps = [make_app(settings=keyed, store=store) for store in stores]
-        clients = [connect(app) for app in apps]
-        sandbox.latency = 0.03  # an upstream that takes a while: the fetches would overlap
+    def subscribes(tag: str) -> list[Any]:
+        return [push(clients[i % 2], make_push("subscribe",
+                                               openid=f"o{tag}{i:0{27 - len(tag)}d}"))
+                for i in range(20)]
 
-        def subscribes(tag: str) -> list[Any]:
-            return [push(clients[i % 2], make_push("subscribe",
-                                                   openid=f"o{tag}{i:0{27 - len(tag)}d}"))
-                    for i in range(20)]
+    def fetches() -> list[Any]:
+        return [c.get(TOKEN_URL, headers={**AUTH, "X-Wxhook-Caller": "crm"})
+                for c in clients for _ in range(5)]
 
-        def fetches() -> list[Any]:
-            return [c.get(TOKEN_URL, headers={**AUTH, "X-Wxhook-Caller": "crm"})
-                    for c in clients for _ in range(5)]
+    # Pushes through /wechat on both instances while the CRM asks both for the token.
+    results = await asyncio.gather(*subscribes("Before"), *fetches())
+    replies, answers = results[:20], results[20:]
+    assert all(greeting(r).startswith("Welcome, Follower-") for r in replies)
+    assert {r.status_code for r in answers} == {200}
+    first = {r.json()["access_token"] for r in answers}
+    assert len(first) == 1
+    assert sandbox.token_requests == 1
 
-        # Pushes through /wechat on both instances while the CRM asks both for the token.
-        results = await asyncio.gather(*subscribes("Before"), *fetches())
-        replies, answers = results[:20], results[20:]
-        assert all(greeting(r).startswith("Welcome, Follower-") for r in replies)
-        assert {r.status_code for r in answers} == {200}
-        first = {r.json()["access_token"] for r in answers}
-        assert len(first) == 1
-        assert sandbox.token_requests == 1
-
-        # WeChat kills it (another system's force_refresh); the CRM reports it at A.
-        sandbox.invalidate_tokens()
-        (old,) = first
-        resp = await clients[0].post(INVALID_URL, headers=AUTH, json={"access_token": old})
-        new = resp.json()["access_token"]
-        assert new != old and sandbox.token_requests == 2
-        # B hands out the new token too (it follows the store), and its pushes, whose
-        # first call still carries the old one, adopt it without a fetch.
-        results = await asyncio.gather(*subscribes("After"), *fetches())
-        assert all(greeting(r).startswith("Welcome, Follower-") for r in results[:20])
-        assert {r.json()["access_token"] for r in results[20:]} == {new}
-        assert sandbox.token_requests == 2
-    finally:
-        for store in stores:
-            await store.aclose()
+    # WeChat kills it (another system's force_refresh); the CRM reports it at A.
+    sandbox.invalidate_tokens()
+    (old,) = first
+    resp = await clients[0].post(INVALID_URL, headers=AUTH, json={"access_token": old})
+    new = resp.json()["access_token"]
+    assert new != old and sandbox.token_requests == 2
+    # B hands out the new token too (it follows the store), and its pushes, whose
+    # first call still carries the old one, adopt it without a fetch.
+    results = await asyncio.gather(*subscribes("After"), *fetches())
+    assert all(greeting(r).startswith("Welcome, Follower-") for r in results[:20])
+    assert {r.json()["access_token"] for r in results[20:]} == {new}
+    assert sandbox.token_requests == 2
 
 
 @pytest.mark.redis
 async def test_a_report_at_another_instance_compares_with_the_stored_token(
-        make_app, keyed, connect, sandbox, redis_url) -> None:
-    from wxhook.server.store.redis import RedisStore
-
+        make_app, keyed, connect, sandbox, redis_stores) -> None:
     now = [1_000_000.0]  # one clock for both instances, as NTP gives them
-    stores = [RedisStore(redis_url), RedisStore(redis_url)]
-    try:
-        apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
-                for store in stores]
-        a, b = (connect(app) for app in apps)
-        first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
-        assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == first
-        sandbox.invalidate_tokens()
-        second = (await a.post(INVALID_URL, headers=AUTH,
-                               json={"access_token": first})).json()["access_token"]
-        assert sandbox.token_requests == 2
-        # B still holds the first in memory; the second, A's, is rejected an hour later and
-        # reported at B: it is the current one for the deployment, so B expires it and
-        # fetches once.
-        now[0] += 3600
-        sandbox.invalidate_tokens()
-        resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
-        third = resp.json()["access_token"]
-        assert third not in (first, second) and sandbox.token_requests == 3
-        assert counted(apps[1], account="default", caller="other", action="invalid",
-                       outcome="expired") == 1
-        # A hands out B's token without a fetch of its own.
-        assert (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
-        assert sandbox.token_requests == 3
-    finally:
-        for store in stores:
-            await store.aclose()
+    stores = redis_stores(2)
+    apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
+            for store in stores]
+    a, b = (connect(app) for app in apps)
+    first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+    assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == first
+    sandbox.invalidate_tokens()
+    second = (await a.post(INVALID_URL, headers=AUTH,
+                           json={"access_token": first})).json()["access_token"]
+    assert sandbox.token_requests == 2
+    # B still holds the first in memory; the second, A's, is rejected an hour later and
+    # reported at B: it is the current one for the deployment, so B expires it and
+    # fetches once.
+    now[0] += 3600
+    sandbox.invalidate_tokens()
+    resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
+    third = resp.json()["access_token"]
+    assert third not in (first, second) and sandbox.token_requests == 3
+    assert counted(apps[1], account="default", caller="other", action="invalid",
+                   outcome="expired") == 1
+    # A hands out B's token without a fetch of its own.
+    assert (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
+    assert sandbox.token_requests == 3
 
 
 @pytest.mark.redis
 async def test_a_token_rejected_right_after_a_refresh_pauses_every_instance(
-        make_app, keyed, connect, sandbox, redis_url) -> None:
-    from wxhook.server.store.redis import RedisStore
-
+        make_app, keyed, connect, sandbox, redis_stores) -> None:
     now = [1_000_000.0]  # one clock for the three instances, as NTP gives them
-    stores = [RedisStore(redis_url) for _ in range(3)]
-    try:
-        apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
-                for store in stores]
-        a, b, c = (connect(app) for app in apps)
-        first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
-        sandbox.invalidate_tokens()
-        second = (await a.post(INVALID_URL, headers=AUTH,
-                               json={"access_token": first})).json()["access_token"]
-        assert sandbox.token_requests == 2  # rejected once: refreshed at once
-        assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == second
-        # Its successor is rejected too, seconds after A fetched it, and reported at B: the
-        # second in a row for the deployment, though the first B sees. B pauses.
-        now[0] += 5
-        sandbox.invalidate_tokens()
-        resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
+    stores = redis_stores(3)
+    apps = [make_app(settings=keyed, store=store, wall_clock=lambda: now[0])
+            for store in stores]
+    a, b, c = (connect(app) for app in apps)
+    first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+    sandbox.invalidate_tokens()
+    second = (await a.post(INVALID_URL, headers=AUTH,
+                           json={"access_token": first})).json()["access_token"]
+    assert sandbox.token_requests == 2  # rejected once: refreshed at once
+    assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == second
+    # Its successor is rejected too, seconds after A fetched it, and reported at B: the
+    # second in a row for the deployment, though the first B sees. B pauses.
+    now[0] += 5
+    sandbox.invalidate_tokens()
+    resp = await b.post(INVALID_URL, headers=AUTH, json={"access_token": second})
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"] == "30"
+    assert counted(apps[1], account="default", caller="other", action="invalid",
+                   outcome="backoff") == 1
+    # A (which holds the rejected token) and C (which never had one) pause as well:
+    # nothing is fetched anywhere until the pause is over.
+    now[0] += 10
+    for client in (a, c):
+        resp = await client.get(TOKEN_URL, headers=AUTH)
         assert resp.status_code == 503, resp.text
-        assert resp.headers["retry-after"] == "30"
-        assert counted(apps[1], account="default", caller="other", action="invalid",
-                       outcome="backoff") == 1
-        # A (which holds the rejected token) and C (which never had one) pause as well:
-        # nothing is fetched anywhere until the pause is over.
-        now[0] += 10
-        for client in (a, c):
-            resp = await client.get(TOKEN_URL, headers=AUTH)
-            assert resp.status_code == 503, resp.text
-            assert resp.headers["retry-after"] == "20"
-        assert sandbox.token_requests == 2
-        for app in (apps[0], apps[2]):
-            status = app.state.tokens.status()
-            assert status["error"]["errcode"] == 40001 and status["retry_in_s"] == 20
-        now[0] += 21  # over: one fetch for the deployment
-        third = (await c.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
-        assert third not in (first, second)
-        for client in (a, b):
-            assert (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
-        assert sandbox.token_requests == 3
-        # Rejected at once again, at A this time: the run goes on, the pause doubles.
-        now[0] += 5
-        sandbox.invalidate_tokens()
-        resp = await a.post(INVALID_URL, headers=AUTH, json={"access_token": third})
-        assert resp.status_code == 503 and resp.headers["retry-after"] == "60"
-        assert (await b.get(TOKEN_URL, headers=AUTH)).headers["retry-after"] == "60"
-        assert sandbox.token_requests == 3
-    finally:
-        for store in stores:
-            await store.aclose()
+        assert resp.headers["retry-after"] == "20"
+    assert sandbox.token_requests == 2
+    for app in (apps[0], apps[2]):
+        status = app.state.tokens.status()
+        assert status["error"]["errcode"] == 40001 and status["retry_in_s"] == 20
+    now[0] += 21  # over: one fetch for the deployment
+    third = (await c.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+    assert third not in (first, second)
+    for client in (a, b):
+        assert (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == third
+    assert sandbox.token_requests == 3
+    # Rejected at once again, at A this time: the run goes on, the pause doubles.
+    now[0] += 5
+    sandbox.invalidate_tokens()
+    resp = await a.post(INVALID_URL, headers=AUTH, json={"access_token": third})
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "60"
+    assert (await b.get(TOKEN_URL, headers=AUTH)).headers["retry-after"] == "60"
+    assert sandbox.token_requests == 3
 
 
 # --------------------------------------------------------------------------- many accounts

@@ -65,9 +65,16 @@ class Bundle:
     delivery: LateDelivery
     http: httpx.AsyncClient | None
     oauth: OAuth
-    # Pushes, sign-ins and token authority requests inside it now (AccountHub.serving):
-    # a retired bundle closes after them.
+    # Pushes, sign-ins and token authority requests inside it now (`with bundle:`): a
+    # retired bundle closes after them.
     busy: int = 0
+
+    def __enter__(self) -> Bundle:
+        self.busy += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.busy -= 1
 
 
 def account_settings(base: Settings, account: Account) -> Settings:
@@ -158,10 +165,13 @@ class AccountHub:
 
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
         name = str(scope["path"])[len(PREFIX):]
-        with self.serving(name) as bundle:
-            if bundle is not None:
+        bundle = self.bundle(name)
+        if bundle is not None:
+            # Counted in, not through serving(): a generator-based context manager per
+            # push costs more than the count itself.
+            with bundle:
                 await bundle.webhook(scope, receive, send)
-                return
+            return
         # Anyone can ask for any name: the line is bounded like a refused push's.
         self.refusals.warning("unknown_account", "push_refused", status=404,
                               reason="unknown_account", path_length=len(name))
@@ -181,16 +191,14 @@ class AccountHub:
     def serving(self, name: str) -> Iterator[Bundle | None]:
         """The account's pieces (None: no such account), kept open while the caller uses
         them: a reload that removes or changes the account closes them only after it is
-        done. Pushes, sign-ins and token authority requests take their bundle from here."""
+        done. Sign-ins and token authority requests take their bundle from here (a push
+        enters its bundle itself, in __call__)."""
         bundle = self.bundle(name)
         if bundle is None:
             yield None
             return
-        bundle.busy += 1
-        try:
+        with bundle:
             yield bundle
-        finally:
-            bundle.busy -= 1
 
     def _build(self, account: Account) -> Bundle:
         settings = account_settings(self.base, account)

@@ -34,7 +34,7 @@ from wxhook.server.accounts import Account, AccountsError, parse_accounts, read_
 from wxhook.server.config import Settings
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
-from wxhook.server.rules_source import POLL_INTERVAL, RulesSource
+from wxhook.server.rules_source import POLL_INTERVAL, RulesSource, file_stamp, write_atomically
 
 LAST_GOOD_ENV = "WXHOOK_ACCOUNTS_LAST_GOOD"  # set by `serve --workers N` for its workers
 _NAMES_SHOWN = 20  # names listed in a reload's line; a file of thousands is counted
@@ -50,7 +50,7 @@ class AccountsSource:
         self.last_good = last_good
         self.log = get_logger("wxhook.accounts")
         self.hub: AccountHub | None = None  # set once built from `accounts` and `sources`
-        self._stamp = _stat(self.path)
+        self._stamp = file_stamp(self.path)
         self.last_error: str | None = None
         self.loaded_by = "start"
         try:
@@ -74,7 +74,7 @@ class AccountsSource:
                                last_good_dir=rules_dir)
         if self.last_good and save:
             try:
-                _write_atomically(self.last_good, data)
+                write_atomically(self.last_good, data)
             except OSError as exc:  # serving matters more than the copy
                 self.log.warning("accounts_last_good_not_saved", path=self.last_good,
                                  error=exc.strerror or str(exc))
@@ -83,7 +83,7 @@ class AccountsSource:
     def reload(self, why: str) -> bool:
         """Load the file again and serve it; on any problem keep the set in force."""
         assert self.hub is not None, "reload() before the hub was built"
-        self._stamp = _stat(self.path)
+        self._stamp = file_stamp(self.path)
         try:
             accounts, sources, version = self._load(read_accounts(self.path),
                                                     known=self.hub.rules)
@@ -127,7 +127,7 @@ class AccountsSource:
         assert self.hub is not None
         for source in list(self.hub.rules.values()):
             source.poll()
-        if _stat(self.path) != self._stamp:
+        if file_stamp(self.path) != self._stamp:
             self.reload("file changed")
 
     async def watch(self, interval: float = POLL_INTERVAL) -> None:
@@ -170,24 +170,8 @@ def save_last_good(path: str, copy: str) -> None:
             os.remove(stale)
     # Not writable: no copy, and each worker says so (accounts_last_good_not_saved).
     with contextlib.suppress(SettingsError, OSError):
-        _write_atomically(copy, read_accounts(path))
+        write_atomically(copy, read_accounts(path))
 
 
 def _names(names: list[str]) -> list[str] | int:
     return names if len(names) <= _NAMES_SHOWN else len(names)
-
-
-def _stat(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)  # through a symlink: a Kubernetes ConfigMap swaps its target
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    # Several workers write it; a rename means a starting one never reads half a file.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

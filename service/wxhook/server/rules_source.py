@@ -32,7 +32,7 @@ class RulesSource:
         self.on_result = on_result or (lambda result: None)
         self.last_good = last_good
         self.log = get_logger("wxhook.rules")
-        self._stamp = self._stat()
+        self._stamp = file_stamp(path)
         self.last_error: str | None = None
         self.loaded_by = "start"
         try:
@@ -52,7 +52,7 @@ class RulesSource:
 
     def reload(self, why: str) -> bool:
         """Load the file again; on any problem keep the rules in force, log and count it."""
-        self._stamp = self._stat()
+        self._stamp = file_stamp(self.path)
         try:
             book = self._load()
         except RulesError as exc:
@@ -77,7 +77,7 @@ class RulesSource:
         rules, data = _read(self.path, name=self.path)
         if self.last_good:
             try:
-                _write_atomically(self.last_good, data)
+                write_atomically(self.last_good, data)
             except OSError as exc:  # serving matters more than the copy
                 self.log.warning("rules_last_good_not_saved", path=self.last_good,
                                  error=exc.strerror or str(exc))
@@ -98,7 +98,7 @@ class RulesSource:
 
     def poll(self) -> None:
         """Reload if the file's mtime, size or inode changed since it was last read."""
-        if self._stat() != self._stamp:
+        if file_stamp(self.path) != self._stamp:
             self.reload("file changed")
 
     def status(self) -> dict[str, Any]:
@@ -108,13 +108,6 @@ class RulesSource:
                 "keywords": len(rules.keywords), "loaded_by": self.loaded_by,
                 "last_error": self.last_error}
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
 
 def save_last_good(rules_path: str, copy: str) -> None:
     """Seed the last good copy with the rules file, if it is valid (else leave none)."""
@@ -122,7 +115,7 @@ def save_last_good(rules_path: str, copy: str) -> None:
         os.remove(copy)  # a previous run's: never started from
     # Not writable: no copy, and each worker says so (rules_last_good_not_saved).
     with contextlib.suppress(RulesError, OSError):
-        _write_atomically(copy, _read(rules_path, name=rules_path)[1])
+        write_atomically(copy, _read(rules_path, name=rules_path)[1])
 
 
 def _read(path: str, *, name: str) -> tuple[Rules, bytes]:
@@ -137,8 +130,18 @@ def _read(path: str, *, name: str) -> tuple[Rules, bytes]:
     return rules, data
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    # Several workers write it; a rename means a starting one never reads half a file.
+def file_stamp(path: str) -> tuple[int, int, int] | None:
+    """What the watchers compare: mtime, size and inode (None: unreadable)."""
+    try:
+        st = os.stat(path)  # through a symlink: a Kubernetes ConfigMap swaps its target
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write a last good copy: several workers write it, and a rename means a starting
+    one never reads half a file."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)

@@ -10,6 +10,7 @@ than CONCURRENCY token requests are in flight at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import httpx
@@ -65,15 +66,15 @@ class _Checks:
         self.base = base
         self.gate = asyncio.Semaphore(CONCURRENCY)
         self.metrics = Metrics()
-        self.rules: dict[str, str | None] = {}     # path -> its first problem, None: valid
-        self.handlers: dict[str, str | None] = {}  # spec -> why it cannot load, None: loads
+        self.rules = functools.cache(_rules_problem)        # accounts may share a file
+        self.handlers = functools.cache(_handlers_problem)  # or a module
 
     async def one(self, http: httpx.AsyncClient, account: Account) -> tuple[bool, str]:
         """(ok, the detail of the account's line)."""
         settings = account_settings(self.base, account)
         head = f"appid {settings.app_id}, {settings.mode} mode"
-        problems = [p for p in (self._rules(settings.rules), self._handlers(settings.handlers))
-                    if p]
+        problems = [p for p in (settings.rules and self.rules(settings.rules),
+                                settings.handlers and self.handlers(settings.handlers)) if p]
         token = await self._token(http, settings, account.name)
         if token:
             problems.append(token)
@@ -81,25 +82,6 @@ class _Checks:
             return False, f"{head}: " + "; ".join(problems)
         extra = f", rules {settings.rules}" if settings.rules else ""
         return True, f"{head}{extra}, access token obtained"
-
-    def _rules(self, path: str) -> str | None:
-        if path and path not in self.rules:
-            try:
-                load_rules(path)
-                self.rules[path] = None
-            except RulesError as exc:
-                more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-                self.rules[path] = f"rules: {exc.problems[0]}{more}"
-        return self.rules.get(path) if path else None
-
-    def _handlers(self, spec: str) -> str | None:
-        if spec and spec not in self.handlers:
-            try:
-                default_router(spec)
-                self.handlers[spec] = None
-            except SettingsError as exc:
-                self.handlers[spec] = f"handlers: {exc}"
-        return self.handlers.get(spec) if spec else None
 
     async def _token(self, http: httpx.AsyncClient, settings: Settings, name: str) -> str | None:
         """None when a token was obtained; else what failed and what to do."""
@@ -128,3 +110,22 @@ def _token_failure(settings: Settings, exc: WeChatAPIError) -> str:
         out.append("fix: " + hint.replace("WECHAT_APP_ID", "its app_id")
                    .replace("WECHAT_APP_SECRET", "its app_secret"))
     return " - ".join(out)
+
+
+def _rules_problem(path: str) -> str | None:
+    """The rules file's first problem; None: it is valid."""
+    try:
+        load_rules(path)
+    except RulesError as exc:
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        return f"rules: {exc.problems[0]}{more}"
+    return None
+
+
+def _handlers_problem(spec: str) -> str | None:
+    """Why the handlers module cannot load; None: it loads."""
+    try:
+        default_router(spec)
+    except SettingsError as exc:
+        return f"handlers: {exc}"
+    return None
