@@ -36,11 +36,20 @@ def examples(n: int) -> int:
     return n
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now, and never one this run handed out before:
+    the kernel may give a released port again at once, and a cluster node given the same
+    port twice (client and bus) cannot start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_http(url: str, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None,
