@@ -30,7 +30,7 @@ from wxhook.errors import SettingsError
 from wxhook.router import Router
 from wxhook.rules import RulesError
 from wxhook.rules_router import RulesAnswerer
-from wxhook.server.accounts import Account, load_accounts
+from wxhook.server.accounts import Account, load_accounts, root_of
 from wxhook.server.config import SANDBOX_APP_ID, Settings
 from wxhook.server.delivery import LATE_LIMIT, LateDelivery
 from wxhook.server.loglimit import LimitedLog
@@ -49,6 +49,7 @@ from wxhook.server.wechat_api import new_http_client
 from wxhook.store import Store
 
 PREFIX = "/wechat/"
+ROOT_PATH = "/wechat"  # a one-account deployment's URL: the `root:` account's, if any
 RETIRE_WAIT = 60.0  # seconds a retired account's pushes get to finish before its close
 _NOT_FOUND = b"no such account"
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8"),
@@ -146,6 +147,7 @@ class AccountHub:
         self.clock = clock
         self.wall_clock = wall_clock
         self.built: dict[str, Bundle] = {}
+        self.root = root_of(accounts)  # also at /wechat, /oauth/login and /me
         self.retiring: dict[asyncio.Task[None], Bundle] = {}  # removed or changed, closing
         self.sqlite: SqliteProfileRepo | None = None
         self.rules = load_sources(base, accounts, metrics) if sources is None else sources
@@ -164,7 +166,9 @@ class AccountHub:
         self.oauth_refusals = LimitedLog(get_logger("wxhook.oauth"), metrics=metrics)
 
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
-        name = str(scope["path"])[len(PREFIX):]
+        path = str(scope["path"])
+        # /wechat itself: the file's `root:` account, if it names one.
+        name = path[len(PREFIX):] if path != ROOT_PATH else self.root or ""
         bundle = self.bundle(name)
         if bundle is not None:
             # Counted in, not through serving(): a generator-based context manager per
@@ -239,13 +243,15 @@ class AccountHub:
         return Bundle(settings, webhook, tokens, delivery, own_http, oauth)
 
     def oauth_routes(self) -> list[Route]:
-        """/oauth/{name}/login, /oauth/{name}/callback and /me/{name}: the account's OAuth."""
+        """/oauth/{name}/login, /oauth/{name}/callback and /me/{name}: the account's OAuth;
+        /oauth/login and /me: the `root:` account's (its callback stays its own)."""
         Step = Callable[[Request], Awaitable[Response]]
 
         def to(step: Callable[[OAuth], Step]) -> Step:
             async def endpoint(request: Request) -> Response:
+                name = request.path_params.get("name", self.root or "")
                 # A reload retiring the account waits for the exchange.
-                with self.serving(request.path_params["name"]) as bundle:
+                with self.serving(name) as bundle:
                     if bundle is not None:
                         return await step(bundle.oauth)(request)
                 # Anyone can ask for any name: bounded like a push's.
@@ -255,7 +261,9 @@ class AccountHub:
             return endpoint
         return [Route("/oauth/{name}/login", to(lambda o: o.login), methods=["GET", "HEAD"]),
                 Route("/oauth/{name}/callback", to(lambda o: o.callback), methods=["GET"]),
-                Route("/me/{name}", to(lambda o: o.me), methods=["GET", "HEAD"])]
+                Route("/me/{name}", to(lambda o: o.me), methods=["GET", "HEAD"]),
+                Route("/oauth/login", to(lambda o: o.login), methods=["GET", "HEAD"]),
+                Route("/me", to(lambda o: o.me), methods=["GET", "HEAD"])]
 
     def replace(self, accounts: dict[str, Account],
                 sources: dict[str, RulesSource]) -> tuple[list[str], list[str], list[str]]:
@@ -268,6 +276,7 @@ class AccountHub:
         removed = [name for name in old if name not in accounts]
         changed = [name for name in accounts if name in old and accounts[name] != old[name]]
         self.accounts, self.rules = accounts, sources
+        self.root = root_of(accounts)
         for name in removed + changed:
             bundle = self.built.pop(name, None)
             if bundle is not None:

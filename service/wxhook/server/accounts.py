@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,31 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HANDLERS_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_REQUIRED = ("name", "app_id", "app_secret", "token")
-_OPTIONAL = ("encoding_aes_key", "message_mode", "rules", "handlers")
+# The file's keys and each account's fields, with what they mean: the checker and the
+# generated configuration page (docs/reference.py) both read these.
+FILE_KEYS = {
+    "accounts": "the accounts, a list of at least one, each a mapping of the fields below",
+    "root": ("optional: the name of one account that also answers at the URLs of a "
+             "one-account deployment, `/wechat`, `/oauth/login` and `/me`, so the account "
+             "that served there from `WECHAT_*` keeps its console URL and its pages' links. "
+             "Left out, those URLs answer 404"),
+}
+ACCOUNT_FIELDS = {
+    "name": ("required: 1-32 of a-z 0-9 _ -, unique in the file; the account's URLs are "
+             "`/wechat/NAME`, `/oauth/NAME/login`, `/oauth/NAME/callback` and `/me/NAME`"),
+    "app_id": "required: the AppID (开发者ID); unique in the file",
+    "app_secret": "required: the AppSecret; masked everywhere",
+    "token": "required: the Token of the console's server configuration (3-32 letters/digits)",
+    "encoding_aes_key": ("optional: the EncodingAESKey (43 characters), or two separated by "
+                         "a comma while the console changes it"),
+    "message_mode": "optional: plain, compat or safe (as `WXHOOK_MESSAGE_MODE`)",
+    "rules": ("optional: the account's rules file, relative to the accounts file's folder "
+              "(else `WXHOOK_RULES`)"),
+    "handlers": ("optional: the account's handlers, `package.module:router` (else "
+                 "`WXHOOK_HANDLERS`)"),
+}
+_REQUIRED = tuple(k for k, v in ACCOUNT_FIELDS.items() if v.startswith("required"))
+_OPTIONAL = tuple(k for k in ACCOUNT_FIELDS if k not in _REQUIRED)
 _SECRETS = frozenset({"app_secret", "token", "encoding_aes_key"})
 _MODES = ("plain", "compat", "safe")
 NAMES_SHOWN = 5  # account names in the start-up line; the others are counted
@@ -49,6 +72,12 @@ class Account:
     message_mode: str | None = None
     rules: str = ""
     handlers: str = ""
+    root: bool = False  # also answers at /wechat, /oauth/login and /me (the file's `root:`)
+
+
+def root_of(accounts: Mapping[str, Account]) -> str | None:
+    """The name of the account that also answers at the one-account URLs, if any."""
+    return next((name for name, account in accounts.items() if account.root), None)
 
 
 class AccountsError(SettingsError):
@@ -114,8 +143,11 @@ def parse_accounts(data: bytes, path: str,
         else:
             accounts[account.name] = account
             app_ids[account.app_id] = account.name
+    root = _root(doc, path, accounts, problems)
     if problems:
         raise AccountsError(path, problems)
+    if root is not None:
+        accounts[root] = replace(accounts[root], root=True)
     return accounts
 
 
@@ -126,7 +158,9 @@ def summary(settings: Settings, accounts: Mapping[str, Account]) -> dict[str, An
     shown = ", ".join(names[:NAMES_SHOWN])
     if len(names) > NAMES_SHOWN:
         shown += f", ... ({len(names) - NAMES_SHOWN} more)"
+    root = root_of(accounts)
     return {"accounts": len(names), "account_names": shown,
+            **({"root_account": root} if root else {}),
             **{k: v for k, v in settings.summary().items() if k not in _PER_ACCOUNT}}
 
 
@@ -136,14 +170,31 @@ def _items(doc: Any, path: str, problems: list[str]) -> list[tuple[int, Any]]:
         problems.append(f"{path}:1: must be a mapping with an `accounts:` list")
         return []
     for key in doc:
-        if key != "accounts":
-            problems.append(f"{path}:{doc.lines[key]}: {key}: unknown key (only `accounts`)")
+        if key not in FILE_KEYS:
+            problems.append(f"{path}:{doc.lines[key]}: {key}: unknown key (known: "
+                            f"{', '.join(FILE_KEYS)})")
     seq = doc["accounts"]
     if not isinstance(seq, Seq) or not seq:
         problems.append(f"{path}:{doc.lines['accounts']}: accounts: must be a list of at "
                         "least one account")
         return []
     return list(zip(seq.lines, seq, strict=True))
+
+
+def _root(doc: Any, path: str, accounts: Mapping[str, Account],
+          problems: list[str]) -> str | None:
+    """The name `root:` gives, checked against the accounts read (None: no `root:`)."""
+    if not isinstance(doc, YamlMap) or "root" not in doc:
+        return None
+    name, where = doc["root"], f"{path}:{doc.lines['root']}: root"
+    if not isinstance(name, str) or isinstance(name, bool):
+        problems.append(f"{where}: must be the name of an account of the file")
+    elif name not in accounts:
+        # The name is the file's own text, not a secret: shown, bounded.
+        problems.append(f"{where}: {name[:40]!r} is not the name of an account of the file")
+    else:
+        return name
+    return None
 
 
 def _account(entry: Any, where: str, base: Path, env: Mapping[str, str],

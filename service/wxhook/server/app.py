@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from wxhook.defaults import default_router
 from wxhook.router import Router
 from wxhook.rules_router import RulesAnswerer
-from wxhook.server.account_hub import PREFIX, AccountHub
+from wxhook.server.account_hub import PREFIX, ROOT_PATH, AccountHub
 from wxhook.server.accounts import summary
 from wxhook.server.accounts_source import LAST_GOOD_ENV as ACCOUNTS_LAST_GOOD_ENV
 from wxhook.server.accounts_source import AccountsSource, watching_accounts
@@ -57,7 +57,7 @@ class WxhookApp(FastAPI):
             if path == "/wechat" and self.webhook is not None:
                 await self.webhook(scope, receive, send)
                 return
-            if self.hub is not None and path.startswith(PREFIX):
+            if self.hub is not None and (path.startswith(PREFIX) or path == ROOT_PATH):
                 await self.hub(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)

@@ -129,8 +129,9 @@ class Settings(BaseSettings):
     accounts: str = Field("", alias="WXHOOK_ACCOUNTS", description=(
         "Several accounts in one deployment: an accounts file (YAML), each account's "
         "pushes at `/wechat/NAME` (docs/accounts.md). Set, the WECHAT_* account is not "
-        "used and `/wechat` answers 404. Checked at start-up, reloaded on SIGHUP and when "
-        "the file changes (a bad file keeps the last good one)."))
+        "used and `/wechat` serves the account the file's `root:` names (404 without one). "
+        "Checked at start-up, reloaded on SIGHUP and when the file changes (a bad file "
+        "keeps the last good one)."))
     forwarded_allow_ips: str = Field(
         "127.0.0.1", alias="WXHOOK_FORWARDED_ALLOW_IPS", description=(
         "The reverse proxies whose X-Forwarded-For/-Proto are believed (the OAuth pages use "
