@@ -134,22 +134,23 @@ class Push:
 
 def pushes(
     scenario: str, n: int, creds: Creds, seq: Sequence, *, now: float | None = None,
-    accounts: int = ACCOUNTS,
+    accounts: int = ACCOUNTS, spread: int | None = None,
 ) -> Iterator[Push]:
     """Yield n distinct, freshly signed pushes of one scenario.
 
     "accounts": plain pushes, each to /wechat/{name} of an account chosen uniformly from
-    bench_accounts(accounts) and signed with that account's token (`creds` is not used).
+    bench_accounts(accounts) (from its first `spread` only, when given) and signed with that
+    account's token (`creds` is not used).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}")
     crypt = Encryptor(creds.encoding_aes_key, creds.app_id) if scenario == "aes" else None
     base = int(now if now is not None else time.time())
-    spread = bench_accounts(accounts) if scenario == "accounts" else None
+    chosen = bench_accounts(accounts)[:spread] if scenario == "accounts" else None
     path = "/wechat"
     for i in range(n):
-        if spread is not None:
-            name, creds = random.choice(spread)
+        if chosen is not None:
+            name, creds = random.choice(chosen)
             path = f"/wechat/{name}"
         ts = base - (i % 20)  # spread over the last 20 s, well inside the ±300 s window
         tss = str(ts)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/inproc.py [plain|aes|subscribe|rules] [--pushes 60000] [--runs 5]
     .venv/bin/python bench/inproc.py plain --pushes 600000 --runs 1   # a long flood's peak RSS
+    .venv/bin/python bench/inproc.py accounts --spread 1   # all 1,000 built, pushes to one
 
 uvicorn, the network and wrk are out of the picture, so this measures wxhook's own work per
 push (guard, parse, nonce, dedup, route, render, log line, metrics) in process CPU time, far
@@ -32,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child(scenario: str, n: int, accounts: int) -> None:
+def child(scenario: str, n: int, accounts: int, spread: int | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     import uvloop
 
@@ -95,8 +96,13 @@ def child(scenario: str, n: int, accounts: int) -> None:
     app = create_app(Settings(), router=None if own else router, http=http)
     # accounts: a warm-up long enough to build every account (20 pushes each on average).
     warm = max(20 * accounts, 1000) if scenario == "accounts" else 1000
-    pushes = gen.pushes("plain" if scenario == "rules" else scenario, n + warm, creds,
-                        gen.Sequence(), accounts=accounts)
+    seq = gen.Sequence()
+    kind = "plain" if scenario == "rules" else scenario
+    # --spread: every account built in the warm-up, the measured pushes to the first few
+    # only (the same objects, a smaller share of them touched).
+    pushes = itertools.chain(
+        gen.pushes(kind, warm, creds, seq, accounts=accounts),
+        gen.pushes(kind, n, creds, seq, accounts=accounts, spread=spread))
 
     async def one(push: gen.Push) -> None:
         scope = {"type": "http", "method": "POST", "path": push.path,
@@ -152,10 +158,12 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--accounts", type=int, default=gen_accounts(),
                    help="accounts: how many the pushes are spread over")
+    p.add_argument("--spread", type=int, default=None,
+                   help="accounts: measure pushes to the first N accounts only (all built)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.scenario, a.pushes, a.accounts)
+        child(a.scenario, a.pushes, a.accounts, a.spread)
         return 0
     figures: list[float] = []
     peaks: list[float] = []
@@ -165,7 +173,8 @@ def main() -> int:
             with open(Path(tmp) / "log", "wb") as log:
                 done = subprocess.run(
                     ["taskset", "-c", "0", sys.executable, __file__, a.scenario, "--child",
-                     "--pushes", str(a.pushes), "--accounts", str(a.accounts)],
+                     "--pushes", str(a.pushes), "--accounts", str(a.accounts),
+                     *(["--spread", str(a.spread)] if a.spread else [])],
                     stdout=log, stderr=subprocess.PIPE, env=env, check=False)
             if done.returncode:
                 print(done.stderr.decode(), file=sys.stderr)
