@@ -26,6 +26,7 @@ from tests.support import (
     WXHOOK,
     free_port,
     isolated_redis,
+    redis_server,
     sandbox_process,
     server_process,
 )
@@ -469,6 +470,42 @@ async def test_a_token_rejected_right_after_a_refresh_pauses_every_instance(
     assert resp.status_code == 503 and resp.headers["retry-after"] == "60"
     assert (await b.get(TOKEN_URL, headers=AUTH)).headers["retry-after"] == "60"
     assert sandbox.token_requests == 3
+
+
+@pytest.mark.redis
+async def test_a_token_redis_lost_is_put_back_not_fetched_again(make_app, keyed, connect,
+                                                               sandbox, tmp_path) -> None:
+    """Redis down (each instance on its own memory), then back empty: no instance fetches
+    another token, which would cut the others' copies short; the one they hold is the
+    deployment's again."""
+    from wxhook.server.store.redis import RedisStore
+
+    with redis_server(tmp_path) as srv:
+        stores = [RedisStore(f"redis://127.0.0.1:{srv.port}/0", probe_interval=0.05)
+                  for _ in range(2)]
+        try:
+            apps = [make_app(settings=keyed, store=store) for store in stores]
+            a, b = (connect(app) for app in apps)
+            first = (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
+            assert (await b.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == first
+            srv.stop()
+            assert (await a.get(TOKEN_URL, headers=AUTH)).json()["access_token"] == first
+            assert stores[0].down_since is not None  # served from its own memory
+            srv.start()  # empty: --save ""
+            for _ in range(100):
+                if stores[0].down_since is None:
+                    break
+                await asyncio.sleep(0.05)
+            for client in (b, a):
+                assert (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"] \
+                    == first
+            assert sandbox.token_requests == 1
+            stored = await stores[1].get(f"wxhook:{SANDBOX_APP_ID}:token")
+            assert stores[1].down_since is None
+            assert stored is not None and stored.decode().startswith(first + "|")
+        finally:
+            for store in stores:
+                await store.aclose()
 
 
 # --------------------------------------------------------------------------- many accounts

@@ -112,12 +112,27 @@ class TokenManager:
         exactly as it would be on the instance that stored it.
         """
         raw = await self.store.get(self._key)
-        if raw != self._raw:
-            # Gone from the store (a peer expired it: rejected) or replaced: not ours to hand
-            # out any more.
-            self._token, self._raw, self._expires_at = None, None, 0.0
-            if raw is not None:
-                await self._adopt_stored(30.0)  # unless it is the one that failed here
+        if raw == self._raw:
+            return
+        if raw is None and self._raw is not None and await self._put_back(self._raw):
+            return
+        # Replaced by a peer's, or expired by a peer (rejected): not ours to hand out any more.
+        self._token, self._raw, self._expires_at = None, None, 0.0
+        await self._adopt_stored(30.0)  # a peer's, unless it is the one that failed here
+
+    async def _put_back(self, raw: bytes) -> bool:
+        """Store this process's token again if the store lost it; False when a peer expired
+        it (a rejection is recorded) or stored another first.
+
+        Gone with no rejection recorded means the store lost it, not a peer: Redis restarted
+        empty, or is unreachable and this process serves from its own memory. Fetching
+        another would cut every peer's copy short (a classic token ends the one before it),
+        so the one still valid stays the deployment's.
+        """
+        left = self._expires_at - self.clock() - 30
+        if left <= 0 or (await self._rejection_run())[0]:
+            return False
+        return await self.store.set(self._key, raw, ttl=left, nx=True)
 
     async def lease(self, *, deadline: float | None = None) -> tuple[str, int]:
         """The token every instance uses now, and the whole seconds it has left."""
