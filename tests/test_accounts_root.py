@@ -90,8 +90,13 @@ async def test_a_reload_moves_root(accounts, build, connect) -> None:
     client = await connect(app)
     async with started(app):
         assert (await send(client, "/wechat", push_for(SHOP))).status_code == 200
+        shop = app.state.hub.built["shop"]
         write(accounts, "news")
-        assert app.state.accounts.reload("SIGHUP")
+        with capture_logs() as logs:
+            assert app.state.accounts.reload("SIGHUP")
+        # Moving root changes no account: shop keeps its pieces (its token, its work).
+        (line,) = [x for x in logs if x["event"] == "accounts_reloaded"]
+        assert line["changed"] == [] and app.state.hub.built["shop"] is shop
         assert reply_of(await send(client, "/wechat", push_for(NEWS)), NEWS)["Content"] == \
             "Welcome, 刺猬宝宝!"
         assert (await send(client, "/wechat", push_for(SHOP))).status_code in (400, 403)

@@ -17,7 +17,7 @@ import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from pydantic import SecretStr
@@ -274,7 +274,9 @@ class AccountHub:
         old = self.accounts
         added = [name for name in accounts if name not in old]
         removed = [name for name in old if name not in accounts]
-        changed = [name for name in accounts if name in old and accounts[name] != old[name]]
+        # Only the hub reads `root`: an account that gains or loses it keeps its pieces.
+        changed = [name for name in accounts if name in old
+                   and replace(accounts[name], root=False) != replace(old[name], root=False)]
         self.accounts, self.rules = accounts, sources
         self.root = root_of(accounts)
         for name in removed + changed:

@@ -187,7 +187,7 @@ def _root(doc: Any, path: str, accounts: Mapping[str, Account],
     if not isinstance(doc, YamlMap) or "root" not in doc:
         return None
     name, where = doc["root"], f"{path}:{doc.lines['root']}: root"
-    if not isinstance(name, str) or isinstance(name, bool):
+    if not isinstance(name, str):
         problems.append(f"{where}: must be the name of an account of the file")
     elif name not in accounts:
         # The name is the file's own text, not a secret: shown, bounded.
