@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
@@ -189,6 +190,10 @@ class RedisStore:
                 result = await remote(self._redis)
             except UNREACHABLE as exc:
                 self._trip(exc)
+            except ResponseError as exc:
+                if not _refuses_writes(exc):
+                    raise  # this command's own error (WRONGTYPE, say): not an outage
+                self._trip(exc)
             else:
                 self.reached = True
                 return result
@@ -261,6 +266,14 @@ class RedisStore:
                 self.log.warning("redis_master_switched", where=self.where,
                                  master=f"{now[0]}:{now[1]}")
             known = now
+
+
+def _refuses_writes(exc: ResponseError) -> bool:
+    """Whether Redis refuses every write, as a demoted master does (READONLY): full under
+    maxmemory with noeviction (OOM), or a failed snapshot under stop-writes-on-bgsave-error,
+    its default (MISCONF). Raised, it would fail every token refresh and OAuth callback."""
+    # redis-py has no class of its own for MISCONF: the reply keeps its code.
+    return isinstance(exc, OutOfMemoryError) or str(exc).startswith("MISCONF ")
 
 
 def _text(value: bytes | str) -> str:
