@@ -116,6 +116,12 @@ def test_a_malformed_redis_url_is_one_line_naming_the_variable(url):
     ("rediss+cluster://:pw9@qqhost:7000?socket_timeout=zz", "Invalid value for 'socket_timeout'"),
     ("redis+cluster://:pw9@qqhost:7000?path=/qq.sock", "a cluster client takes no option 'path'"),
     ("redis+cluster://:pw9@qqhost:7000?qqopt=1", "a cluster client takes no option 'qqopt'"),
+    # A "/" or "#" in the password, not encoded: else read as another host (or localhost)
+    # and a path that logs and /readyz show, password and all.
+    ("redis://:12/pw9@qqhost:6379/0", "a password with '/' or '#' must be percent-encoded"),
+    ("rediss://default:/pw9@qqhost:6380", "a password with '/' or '#' must be percent-encoded"),
+    ("unix://:12/pw9@/run/qqhost.sock", "a password with '/' or '#' must be percent-encoded"),
+    ("redis://:12#pw9@qqhost:6379/0", "a password with '/' or '#' must be percent-encoded"),
 ])
 def test_a_redis_url_the_client_cannot_read_is_one_line(url, why):
     with pytest.raises(SettingsError) as exc:
