@@ -245,3 +245,30 @@ def test_the_message_mode_is_inferred_unless_set(mode, key, expect):
         extra["WXHOOK_MESSAGE_MODE"] = mode
     s = load_settings(_env_file=None, **GOOD, **extra)
     assert s.mode == expect and s.summary()["message_mode"] == expect
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://127.0.0.1:99999", "a port from 1 to 65535"),
+    ("http://qqhost:abc", "a port from 1 to 65535"),
+    ("http://[::1", "a port from 1 to 65535"),
+    ("https://qq host.example", "spaces or control characters"),
+    ("https://qqhost.example/#/", "query or fragment"),          # redirect_uri in the fragment
+    ("https://qqhost.example/?via=qq", "query or fragment"),
+    ("https://user:pw9@qqhost.example", "user or password"),   # logs, and browsers (OAuth)
+])
+@pytest.mark.parametrize("name", ["WECHAT_API_BASE", "WECHAT_OAUTH_BASE", "PUBLIC_BASE_URL",
+                                  "WXHOOK_INTERNAL_URL"])
+def test_a_base_url_that_would_break_every_request_is_refused_at_start(name, url, why):
+    # Paths are appended to these: each value here used to pass and fail (or leak) later.
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_env_file=None, **GOOD, **{name: url})
+    text = str(exc.value)
+    assert text.startswith(f"invalid settings: {name}: ") and why in text, text
+    assert "pw9" not in text and "qq" not in text
+
+
+def test_a_base_url_keeps_its_path_and_loses_surrounding_spaces():
+    s = load_settings(_env_file=None, **GOOD, WECHAT_API_BASE=" https://api.weixin.qq.com \n",
+                      PUBLIC_BASE_URL="https://[::1]:8443/wx/")
+    assert s.api_base == "https://api.weixin.qq.com"
+    assert s.public_base_url == "https://[::1]:8443/wx"

@@ -242,8 +242,24 @@ class Settings(BaseSettings):
     @field_validator("api_base", "oauth_base", "public_base_url", "internal_url")
     @classmethod
     def _url_shape(cls, v: str) -> str:
+        v = v.strip()
         if not re.match(r"https?://[^/\s]+", v):
             raise ValueError("must be an http(s) URL such as https://example.com")
+        # Paths are appended to each of these (redirect_uri, /cgi-bin/...): what would break
+        # every request, or send a credential where logs and browsers see it, is refused here.
+        try:
+            parts = urlsplit(v)
+            if not parts.hostname or parts.port == 0:  # (.port raises for a bad one)
+                raise ValueError
+        except ValueError:
+            raise ValueError("needs a host and a port from 1 to 65535, as in "
+                             "https://example.com:8443") from None
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError("must not contain spaces or control characters")
+        if "?" in v or "#" in v:
+            raise ValueError("must not have a query or fragment: paths are appended to it")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry a user or password: it would show in logs")
         return v.rstrip("/")
 
     @field_validator("log_level")
