@@ -1,5 +1,7 @@
 """Settings: validated at start-up with messages that name the variable; secrets masked."""
 
+from codecs import lookup
+
 import pytest
 
 from wxhook.errors import SettingsError
@@ -272,3 +274,20 @@ def test_a_base_url_keeps_its_path_and_loses_surrounding_spaces():
                       PUBLIC_BASE_URL="https://[::1]:8443/wx/")
     assert s.api_base == "https://api.weixin.qq.com"
     assert s.public_base_url == "https://[::1]:8443/wx"
+
+
+def test_a_dotenv_in_another_encoding_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    # Saved as GBK by an older editor: every command used to end in a traceback.
+    import locale
+
+    if lookup(locale.getpreferredencoding(False)).name != "utf-8":
+        pytest.skip("the .env is read in the locale's encoding, which here is not UTF-8")
+    (tmp_path / ".env").write_bytes("WECHAT_APP_ID=wx1234567890abcdef\nWECHAT_APP_SECRET=s3cr3t\n"
+                                    "WECHAT_TOKEN=Tok3n\nWXHOOK_GREETING=欢迎，{nickname}！\n"
+                                    .encode("gbk"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    text = str(exc.value)
+    assert text.startswith("invalid settings: .env is not readable text") and "UTF-8" in text
+    assert "\n" not in text and "s3cr3t" not in text

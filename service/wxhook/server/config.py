@@ -404,6 +404,12 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+    except UnicodeDecodeError as exc:
+        # A .env saved in another encoding (GBK by an older editor, for a greeting in
+        # Chinese): one line naming the file, not a traceback from the .env reader.
+        raise SettingsError(f"invalid settings: .env is not readable text in this locale's "
+                            f"encoding ({exc.encoding}; byte {exc.start + 1}): save it as "
+                            "UTF-8") from None
 
 
 def describe(exc: ValidationError) -> str:
