@@ -163,6 +163,22 @@ async def test_closing_under_a_pipeline_leaves_no_connection_open(store: RedisSt
     assert connections and not any(c.is_connected for c in connections)
 
 
+@pytest.mark.parametrize("scheme", ["redis", "redis+sentinel"])
+async def test_operations_failing_under_close_start_no_task_to_outlive_it(scheme: str) -> None:
+    s = RedisStore(f"{scheme}://127.0.0.1:{free_port()}/wx", probe_interval=0.05)
+    pending = [asyncio.ensure_future(s.get(NS + "k")) for _ in range(3)]
+    await asyncio.sleep(0)  # queued; their pipeline fails while the store closes
+    await s.aclose()
+    assert await asyncio.gather(*pending) == [None] * 3  # still answered, locally
+    # Nothing left pinging (and reconnecting to a Redis that comes back) after aclose(),
+    # nor started by an operation that comes after it.
+    late = RedisStore(f"{scheme}://127.0.0.1:{free_port()}/wx", probe_interval=0.05)
+    await late.aclose()
+    assert await late.get(NS + "k") is None
+    for store in (s, late):
+        assert all(t is None or t.done() for t in (store._probe, store._watch))
+
+
 async def test_two_instances_share_and_claim_once(isolated_redis_url: str,
                                                   store: RedisStore) -> None:
     other = RedisStore(isolated_redis_url)

@@ -84,6 +84,7 @@ class RedisStore:
         self.reached = False                    # Redis answered at least once
         self._probe: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None  # Sentinel: follows the master
+        self._closed = False
 
     # -- the Store protocol ----------------------------------------------------------------
 
@@ -167,6 +168,7 @@ class RedisStore:
         return out
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -183,7 +185,7 @@ class RedisStore:
 
     async def _call(self, remote: Callable[[Client], Awaitable[T]],
                     local: Callable[[MemoryStore], Awaitable[T]]) -> T:
-        if self._watch is None and self._sentinel is not None:
+        if self._watch is None and self._sentinel is not None and not self._closed:
             self._watch = asyncio.get_running_loop().create_task(self._follow_master())
         if self.down_since is None:
             try:
@@ -205,6 +207,10 @@ class RedisStore:
     def _trip(self, exc: BaseException) -> None:
         if self.down_since is not None:
             return  # concurrent failures of one outage: log and probe once
+        if self._closed:
+            # An operation that failed while aclose() ran: a probe started now would outlive
+            # the store, and reconnect to a Redis that came back.
+            return
         self.down_since = time.monotonic()
         self.fallback_ops = 0
         self.log.error("redis_unreachable", where=self.where, error=f"{type(exc).__name__}: {exc}",
