@@ -1,5 +1,7 @@
 """Settings: validated at start-up with messages that name the variable; secrets masked."""
 
+from codecs import lookup
+
 import pytest
 
 from wxhook.errors import SettingsError
@@ -116,6 +118,12 @@ def test_a_malformed_redis_url_is_one_line_naming_the_variable(url):
     ("rediss+cluster://:pw9@qqhost:7000?socket_timeout=zz", "Invalid value for 'socket_timeout'"),
     ("redis+cluster://:pw9@qqhost:7000?path=/qq.sock", "a cluster client takes no option 'path'"),
     ("redis+cluster://:pw9@qqhost:7000?qqopt=1", "a cluster client takes no option 'qqopt'"),
+    # A "/" or "#" in the password, not encoded: else read as another host (or localhost)
+    # and a path that logs and /readyz show, password and all.
+    ("redis://:12/pw9@qqhost:6379/0", "a password with '/' or '#' must be percent-encoded"),
+    ("rediss://default:/pw9@qqhost:6380", "a password with '/' or '#' must be percent-encoded"),
+    ("unix://:12/pw9@/run/qqhost.sock", "a password with '/' or '#' must be percent-encoded"),
+    ("redis://:12#pw9@qqhost:6379/0", "a password with '/' or '#' must be percent-encoded"),
 ])
 def test_a_redis_url_the_client_cannot_read_is_one_line(url, why):
     with pytest.raises(SettingsError) as exc:
@@ -239,3 +247,47 @@ def test_the_message_mode_is_inferred_unless_set(mode, key, expect):
         extra["WXHOOK_MESSAGE_MODE"] = mode
     s = load_settings(_env_file=None, **GOOD, **extra)
     assert s.mode == expect and s.summary()["message_mode"] == expect
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://127.0.0.1:99999", "a port from 1 to 65535"),
+    ("http://qqhost:abc", "a port from 1 to 65535"),
+    ("http://[::1", "a port from 1 to 65535"),
+    ("https://qq host.example", "spaces or control characters"),
+    ("https://qqhost.example/#/", "query or fragment"),          # redirect_uri in the fragment
+    ("https://qqhost.example/?via=qq", "query or fragment"),
+    ("https://user:pw9@qqhost.example", "user or password"),   # logs, and browsers (OAuth)
+])
+@pytest.mark.parametrize("name", ["WECHAT_API_BASE", "WECHAT_OAUTH_BASE", "PUBLIC_BASE_URL",
+                                  "WXHOOK_INTERNAL_URL"])
+def test_a_base_url_that_would_break_every_request_is_refused_at_start(name, url, why):
+    # Paths are appended to these: each value here used to pass and fail (or leak) later.
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_env_file=None, **GOOD, **{name: url})
+    text = str(exc.value)
+    assert text.startswith(f"invalid settings: {name}: ") and why in text, text
+    assert "pw9" not in text and "qq" not in text
+
+
+def test_a_base_url_keeps_its_path_and_loses_surrounding_spaces():
+    s = load_settings(_env_file=None, **GOOD, WECHAT_API_BASE=" https://api.weixin.qq.com \n",
+                      PUBLIC_BASE_URL="https://[::1]:8443/wx/")
+    assert s.api_base == "https://api.weixin.qq.com"
+    assert s.public_base_url == "https://[::1]:8443/wx"
+
+
+def test_a_dotenv_in_another_encoding_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    # Saved as GBK by an older editor: every command used to end in a traceback.
+    import locale
+
+    if lookup(locale.getpreferredencoding(False)).name != "utf-8":
+        pytest.skip("the .env is read in the locale's encoding, which here is not UTF-8")
+    (tmp_path / ".env").write_bytes("WECHAT_APP_ID=wx1234567890abcdef\nWECHAT_APP_SECRET=s3cr3t\n"
+                                    "WECHAT_TOKEN=Tok3n\nWXHOOK_GREETING=欢迎，{nickname}！\n"
+                                    .encode("gbk"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    text = str(exc.value)
+    assert text.startswith("invalid settings: .env is not readable text") and "UTF-8" in text
+    assert "\n" not in text and "s3cr3t" not in text

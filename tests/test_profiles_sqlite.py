@@ -250,3 +250,23 @@ async def test_a_sandbox_oauth_nickname_never_greets_in_production(make_app, mak
             r = await client.post("/wechat", params=push.params, content=push.body)
         await prod.state.profiles.repo.aclose()
     assert "<Content><![CDATA[Welcome!]]></Content>" in r.text, r.text
+
+
+@pytest.mark.parametrize("broken", ["unopenable", "corrupt"])
+async def test_a_profile_file_that_fails_costs_the_name_not_the_greeting(
+        make_app, make_settings, sandbox, make_push, tmp_path, broken):
+    # user/info answers no nickname, so every greeting asks the file: one that cannot be
+    # opened (a read-only or missing directory) or read must still leave "Welcome!".
+    from tests.test_oauth import client_for
+
+    if broken == "unopenable":  # running as root ignores modes: a file where the dir goes
+        (tmp_path / "var").write_text("not a directory")
+    else:
+        (tmp_path / "var").mkdir()
+        (tmp_path / "var" / "p.sqlite3").write_bytes(b"this is not a database" * 100)
+    sandbox.empty_nicknames = True
+    app = make_app(settings=make_settings(WXHOOK_PROFILE_DB=str(tmp_path / "var" / "p.sqlite3")))
+    push = make_push("subscribe")
+    async with client_for(app) as client:
+        r = await client.post("/wechat", params=push.params, content=push.body)
+    assert "<Content><![CDATA[Welcome!]]></Content>" in r.text, r.text

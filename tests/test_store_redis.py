@@ -17,7 +17,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from tests.support import ROOT, free_port, isolated_redis, redis_server, started
+from tests.support import ROOT, free_port, isolated_redis, redis_server, started, until
 from wxhook.replies import SUCCESS
 from wxhook.server.app import create_app
 from wxhook.server.config import Settings
@@ -161,6 +161,22 @@ async def test_closing_under_a_pipeline_leaves_no_connection_open(store: RedisSt
     pool = store._redis.connection_pool
     connections = [*pool._available_connections, *pool._in_use_connections]
     assert connections and not any(c.is_connected for c in connections)
+
+
+@pytest.mark.parametrize("scheme", ["redis", "redis+sentinel"])
+async def test_operations_failing_under_close_start_no_task_to_outlive_it(scheme: str) -> None:
+    s = RedisStore(f"{scheme}://127.0.0.1:{free_port()}/wx", probe_interval=0.05)
+    pending = [asyncio.ensure_future(s.get(NS + "k")) for _ in range(3)]
+    await asyncio.sleep(0)  # queued; their pipeline fails while the store closes
+    await s.aclose()
+    assert await asyncio.gather(*pending) == [None] * 3  # still answered, locally
+    # Nothing left pinging (and reconnecting to a Redis that comes back) after aclose(),
+    # nor started by an operation that comes after it.
+    late = RedisStore(f"{scheme}://127.0.0.1:{free_port()}/wx", probe_interval=0.05)
+    await late.aclose()
+    assert await late.get(NS + "k") is None
+    for store in (s, late):
+        assert all(t is None or t.done() for t in (store._probe, store._watch))
 
 
 async def test_two_instances_share_and_claim_once(isolated_redis_url: str,
@@ -356,6 +372,38 @@ async def test_a_server_refusing_writes_as_a_replica_is_an_outage(tmp_path: Path
         try:
             assert await s.set(NS + "k", b"v", ttl=30) is True
             assert s.down_since is not None and await s.get(NS + "k") == b"v"
+        finally:
+            await s.aclose()
+
+
+@pytest.mark.parametrize("how", ["oom", "misconf"])
+async def test_a_server_refusing_every_write_is_an_outage(tmp_path: Path, how: str) -> None:
+    # Like READONLY: full under noeviction (OOM) or unable to persist under
+    # stop-writes-on-bgsave-error, its default (MISCONF), the server refuses every write.
+    # Raised, that failed every token refresh (its lock is a SET) and every OAuth callback.
+    gone = tmp_path / "gone"  # a snapshot into a directory that no longer exists fails
+    gone.mkdir()
+    args = ("--save", "3600 1", "--dir", str(gone)) if how == "misconf" else ()
+    with redis_server(tmp_path, *args) as srv, redis.Redis(port=srv.port) as direct:
+        if how == "oom":
+            direct.config_set("maxmemory-policy", "noeviction")
+            direct.config_set("maxmemory", 1)  # below what it uses already
+        else:
+            gone.rmdir()
+            direct.bgsave()
+            until(lambda: direct.info("persistence")["rdb_last_bgsave_status"] == "err")
+        with pytest.raises(redis.ResponseError, match=r"maxmemory|MISCONF"):
+            direct.set(NS + "k", b"v")  # the server does refuse
+        s = RedisStore(f"redis://127.0.0.1:{srv.port}/0")
+        try:
+            async def fetch() -> tuple[str, int]:
+                return "TOKEN", 7200
+
+            tokens = TokenManager(s, fetch, namespace=NS, metrics=Metrics())
+            assert await tokens.get() == "TOKEN"
+            assert s.down_since is not None
+            assert await s.set(NS + "k", b"v", ttl=30, nx=True) is True
+            assert await s.get(NS + "k") == b"v"
         finally:
             await s.aclose()
 

@@ -243,8 +243,24 @@ class Settings(BaseSettings):
     @field_validator("api_base", "oauth_base", "public_base_url", "internal_url")
     @classmethod
     def _url_shape(cls, v: str) -> str:
+        v = v.strip()
         if not re.match(r"https?://[^/\s]+", v):
             raise ValueError("must be an http(s) URL such as https://example.com")
+        # Paths are appended to each of these (redirect_uri, /cgi-bin/...): what would break
+        # every request, or send a credential where logs and browsers see it, is refused here.
+        try:
+            parts = urlsplit(v)
+            if not parts.hostname or parts.port == 0:  # (.port raises for a bad one)
+                raise ValueError
+        except ValueError:
+            raise ValueError("needs a host and a port from 1 to 65535, as in "
+                             "https://example.com:8443") from None
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError("must not contain spaces or control characters")
+        if "?" in v or "#" in v:
+            raise ValueError("must not have a query or fragment: paths are appended to it")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry a user or password: it would show in logs")
         return v.rstrip("/")
 
     @field_validator("log_level")
@@ -389,6 +405,12 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+    except UnicodeDecodeError as exc:
+        # A .env saved in another encoding (GBK by an older editor, for a greeting in
+        # Chinese): one line naming the file, not a traceback from the .env reader.
+        raise SettingsError(f"invalid settings: .env is not readable text in this locale's "
+                            f"encoding ({exc.encoding}; byte {exc.start + 1}): save it as "
+                            "UTF-8") from None
 
 
 def describe(exc: ValidationError) -> str:

@@ -95,7 +95,14 @@ class Profiles:
             name = await self._looked_up(openid, deadline)
         if name:
             return name
-        saved = await self.repo.get(openid)
+        try:
+            saved = await self.repo.get(openid)
+        except Exception as exc:  # noqa: BLE001 - a profile file that fails costs the name only
+            # Asked on nearly every greeting (user/info's name is empty): a file that cannot
+            # be opened or read (a read-only directory, a corrupt file) must not cost every
+            # new follower the greeting itself.
+            self.log.warning("profile_repo_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return None
         return (saved or {}).get("nickname") or None
 
     def forget(self, openid: str) -> None:

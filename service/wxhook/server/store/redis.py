@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
@@ -83,6 +84,7 @@ class RedisStore:
         self.reached = False                    # Redis answered at least once
         self._probe: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None  # Sentinel: follows the master
+        self._closed = False
 
     # -- the Store protocol ----------------------------------------------------------------
 
@@ -166,6 +168,7 @@ class RedisStore:
         return out
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -182,12 +185,16 @@ class RedisStore:
 
     async def _call(self, remote: Callable[[Client], Awaitable[T]],
                     local: Callable[[MemoryStore], Awaitable[T]]) -> T:
-        if self._watch is None and self._sentinel is not None:
+        if self._watch is None and self._sentinel is not None and not self._closed:
             self._watch = asyncio.get_running_loop().create_task(self._follow_master())
         if self.down_since is None:
             try:
                 result = await remote(self._redis)
             except UNREACHABLE as exc:
+                self._trip(exc)
+            except ResponseError as exc:
+                if not _refuses_writes(exc):
+                    raise  # this command's own error (WRONGTYPE, say): not an outage
                 self._trip(exc)
             else:
                 self.reached = True
@@ -200,6 +207,10 @@ class RedisStore:
     def _trip(self, exc: BaseException) -> None:
         if self.down_since is not None:
             return  # concurrent failures of one outage: log and probe once
+        if self._closed:
+            # An operation that failed while aclose() ran: a probe started now would outlive
+            # the store, and reconnect to a Redis that came back.
+            return
         self.down_since = time.monotonic()
         self.fallback_ops = 0
         self.log.error("redis_unreachable", where=self.where, error=f"{type(exc).__name__}: {exc}",
@@ -261,6 +272,14 @@ class RedisStore:
                 self.log.warning("redis_master_switched", where=self.where,
                                  master=f"{now[0]}:{now[1]}")
             known = now
+
+
+def _refuses_writes(exc: ResponseError) -> bool:
+    """Whether Redis refuses every write, as a demoted master does (READONLY): full under
+    maxmemory with noeviction (OOM), or a failed snapshot under stop-writes-on-bgsave-error,
+    its default (MISCONF). Raised, it would fail every token refresh and OAuth callback."""
+    # redis-py has no class of its own for MISCONF: the reply keeps its code.
+    return isinstance(exc, OutOfMemoryError) or str(exc).startswith("MISCONF ")
 
 
 def _text(value: bytes | str) -> str:

@@ -47,6 +47,13 @@ def parse(url: str) -> Topology:
         parts = urlsplit(url)
     except ValueError:
         raise ValueError("the host is neither a name nor a [bracketed] IPv6 address") from None
+    # A password with "/" or "#" not percent-encoded ends the userinfo early: the rest of
+    # it and "@host" become the path (or fragment), so the URL names another server (or
+    # localhost) without the password, and logs and /readyz, which show the path, show it.
+    # (A unix socket's path may hold "@" of its own: there only a cut host part is one.)
+    cut = parts.netloc != "" and not parts.netloc.endswith("@") if scheme == "unix" else True
+    if (cut and "@" in parts.path) or "@" in parts.fragment:
+        raise ValueError("a password with '/' or '#' must be percent-encoded (%2F, %23)")
     base, _, kind = scheme.partition("+")
     if not kind:
         try:
