@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import OPENID
 from tests.support import SANDBOX_APP_ID as APPID
@@ -267,6 +268,11 @@ async def test_a_profile_file_that_fails_costs_the_name_not_the_greeting(
     sandbox.empty_nicknames = True
     app = make_app(settings=make_settings(WXHOOK_PROFILE_DB=str(tmp_path / "var" / "p.sqlite3")))
     push = make_push("subscribe")
-    async with client_for(app) as client:
-        r = await client.post("/wechat", params=push.params, content=push.body)
+    with capture_logs() as logs:
+        async with client_for(app) as client:
+            r = await client.post("/wechat", params=push.params, content=push.body)
+            for _ in range(20):  # a broken file writes one line a minute, not one a greeting
+                again = make_push("subscribe")
+                await client.post("/wechat", params=again.params, content=again.body)
     assert "<Content><![CDATA[Welcome!]]></Content>" in r.text, r.text
+    assert [x["event"] for x in logs].count("profile_repo_unavailable") == 1

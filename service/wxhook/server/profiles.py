@@ -22,6 +22,8 @@ from wxhook.server.waiting import settle_quietly
 from wxhook.server.wechat_api import WeChatAPI
 from wxhook.store import Store
 
+REPO_WARN_EVERY = 60.0  # seconds between lines about a profile file that fails
+
 _BATCH_MAX = 100  # batchget's limit
 
 
@@ -62,6 +64,7 @@ class Profiles:
         self.repo = repo
         self.batch_window = batch_window
         self.log = get_logger("wxhook.profiles")
+        self._repo_quiet_until = 0.0  # monotonic time before which a failing file is not logged
         self._cache: TTLCache[str, str] | None = (
             TTLCache(maxsize=maxsize, ttl=ttl) if ttl > 0 else None
         )
@@ -101,7 +104,11 @@ class Profiles:
             # Asked on nearly every greeting (user/info's name is empty): a file that cannot
             # be opened or read (a read-only directory, a corrupt file) must not cost every
             # new follower the greeting itself.
-            self.log.warning("profile_repo_unavailable", error=f"{type(exc).__name__}: {exc}")
+            # One line a minute: a broken file would otherwise write one per greeting.
+            if (now := time.monotonic()) >= self._repo_quiet_until:
+                self._repo_quiet_until = now + REPO_WARN_EVERY
+                self.log.warning("profile_repo_unavailable", error=f"{type(exc).__name__}: {exc}",
+                                 next_line_in_s=REPO_WARN_EVERY)
             return None
         return (saved or {}).get("nickname") or None
 
