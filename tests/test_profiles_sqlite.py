@@ -271,8 +271,8 @@ async def test_a_profile_file_that_fails_costs_the_name_not_the_greeting(
     with capture_logs() as logs:
         async with client_for(app) as client:
             r = await client.post("/wechat", params=push.params, content=push.body)
-            for _ in range(20):  # a broken file writes one line a minute, not one a greeting
-                again = make_push("subscribe")
+            for i in range(20):  # a broken file writes one line a minute, not one a greeting
+                again = make_push("subscribe", openid=f"oNewFollower{i:016d}")
                 await client.post("/wechat", params=again.params, content=again.body)
     assert "<Content><![CDATA[Welcome!]]></Content>" in r.text, r.text
     assert [x["event"] for x in logs].count("profile_repo_unavailable") == 1
