@@ -138,3 +138,17 @@ def test_root_marks_exactly_one_account(tmp_path) -> None:
     assert [name for name, account in loaded.items() if account.root] == ["news"]
     loaded = load_accounts(write(tmp_path / "accounts.yaml", None), environ={})
     assert not any(account.root for account in loaded.values())
+
+
+async def test_check_and_dev_name_the_root(accounts, upstream) -> None:
+    from wxhook.server.config import load_settings
+    from wxhook.tools.check_accounts import check_accounts
+    from wxhook.tools.sandbox.accounts import dev_text
+
+    settings = load_settings(_env_file=None, WXHOOK_ACCOUNTS=str(accounts),
+                             WECHAT_API_BASE="http://127.0.0.1:9")
+    _, lines = await check_accounts(settings)
+    assert lines[0].endswith("accounts: 2 in " + str(accounts) + ", shop also at /wechat (root)")
+    text = dev_text(load_accounts(str(accounts), environ={}), str(accounts),
+                    url="http://127.0.0.1:8000", base="http://127.0.0.1:8001", rules="")
+    assert "(shop also at http://127.0.0.1:8000/wechat: the file's root)" in text

@@ -19,7 +19,7 @@ from wxhook.defaults import default_router
 from wxhook.errors import CONFIG_HINTS, SettingsError, WeChatAPIError
 from wxhook.rules import RulesError, load_rules
 from wxhook.server.account_hub import account_settings
-from wxhook.server.accounts import Account, load_accounts
+from wxhook.server.accounts import Account, load_accounts, root_of
 from wxhook.server.config import Settings
 from wxhook.server.metrics import Metrics
 from wxhook.server.store.memory import MemoryStore
@@ -41,7 +41,9 @@ async def check_accounts(base: Settings) -> tuple[int, list[str]]:
         accounts = load_accounts(base.accounts)
     except SettingsError as exc:
         return 2, [f"  [FAIL] accounts: {exc}"]
-    lines = [f"  [ok] accounts: {len(accounts)} in {base.accounts}"]
+    root = root_of(accounts)
+    lines = [f"  [ok] accounts: {len(accounts)} in {base.accounts}"
+             + (f", {root} also at /wechat (root)" if root else "")]
     if base.api_base != WECHAT_API_BASE:
         lines.append(f"  [note] stand-in API: WECHAT_API_BASE is {base.api_base}: a pass proves "
                      "the accounts reach that stand-in, not that WeChat accepts them")

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from wxhook.errors import SettingsError
-from wxhook.server.accounts import Account, load_accounts
+from wxhook.server.accounts import Account, load_accounts, root_of
 from wxhook.tools.sandbox.state import SandboxState
 
 
@@ -71,9 +71,11 @@ def dev_text(accounts: dict[str, Account], path: str, *, url: str, base: str,
         tries.append(f"  .venv/bin/wxhook simulate subscribe --account {account.name}{aes} "
                      f"--url {url}/wechat/{account.name}")
     more = f"\n  ... and {len(accounts) - 3} more accounts" if len(accounts) > 3 else ""
+    root = root_of(accounts)
+    also = f" ({root} also at {url}/wechat: the file's root)" if root else ""
     return f"""
 wxhook dev: the server on {url}, the sandbox WeChat API on {base}
-  the {len(accounts)} accounts of {path} (WXHOOK_ACCOUNTS), each at {url}/wechat/NAME;
+  the {len(accounts)} accounts of {path} (WXHOOK_ACCOUNTS), each at {url}/wechat/NAME{also};
   the sandbox stands in for each of them, and for any added to the file while it runs
   (no real account is touched){rules}
 
