@@ -394,16 +394,32 @@ async def test_a_server_refusing_every_write_is_an_outage(tmp_path: Path, how: s
             until(lambda: direct.info("persistence")["rdb_last_bgsave_status"] == "err")
         with pytest.raises(redis.ResponseError, match=r"maxmemory|MISCONF"):
             direct.set(NS + "k", b"v")  # the server does refuse
-        s = RedisStore(f"redis://127.0.0.1:{srv.port}/0")
+        s = RedisStore(f"redis://127.0.0.1:{srv.port}/0", probe_interval=0.05)
         try:
             async def fetch() -> tuple[str, int]:
                 return "TOKEN", 7200
 
             tokens = TokenManager(s, fetch, namespace=NS, metrics=Metrics())
-            assert await tokens.get() == "TOKEN"
-            assert s.down_since is not None
-            assert await s.set(NS + "k", b"v", ttl=30, nx=True) is True
-            assert await s.get(NS + "k") == b"v"
+            with capture_logs() as logs:
+                assert await tokens.get() == "TOKEN"
+                assert s.down_since is not None
+                assert await s.set(NS + "k", b"v", ttl=30, nx=True) is True
+                assert await s.get(NS + "k") == b"v"
+                # PING answers on such a server: the probe writes, so the outage holds
+                # (no recovered/unreachable pair a probe) until writes are taken again.
+                await asyncio.sleep(0.5)
+                assert s.down_since is not None
+                if how == "oom":
+                    direct.config_set("maxmemory", 0)
+                else:
+                    direct.config_set("stop-writes-on-bgsave-error", "no")
+                for _ in range(100):
+                    if s.down_since is None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert s.down_since is None
+            events = [line["event"] for line in logs]
+            assert events.count("redis_unreachable") == events.count("redis_recovered") == 1
         finally:
             await s.aclose()
 

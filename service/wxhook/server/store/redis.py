@@ -33,6 +33,7 @@ from wxhook.server.store.pipeline import UNREACHABLE, AutoPipeline
 from wxhook.server.store.topology import Client, connect, describe, parse
 
 T = TypeVar("T")
+PROBE_KEY = "wxhook:probe"  # written by the recovery probe when writes were refused
 
 # Compare-and-delete in one step: the token's compare-and-expire on 40001 and the lock's
 # release by fencing value must not remove a value a peer wrote in between.
@@ -85,6 +86,7 @@ class RedisStore:
         self._probe: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None  # Sentinel: follows the master
         self._closed = False
+        self._writes_refused = False  # the current outage is writes refused, not silence
 
     # -- the Store protocol ----------------------------------------------------------------
 
@@ -212,6 +214,7 @@ class RedisStore:
             # the store, and reconnect to a Redis that came back.
             return
         self.down_since = time.monotonic()
+        self._writes_refused = isinstance(exc, ResponseError)  # READONLY, OOM, MISCONF
         self.fallback_ops = 0
         self.log.error("redis_unreachable", where=self.where, error=f"{type(exc).__name__}: {exc}",
                        action="serving from process memory; sharing across instances is off "
@@ -236,7 +239,12 @@ class RedisStore:
                     # A cluster client refreshes its map of nodes itself after an error.
                     await self._redis.connection_pool.disconnect()
                 await self._ping()
-            except UNREACHABLE:
+                if self._writes_refused:
+                    # PING passes on a server that refuses writes (a replica, full, unable
+                    # to persist): only a write says the outage is over.
+                    ttl = max(1, int(self.probe_interval * 2000))
+                    await self._redis.set(PROBE_KEY, b"1", px=ttl)
+            except (*UNREACHABLE, ResponseError):
                 continue
             self._recover()
         self._probe = None
