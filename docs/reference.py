@@ -33,7 +33,8 @@ Every setting is an environment variable. wxhook reads them from the environment
 `EnvironmentFile=`. [`.env.example`](../.env.example) lists them all, commented, the optional
 ones with their defaults commented out, so a copy of it pins none of them. The syntax: one
 `NAME=value` a line, no quotes needed (spaces are kept), no comment after a value, `#` lines
-are comments. An empty value (`REDIS_URL=`) means "not set": the default applies.
+are comments; the file is read as UTF-8. An empty value (`REDIS_URL=`) means "not set": the
+default applies.
 
 A wrong value stops the start with one line per variable that names it and the fault
 (`REDIS_URL: must be a Redis URL: redis://[:password@]host:6379/0, ...`, or `REDIS_URL: not

@@ -280,7 +280,13 @@ async def test_a_dotenv_in_the_working_directory_is_read_at_reload(
     client = await connect(app)
     async with started(app):
         write(accounts, entry(SHOP), entry({**THIRD, "token": "${THIRD_TOKEN}"}))
-        (tmp_path / ".env").write_text(f"THIRD_TOKEN={THIRD['token']}\n")
+        # Saved in another encoding: refused with the reason, the last good set serves on.
+        (tmp_path / ".env").write_bytes(f"THIRD_TOKEN={THIRD['token']}\n# 第三\n".encode("gbk"))
+        assert not app.state.accounts.reload("SIGHUP")
+        assert ".env is not UTF-8 text" in str(app.state.accounts.last_error)
+        assert await greet(client, NEWS) == "Welcome, 刺猬宝宝!"
+        (tmp_path / ".env").write_text(f"THIRD_TOKEN={THIRD['token']}\n# 第三\n",
+                                       encoding="utf-8")
         assert app.state.accounts.reload("SIGHUP")
         assert await greet(client, THIRD) == "Welcome, 刺猬宝宝!"
 

@@ -107,7 +107,12 @@ def read_accounts(path: str) -> bytes:
 
 def environment() -> dict[str, str]:
     """What `${VAR}` reads: the process's environment, then `.env` for names it lacks."""
-    return {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
+    try:
+        dotenv = dotenv_values(".env", encoding="utf-8")  # as the settings read it
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f".env is not UTF-8 text (byte {exc.start + 1}): save it as "
+                            "UTF-8") from None
+    return {**{k: v for k, v in dotenv.items() if v is not None}, **os.environ}
 
 
 def parse_accounts(data: bytes, path: str,

@@ -33,9 +33,11 @@ class Settings(BaseSettings):
 
     # env_ignore_empty: `NAME=` (as in a copied .env.example) means "not set", so the
     # default applies; the model validator below does the same for blank keyword overrides.
+    # UTF-8 whatever the locale: a greeting in Chinese reads the same under systemd's C
+    # locale as in a developer's shell.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", populate_by_name=True, case_sensitive=False,
-        env_ignore_empty=True,
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True,
+        case_sensitive=False, env_ignore_empty=True,
     )
 
     app_id: str = Field("", alias="WECHAT_APP_ID", description=(
@@ -408,9 +410,8 @@ def load_settings(**overrides: Any) -> Settings:
     except UnicodeDecodeError as exc:
         # A .env saved in another encoding (GBK by an older editor, for a greeting in
         # Chinese): one line naming the file, not a traceback from the .env reader.
-        raise SettingsError(f"invalid settings: .env is not readable text in this locale's "
-                            f"encoding ({exc.encoding}; byte {exc.start + 1}): save it as "
-                            "UTF-8") from None
+        raise SettingsError(f"invalid settings: .env is not UTF-8 text (byte "
+                            f"{exc.start + 1}): save it as UTF-8") from None
 
 
 def describe(exc: ValidationError) -> str:
