@@ -323,6 +323,41 @@ async def test_a_report_body_over_4_kib_is_413_unread(make_app, keyed, connect,
     assert sandbox.token_requests == 2  # it was the current one: expired and fetched again
 
 
+@pytest.mark.parametrize("how", ["stalls", "leaves", "bad_length"])
+async def test_a_report_body_that_stalls_or_leaves_gets_no_5xx(make_app, keyed, monkeypatch,
+                                                              how) -> None:
+    # Read as a push's body is: bounded in time, a client that leaves is no error.
+    monkeypatch.setattr(authority_module, "BODY_WAIT", 0.2)
+    app = make_app(settings=keyed)
+    length = b"12x" if how == "bad_length" else b"40"
+    scope = {"type": "http", "method": "POST", "path": INVALID_URL, "raw_path":
+             INVALID_URL.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+             "server": ("wxhook", 80), "client": ("127.0.0.1", 123), "http_version": "1.1",
+             "headers": [(b"authorization", AUTH["Authorization"].encode()),
+                         (b"content-type", b"application/json"),
+                         (b"content-length", length)]}
+    first = [{"type": "http.request", "body": b'{"access_token": ', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if first:
+            return first.pop()
+        if how == "leaves":
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(3600)  # the rest never comes
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    status = sent[0]["status"]
+    assert status == {"stalls": 408, "leaves": 400, "bad_length": 400}[how], sent
+    if how == "stalls":
+        assert counted(app, account="default", caller="other", action="invalid",
+                       outcome="slow_body") == 1
+
+
 @pytest.mark.parametrize("body", [
     b'{"access_token": ["TOKEN"]}', b'{"access_token": {"value": "TOKEN"}}',
     b'{"token": "TOKEN"}', b'{"access_token": "TOKEN", ', b'"TOKEN"'])

@@ -35,10 +35,11 @@ from pydantic import BaseModel, Field, SecretStr
 from starlette.responses import Response
 from starlette.types import Message
 
-from wxhook.errors import WeChatAPIError
+from wxhook.errors import BodyTooLarge, GuardError, WeChatAPIError
+from wxhook.server.guard import ClientGone, read_body
 from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger
-from wxhook.server.metrics import Metrics
+from wxhook.server.metrics import DEFAULT_ACCOUNT, Metrics
 from wxhook.server.ratelimit import WindowLimit
 from wxhook.server.tokens import TokenManager
 
@@ -46,11 +47,11 @@ if TYPE_CHECKING:
     from wxhook.server.account_hub import AccountHub
 
 PREFIX = "/internal"
-DEFAULT_ACCOUNT = "default"     # the WECHAT_* account's name, as in ctx.account
 OTHER = "other"                 # a label value for names nobody vouched for
 CALLER_RE = re.compile(r"[a-z0-9-]{1,32}")
 MAX_CALLERS = 32                # distinct caller labels per process; beyond, "other"
 LEASE_WAIT = 15.0               # seconds a request waits for a refresh (a peer's included)
+BODY_WAIT = 5.0                 # seconds a report's body may take to arrive
 MAX_BODY = 4096                 # bytes of a report: a token is at most 2048 characters
 # Each instance keeps its own counts; the overall bound only caps many addresses at once.
 CALLERS_AT_FULL_RATE = 50
@@ -219,6 +220,11 @@ class TokenAuthority:
         return JSONResponse({"detail": f"the body is over {MAX_BODY} bytes; a report is "
                              '{"access_token": "..."}'}, status_code=413)
 
+    def unread(self, request: Request, action: str, exc: GuardError) -> JSONResponse:
+        """The body could not be read: 408 when it stalled, 400 for a bad length."""
+        self.count(self._account_of(request), request.state.caller, action, exc.reason)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
     def bad_request(self, request: Request, action: str,
                     exc: RequestValidationError) -> JSONResponse:
         """422 saying what is wrong with the body, never repeating it: FastAPI's own answer
@@ -300,10 +306,14 @@ class TokenAuthority:
                     if refused is not None:
                         return refused
                     if has_body:
-                        capped = await _capped(request)
-                        if capped is None:
+                        try:
+                            request = await _capped(request)
+                        except BodyTooLarge:
                             return authority.too_large(request, action)
-                        request = capped
+                        except GuardError as exc:  # a stalled body, a bad Content-Length
+                            return authority.unread(request, action, exc)
+                        except ClientGone:  # nobody left to answer
+                            return Response(status_code=400)
                     try:
                         return await handler(request)
                     except RequestValidationError as exc:
@@ -368,17 +378,12 @@ class TokenAuthority:
         return router
 
 
-async def _capped(request: Request) -> Request | None:
-    """`request` with its body read ahead, or None when the body is over MAX_BODY bytes
-    (said by Content-Length, or found while reading: never read further than that)."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return None
+async def _capped(request: Request) -> Request:
+    """`request` with its body read ahead, as a push's is (guard.read_body: never past
+    MAX_BODY, never longer than BODY_WAIT): BodyTooLarge, GuardError (408, a bad length)
+    or ClientGone instead."""
+    body = await read_body(request.scope["headers"], request.receive, MAX_BODY,
+                           time.monotonic() + BODY_WAIT)
     replayed = False
 
     async def receive() -> Message:
@@ -386,7 +391,7 @@ async def _capped(request: Request) -> Request | None:
         if replayed:  # the body is sent: what comes next is the client leaving
             return await request.receive()
         replayed = True
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
     return Request(request.scope, receive)
 
 

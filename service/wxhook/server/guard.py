@@ -74,6 +74,36 @@ class ClientGone(Exception):
     """The connection closed while the body was being read."""
 
 
+async def read_body(headers: Any, receive: Any, limit: int, deadline: float) -> bytes:
+    """The request body (ASGI `receive`), at most `limit` bytes, by `deadline` (monotonic):
+    BodyTooLarge (413) past the limit, said by Content-Length or found while reading (never
+    read further), GuardError 408 for a sender that stalls, ClientGone when it leaves."""
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise GuardError("bad Content-Length")
+            if len(value) > 18 or int(value) > limit:
+                raise BodyTooLarge(f"body of {value.decode()} bytes exceeds {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            # A sender that stalls mid-body must not hold the request open forever.
+            message = await within(receive(), deadline - time.monotonic())
+        except TimeoutError:
+            raise GuardError("the body did not arrive before the deadline", status=408,
+                             reason="slow_body") from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:  # chunked bodies carry no length: stop reading at the limit
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 class Guard:
     """Admits a push (or a URL verification) or raises GuardError saying why not.
 
@@ -196,31 +226,7 @@ class Guard:
 
     async def _read_body(self, scope: dict[str, Any], receive: Any,
                          deadline: float) -> bytes:
-        limit = self.settings.max_body
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit():
-                    raise GuardError("bad Content-Length")
-                if len(value) > 18 or int(value) > limit:
-                    raise BodyTooLarge(f"body of {value.decode()} bytes exceeds {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            try:
-                # A sender that stalls mid-body must not hold the request open forever.
-                message = await within(receive(), deadline - time.monotonic())
-            except TimeoutError:
-                raise GuardError("the body did not arrive before the deadline", status=408,
-                                 reason="slow_body") from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:  # chunked bodies carry no length: stop reading at the limit
-                raise BodyTooLarge(f"body exceeds {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        return await read_body(scope["headers"], receive, self.settings.max_body, deadline)
 
     async def _remember_nonce(self, ts: int, nonce: str, data: bytes, shape: bytes, *,
                               repeats: bool = False) -> None:

@@ -23,7 +23,7 @@ from wxhook.server.delivery import Answered, LateDelivery
 from wxhook.server.guard import Admission, ClientGone, Guard, parse_query
 from wxhook.server.loglimit import LimitedLog
 from wxhook.server.logs import get_logger, log_info, mask_openid, upstream_trace
-from wxhook.server.metrics import Metrics
+from wxhook.server.metrics import DEFAULT_ACCOUNT, Metrics
 from wxhook.server.profiles import Profiles
 from wxhook.server.signature import LocalNonces
 from wxhook.server.store.fifo import FifoMemory
@@ -74,7 +74,7 @@ class Webhook:
     def __init__(self, settings: Settings, *, store: Store, router: Router, api: WeChatAPI,
                  profiles: Profiles, delivery: LateDelivery, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time, account: str = "default",
+                 wall_clock: Callable[[], float] = time.time, account: str = DEFAULT_ACCOUNT,
                  retries: FifoMemory | None = None, nonces: LocalNonces | None = None) -> None:
         self.settings = settings
         self.account = account
