@@ -297,7 +297,9 @@ class AccountHub:
             await asyncio.sleep(0.05)
         left = await bundle.delivery.drain(LATE_LIMIT + 5.0)
         await _close(bundle)
-        if name not in self.accounts:  # removed, not changed: no gauge of it stays behind
+        if name not in self.built:
+            # Removed, or changed and not used since: no gauge of the old pieces stays
+            # behind (a fixed secret must not go on alerting until the next push).
             self.metrics.forget_account(name)
         get_logger("wxhook.accounts").info("account_retired", account=name,
                                            late_deliveries_abandoned=left)
