@@ -208,13 +208,22 @@ async def test_the_key_is_compared_as_digests_of_one_length(make_app, keyed, con
 
 async def test_a_stale_report_leaves_the_current_token_alone(make_app, keyed, connect,
                                                              sandbox) -> None:
-    client = connect(make_app(settings=keyed))
+    reads: list[str] = []
+
+    class Counting(MemoryStore):
+        async def get(self, key: str) -> bytes | None:
+            reads.append(key)
+            return await super().get(key)
+
+    client = connect(make_app(settings=keyed, store=Counting()))
     current = (await client.get(TOKEN_URL, headers=AUTH)).json()["access_token"]
     near = current[:-1] + ("x" if current[-1] != "x" else "y")  # one character off
     for stale in ("an-old-token-from-yesterday", near):
+        reads.clear()
         resp = await client.post(INVALID_URL, headers=AUTH, json={"access_token": stale})
         assert resp.status_code == 200, resp.text
         assert resp.json()["access_token"] == current
+        assert [k for k in reads if k.endswith(":token")] == [f"wxhook:{SANDBOX_APP_ID}:token"]
     assert sandbox.token_requests == 1
 
 

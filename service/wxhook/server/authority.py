@@ -278,7 +278,8 @@ class TokenAuthority:
         self.lines.info(f"reported:{name}", "internal_token_reported_invalid", account=name,
                         caller=caller, outcome=outcome)
         try:
-            token, left = await tokens.lease(deadline=time.monotonic() + LEASE_WAIT)
+            token, left = await tokens.lease(deadline=time.monotonic() + LEASE_WAIT,
+                                             followed=True)
         except WeChatAPIError as exc:
             self.count(name, caller, "invalid", outcome if outcome == "backoff"
                        else "unavailable")

@@ -134,9 +134,12 @@ class TokenManager:
             return False
         return await self.store.set(self._key, raw, ttl=left, nx=True)
 
-    async def lease(self, *, deadline: float | None = None) -> tuple[str, int]:
-        """The token every instance uses now, and the whole seconds it has left."""
-        await self.follow_store()
+    async def lease(self, *, deadline: float | None = None,
+                    followed: bool = False) -> tuple[str, int]:
+        """The token every instance uses now, and the whole seconds it has left;
+        `followed`: the caller has just called follow_store() (no second read)."""
+        if not followed:
+            await self.follow_store()
         while True:
             token = await self.get(deadline=deadline)
             if token == self._token:  # not expired again while we waited for it
