@@ -18,23 +18,28 @@ workers run, instead of failing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from wxhook.errors import SettingsError
-from wxhook.server import hangup
 from wxhook.server.account_hub import AccountHub, load_sources
 from wxhook.server.accounts import Account, AccountsError, parse_accounts, read_accounts
 from wxhook.server.config import Settings
 from wxhook.server.logs import get_logger
 from wxhook.server.metrics import Metrics
-from wxhook.server.rules_source import POLL_INTERVAL, RulesSource, file_stamp, write_atomically
+from wxhook.server.rules_source import (
+    POLL_INTERVAL,
+    RulesSource,
+    file_stamp,
+    first_problem,
+    poll_every,
+    reloading,
+    write_atomically,
+)
 
 LAST_GOOD_ENV = "WXHOOK_ACCOUNTS_LAST_GOOD"  # set by `serve --workers N` for its workers
 _NAMES_SHOWN = 20  # names listed in a reload's line; a file of thousands is counted
@@ -54,17 +59,24 @@ class AccountsSource:
         self.last_error: str | None = None
         self.loaded_by = "start"
         try:
-            self.accounts, self.sources, self.version = self._load(read_accounts(self.path))
+            self._loaded, self.sources, self.version = self._load(read_accounts(self.path))
         except SettingsError as exc:
             if not last_good or not os.path.exists(last_good):
                 raise
             # Started again (not the first start: serve refuses a bad set) while the file,
             # or a rules file or handlers module it names, is broken: the other workers
             # kept the last good set, and so does this one.
-            self.accounts, self.sources, self.version = self._load(
+            self._loaded, self.sources, self.version = self._load(
                 Path(last_good).read_bytes(), save=False)
             self._refused(exc, why="start")
             self.loaded_by = "last good copy"
+
+    @property
+    def accounts(self) -> dict[str, Account]:
+        """The accounts in force: the hub's once it is built (a reload replaces them
+        there), before that those loaded at start-up (`sources` is start-up's only: the
+        hub keeps the rules sources in force)."""
+        return self.hub.accounts if self.hub is not None else self._loaded
 
     def _load(self, data: bytes, *, known: dict[str, RulesSource] | None = None,
               save: bool = True) -> tuple[dict[str, Account], dict[str, RulesSource], str]:
@@ -96,7 +108,6 @@ class AccountsSource:
             return False
         added, removed, changed = self.hub.replace(accounts, sources)
         previous, self.version = self.version, version
-        self.accounts, self.sources = accounts, sources
         self.last_error = None
         self.loaded_by = why
         self.log.info("accounts_reloaded", why=why, path=self.path, version=version,
@@ -109,8 +120,7 @@ class AccountsSource:
         # Each problem names a file, a line and a key; none quotes a secret.
         problems = exc.problems if isinstance(exc, AccountsError) else [
             line.strip() for line in str(exc).splitlines() if line.strip()]
-        self.last_error = problems[0] if len(problems) == 1 else (
-            f"{problems[0]} (and {len(problems) - 1} more)")
+        self.last_error = first_problem(problems)
         self.log.error("accounts_reload_failed", why=why, path=self.path, problems=problems,
                        kept=self.version, accounts=len(self.accounts), pid=os.getpid())
         self.metrics.accounts_reloads.labels("failed").inc()
@@ -132,9 +142,7 @@ class AccountsSource:
 
     async def watch(self, interval: float = POLL_INTERVAL) -> None:
         """poll() every `interval` seconds (runs until cancelled)."""
-        while True:
-            await asyncio.sleep(interval)
-            self.poll()
+        await poll_every(self.poll, interval)
 
     def status(self) -> dict[str, Any]:
         """For /readyz: which accounts file is in force, and why a newer one was refused."""
@@ -144,21 +152,10 @@ class AccountsSource:
                 "loaded_by": self.loaded_by, "last_error": self.last_error}
 
 
-@contextlib.asynccontextmanager
-async def watching_accounts(source: AccountsSource) -> AsyncIterator[None]:
+def watching_accounts(source: AccountsSource) -> contextlib.AbstractAsyncContextManager[None]:
     """While the app runs: reload the accounts file and its rules files on SIGHUP and when
     they change."""
-    def on_sighup() -> None:  # one object: unlisten() knows it by identity
-        source.sighup()
-
-    loop = asyncio.get_running_loop()
-    hangup.listen(loop, on_sighup)
-    watcher = loop.create_task(source.watch())
-    try:
-        yield
-    finally:
-        hangup.unlisten(on_sighup)
-        watcher.cancel()
+    return reloading(source.sighup, source.watch())
 
 
 def save_last_good(path: str, copy: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +84,14 @@ class RulesSource:
         return RuleBook(rules)
 
     def _refused(self, exc: RulesError, *, why: str) -> None:
-        self.last_error = exc.problems[0] if len(exc.problems) == 1 else (
-            f"{exc.problems[0]} (and {len(exc.problems) - 1} more)")
+        self.last_error = first_problem(exc.problems)
         self.log.error("rules_reload_failed", why=why, path=self.path,
                        problems=exc.problems, kept=self.book.rules.version)
         self.on_result("failed")
 
     async def watch(self, interval: float = POLL_INTERVAL) -> None:
         """Reload whenever the file's mtime, size or inode changes (runs until cancelled)."""
-        while True:
-            await asyncio.sleep(interval)
-            self.poll()
+        await poll_every(self.poll, interval)
 
     def poll(self) -> None:
         """Reload if the file's mtime, size or inode changed since it was last read."""
@@ -130,6 +127,19 @@ def _read(path: str, *, name: str) -> tuple[Rules, bytes]:
     return rules, data
 
 
+def first_problem(problems: list[str]) -> str:
+    """A refused file's problems in one line: the first, and how many more."""
+    more = len(problems) - 1
+    return problems[0] if not more else f"{problems[0]} (and {more} more)"
+
+
+async def poll_every(poll: Callable[[], None], interval: float) -> None:
+    """Call `poll` every `interval` seconds, until cancelled: the watchers' loop."""
+    while True:
+        await asyncio.sleep(interval)
+        poll()
+
+
 def file_stamp(path: str) -> tuple[int, int, int] | None:
     """What the watchers compare: mtime, size and inode (None: unreadable)."""
     try:
@@ -149,6 +159,21 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 @contextlib.asynccontextmanager
+async def reloading(on_sighup: Callable[[], None],
+                    *watches: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """While the app runs: `on_sighup` on SIGHUP, and the `watches` (file watchers) running."""
+    loop = asyncio.get_running_loop()
+    hangup.listen(loop, on_sighup)
+    watchers = [loop.create_task(watch) for watch in watches]
+    try:
+        yield
+    finally:
+        hangup.unlisten(on_sighup)  # the same object listen() got: it is known by identity
+        for watcher in watchers:
+            watcher.cancel()
+
+
+@contextlib.asynccontextmanager
 async def watching(*given: RulesSource | None) -> AsyncIterator[None]:
     """While the app runs: reload each file on SIGHUP and when it changes."""
     log = get_logger("wxhook.rules")
@@ -162,12 +187,5 @@ async def watching(*given: RulesSource | None) -> AsyncIterator[None]:
             log.info("sighup_ignored", pid=os.getpid(),
                      why="no rules file (WXHOOK_RULES) to reload")
 
-    loop = asyncio.get_running_loop()
-    hangup.listen(loop, on_sighup)
-    watchers = [loop.create_task(source.watch()) for source in sources]
-    try:
+    async with reloading(on_sighup, *(source.watch() for source in sources)):
         yield
-    finally:
-        hangup.unlisten(on_sighup)
-        for watcher in watchers:
-            watcher.cancel()
